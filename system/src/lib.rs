@@ -1,1 +1,11 @@
+//! nodeplane's node supervisor (`nodeplaned`) and its client (`nodeplanectl`).
 
+pub mod bus;
+pub mod component;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+mod logging;
+mod notify;
+mod server;
+mod sysctl;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The nodeplane command-line client; see [`nodeplane::ctl`].
+
+fn main() -> std::process::ExitCode {
+    nodeplane::ctl::main()
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The nodeplane node supervisor; see [`nodeplane::daemon`].
+
+fn main() -> std::process::ExitCode {
+    nodeplane::daemon::main()
+}

@@ -8,10 +8,12 @@
 mod dbus;
 mod netns;
 mod notify;
+mod process;
 
 pub use dbus::DbusDaemon;
 pub use netns::{in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
+pub use process::{Launch, Nodeplaned};
 
 /// Environment variable that lets a run without root skip privileged tests.
 pub const SKIP_PRIVILEGED: &str = "NODEPLANE_SKIP_PRIVILEGED";

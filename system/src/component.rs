@@ -1,0 +1,317 @@
+//! The component model: the supervisor runs components (sysctl now; the datapath
+//! and the IPAM sweeper later). Each reports a [`State`], a one-line detail, the
+//! time of its last change and a few named facts; node health is the worst state.
+//!
+//! A component is started in order (its start-up work gates `READY=1`), then runs on
+//! its own task: periodic work at its interval, and config reloads on request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::NodeConfig;
+
+/// A component's (or the node's) health, ordered from best to worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Healthy,
+    Starting,
+    Degraded,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Starting => "starting",
+            State::Degraded => "degraded",
+            State::Failed => "failed",
+        }
+    }
+
+    /// The node's health: the worst of its components' states.
+    pub fn of_node<'a>(states: impl IntoIterator<Item = &'a Status>) -> State {
+        states
+            .into_iter()
+            .map(|s| s.state)
+            .max()
+            .unwrap_or(State::Starting)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            State::Healthy,
+            State::Starting,
+            State::Degraded,
+            State::Failed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
+/// A named figure a component publishes beside its state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Fact {
+    Count(u64),
+    Text(String),
+}
+
+impl fmt::Display for Fact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fact::Count(n) => write!(f, "{n}"),
+            Fact::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+pub type Facts = BTreeMap<String, Fact>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub state: State,
+    pub detail: String,
+    /// When the state or detail last changed.
+    pub last_change: SystemTime,
+    pub facts: Facts,
+}
+
+/// Every component's status, by name.
+pub type Snapshot = BTreeMap<&'static str, Status>;
+
+/// The shared table of component statuses; observers subscribe to its changes.
+#[derive(Clone)]
+pub struct Registry(Arc<watch::Sender<Snapshot>>);
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry(Arc::new(watch::Sender::new(Snapshot::new())))
+    }
+}
+
+impl Registry {
+    /// Registers `name` in state `starting` and returns its reporter.
+    pub fn reporter(&self, name: &'static str) -> Reporter {
+        let status = Status {
+            state: State::Starting,
+            detail: "starting".into(),
+            last_change: SystemTime::now(),
+            facts: Facts::new(),
+        };
+        self.0.send_modify(|snapshot| {
+            snapshot.insert(name, status);
+        });
+        Reporter {
+            name,
+            registry: self.clone(),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.0.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.borrow().clone()
+    }
+}
+
+/// A component's handle on its own entry in the [`Registry`].
+#[derive(Clone)]
+pub struct Reporter {
+    name: &'static str,
+    registry: Registry,
+}
+
+impl Reporter {
+    /// Sets state and detail; a change is logged and stamped with the time.
+    pub fn set(&self, state: State, detail: impl Into<String>) {
+        let detail = detail.into();
+        let name = self.name;
+        self.registry.0.send_if_modified(|snapshot| {
+            let status = snapshot.get_mut(name).expect("reporters are registered");
+            if status.state == state && status.detail == detail {
+                return false;
+            }
+            match state {
+                State::Healthy | State::Starting => {
+                    tracing::info!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}")
+                }
+                State::Degraded => tracing::warn!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}"),
+                State::Failed => tracing::error!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}"),
+            }
+            status.state = state;
+            status.detail = detail;
+            status.last_change = SystemTime::now();
+            true
+        });
+    }
+
+    /// Replaces the component's facts (not a change of state).
+    pub fn set_facts(&self, facts: Facts) {
+        let name = self.name;
+        self.registry.0.send_if_modified(|snapshot| {
+            let status = snapshot.get_mut(name).expect("reporters are registered");
+            let changed = status.facts != facts;
+            status.facts = facts;
+            changed
+        });
+    }
+}
+
+/// A part of the node the supervisor runs.
+pub trait Component: Send + Sized + 'static {
+    const NAME: &'static str;
+
+    /// Start-up work. `READY=1` waits for it; an error is fatal to the supervisor.
+    fn start(
+        config: &NodeConfig,
+        reporter: Reporter,
+    ) -> impl Future<Output = Result<Self, String>> + Send;
+
+    /// Applies a new, validated config.
+    fn reload(&mut self, config: &NodeConfig) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// How long until the next [`tick`](Component::tick); `None` for no periodic work.
+    fn interval(&self) -> Option<Duration>;
+
+    fn tick(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+type ReloadRequest = (Arc<NodeConfig>, oneshot::Sender<Result<(), String>>);
+
+/// The supervisor's link to a running component.
+pub struct Handle {
+    name: &'static str,
+    requests: mpsc::Sender<ReloadRequest>,
+}
+
+/// Starts `C` and spawns its task. Everything it logs carries
+/// `NODEPLANE_COMPONENT=<name>`.
+pub async fn start<C: Component>(
+    config: &NodeConfig,
+    registry: &Registry,
+) -> Result<Handle, String> {
+    let span = tracing::info_span!("component", nodeplane_component = C::NAME);
+    let component = C::start(config, registry.reporter(C::NAME))
+        .instrument(span.clone())
+        .await?;
+    let (requests, inbox) = mpsc::channel(1);
+    tokio::spawn(run(component, inbox).instrument(span));
+    Ok(Handle {
+        name: C::NAME,
+        requests,
+    })
+}
+
+impl Handle {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub async fn reload(&self, config: Arc<NodeConfig>) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((config, reply))
+            .await
+            .map_err(|_| format!("{} is not running", self.name))?;
+        answer
+            .await
+            .map_err(|_| format!("{} stopped during the reload", self.name))?
+    }
+}
+
+async fn run<C: Component>(mut component: C, mut inbox: mpsc::Receiver<ReloadRequest>) {
+    let mut next = component.interval().map(|i| Instant::now() + i);
+    loop {
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            request = inbox.recv() => {
+                let Some((config, reply)) = request else { return };
+                let _ = reply.send(component.reload(&config).await);
+            }
+            () = due => component.tick().await,
+        }
+        next = component.interval().map(|i| Instant::now() + i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_health_is_the_worst_component_state() {
+        let status = |state| Status {
+            state,
+            detail: String::new(),
+            last_change: SystemTime::UNIX_EPOCH,
+            facts: Facts::new(),
+        };
+        assert_eq!(State::of_node(&[]), State::Starting);
+        assert_eq!(State::of_node(&[status(State::Healthy)]), State::Healthy);
+        assert_eq!(
+            State::of_node(&[status(State::Healthy), status(State::Starting)]),
+            State::Starting
+        );
+        assert_eq!(
+            State::of_node(&[status(State::Degraded), status(State::Starting)]),
+            State::Degraded
+        );
+        assert_eq!(
+            State::of_node(&[status(State::Degraded), status(State::Failed)]),
+            State::Failed
+        );
+    }
+
+    #[test]
+    fn reporter_stamps_changes_and_ignores_repeats() {
+        let registry = Registry::default();
+        let mut changes = registry.subscribe();
+        let reporter = registry.reporter("test");
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        reporter.set(State::Healthy, "fine");
+        assert!(changes.has_changed().unwrap());
+        let first = registry.snapshot()["test"].last_change;
+        changes.mark_unchanged();
+        reporter.set(State::Healthy, "fine");
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(registry.snapshot()["test"].last_change, first);
+        reporter.set_facts([("restored".to_owned(), Fact::Count(1))].into());
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(
+            registry.snapshot()["test"].last_change,
+            first,
+            "facts are not a change of state"
+        );
+    }
+}

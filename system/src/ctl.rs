@@ -1,0 +1,247 @@
+//! `nodeplanectl`: asks `nodeplaned` over the system bus how the node is, and
+//! tells it to reload. Exit codes: 0 success (for `status`: the node is healthy),
+//! 1 not healthy or refused, 2 invalid config, 3 the supervisor is unreachable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use zbus::Connection;
+use zbus::proxy::CacheProperties;
+
+use crate::bus::{self, ComponentProxy, NodeProxy};
+use crate::component::{Fact, State};
+use crate::config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodeplanectl",
+    version,
+    about = "Inspect and control the nodeplane supervisor"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show node health and each component (exit 0 only when healthy)
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a node.toml and print the effective config (exit 0 valid, 2 invalid)
+    CheckConfig { file: PathBuf },
+    /// Make nodeplaned re-read and apply its config (root only)
+    Reload,
+}
+
+const UNREACHABLE: u8 = 3;
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Command::CheckConfig { file } = &args.command {
+        return config::check_file(file);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let connection = match connect().await {
+            Ok(connection) => connection,
+            Err(message) => {
+                eprintln!("nodeplanectl: {message}");
+                return ExitCode::from(UNREACHABLE);
+            }
+        };
+        match args.command {
+            Command::Status { json } => status(&connection, json).await,
+            Command::Reload => reload(&connection).await,
+            Command::CheckConfig { .. } => unreachable!("handled without the bus"),
+        }
+    })
+}
+
+/// Connects to the system bus and checks that nodeplaned is on it.
+async fn connect() -> Result<Connection, String> {
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into());
+    let connection = Connection::system()
+        .await
+        .map_err(|e| format!("cannot connect to the system bus at {address}: {e}"))?;
+    let dbus = zbus::fdo::DBusProxy::new(&connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = bus::SERVICE.try_into().expect("a valid bus name");
+    match dbus.name_has_owner(name).await {
+        Ok(true) => Ok(connection),
+        Ok(false) => Err(format!(
+            "nodeplaned is not running: nobody owns {} on the system bus at {address} (try: systemctl status nodeplaned)",
+            bus::SERVICE
+        )),
+        Err(err) => Err(format!(
+            "cannot ask the bus at {address} about {}: {err}",
+            bus::SERVICE
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    health: State,
+    version: String,
+    components: Vec<ComponentStatus>,
+}
+
+#[derive(Serialize)]
+struct ComponentStatus {
+    name: String,
+    state: State,
+    detail: String,
+    /// RFC 3339, UTC.
+    last_change: String,
+    facts: BTreeMap<String, Fact>,
+}
+
+async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
+    let node = NodeProxy::builder(connection)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let mut components = Vec::new();
+    for (name, state, detail, last_change) in node.components().await? {
+        let proxy = ComponentProxy::builder(connection)
+            .path(bus::component_path(&name))
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let facts = proxy
+            .facts()
+            .await?
+            .iter()
+            .map(|(k, v)| (k.clone(), bus::fact_from_value(v)))
+            .collect();
+        let state = state.parse().map_err(zbus::Error::Failure)?;
+        let last_change =
+            humantime::format_rfc3339_seconds(bus::from_usec(last_change)).to_string();
+        components.push(ComponentStatus {
+            name,
+            state,
+            detail,
+            last_change,
+            facts,
+        });
+    }
+    let health = node.health().await?.parse().map_err(zbus::Error::Failure)?;
+    Ok(NodeStatus {
+        health,
+        version: node.version().await?,
+        components,
+    })
+}
+
+async fn status(connection: &Connection, json: bool) -> ExitCode {
+    let status = match fetch(connection).await {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("nodeplanectl: cannot read the node's status: {err}");
+            return ExitCode::from(UNREACHABLE);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
+    } else {
+        print!("{}", table(&status));
+    }
+    if status.health == State::Healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn table(status: &NodeStatus) -> String {
+    let mut out = format!(
+        "node: {} (nodeplaned {})\n\n",
+        status.health, status.version
+    );
+    let width = status
+        .components
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("COMPONENT".len());
+    out += &format!(
+        "{:width$}  {:9}  {:20}  DETAIL\n",
+        "COMPONENT", "STATE", "SINCE"
+    );
+    for c in &status.components {
+        let since = since(&c.last_change);
+        out += &format!(
+            "{:width$}  {:9}  {:20}  {}\n",
+            c.name,
+            c.state.as_str(),
+            since,
+            c.detail
+        );
+        let facts: Vec<String> = c.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !facts.is_empty() {
+            out += &format!("{:width$}  {}\n", "", facts.join(" "));
+        }
+    }
+    out
+}
+
+/// `2026-11-28T07:30:01Z` → `07:30:01 (3m ago)`.
+fn since(rfc3339: &str) -> String {
+    let Ok(at) = humantime::parse_rfc3339(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    let age = SystemTime::now().duration_since(at).unwrap_or_default();
+    let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+    let clock = rfc3339.get(11..19).unwrap_or(rfc3339);
+    format!("{clock} ({age} ago)")
+}
+
+async fn reload(connection: &Connection) -> ExitCode {
+    let node = match NodeProxy::new(connection).await {
+        Ok(node) => node,
+        Err(err) => {
+            eprintln!("nodeplanectl: {err}");
+            return ExitCode::from(UNREACHABLE);
+        }
+    };
+    match node.reload().await {
+        Ok(()) => {
+            println!("reloaded");
+            ExitCode::SUCCESS
+        }
+        Err(zbus::Error::FDO(err)) if matches!(*err, zbus::fdo::Error::AccessDenied(_)) => {
+            eprintln!("nodeplanectl: reload is for root only: {err}");
+            ExitCode::FAILURE
+        }
+        Err(zbus::Error::MethodError(name, message, _))
+            if name.as_str() == bus::ERROR_INVALID_CONFIG =>
+        {
+            let message = message.unwrap_or_default();
+            eprintln!(
+                "nodeplanectl: the new config is invalid; nodeplaned keeps the running one:\n  {message}"
+            );
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("nodeplanectl: reload failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

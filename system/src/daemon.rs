@@ -1,0 +1,208 @@
+//! `nodeplaned`: loads `node.toml`, starts the components in order, reports READY
+//! to systemd once their start-up work is done, serves status over D-Bus, pets
+//! the watchdog from its health loop, reloads on SIGHUP or `Reload()`, and stops
+//! cleanly on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::component::{self, Handle, Registry, Snapshot, State};
+use crate::config::{self, ConfigError, NodeConfig};
+use crate::server::{self, ReloadError};
+use crate::sysctl::SysctlComponent;
+use crate::{logging, notify};
+
+#[derive(Parser, Debug)]
+#[command(name = "nodeplaned", version, about = "The nodeplane node supervisor")]
+pub struct Args {
+    /// The node configuration [default: /etc/nodeplane/node.toml; if that file is
+    /// missing, the built-in defaults]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate FILE, print the effective config and exit: 0 when valid, 2 when not
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Log filter, e.g. `debug` or `info,nodeplane::sysctl=debug` [default: $RUST_LOG, else info]
+    #[arg(long, value_name = "FILTER", value_parser = logging::parse_level)]
+    log_level: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(file) = &args.check_config {
+        return config::check_file(file);
+    }
+    logging::init(args.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fatal(&format!("cannot start the runtime: {err}")),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fatal(&message),
+    }
+}
+
+fn fatal(message: &str) -> ExitCode {
+    tracing::error!("fatal: {message}");
+    notify::status(&format!("failed: {message}"));
+    ExitCode::FAILURE
+}
+
+struct Supervisor {
+    config_path: PathBuf,
+    explicit_path: bool,
+    config: Arc<NodeConfig>,
+    components: Vec<Handle>,
+    registry: Registry,
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let explicit_path = args.config.is_some();
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let config = load(&config_path, explicit_path).map_err(|e| e.to_string())?;
+    let registry = Registry::default();
+    let (reloads, mut reload_requests) = mpsc::channel(4);
+    notify::status("starting: connecting to the system bus");
+    let _bus = server::serve(&registry, reloads).await.map_err(|e| {
+        format!(
+            "cannot serve {} on the system bus: {e}",
+            crate::bus::SERVICE
+        )
+    })?;
+    notify::status("starting: applying sysctls");
+    let components = vec![
+        component::start::<SysctlComponent>(&config, &registry)
+            .await
+            .map_err(|e| format!("sysctl: {e}"))?,
+    ];
+    let mut supervisor = Supervisor {
+        config_path,
+        explicit_path,
+        config: Arc::new(config),
+        components,
+        registry,
+    };
+
+    notify::ready(&status_line(&supervisor.registry.snapshot()));
+    tracing::info!(nodeplane_health = %State::of_node(supervisor.registry.snapshot().values()), "nodeplaned is ready");
+    tokio::spawn(health_loop(supervisor.registry.subscribe()));
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let _ = supervisor.reload().await;
+            }
+            Some(reply) = reload_requests.recv() => {
+                let _ = reply.send(supervisor.reload().await);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    notify::stopping();
+    tracing::info!("nodeplaned is stopping");
+    Ok(())
+}
+
+/// Loads the config. A missing file at the default path means the defaults (an
+/// empty file is a valid config); a missing file named with `--config` is an error.
+fn load(path: &Path, explicit: bool) -> Result<NodeConfig, ConfigError> {
+    match NodeConfig::load(path) {
+        Err(ConfigError::Read { source, .. })
+            if !explicit && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::info!(
+                "{} does not exist; using the default config",
+                path.display()
+            );
+            Ok(NodeConfig::default())
+        }
+        other => other,
+    }
+}
+
+impl Supervisor {
+    /// Re-reads and applies the config; an invalid one is refused and the running
+    /// config stays.
+    async fn reload(&mut self) -> Result<(), ReloadError> {
+        notify::reloading();
+        let result = self.apply_new_config().await;
+        match &result {
+            Ok(()) => tracing::info!("reloaded {}", self.config_path.display()),
+            Err(err) => tracing::error!("{err}"),
+        }
+        notify::ready(&status_line(&self.registry.snapshot()));
+        result
+    }
+
+    async fn apply_new_config(&mut self) -> Result<(), ReloadError> {
+        let config = load(&self.config_path, self.explicit_path)
+            .map_err(|e| ReloadError::InvalidConfig(e.to_string()))?;
+        if config == *self.config {
+            return Ok(());
+        }
+        let config = Arc::new(config);
+        let mut failures = Vec::new();
+        for component in &self.components {
+            if let Err(err) = component.reload(config.clone()).await {
+                failures.push(format!("{}: {err}", component.name()));
+            }
+        }
+        self.config = config;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ReloadError::Failed(failures.join("; ")))
+        }
+    }
+}
+
+/// Keeps systemd's STATUS= current and pets the watchdog. The watchdog is only
+/// fed while this loop runs, so a wedged supervisor gets restarted.
+async fn health_loop(mut changes: watch::Receiver<Snapshot>) {
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    loop {
+        let tick = async {
+            match watchdog.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                notify::status(&status_line(&changes.borrow_and_update()));
+            }
+            _ = tick => notify::watchdog(),
+        }
+    }
+}
+
+/// One line for `systemctl status`: node health, then each component.
+fn status_line(snapshot: &Snapshot) -> String {
+    let components: Vec<String> = snapshot
+        .iter()
+        .map(|(name, s)| format!("{name} {}: {}", s.state, s.detail))
+        .collect();
+    format!(
+        "{}; {}",
+        State::of_node(snapshot.values()),
+        components.join("; ")
+    )
+}

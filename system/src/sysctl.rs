@@ -1,0 +1,148 @@
+//! The sysctl guard as a supervisor component: applies the `[sysctl]` section at
+//! start, re-checks it every `check_interval`, and restores what drifted.
+
+use std::time::Duration;
+
+use nodeplane_sysctl::{Guard, Report, SysctlConfig, SysctlKey, kernel};
+
+use crate::component::{Component, Fact, Facts, Reporter, State};
+use crate::config::NodeConfig;
+
+pub struct SysctlComponent {
+    config: SysctlConfig,
+    guard: Guard,
+    reporter: Reporter,
+    /// Restores counted by guards replaced on reload.
+    restored_before: u64,
+    failed_keys: Vec<String>,
+}
+
+impl Component for SysctlComponent {
+    const NAME: &'static str = "sysctl";
+
+    async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
+        let (guard, report) = Guard::apply(&config.sysctl);
+        let mut component = SysctlComponent {
+            config: config.sysctl.clone(),
+            guard,
+            reporter,
+            restored_before: 0,
+            failed_keys: Vec::new(),
+        };
+        component.absorb(&report, "set");
+        port_guard_result(&report).map(|()| component)
+    }
+
+    async fn reload(&mut self, config: &NodeConfig) -> Result<(), String> {
+        if config.sysctl == self.config {
+            return Ok(());
+        }
+        let (guard, report) = Guard::apply(&config.sysctl);
+        self.restored_before += self.guard.restored();
+        self.guard = guard;
+        self.config = config.sysctl.clone();
+        self.absorb(&report, "set");
+        port_guard_result(&report)
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.config.check_interval)
+    }
+
+    async fn tick(&mut self) {
+        let report = self.guard.recheck();
+        self.absorb(&report, "restored");
+    }
+}
+
+impl SysctlComponent {
+    /// Logs what a pass changed and failed, and publishes state, detail and facts.
+    fn absorb(&mut self, report: &Report, verb: &str) {
+        for change in &report.changes {
+            let (key, found, restored) = (change.key.as_str(), &change.found, &change.restored);
+            if verb == "restored" {
+                tracing::warn!(sysctl_key = key, sysctl_found = %found, sysctl_restored = %restored, "{key} was changed to {found:?} by something else; restored {restored:?}");
+            } else {
+                tracing::info!(sysctl_key = key, sysctl_found = %found, sysctl_set = %restored, "set {key} from {found:?} to {restored:?}");
+            }
+        }
+        for failure in &report.failures {
+            tracing::error!(sysctl_key = failure.key().as_str(), "{failure}");
+        }
+        self.failed_keys = report
+            .failures
+            .iter()
+            .map(|f| f.key().to_string())
+            .collect();
+        let (state, detail) = match (report.failures.first(), self.guard.plan()) {
+            (Some(first), _) if report.port_guard_failed() => {
+                (State::Failed, format!("port range not guarded: {first}"))
+            }
+            (Some(first), _) => (
+                State::Degraded,
+                format!("{} sysctl(s) not applied: {first}", report.failures.len()),
+            ),
+            (None, plan) => {
+                let plan = plan.expect("without failures the port sysctls were read and planned");
+                let reserved = if plan.reserved_ports.is_some() {
+                    "reserved"
+                } else {
+                    "not reserved"
+                };
+                (
+                    State::Healthy,
+                    format!(
+                        "ephemeral ports {}, NodePorts {} {reserved}",
+                        plan.ephemeral_range, self.config.nodeport_range
+                    ),
+                )
+            }
+        };
+        self.reporter.set(state, detail);
+        self.reporter.set_facts(self.facts());
+    }
+
+    fn facts(&self) -> Facts {
+        let mut facts = Facts::new();
+        facts.insert(
+            "nodeport_range".into(),
+            Fact::Text(self.config.nodeport_range.to_string()),
+        );
+        if let Some(plan) = self.guard.plan() {
+            facts.insert(
+                "ephemeral_range".into(),
+                Fact::Text(plan.ephemeral_range.to_string()),
+            );
+        }
+        let reserved = SysctlKey::parse(SysctlKey::IP_LOCAL_RESERVED_PORTS)
+            .and_then(|key| kernel::read(&key).map_err(|e| e.to_string()));
+        if let Ok(reserved) = reserved {
+            facts.insert("reserved_ports".into(), Fact::Text(reserved));
+        }
+        facts.insert(
+            "managed_extra".into(),
+            Fact::Count(self.config.extra.0.len() as u64),
+        );
+        facts.insert(
+            "restored".into(),
+            Fact::Count(self.restored_before + self.guard.restored()),
+        );
+        if !self.failed_keys.is_empty() {
+            facts.insert("failed_keys".into(), Fact::Text(self.failed_keys.join(",")));
+        }
+        facts
+    }
+}
+
+/// The port-range guard is the component's core promise: failing it fails start-up
+/// and reloads; a failed `extra` key only degrades.
+fn port_guard_result(report: &Report) -> Result<(), String> {
+    if report.port_guard_failed() {
+        let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "cannot guard the port range: {}",
+            failures.join("; ")
+        ));
+    }
+    Ok(())
+}
