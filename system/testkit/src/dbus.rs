@@ -37,6 +37,7 @@ impl DbusDaemon {
             .args(["--nofork", "--nopidfile", "--print-address=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(fs::File::create(dir.path().join("dbus-daemon.log"))?)
             .spawn()
             .map_err(|e| {
                 io::Error::new(

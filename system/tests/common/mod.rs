@@ -1,0 +1,123 @@
+//! Shared fixtures for the supervisor's integration tests: the real binaries, a
+//! private bus with the project's policy, throwaway network namespaces.
+#![allow(dead_code)] // each test crate uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned, in_netns_of};
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn policy_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf")
+}
+
+/// A private system-like bus carrying the project's policy (and `extra` policies).
+pub fn bus_with(extra: &[&Path]) -> DbusDaemon {
+    let policy = policy_file();
+    let mut files = vec![policy.as_path()];
+    files.extend_from_slice(extra);
+    DbusDaemon::start(&files).expect("start a private dbus-daemon")
+}
+
+pub fn bus() -> DbusDaemon {
+    bus_with(&[])
+}
+
+pub fn spawn(
+    bus: &DbusDaemon,
+    config: &str,
+    preset: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Nodeplaned {
+    Nodeplaned::spawn(
+        bus,
+        Launch {
+            binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
+            config,
+            preset,
+            env,
+            capture_stderr: true,
+        },
+    )
+    .expect("spawn nodeplaned")
+}
+
+/// Spawns nodeplaned and waits until it is READY.
+pub fn start(bus: &DbusDaemon, config: &str, preset: &[(&str, &str)]) -> Nodeplaned {
+    let node = spawn(bus, config, preset, &[]);
+    if let Err(err) = node.wait_ready(READY_TIMEOUT) {
+        panic!("{err}\nstderr:\n{}", node.stderr());
+    }
+    node
+}
+
+pub fn read_sysctl(node: &Nodeplaned, key: &str) -> String {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    in_netns_of(node.pid(), move || {
+        std::fs::read_to_string(&path).expect("read sysctl")
+    })
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+pub fn write_sysctl(node: &Nodeplaned, key: &str, value: &str) {
+    let (path, value) = (
+        format!("/proc/sys/{}", key.replace('.', "/")),
+        value.to_owned(),
+    );
+    in_netns_of(node.pid(), move || {
+        std::fs::write(&path, value).expect("write sysctl")
+    });
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// Runs `nodeplanectl` against `bus` as root.
+pub fn ctl(bus: &DbusDaemon, args: &[&str]) -> Output {
+    ctl_command(None, bus, args)
+}
+
+/// Runs `nodeplanectl` against `bus` as user `nobody`.
+pub fn ctl_as_nobody(bus: &DbusDaemon, args: &[&str]) -> Output {
+    ctl_command(Some(65534), bus, args)
+}
+
+fn ctl_command(uid: Option<u32>, bus: &DbusDaemon, args: &[&str]) -> Output {
+    let ctl = env!("CARGO_BIN_EXE_nodeplanectl");
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                ctl.into(),
+            ]);
+            c
+        }
+        None => Command::new(ctl),
+    };
+    command
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .output()
+        .expect("run nodeplanectl")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
