@@ -61,7 +61,7 @@ impl PortRange {
     }
 
     /// Number of ports in the range.
-    pub fn len(self) -> u32 {
+    pub fn port_count(self) -> u32 {
         u32::from(self.end) - u32::from(self.start) + 1
     }
 
@@ -89,7 +89,11 @@ impl PortRange {
             end: self.end,
         });
         match (below, above) {
-            (Some(b), Some(a)) => Some(if b.len() > a.len() { b } else { a }),
+            (Some(b), Some(a)) => Some(if b.port_count() > a.port_count() {
+                b
+            } else {
+                a
+            }),
             (b, a) => a.or(b),
         }
     }

@@ -156,12 +156,17 @@ impl Reporter {
             if status.state == state && status.detail == detail {
                 return false;
             }
+            // Components report from inside their span, which adds NODEPLANE_COMPONENT.
             match state {
                 State::Healthy | State::Starting => {
-                    tracing::info!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}")
+                    tracing::info!(nodeplane_state = %state, "{name} is {state}: {detail}")
                 }
-                State::Degraded => tracing::warn!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}"),
-                State::Failed => tracing::error!(nodeplane_component = name, nodeplane_state = %state, "{name} is {state}: {detail}"),
+                State::Degraded => {
+                    tracing::warn!(nodeplane_state = %state, "{name} is {state}: {detail}")
+                }
+                State::Failed => {
+                    tracing::error!(nodeplane_state = %state, "{name} is {state}: {detail}")
+                }
             }
             status.state = state;
             status.detail = detail;

@@ -1,1 +1,62 @@
-fn main() {}
+//! Developer entry points for nodeplane, run as `cargo xtask <task>`:
+//!
+//! - `setup`: install the Debian packages the build and tests need (root).
+//! - `run [--once]`: set up, build, start `nodeplaned` in a throwaway network
+//!   namespace on a private D-Bus daemon, print `nodeplanectl status`, and stop
+//!   cleanly on Ctrl-C (or right away with `--once`).
+//! - `test`: set up, then run everything: formatting, lints, every test, the unit
+//!   hardening check, and a `run --once` smoke run.
+
+mod packages;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["setup"] => packages::ensure(),
+        ["run"] => run::run(false),
+        ["run", "--once"] => run::run(true),
+        ["test"] => test::test(),
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs `command` in the workspace root, failing with its description.
+fn step(what: &str, command: &mut Command) -> Result<(), String> {
+    eprintln!("==> {what}");
+    let status = command
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what}: failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}

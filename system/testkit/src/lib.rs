@@ -18,11 +18,15 @@ pub use process::{Launch, Nodeplaned};
 /// Environment variable that lets a run without root skip privileged tests.
 pub const SKIP_PRIVILEGED: &str = "NODEPLANE_SKIP_PRIVILEGED";
 
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// Gate for tests that need root. Returns true when the test may run; returns false
 /// (after saying so) when not root and `NODEPLANE_SKIP_PRIVILEGED=1`; otherwise
 /// panics, so a privileged test never passes silently without having run.
 pub fn privileged(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
+    if is_root() {
         return true;
     }
     if std::env::var(SKIP_PRIVILEGED).as_deref() == Ok("1") {

@@ -118,6 +118,16 @@ impl Nodeplaned {
         rustix::process::kill_process(pid, signal).expect("signal nodeplaned");
     }
 
+    /// Sends SIGTERM (unless it already exited) and waits for the exit status.
+    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child pid");
+            // It may exit on its own meanwhile (Ctrl-C reaches the whole foreground group).
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        self.wait_exit(timeout).map(|(status, _)| status)
+    }
+
     /// Waits up to `timeout` for the process to exit; returns its status and stderr.
     pub fn wait_exit(mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
         let deadline = Instant::now() + timeout;

@@ -1,0 +1,53 @@
+//! The shipped systemd unit: the notify protocol settings the supervisor relies
+//! on, its place before containerd, and its hardening (systemd-analyze's own
+//! exposure score, offline).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn unit() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/nodeplaned.service")
+}
+
+#[test]
+fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
+    let text = std::fs::read_to_string(unit()).unwrap();
+    let settings: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for expected in [
+        "Type=notify",
+        "Restart=on-failure",
+        "Before=containerd.service kubelet.service",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(settings.contains(&expected), "missing {expected}");
+    }
+    assert!(
+        settings.iter().any(|l| l.starts_with("WatchdogSec=")),
+        "no WatchdogSec="
+    );
+}
+
+#[test]
+fn systemd_analyze_rates_the_unit_exposure_at_most_2_0() {
+    // --threshold is on the 0-100 scale of the printed 0.0-10.0 score.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager", "--threshold=20"])
+        .arg(unit())
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{report}"));
+    eprintln!("{score}");
+    assert!(
+        out.status.success(),
+        "exposure above 2.0: {score}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,60 @@
+//! The Debian packages nodeplane's build, tests and developer run need, installed
+//! when missing (`apt-get`, as root).
+
+use std::process::Command;
+
+/// Package → why it is needed.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "dbus-daemon",
+        "a private system-like bus for tests and `cargo xtask run`",
+    ),
+    (
+        "systemd",
+        "busctl in tests; systemd-analyze for the unit's hardening check",
+    ),
+    (
+        "util-linux",
+        "unshare/setpriv: throwaway network namespaces, a non-root caller",
+    ),
+];
+
+pub fn ensure() -> Result<(), String> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !installed(name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (name, why) in PACKAGES.iter().filter(|(name, _)| missing.contains(name)) {
+        eprintln!("==> missing package {name}: {why}");
+    }
+    if !nodeplane_testkit::is_root() {
+        return Err(format!(
+            "missing packages; as root run: apt-get install -y {}",
+            missing.join(" ")
+        ));
+    }
+    let apt = |args: &[&str]| {
+        crate::step(
+            &format!("apt-get {}", args.join(" ")),
+            Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=600", "-q"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
