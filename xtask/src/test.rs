@@ -1,6 +1,8 @@
-//! `cargo xtask test`: everything, in the order that fails fastest.
+//! `cargo xtask test`: everything, in the order that fails fastest, closing with
+//! one `N passed, N failed` line over all test binaries.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 pub fn test() -> Result<(), String> {
     crate::packages::ensure()?;
@@ -19,11 +21,66 @@ pub fn test() -> Result<(), String> {
             "warnings",
         ]),
     )?;
-    crate::step("tests", crate::cargo().args(["test", "--workspace"]))?;
-    crate::step(
+    let tally = cargo_test()?;
+    let smoke = crate::step(
         "smoke run (cargo xtask run --once)",
         Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--once"]),
-    )?;
-    eprintln!("==> all checks passed");
+    );
+    let (passed, failed) = (
+        tally.passed + u32::from(smoke.is_ok()),
+        tally.failed + u32::from(smoke.is_err()),
+    );
+    println!("xtask: {passed} passed, {failed} failed");
+    smoke?;
+    if !tally.succeeded || failed > 0 {
+        return Err(format!("{failed} test(s) failed"));
+    }
     Ok(())
+}
+
+struct Tally {
+    passed: u32,
+    failed: u32,
+    succeeded: bool,
+}
+
+/// `cargo test --workspace`, echoing its output and adding up the result lines.
+fn cargo_test() -> Result<Tally, String> {
+    eprintln!("==> tests");
+    let mut child = crate::cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .current_dir(crate::root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+        succeeded: false,
+    };
+    for line in BufReader::new(child.stdout.take().expect("piped stdout"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            tally.passed += count(counts, "passed");
+            tally.failed += count(counts, "failed");
+        }
+    }
+    tally.succeeded = child.wait().map_err(|e| e.to_string())?.success();
+    Ok(tally)
+}
+
+/// The number before `label` in `ok. 5 passed; 0 failed; 0 ignored; …`.
+fn count(counts: &str, label: &str) -> u32 {
+    counts
+        .split(';')
+        .find_map(|part| {
+            let mut words = part.split_whitespace().rev();
+            (words.next() == Some(label))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
 }
