@@ -3,6 +3,7 @@
 
 use std::os::fd::AsFd;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -16,9 +17,16 @@ pub fn init(level: Option<&str>) {
     if connected_to_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
+                // INFO as `info` (6) and DEBUG as `debug` (7), as `journalctl -p` reads them.
+                let priorities = PriorityMappings {
+                    info: Priority::Informational,
+                    debug: Priority::Debug,
+                    ..PriorityMappings::new()
+                };
                 let journald = journald
                     .with_field_prefix(None)
-                    .with_syslog_identifier("nodeplaned".into());
+                    .with_syslog_identifier("nodeplaned".into())
+                    .with_priority_mappings(priorities);
                 tracing_subscriber::registry()
                     .with(filter)
                     .with(journald)

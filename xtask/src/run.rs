@@ -39,6 +39,7 @@ pub fn run(once: bool) -> Result<(), String> {
             preset: &[OVERLAPPING_RANGE],
             env: &[],
             capture_stderr: false,
+            journal: None,
         },
     )
     .map_err(|e| format!("starting nodeplaned: {e}"))?;

@@ -21,6 +21,10 @@ pub struct Launch<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Capture stderr (tests) or let it through (interactive runs).
     pub capture_stderr: bool,
+    /// Run it as systemd would with its stderr in the journal: this directory is
+    /// mounted (in a private mount namespace) at `/run/systemd/journal`, where the
+    /// caller listens on `socket`, and `JOURNAL_STREAM` names its stderr.
+    pub journal: Option<&'a Path>,
 }
 
 /// A real `nodeplaned` process in a throwaway network namespace of its own (gone
@@ -43,6 +47,15 @@ impl Nodeplaned {
         // unshare(1) makes the namespace; the shell presets sysctls in it, then
         // becomes nodeplaned.
         let mut script = String::from("set -e\n");
+        let mut namespaces = vec!["--net"];
+        if let Some(journal) = launch.journal {
+            namespaces.push("--mount");
+            script += &format!(
+                "mount -t tmpfs nodeplane-run /run\nmkdir -p /run/systemd/journal\nmount --bind '{}' /run/systemd/journal\n\
+                 JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2)\nexport JOURNAL_STREAM\n",
+                journal.display()
+            );
+        }
         for (key, value) in launch.preset {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
             script += &format!("printf '%s' '{value}' > {path}\n");
@@ -50,7 +63,8 @@ impl Nodeplaned {
         script += "exec \"$@\"\n";
         let mut command = Command::new("unshare");
         command
-            .args(["--net", "--", "sh", "-c", &script, "sh"])
+            .args(namespaces)
+            .args(["--", "sh", "-c", &script, "sh"])
             .arg(launch.binary)
             .arg("--config")
             .arg(&config_path)

@@ -32,6 +32,16 @@ pub fn spawn(
     preset: &[(&str, &str)],
     env: &[(&str, &str)],
 ) -> Nodeplaned {
+    spawn_with_journal(bus, config, preset, env, None)
+}
+
+pub fn spawn_with_journal(
+    bus: &DbusDaemon,
+    config: &str,
+    preset: &[(&str, &str)],
+    env: &[(&str, &str)],
+    journal: Option<&Path>,
+) -> Nodeplaned {
     Nodeplaned::spawn(
         bus,
         Launch {
@@ -40,6 +50,7 @@ pub fn spawn(
             preset,
             env,
             capture_stderr: true,
+            journal,
         },
     )
     .expect("spawn nodeplaned")
