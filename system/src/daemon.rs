@@ -162,12 +162,13 @@ impl Supervisor {
                 failures.push(format!("{}: {err}", component.name()));
             }
         }
-        self.config = config;
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ReloadError::Failed(failures.join("; ")))
+        if !failures.is_empty() {
+            // Components that refused keep their running settings; a later reload
+            // of the same file tries again.
+            return Err(ReloadError::Failed(failures.join("; ")));
         }
+        self.config = config;
+        Ok(())
     }
 }
 

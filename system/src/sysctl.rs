@@ -38,11 +38,19 @@ impl Component for SysctlComponent {
             return Ok(());
         }
         let (guard, report) = Guard::apply(&config.sysctl);
+        if let Err(err) = port_guard_result(&report) {
+            // Keep the node guarded: put the running settings back.
+            let (previous, restore) = Guard::apply(&self.config);
+            self.restored_before += self.guard.restored();
+            self.guard = previous;
+            self.absorb(&restore, "set");
+            return Err(format!("{err}; kept the previous settings"));
+        }
         self.restored_before += self.guard.restored();
         self.guard = guard;
         self.config = config.sysctl.clone();
         self.absorb(&report, "set");
-        port_guard_result(&report)
+        Ok(())
     }
 
     fn interval(&self) -> Option<Duration> {

@@ -285,3 +285,31 @@ fn nodeplaned_itself_refuses_non_root_reload_under_a_permissive_policy() {
         text(&cli.stderr)
     );
 }
+
+#[test]
+fn a_reload_the_kernel_refuses_fails_and_keeps_the_node_guarded() {
+    if !privileged("a_reload_the_kernel_refuses_fails_and_keeps_the_node_guarded") {
+        return;
+    }
+    let bus = bus();
+    let node = start(&bus, "", &[("net.ipv4.ip_local_port_range", "20000 40000")]);
+    // Valid config, but the kernel refuses a local port range below 1024.
+    std::fs::write(
+        node.config_path(),
+        "[sysctl]\nephemeral_range = \"1000-2000\"\n",
+    )
+    .unwrap();
+    let cli = ctl(&bus, &["reload"]);
+    assert_eq!(cli.status.code(), Some(1));
+    let stderr = text(&cli.stderr);
+    assert!(
+        stderr.contains(bus::ERROR_RELOAD_FAILED) && stderr.contains("kept the previous settings"),
+        "{stderr}"
+    );
+    assert_eq!(
+        read_sysctl(&node, "net.ipv4.ip_local_port_range"),
+        "20000 29999"
+    );
+    let status = ctl(&bus, &["status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stdout));
+}
