@@ -66,6 +66,10 @@ struct Supervisor {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Handlers first: a SIGHUP during start-up must not kill the supervisor.
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let explicit_path = args.config.is_some();
     let config_path = args
         .config
@@ -94,13 +98,10 @@ async fn run(args: Args) -> Result<(), String> {
         registry,
     };
 
-    notify::ready(&status_line(&supervisor.registry.snapshot()));
     tracing::info!(nodeplane_health = %State::of_node(supervisor.registry.snapshot().values()), "nodeplaned is ready");
+    notify::ready(&status_line(&supervisor.registry.snapshot()));
     tokio::spawn(health_loop(supervisor.registry.subscribe()));
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             _ = hangup.recv() => {
