@@ -61,23 +61,14 @@ impl SysctlConfig {
                 ),
             });
         }
-        if PortRange::UNPRIVILEGED
-            .largest_part_outside(self.nodeport_range)
-            .is_none()
-        {
+        if PortRange::UNPRIVILEGED.largest_part_outside(self.nodeport_range).is_none() {
             return Err(Invalid {
                 field: "nodeport_range",
-                message: format!(
-                    "{} leaves no ports for outgoing connections",
-                    self.nodeport_range
-                ),
+                message: format!("{} leaves no ports for outgoing connections", self.nodeport_range),
             });
         }
         if self.check_interval.is_zero() {
-            return Err(Invalid {
-                field: "check_interval",
-                message: "must be greater than zero".into(),
-            });
+            return Err(Invalid { field: "check_interval", message: "must be greater than zero".into() });
         }
         Ok(())
     }
@@ -123,9 +114,7 @@ impl Serialize for Extra {
 impl<'de> Deserialize<'de> for Extra {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let Tree::Table(entries) = deserializer.deserialize_map(TreeVisitor)? else {
-            return Err(de::Error::custom(
-                "expected a table of sysctl names and values",
-            ));
+            return Err(de::Error::custom("expected a table of sysctl names and values"));
         };
         let mut extra = BTreeMap::new();
         flatten(String::new(), Tree::Table(entries), &mut extra).map_err(de::Error::custom)?;
@@ -153,9 +142,7 @@ impl<'de> Visitor<'de> for TreeVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Tree, E> {
-        i64::try_from(v)
-            .map(|v| Tree::Leaf(Value::Integer(v)))
-            .map_err(|_| E::custom("integer out of range"))
+        i64::try_from(v).map(|v| Tree::Leaf(Value::Integer(v))).map_err(|_| E::custom("integer out of range"))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Tree, E> {
@@ -183,10 +170,7 @@ fn flatten(prefix: String, tree: Tree, out: &mut BTreeMap<SysctlKey, Value>) -> 
     match tree {
         Tree::Leaf(value) => {
             let key = SysctlKey::parse(&prefix)?;
-            if matches!(
-                key.as_str(),
-                SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS
-            ) {
+            if matches!(key.as_str(), SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS) {
                 return Err(format!(
                     "{key} is managed by the port-range guard; set sysctl.ephemeral_range or sysctl.reserve_nodeport_range instead"
                 ));
@@ -198,11 +182,7 @@ fn flatten(prefix: String, tree: Tree, out: &mut BTreeMap<SysctlKey, Value>) -> 
         }
         Tree::Table(entries) => {
             for (name, subtree) in entries {
-                let path = if prefix.is_empty() {
-                    name
-                } else {
-                    format!("{prefix}.{name}")
-                };
+                let path = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
                 flatten(path, subtree, out)?;
             }
             Ok(())

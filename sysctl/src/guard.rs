@@ -17,31 +17,20 @@ pub struct Plan {
 /// the current range if it is clear of the NodePort range, else its largest part
 /// that is. When nothing of it is left (it lies inside the NodePort range) the same
 /// rule is applied to the Linux default range, then to every unprivileged port.
-pub fn plan(
-    config: &SysctlConfig,
-    current_ephemeral: PortRange,
-    current_reserved: &PortSet,
-) -> Plan {
+pub fn plan(config: &SysctlConfig, current_ephemeral: PortRange, current_reserved: &PortSet) -> Plan {
     let nodeports = config.nodeport_range;
     let ephemeral_range = config.ephemeral_range.unwrap_or_else(|| {
-        [
-            current_ephemeral,
-            PortRange::LINUX_DEFAULT_EPHEMERAL,
-            PortRange::UNPRIVILEGED,
-        ]
-        .into_iter()
-        .find_map(|range| range.largest_part_outside(nodeports))
-        .expect("config validation guarantees unprivileged ports outside the NodePort range")
+        [current_ephemeral, PortRange::LINUX_DEFAULT_EPHEMERAL, PortRange::UNPRIVILEGED]
+            .into_iter()
+            .find_map(|range| range.largest_part_outside(nodeports))
+            .expect("config validation guarantees unprivileged ports outside the NodePort range")
     });
     let reserved_ports = config.reserve_nodeport_range.then(|| {
         let mut reserved = current_reserved.clone();
         reserved.insert(nodeports);
         reserved
     });
-    Plan {
-        ephemeral_range,
-        reserved_ports,
-    }
+    Plan { ephemeral_range, reserved_ports }
 }
 
 /// A value the guard wrote: at start-up, or to undo a change made by someone else.
@@ -70,10 +59,7 @@ impl Report {
 }
 
 fn is_port_key(key: &SysctlKey) -> bool {
-    matches!(
-        key.as_str(),
-        SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS
-    )
+    matches!(key.as_str(), SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,9 +85,8 @@ impl Guard {
         let port_key = SysctlKey::known(SysctlKey::IP_LOCAL_PORT_RANGE);
         let reserved_key = SysctlKey::known(SysctlKey::IP_LOCAL_RESERVED_PORTS);
         let mut managed = Vec::new();
-        let current = read_parsed(&port_key, PortRange::from_kernel).and_then(|ephemeral| {
-            Ok((ephemeral, read_parsed(&reserved_key, PortSet::from_kernel)?))
-        });
+        let current = read_parsed(&port_key, PortRange::from_kernel)
+            .and_then(|ephemeral| Ok((ephemeral, read_parsed(&reserved_key, PortSet::from_kernel)?)));
         let plan = match current {
             Ok((ephemeral, reserved)) => {
                 let plan = plan(config, ephemeral, &reserved);
@@ -116,17 +101,10 @@ impl Guard {
                 None
             }
         };
-        managed.extend(config.extra.0.iter().map(|(key, value)| {
-            (
-                key.clone(),
-                Want::Exact(kernel::normalize(&value.to_string())),
-            )
-        }));
-        let guard = Guard {
-            plan,
-            managed,
-            restored: 0,
-        };
+        managed.extend(
+            config.extra.0.iter().map(|(key, value)| (key.clone(), Want::Exact(kernel::normalize(&value.to_string())))),
+        );
+        let guard = Guard { plan, managed, restored: 0 };
         guard.enforce(&mut report);
         (guard, report)
     }
@@ -160,15 +138,10 @@ impl Guard {
     }
 }
 
-fn read_parsed<T, E: ToString>(
-    key: &SysctlKey,
-    parse: impl Fn(&str) -> Result<T, E>,
-) -> Result<T, SysctlError> {
+fn read_parsed<T, E: ToString>(key: &SysctlKey, parse: impl Fn(&str) -> Result<T, E>) -> Result<T, SysctlError> {
     let text = kernel::read(key)?;
-    parse(&text).map_err(|e| SysctlError::Io {
-        key: key.clone(),
-        reason: format!("cannot parse {text:?}: {}", e.to_string()),
-    })
+    parse(&text)
+        .map_err(|e| SysctlError::Io { key: key.clone(), reason: format!("cannot parse {text:?}: {}", e.to_string()) })
 }
 
 /// Makes one key hold what is wanted; returns the change if a write was needed.
@@ -178,10 +151,8 @@ fn enforce_one(key: &SysctlKey, want: &Want) -> Result<Option<Change>, SysctlErr
         Want::Exact(value) if *value == found => return Ok(None),
         Want::Exact(value) => value.clone(),
         Want::Reserves(range) => {
-            let mut reserved = PortSet::from_kernel(&found).map_err(|e| SysctlError::Io {
-                key: key.clone(),
-                reason: format!("cannot parse {found:?}: {e}"),
-            })?;
+            let mut reserved = PortSet::from_kernel(&found)
+                .map_err(|e| SysctlError::Io { key: key.clone(), reason: format!("cannot parse {found:?}: {e}") })?;
             if reserved.covers(*range) {
                 return Ok(None);
             }
@@ -196,17 +167,9 @@ fn enforce_one(key: &SysctlKey, want: &Want) -> Result<Option<Change>, SysctlErr
         Want::Reserves(range) => PortSet::from_kernel(&now).is_ok_and(|set| set.covers(*range)),
     };
     if !kept {
-        return Err(SysctlError::NotKept {
-            key: key.clone(),
-            wrote: target,
-            found: now,
-        });
+        return Err(SysctlError::NotKept { key: key.clone(), wrote: target, found: now });
     }
-    Ok(Some(Change {
-        key: key.clone(),
-        found,
-        restored: now,
-    }))
+    Ok(Some(Change { key: key.clone(), found, restored: now }))
 }
 
 #[cfg(test)]
@@ -243,10 +206,7 @@ mod tests {
         ];
         for (configured, kernel, planned) in cases {
             let plan = plan(&config(np, configured, true), kernel, &PortSet::default());
-            assert_eq!(
-                plan.ephemeral_range, planned,
-                "configured {configured:?}, kernel {kernel}"
-            );
+            assert_eq!(plan.ephemeral_range, planned, "configured {configured:?}, kernel {kernel}");
             assert!(!plan.ephemeral_range.overlaps(np));
         }
     }
@@ -254,11 +214,7 @@ mod tests {
     #[test]
     fn plan_falls_back_when_custom_nodeports_swallow_the_linux_default() {
         let nodeports = r(30000, 61000);
-        let plan = plan(
-            &config(nodeports, None, true),
-            r(32768, 60999),
-            &PortSet::default(),
-        );
+        let plan = plan(&config(nodeports, None, true), r(32768, 60999), &PortSet::default());
         assert_eq!(plan.ephemeral_range, r(1024, 29999));
     }
 
@@ -267,10 +223,7 @@ mod tests {
         let np = PortRange::KUBERNETES_NODEPORTS;
         let existing = PortSet::from_kernel("22,8080-8090,31000").unwrap();
         let plan_on = plan(&config(np, None, true), r(32768, 60999), &existing);
-        assert_eq!(
-            plan_on.reserved_ports.unwrap().to_string(),
-            "22,8080-8090,30000-32767"
-        );
+        assert_eq!(plan_on.reserved_ports.unwrap().to_string(), "22,8080-8090,30000-32767");
         let plan_off = plan(&config(np, None, false), r(32768, 60999), &existing);
         assert_eq!(plan_off.reserved_ports, None);
     }

@@ -10,22 +10,12 @@ use crate::SysctlKey;
 pub enum SysctlError {
     #[error("{key}: not present in this kernel")]
     Missing { key: SysctlKey },
-    #[error(
-        "{key}: permission denied (nodeplaned needs CAP_NET_ADMIN/CAP_SYS_ADMIN and a writable /proc/sys)"
-    )]
+    #[error("{key}: permission denied (nodeplaned needs CAP_NET_ADMIN/CAP_SYS_ADMIN and a writable /proc/sys)")]
     PermissionDenied { key: SysctlKey },
     #[error("{key}: the kernel rejected {value:?}: {reason}")]
-    Rejected {
-        key: SysctlKey,
-        value: String,
-        reason: String,
-    },
+    Rejected { key: SysctlKey, value: String, reason: String },
     #[error("{key}: wrote {wrote:?} but the kernel reads back {found:?}")]
-    NotKept {
-        key: SysctlKey,
-        wrote: String,
-        found: String,
-    },
+    NotKept { key: SysctlKey, wrote: String, found: String },
     #[error("{key}: {reason}")]
     Io { key: SysctlKey, reason: String },
 }
@@ -46,15 +36,10 @@ impl SysctlError {
         match (err.kind(), value) {
             (io::ErrorKind::NotFound, _) => SysctlError::Missing { key },
             (io::ErrorKind::PermissionDenied, _) => SysctlError::PermissionDenied { key },
-            (io::ErrorKind::InvalidInput, Some(value)) => SysctlError::Rejected {
-                key,
-                value: value.to_owned(),
-                reason: err.to_string(),
-            },
-            _ => SysctlError::Io {
-                key,
-                reason: err.to_string(),
-            },
+            (io::ErrorKind::InvalidInput, Some(value)) => {
+                SysctlError::Rejected { key, value: value.to_owned(), reason: err.to_string() }
+            }
+            _ => SysctlError::Io { key, reason: err.to_string() },
         }
     }
 }
@@ -62,9 +47,7 @@ impl SysctlError {
 /// Reads a sysctl, with white space runs folded to one space (the kernel prints
 /// some values tab-separated but accepts them space-separated).
 pub fn read(key: &SysctlKey) -> Result<String, SysctlError> {
-    fs::read_to_string(key.proc_path())
-        .map(|text| normalize(&text))
-        .map_err(|e| SysctlError::from_io(key, None, e))
+    fs::read_to_string(key.proc_path()).map(|text| normalize(&text)).map_err(|e| SysctlError::from_io(key, None, e))
 }
 
 /// Writes a sysctl in one `write(2)`, as the kernel requires.
@@ -73,8 +56,7 @@ pub fn write(key: &SysctlKey, value: &str) -> Result<(), SysctlError> {
         .write(true)
         .open(key.proc_path())
         .map_err(|e| SysctlError::from_io(key, Some(value), e))?;
-    file.write_all(value.as_bytes())
-        .map_err(|e| SysctlError::from_io(key, Some(value), e))
+    file.write_all(value.as_bytes()).map_err(|e| SysctlError::from_io(key, Some(value), e))
 }
 
 pub(crate) fn normalize(value: &str) -> String {

@@ -28,15 +28,11 @@ impl SysctlKey {
         for component in &components {
             let literal = component.replace('/', ".");
             if literal.is_empty() || literal == "." || literal == ".." || literal.contains('\0') {
-                return Err(format!(
-                    "'{name}' is not a sysctl name (empty, '.' or '..' component)"
-                ));
+                return Err(format!("'{name}' is not a sysctl name (empty, '.' or '..' component)"));
             }
         }
         if components.len() < 2 {
-            return Err(format!(
-                "'{name}' is not a sysctl name (expected e.g. net.core.somaxconn)"
-            ));
+            return Err(format!("'{name}' is not a sysctl name (expected e.g. net.core.somaxconn)"));
         }
         Ok(SysctlKey(components.join(".")))
     }
@@ -73,16 +69,8 @@ mod tests {
     #[test]
     fn dotted_and_slashed_names_map_to_proc_paths() {
         let cases = [
-            (
-                "net.core.somaxconn",
-                "net.core.somaxconn",
-                "/proc/sys/net/core/somaxconn",
-            ),
-            (
-                "net/core/somaxconn",
-                "net.core.somaxconn",
-                "/proc/sys/net/core/somaxconn",
-            ),
+            ("net.core.somaxconn", "net.core.somaxconn", "/proc/sys/net/core/somaxconn"),
+            ("net/core/somaxconn", "net.core.somaxconn", "/proc/sys/net/core/somaxconn"),
             (
                 "net.ipv4.conf.eth0/100.rp_filter",
                 "net.ipv4.conf.eth0/100.rp_filter",
@@ -103,15 +91,7 @@ mod tests {
 
     #[test]
     fn rejects_names_that_escape_proc_sys_or_are_empty() {
-        for name in [
-            "",
-            "net",
-            "net..core",
-            "net.core.",
-            "net/../../etc/passwd",
-            "net/./x",
-            ".net.core",
-        ] {
+        for name in ["", "net", "net..core", "net.core.", "net/../../etc/passwd", "net/./x", ".net.core"] {
             assert!(SysctlKey::parse(name).is_err(), "{name}");
         }
     }

@@ -26,21 +26,12 @@ pub enum RangeError {
 
 impl PortRange {
     /// The kernel's default `net.ipv4.ip_local_port_range`.
-    pub const LINUX_DEFAULT_EPHEMERAL: PortRange = PortRange {
-        start: 32768,
-        end: 60999,
-    };
+    pub const LINUX_DEFAULT_EPHEMERAL: PortRange = PortRange { start: 32768, end: 60999 };
     /// Kubernetes' default `--service-node-port-range`.
-    pub const KUBERNETES_NODEPORTS: PortRange = PortRange {
-        start: 30000,
-        end: 32767,
-    };
+    pub const KUBERNETES_NODEPORTS: PortRange = PortRange { start: 30000, end: 32767 };
     /// Every port an unprivileged ephemeral range may use (the kernel refuses a local
     /// port range that starts below `ip_unprivileged_port_start`, 1024 by default).
-    pub const UNPRIVILEGED: PortRange = PortRange {
-        start: 1024,
-        end: 65535,
-    };
+    pub const UNPRIVILEGED: PortRange = PortRange { start: 1024, end: 65535 };
 
     pub fn new(start: u16, end: u16) -> Result<Self, RangeError> {
         if start == 0 {
@@ -80,20 +71,10 @@ impl PortRange {
         if !self.overlaps(other) {
             return Some(self);
         }
-        let below = (self.start < other.start).then(|| PortRange {
-            start: self.start,
-            end: other.start - 1,
-        });
-        let above = (self.end > other.end).then(|| PortRange {
-            start: other.end + 1,
-            end: self.end,
-        });
+        let below = (self.start < other.start).then(|| PortRange { start: self.start, end: other.start - 1 });
+        let above = (self.end > other.end).then(|| PortRange { start: other.end + 1, end: self.end });
         match (below, above) {
-            (Some(b), Some(a)) => Some(if b.port_count() > a.port_count() {
-                b
-            } else {
-                a
-            }),
+            (Some(b), Some(a)) => Some(if b.port_count() > a.port_count() { b } else { a }),
             (b, a) => a.or(b),
         }
     }
@@ -115,8 +96,7 @@ impl PortRange {
 
 fn parse_port(text: &str) -> Result<u16, RangeError> {
     let text = text.trim();
-    text.parse::<u16>()
-        .map_err(|_| RangeError::NotAPort(text.to_owned()))
+    text.parse::<u16>().map_err(|_| RangeError::NotAPort(text.to_owned()))
 }
 
 impl FromStr for PortRange {
@@ -124,9 +104,7 @@ impl FromStr for PortRange {
 
     /// `START-END` (the config's spelling).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (start, end) = s
-            .split_once('-')
-            .ok_or_else(|| RangeError::Malformed(s.to_owned()))?;
+        let (start, end) = s.split_once('-').ok_or_else(|| RangeError::Malformed(s.to_owned()))?;
         PortRange::new(parse_port(start)?, parse_port(end)?)
     }
 }
@@ -163,12 +141,7 @@ impl PortSet {
     /// means no port).
     pub fn from_kernel(value: &str) -> Result<Self, RangeError> {
         let mut set = PortSet::default();
-        for item in value
-            .trim()
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
+        for item in value.trim().split(',').map(str::trim).filter(|item| !item.is_empty()) {
             let range = match item.split_once('-') {
                 Some(_) => item.parse()?,
                 None => {
@@ -199,9 +172,7 @@ impl PortSet {
 
     /// True when every port of `range` is in the set.
     pub fn covers(&self, range: PortRange) -> bool {
-        self.ranges
-            .iter()
-            .any(|r| r.start <= range.start && range.end <= r.end)
+        self.ranges.iter().any(|r| r.start <= range.start && range.end <= r.end)
     }
 
     pub fn ranges(&self) -> &[PortRange] {
@@ -241,27 +212,17 @@ mod tests {
             ("32767-30000", "start 32767 is after end 30000"),
             ("0-100", "port 0 is not a usable port"),
             ("30000-70000", "'70000' is not a port number (1-65535)"),
-            (
-                "30000",
-                "'30000' is not a port range; expected START-END, e.g. 30000-32767",
-            ),
+            ("30000", "'30000' is not a port range; expected START-END, e.g. 30000-32767"),
             ("a-b", "'a' is not a port number (1-65535)"),
         ];
         for (text, message) in cases {
-            assert_eq!(
-                text.parse::<PortRange>().unwrap_err().to_string(),
-                message,
-                "{text}"
-            );
+            assert_eq!(text.parse::<PortRange>().unwrap_err().to_string(), message, "{text}");
         }
     }
 
     #[test]
     fn parses_and_prints_kernel_spelling() {
-        assert_eq!(
-            PortRange::from_kernel("32768\t60999\n"),
-            Ok(r(32768, 60999))
-        );
+        assert_eq!(PortRange::from_kernel("32768\t60999\n"), Ok(r(32768, 60999)));
         assert_eq!(r(20000, 29999).to_kernel(), "20000 29999");
         assert!(PortRange::from_kernel("1 2 3").is_err());
         assert!(PortRange::from_kernel("").is_err());
@@ -283,11 +244,7 @@ mod tests {
             (r(30000, 32767), None),                  // identical
         ];
         for (ephemeral, expected) in cases {
-            assert_eq!(
-                ephemeral.largest_part_outside(nodeports),
-                expected,
-                "{ephemeral}"
-            );
+            assert_eq!(ephemeral.largest_part_outside(nodeports), expected, "{ephemeral}");
             if let Some(part) = expected {
                 assert!(!part.overlaps(nodeports));
             }
@@ -299,11 +256,7 @@ mod tests {
         let cases = [
             ("", r(30000, 32767), "30000-32767"),
             ("8080", r(30000, 32767), "8080,30000-32767"),
-            (
-                "8080,40000-40010",
-                r(30000, 32767),
-                "8080,30000-32767,40000-40010",
-            ),
+            ("8080,40000-40010", r(30000, 32767), "8080,30000-32767,40000-40010"),
             ("29000-30500", r(30000, 32767), "29000-32767"),
             ("31000", r(30000, 32767), "30000-32767"),
             ("29999", r(30000, 32767), "29999-32767"), // adjacent ranges join, as the kernel prints them
@@ -321,11 +274,7 @@ mod tests {
                 assert!(set.covers(*range), "{existing}: dropped {range}");
             }
         }
-        assert!(
-            !PortSet::from_kernel("30000-32000")
-                .unwrap()
-                .covers(r(30000, 32767))
-        );
+        assert!(!PortSet::from_kernel("30000-32000").unwrap().covers(r(30000, 32767)));
         assert!(PortSet::from_kernel("8080,x").is_err());
     }
 }

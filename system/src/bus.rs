@@ -31,8 +31,7 @@ pub fn component_path(name: &str) -> String {
 pub type ComponentRow = (String, String, String, u64);
 
 pub fn to_usec(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 pub fn from_usec(usec: u64) -> SystemTime {
@@ -42,9 +41,7 @@ pub fn from_usec(usec: u64) -> SystemTime {
 pub fn fact_to_value(fact: &Fact) -> OwnedVariant {
     match fact {
         Fact::Count(n) => OwnedVariant::from(*n),
-        Fact::Text(s) => {
-            OwnedVariant::try_from(zbus::Variant::from(s.as_str())).expect("strings carry no fds")
-        }
+        Fact::Text(s) => OwnedVariant::try_from(zbus::Variant::from(s.as_str())).expect("strings carry no fds"),
     }
 }
 
@@ -74,10 +71,7 @@ pub trait Node {
     fn components(&self) -> zbus::Result<Vec<ComponentRow>>;
 }
 
-#[zbus::proxy(
-    interface = "org.nodeplane.Component1",
-    default_service = "org.nodeplane.Node1"
-)]
+#[zbus::proxy(interface = "org.nodeplane.Component1", default_service = "org.nodeplane.Node1")]
 pub trait Component {
     #[zbus(property)]
     fn facts(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;

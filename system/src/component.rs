@@ -41,11 +41,7 @@ impl State {
 
     /// The node's health: the worst of its components' states.
     pub fn of_node<'a>(states: impl IntoIterator<Item = &'a Status>) -> State {
-        states
-            .into_iter()
-            .map(|s| s.state)
-            .max()
-            .unwrap_or(State::Starting)
+        states.into_iter().map(|s| s.state).max().unwrap_or(State::Starting)
     }
 }
 
@@ -59,15 +55,10 @@ impl FromStr for State {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            State::Healthy,
-            State::Starting,
-            State::Degraded,
-            State::Failed,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
-        .ok_or_else(|| format!("unknown state {s:?}"))
+        [State::Healthy, State::Starting, State::Degraded, State::Failed]
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}"))
     }
 }
 
@@ -124,10 +115,7 @@ impl Registry {
         self.0.send_modify(|snapshot| {
             snapshot.insert(name, status);
         });
-        Reporter {
-            name,
-            registry: self.clone(),
-        }
+        Reporter { name, registry: self.clone() }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
@@ -192,10 +180,7 @@ pub trait Component: Send + Sized + 'static {
     const NAME: &'static str;
 
     /// Start-up work. `READY=1` waits for it; an error is fatal to the supervisor.
-    fn start(
-        config: &NodeConfig,
-        reporter: Reporter,
-    ) -> impl Future<Output = Result<Self, String>> + Send;
+    fn start(config: &NodeConfig, reporter: Reporter) -> impl Future<Output = Result<Self, String>> + Send;
 
     /// Applies a new, validated config.
     fn reload(&mut self, config: &NodeConfig) -> impl Future<Output = Result<(), String>> + Send;
@@ -216,20 +201,12 @@ pub struct Handle {
 
 /// Starts `C` and spawns its task. Everything it logs carries
 /// `NODEPLANE_COMPONENT=<name>`.
-pub async fn start<C: Component>(
-    config: &NodeConfig,
-    registry: &Registry,
-) -> Result<Handle, String> {
+pub async fn start<C: Component>(config: &NodeConfig, registry: &Registry) -> Result<Handle, String> {
     let span = tracing::info_span!("component", nodeplane_component = C::NAME);
-    let component = C::start(config, registry.reporter(C::NAME))
-        .instrument(span.clone())
-        .await?;
+    let component = C::start(config, registry.reporter(C::NAME)).instrument(span.clone()).await?;
     let (requests, inbox) = mpsc::channel(1);
     tokio::spawn(run(component, inbox).instrument(span));
-    Ok(Handle {
-        name: C::NAME,
-        requests,
-    })
+    Ok(Handle { name: C::NAME, requests })
 }
 
 impl Handle {
@@ -239,13 +216,8 @@ impl Handle {
 
     pub async fn reload(&self, config: Arc<NodeConfig>) -> Result<(), String> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send((config, reply))
-            .await
-            .map_err(|_| format!("{} is not running", self.name))?;
-        answer
-            .await
-            .map_err(|_| format!("{} stopped during the reload", self.name))?
+        self.requests.send((config, reply)).await.map_err(|_| format!("{} is not running", self.name))?;
+        answer.await.map_err(|_| format!("{} stopped during the reload", self.name))?
     }
 }
 
@@ -275,26 +247,13 @@ mod tests {
 
     #[test]
     fn node_health_is_the_worst_component_state() {
-        let status = |state| Status {
-            state,
-            detail: String::new(),
-            last_change: SystemTime::UNIX_EPOCH,
-            facts: Facts::new(),
-        };
+        let status =
+            |state| Status { state, detail: String::new(), last_change: SystemTime::UNIX_EPOCH, facts: Facts::new() };
         assert_eq!(State::of_node(&[]), State::Starting);
         assert_eq!(State::of_node(&[status(State::Healthy)]), State::Healthy);
-        assert_eq!(
-            State::of_node(&[status(State::Healthy), status(State::Starting)]),
-            State::Starting
-        );
-        assert_eq!(
-            State::of_node(&[status(State::Degraded), status(State::Starting)]),
-            State::Degraded
-        );
-        assert_eq!(
-            State::of_node(&[status(State::Degraded), status(State::Failed)]),
-            State::Failed
-        );
+        assert_eq!(State::of_node(&[status(State::Healthy), status(State::Starting)]), State::Starting);
+        assert_eq!(State::of_node(&[status(State::Degraded), status(State::Starting)]), State::Degraded);
+        assert_eq!(State::of_node(&[status(State::Degraded), status(State::Failed)]), State::Failed);
     }
 
     #[test]
@@ -313,10 +272,6 @@ mod tests {
         assert_eq!(registry.snapshot()["test"].last_change, first);
         reporter.set_facts([("restored".to_owned(), Fact::Count(1))].into());
         assert!(changes.has_changed().unwrap());
-        assert_eq!(
-            registry.snapshot()["test"].last_change,
-            first,
-            "facts are not a change of state"
-        );
+        assert_eq!(registry.snapshot()["test"].last_change, first, "facts are not a change of state");
     }
 }

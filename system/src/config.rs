@@ -25,10 +25,7 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}:{}", .location)]
     Invalid { origin: String, location: Location },
 }
@@ -56,10 +53,8 @@ impl fmt::Display for Location {
 impl NodeConfig {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -67,27 +62,16 @@ impl NodeConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let invalid = |span: Option<Range<usize>>, key: String, message: String| {
             let (line, column) = line_column(text, span.map_or(0, |s| s.start));
-            ConfigError::Invalid {
-                origin: origin.to_owned(),
-                location: Location {
-                    line,
-                    column,
-                    key,
-                    message,
-                },
-            }
+            ConfigError::Invalid { origin: origin.to_owned(), location: Location { line, column, key, message } }
         };
-        let document = toml_edit::Document::parse(text)
-            .map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
-        let config: NodeConfig =
-            serde_path_to_error::deserialize(toml_edit::de::Deserializer::from(document.clone()))
-                .map_err(|e| {
+        let document =
+            toml_edit::Document::parse(text).map_err(|e| invalid(e.span(), String::new(), e.message().to_owned()))?;
+        let config: NodeConfig = serde_path_to_error::deserialize(toml_edit::de::Deserializer::from(document.clone()))
+            .map_err(|e| {
                 let key = key_path(e.path());
                 invalid(e.inner().span(), key, e.inner().message().to_owned())
             })?;
-        config
-            .validate()
-            .map_err(|(key, message)| invalid(span_of(document.as_item(), &key), key, message))?;
+        config.validate().map_err(|(key, message)| invalid(span_of(document.as_item(), &key), key, message))?;
         Ok(config)
     }
 
@@ -163,14 +147,8 @@ mod tests {
 
     #[test]
     fn an_empty_file_is_the_default_config() {
-        assert_eq!(
-            NodeConfig::parse("", "node.toml").unwrap(),
-            NodeConfig::default()
-        );
-        assert_eq!(
-            NodeConfig::parse("[sysctl]\n", "node.toml").unwrap(),
-            NodeConfig::default()
-        );
+        assert_eq!(NodeConfig::parse("", "node.toml").unwrap(), NodeConfig::default());
+        assert_eq!(NodeConfig::parse("[sysctl]\n", "node.toml").unwrap(), NodeConfig::default());
     }
 
     #[test]
@@ -183,24 +161,9 @@ mod tests {
                 2,
                 "start 32767 is after end 30000",
             ),
-            (
-                "[sysctl]\nnodeport_range = \"30000\"\n",
-                "sysctl.nodeport_range",
-                2,
-                "expected START-END",
-            ),
-            (
-                "[sysctl]\nnodeport_range = 30000\n",
-                "sysctl.nodeport_range",
-                2,
-                "expected a string",
-            ),
-            (
-                "\n[sysctl]\nephemeral_range = \"0-100\"\n",
-                "sysctl.ephemeral_range",
-                3,
-                "port 0",
-            ),
+            ("[sysctl]\nnodeport_range = \"30000\"\n", "sysctl.nodeport_range", 2, "expected START-END"),
+            ("[sysctl]\nnodeport_range = 30000\n", "sysctl.nodeport_range", 2, "expected a string"),
+            ("\n[sysctl]\nephemeral_range = \"0-100\"\n", "sysctl.ephemeral_range", 3, "port 0"),
             (
                 "[sysctl]\nephemeral_range = \"20000-40000\"\n",
                 "sysctl.ephemeral_range",
@@ -213,72 +176,27 @@ mod tests {
                 4,
                 "overlaps the NodePort range 20000-25000",
             ),
-            (
-                "[sysctl]\nnodeport_range = \"1-65535\"\n",
-                "sysctl.nodeport_range",
-                2,
-                "leaves no ports",
-            ),
-            (
-                "[sysctl]\nreserve_nodeport_range = \"yes\"\n",
-                "sysctl.reserve_nodeport_range",
-                2,
-                "expected a boolean",
-            ),
-            (
-                "[sysctl]\ncheck_interval = \"soon\"\n",
-                "sysctl.check_interval",
-                2,
-                "soon",
-            ),
-            (
-                "[sysctl]\ncheck_interval = \"0s\"\n",
-                "sysctl.check_interval",
-                2,
-                "greater than zero",
-            ),
-            (
-                "[sysctl]\nbogus = 1\n",
-                "sysctl.bogus",
-                2,
-                "unknown field `bogus`",
-            ),
+            ("[sysctl]\nnodeport_range = \"1-65535\"\n", "sysctl.nodeport_range", 2, "leaves no ports"),
+            ("[sysctl]\nreserve_nodeport_range = \"yes\"\n", "sysctl.reserve_nodeport_range", 2, "expected a boolean"),
+            ("[sysctl]\ncheck_interval = \"soon\"\n", "sysctl.check_interval", 2, "soon"),
+            ("[sysctl]\ncheck_interval = \"0s\"\n", "sysctl.check_interval", 2, "greater than zero"),
+            ("[sysctl]\nbogus = 1\n", "sysctl.bogus", 2, "unknown field `bogus`"),
             (
                 "[sysctl.extra]\n\"net.ipv4.ip_local_port_range\" = \"1 2\"\n",
                 "sysctl.extra",
                 1,
                 "managed by the port-range guard",
             ),
-            (
-                "[sysctl.extra]\n\"net..core\" = 1\n",
-                "sysctl.extra",
-                1,
-                "not a sysctl name",
-            ),
+            ("[sysctl.extra]\n\"net..core\" = 1\n", "sysctl.extra", 1, "not a sysctl name"),
             (
                 "[sysctl.extra]\n\"net.core.somaxconn\" = 1.5\n",
                 "sysctl.extra.net.core.somaxconn",
                 2,
                 "an integer, a string",
             ),
-            (
-                "[sysctl.extra]\nnet.core.somaxconn = 1\n\"net.core.somaxconn\" = 2\n",
-                "sysctl.extra",
-                1,
-                "set twice",
-            ),
-            (
-                "[datapath]\nx = 1\n",
-                "datapath",
-                1,
-                "unknown field `datapath`",
-            ),
-            (
-                "[sysctl]\nnodeport_range = \n",
-                "",
-                2,
-                "string values must be quoted",
-            ),
+            ("[sysctl.extra]\nnet.core.somaxconn = 1\n\"net.core.somaxconn\" = 2\n", "sysctl.extra", 1, "set twice"),
+            ("[datapath]\nx = 1\n", "datapath", 1, "unknown field `datapath`"),
+            ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
         ];
         for (text, key, line, message) in cases {
             let location = error(text);
@@ -290,11 +208,8 @@ mod tests {
 
     #[test]
     fn errors_print_as_one_line_with_file_line_and_column() {
-        let err = NodeConfig::parse(
-            "[sysctl]\nnodeport_range = \"32767-30000\"\n",
-            "/etc/nodeplane/node.toml",
-        )
-        .unwrap_err();
+        let err =
+            NodeConfig::parse("[sysctl]\nnodeport_range = \"32767-30000\"\n", "/etc/nodeplane/node.toml").unwrap_err();
         assert_eq!(
             err.to_string(),
             "/etc/nodeplane/node.toml:2:18: sysctl.nodeport_range: start 32767 is after end 30000"
@@ -308,19 +223,11 @@ mod tests {
             "node.toml",
         )
         .unwrap();
-        let extra: Vec<(String, String)> = config
-            .sysctl
-            .extra
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let extra: Vec<(String, String)> =
+            config.sysctl.extra.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(
             extra,
-            [
-                ("net.core.somaxconn".into(), "4096".into()),
-                ("net.ipv4.tcp_congestion_control".into(), "cubic".into())
-            ]
+            [("net.core.somaxconn".into(), "4096".into()), ("net.ipv4.tcp_congestion_control".into(), "cubic".into())]
         );
     }
 
@@ -329,14 +236,8 @@ mod tests {
         let text = "[sysctl]\nephemeral_range = \"40000-50000\"\ncheck_interval = \"2m\"\n[sysctl.extra]\n\"net.core.somaxconn\" = 4096\n";
         let config = NodeConfig::parse(text, "node.toml").unwrap();
         let printed = config.to_toml();
-        assert!(
-            printed.contains("nodeport_range = \"30000-32767\""),
-            "{printed}"
-        );
-        assert!(
-            printed.contains("reserve_nodeport_range = true"),
-            "{printed}"
-        );
+        assert!(printed.contains("nodeport_range = \"30000-32767\""), "{printed}");
+        assert!(printed.contains("reserve_nodeport_range = true"), "{printed}");
         assert_eq!(NodeConfig::parse(&printed, "printed").unwrap(), config);
     }
 }

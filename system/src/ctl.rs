@@ -17,11 +17,7 @@ use crate::component::{Fact, State};
 use crate::config;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "nodeplanectl",
-    version,
-    about = "Inspect and control the nodeplane supervisor"
-)]
+#[command(name = "nodeplanectl", version, about = "Inspect and control the nodeplane supervisor")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -48,10 +44,7 @@ pub fn main() -> ExitCode {
     if let Command::CheckConfig { file } = &args.command {
         return config::check_file(file);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     runtime.block_on(async {
         let connection = match connect().await {
             Ok(connection) => connection,
@@ -70,14 +63,11 @@ pub fn main() -> ExitCode {
 
 /// Connects to the system bus and checks that nodeplaned is on it.
 async fn connect() -> Result<Connection, String> {
-    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-        .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into());
-    let connection = Connection::system()
-        .await
-        .map_err(|e| format!("cannot connect to the system bus at {address}: {e}"))?;
-    let dbus = zbus::fdo::DBusProxy::new(&connection)
-        .await
-        .map_err(|e| e.to_string())?;
+    let address =
+        std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into());
+    let connection =
+        Connection::system().await.map_err(|e| format!("cannot connect to the system bus at {address}: {e}"))?;
+    let dbus = zbus::fdo::DBusProxy::new(&connection).await.map_err(|e| e.to_string())?;
     let name = bus::SERVICE.try_into().expect("a valid bus name");
     match dbus.name_has_owner(name).await {
         Ok(true) => Ok(connection),
@@ -85,10 +75,7 @@ async fn connect() -> Result<Connection, String> {
             "nodeplaned is not running: nobody owns {} on the system bus at {address} (try: systemctl status nodeplaned)",
             bus::SERVICE
         )),
-        Err(err) => Err(format!(
-            "cannot ask the bus at {address} about {}: {err}",
-            bus::SERVICE
-        )),
+        Err(err) => Err(format!("cannot ask the bus at {address} about {}: {err}", bus::SERVICE)),
     }
 }
 
@@ -110,10 +97,7 @@ struct ComponentStatus {
 }
 
 async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
-    let node = NodeProxy::builder(connection)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let node = NodeProxy::builder(connection).cache_properties(CacheProperties::No).build().await?;
     let mut components = Vec::new();
     for (name, state, detail, last_change) in node.components().await? {
         let proxy = ComponentProxy::builder(connection)
@@ -121,29 +105,13 @@ async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
-        let facts = proxy
-            .facts()
-            .await?
-            .iter()
-            .map(|(k, v)| (k.clone(), bus::fact_from_value(v)))
-            .collect();
+        let facts = proxy.facts().await?.iter().map(|(k, v)| (k.clone(), bus::fact_from_value(v))).collect();
         let state = state.parse().map_err(zbus::Error::Failure)?;
-        let last_change =
-            humantime::format_rfc3339_seconds(bus::from_usec(last_change)).to_string();
-        components.push(ComponentStatus {
-            name,
-            state,
-            detail,
-            last_change,
-            facts,
-        });
+        let last_change = humantime::format_rfc3339_seconds(bus::from_usec(last_change)).to_string();
+        components.push(ComponentStatus { name, state, detail, last_change, facts });
     }
     let health = node.health().await?.parse().map_err(zbus::Error::Failure)?;
-    Ok(NodeStatus {
-        health,
-        version: node.version().await?,
-        components,
-    })
+    Ok(NodeStatus { health, version: node.version().await?, components })
 }
 
 async fn status(connection: &Connection, json: bool) -> ExitCode {
@@ -155,45 +123,20 @@ async fn status(connection: &Connection, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
     } else {
         print!("{}", table(&status));
     }
-    if status.health == State::Healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if status.health == State::Healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn table(status: &NodeStatus) -> String {
-    let mut out = format!(
-        "node: {} (nodeplaned {})\n\n",
-        status.health, status.version
-    );
-    let width = status
-        .components
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(0)
-        .max("COMPONENT".len());
-    out += &format!(
-        "{:width$}  {:9}  {:20}  DETAIL\n",
-        "COMPONENT", "STATE", "SINCE"
-    );
+    let mut out = format!("node: {} (nodeplaned {})\n\n", status.health, status.version);
+    let width = status.components.iter().map(|c| c.name.len()).max().unwrap_or(0).max("COMPONENT".len());
+    out += &format!("{:width$}  {:9}  {:20}  DETAIL\n", "COMPONENT", "STATE", "SINCE");
     for c in &status.components {
         let since = since(&c.last_change);
-        out += &format!(
-            "{:width$}  {:9}  {:20}  {}\n",
-            c.name,
-            c.state.as_str(),
-            since,
-            c.detail
-        );
+        out += &format!("{:width$}  {:9}  {:20}  {}\n", c.name, c.state.as_str(), since, c.detail);
         let facts: Vec<String> = c.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !facts.is_empty() {
             out += &format!("{:width$}  {}\n", "", facts.join(" "));
@@ -230,13 +173,9 @@ async fn reload(connection: &Connection) -> ExitCode {
             eprintln!("nodeplanectl: reload is for root only: {err}");
             ExitCode::FAILURE
         }
-        Err(zbus::Error::MethodError(name, message, _))
-            if name.as_str() == bus::ERROR_INVALID_CONFIG =>
-        {
+        Err(zbus::Error::MethodError(name, message, _)) if name.as_str() == bus::ERROR_INVALID_CONFIG => {
             let message = message.unwrap_or_default();
-            eprintln!(
-                "nodeplanectl: the new config is invalid; nodeplaned keeps the running one:\n  {message}"
-            );
+            eprintln!("nodeplanectl: the new config is invalid; nodeplaned keeps the running one:\n  {message}");
             ExitCode::from(2)
         }
         Err(err) => {

@@ -38,10 +38,7 @@ pub fn main() -> ExitCode {
         return config::check_file(file);
     }
     logging::init(args.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fatal(&format!("cannot start the runtime: {err}")),
     };
@@ -71,32 +68,18 @@ async fn run(args: Args) -> Result<(), String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let explicit_path = args.config.is_some();
-    let config_path = args
-        .config
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let config_path = args.config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let config = load(&config_path, explicit_path).map_err(|e| e.to_string())?;
     let registry = Registry::default();
     let (reloads, mut reload_requests) = mpsc::channel(4);
     notify::status("starting: connecting to the system bus");
-    let _bus = server::serve(&registry, reloads).await.map_err(|e| {
-        format!(
-            "cannot serve {} on the system bus: {e}",
-            crate::bus::SERVICE
-        )
-    })?;
+    let _bus = server::serve(&registry, reloads)
+        .await
+        .map_err(|e| format!("cannot serve {} on the system bus: {e}", crate::bus::SERVICE))?;
     notify::status("starting: applying sysctls");
-    let components = vec![
-        component::start::<SysctlComponent>(&config, &registry)
-            .await
-            .map_err(|e| format!("sysctl: {e}"))?,
-    ];
-    let mut supervisor = Supervisor {
-        config_path,
-        explicit_path,
-        config: Arc::new(config),
-        components,
-        registry,
-    };
+    let components =
+        vec![component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?];
+    let mut supervisor = Supervisor { config_path, explicit_path, config: Arc::new(config), components, registry };
 
     tracing::info!(nodeplane_health = %State::of_node(supervisor.registry.snapshot().values()), "nodeplaned is ready");
     notify::ready(&status_line(&supervisor.registry.snapshot()));
@@ -123,13 +106,8 @@ async fn run(args: Args) -> Result<(), String> {
 /// empty file is a valid config); a missing file named with `--config` is an error.
 fn load(path: &Path, explicit: bool) -> Result<NodeConfig, ConfigError> {
     match NodeConfig::load(path) {
-        Err(ConfigError::Read { source, .. })
-            if !explicit && source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            tracing::info!(
-                "{} does not exist; using the default config",
-                path.display()
-            );
+        Err(ConfigError::Read { source, .. }) if !explicit && source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!("{} does not exist; using the default config", path.display());
             Ok(NodeConfig::default())
         }
         other => other,
@@ -151,8 +129,8 @@ impl Supervisor {
     }
 
     async fn apply_new_config(&mut self) -> Result<(), ReloadError> {
-        let config = load(&self.config_path, self.explicit_path)
-            .map_err(|e| ReloadError::InvalidConfig(e.to_string()))?;
+        let config =
+            load(&self.config_path, self.explicit_path).map_err(|e| ReloadError::InvalidConfig(e.to_string()))?;
         if config == *self.config {
             return Ok(());
         }
@@ -198,13 +176,7 @@ async fn health_loop(mut changes: watch::Receiver<Snapshot>) {
 
 /// One line for `systemctl status`: node health, then each component.
 fn status_line(snapshot: &Snapshot) -> String {
-    let components: Vec<String> = snapshot
-        .iter()
-        .map(|(name, s)| format!("{name} {}: {}", s.state, s.detail))
-        .collect();
-    format!(
-        "{}; {}",
-        State::of_node(snapshot.values()),
-        components.join("; ")
-    )
+    let components: Vec<String> =
+        snapshot.iter().map(|(name, s)| format!("{name} {}: {}", s.state, s.detail)).collect();
+    format!("{}; {}", State::of_node(snapshot.values()), components.join("; "))
 }

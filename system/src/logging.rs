@@ -27,10 +27,7 @@ pub fn init(level: Option<&str>) {
                     .with_field_prefix(None)
                     .with_syslog_identifier("nodeplaned".into())
                     .with_priority_mappings(priorities);
-                tracing_subscriber::registry()
-                    .with(filter)
-                    .with(journald)
-                    .init();
+                tracing_subscriber::registry().with(filter).with(journald).init();
                 return;
             }
             Err(err) => eprintln!("nodeplaned: journald unavailable ({err}); logging to stderr"),
@@ -46,9 +43,7 @@ pub fn init(level: Option<&str>) {
 
 /// Checks a `--log-level` value before anything starts.
 pub fn parse_level(level: &str) -> Result<String, String> {
-    EnvFilter::try_new(level)
-        .map(|_| level.to_owned())
-        .map_err(|e| format!("invalid log level {level:?}: {e}"))
+    EnvFilter::try_new(level).map(|_| level.to_owned()).map_err(|e| format!("invalid log level {level:?}: {e}"))
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<ino>` for a service whose stderr is the

@@ -20,10 +20,7 @@ pub fn status(status: &str) {
 }
 
 pub fn reloading() {
-    let mut states = vec![
-        NotifyState::Reloading,
-        NotifyState::Status("reloading configuration"),
-    ];
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading configuration")];
     // systemd ≥ 253 wants the reload's start time with RELOADING=1.
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
@@ -41,7 +38,5 @@ pub fn watchdog() {
 
 /// How often to pet the watchdog: half of `WATCHDOG_USEC`, when systemd set it for us.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled()
-        .map(|timeout| timeout / 2)
-        .filter(|i| !i.is_zero())
+    sd_notify::watchdog_enabled().map(|timeout| timeout / 2).filter(|i| !i.is_zero())
 }

@@ -70,9 +70,7 @@ impl NodeObject {
             Ok(Ok(())) => Ok(()),
             Ok(Err(ReloadError::InvalidConfig(m))) => Err(NodeError::InvalidConfig(m)),
             Ok(Err(ReloadError::Failed(m))) => Err(NodeError::ReloadFailed(m)),
-            Err(_) => Err(NodeError::ReloadFailed(
-                "the supervisor dropped the request".into(),
-            )),
+            Err(_) => Err(NodeError::ReloadFailed("the supervisor dropped the request".into())),
         }
     }
 
@@ -91,14 +89,7 @@ impl NodeObject {
         self.snapshot
             .borrow()
             .iter()
-            .map(|(name, s)| {
-                (
-                    name.to_string(),
-                    s.state.to_string(),
-                    s.detail.clone(),
-                    bus::to_usec(s.last_change),
-                )
-            })
+            .map(|(name, s)| (name.to_string(), s.state.to_string(), s.detail.clone(), bus::to_usec(s.last_change)))
             .collect()
     }
 }
@@ -138,47 +129,25 @@ impl ComponentObject {
 
     #[zbus(property)]
     fn facts(&self) -> HashMap<String, OwnedVariant> {
-        self.with(|s| {
-            s.facts
-                .iter()
-                .map(|(k, v)| (k.clone(), bus::fact_to_value(v)))
-                .collect()
-        })
+        self.with(|s| s.facts.iter().map(|(k, v)| (k.clone(), bus::fact_to_value(v))).collect())
     }
 }
 
 /// Refuses callers other than root: the bus policy already should, this makes sure.
 async fn require_root(connection: &Connection, header: &Header<'_>) -> Result<(), NodeError> {
-    let sender = header
-        .sender()
-        .ok_or_else(|| fdo::Error::AccessDenied("caller has no bus name".into()))?;
-    let uid = fdo::DBusProxy::new(connection)
-        .await?
-        .get_connection_unix_user(sender.clone().into())
-        .await?;
+    let sender = header.sender().ok_or_else(|| fdo::Error::AccessDenied("caller has no bus name".into()))?;
+    let uid = fdo::DBusProxy::new(connection).await?.get_connection_unix_user(sender.clone().into()).await?;
     if uid != 0 {
-        return Err(fdo::Error::AccessDenied(format!(
-            "Reload() is for root only (caller uid {uid})"
-        ))
-        .into());
+        return Err(fdo::Error::AccessDenied(format!("Reload() is for root only (caller uid {uid})")).into());
     }
     Ok(())
 }
 
 /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides its address),
 /// serves the node object, takes the well-known name and keeps publishing changes.
-pub async fn serve(
-    registry: &Registry,
-    reloads: mpsc::Sender<ReloadRequest>,
-) -> zbus::Result<Connection> {
-    let node = NodeObject {
-        snapshot: registry.subscribe(),
-        reloads,
-    };
-    let connection = zbus::connection::Builder::system()
-        .serve_at(bus::NODE_PATH, node)
-        .build()
-        .await?;
+pub async fn serve(registry: &Registry, reloads: mpsc::Sender<ReloadRequest>) -> zbus::Result<Connection> {
+    let node = NodeObject { snapshot: registry.subscribe(), reloads };
+    let connection = zbus::connection::Builder::system().serve_at(bus::NODE_PATH, node).build().await?;
     connection.request_name(bus::SERVICE).await?;
     tokio::spawn(publish(connection.clone(), registry.subscribe()));
     Ok(connection)
@@ -209,15 +178,7 @@ async fn emit_changes(
     for (name, status) in new {
         let path = bus::component_path(name);
         let Some(before) = old.get(name) else {
-            server
-                .at(
-                    path,
-                    ComponentObject {
-                        name,
-                        snapshot: changes.clone(),
-                    },
-                )
-                .await?;
+            server.at(path, ComponentObject { name, snapshot: changes.clone() }).await?;
             continue;
         };
         let iface = server.interface::<_, ComponentObject>(path).await?;
@@ -240,10 +201,8 @@ async fn emit_changes(
     if State::of_node(old.values()) != State::of_node(new.values()) {
         object.health_changed(emitter).await?;
     }
-    let row_changed = |(name, s): (&&str, &Status)| {
-        old.get(name)
-            .is_none_or(|o| o.state != s.state || o.detail != s.detail)
-    };
+    let row_changed =
+        |(name, s): (&&str, &Status)| old.get(name).is_none_or(|o| o.state != s.state || o.detail != s.detail);
     if new.len() != old.len() || new.iter().any(row_changed) {
         object.components_changed(emitter).await?;
     }

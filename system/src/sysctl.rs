@@ -77,26 +77,15 @@ impl SysctlComponent {
         for failure in &report.failures {
             tracing::error!(sysctl_key = failure.key().as_str(), "{failure}");
         }
-        self.failed_keys = report
-            .failures
-            .iter()
-            .map(|f| f.key().to_string())
-            .collect();
+        self.failed_keys = report.failures.iter().map(|f| f.key().to_string()).collect();
         let (state, detail) = match (report.failures.first(), self.guard.plan()) {
             (Some(first), _) if report.port_guard_failed() => {
                 (State::Failed, format!("port range not guarded: {first}"))
             }
-            (Some(first), _) => (
-                State::Degraded,
-                format!("{} sysctl(s) not applied: {first}", report.failures.len()),
-            ),
+            (Some(first), _) => (State::Degraded, format!("{} sysctl(s) not applied: {first}", report.failures.len())),
             (None, plan) => {
                 let plan = plan.expect("without failures the port sysctls were read and planned");
-                let reserved = if plan.reserved_ports.is_some() {
-                    "reserved"
-                } else {
-                    "not reserved"
-                };
+                let reserved = if plan.reserved_ports.is_some() { "reserved" } else { "not reserved" };
                 (
                     State::Healthy,
                     format!(
@@ -112,29 +101,17 @@ impl SysctlComponent {
 
     fn facts(&self) -> Facts {
         let mut facts = Facts::new();
-        facts.insert(
-            "nodeport_range".into(),
-            Fact::Text(self.config.nodeport_range.to_string()),
-        );
+        facts.insert("nodeport_range".into(), Fact::Text(self.config.nodeport_range.to_string()));
         if let Some(plan) = self.guard.plan() {
-            facts.insert(
-                "ephemeral_range".into(),
-                Fact::Text(plan.ephemeral_range.to_string()),
-            );
+            facts.insert("ephemeral_range".into(), Fact::Text(plan.ephemeral_range.to_string()));
         }
         let reserved = SysctlKey::parse(SysctlKey::IP_LOCAL_RESERVED_PORTS)
             .and_then(|key| kernel::read(&key).map_err(|e| e.to_string()));
         if let Ok(reserved) = reserved {
             facts.insert("reserved_ports".into(), Fact::Text(reserved));
         }
-        facts.insert(
-            "managed_extra".into(),
-            Fact::Count(self.config.extra.0.len() as u64),
-        );
-        facts.insert(
-            "restored".into(),
-            Fact::Count(self.restored_before + self.guard.restored()),
-        );
+        facts.insert("managed_extra".into(), Fact::Count(self.config.extra.0.len() as u64));
+        facts.insert("restored".into(), Fact::Count(self.restored_before + self.guard.restored()));
         if !self.failed_keys.is_empty() {
             facts.insert("failed_keys".into(), Fact::Text(self.failed_keys.join(",")));
         }
@@ -147,10 +124,7 @@ impl SysctlComponent {
 fn port_guard_result(report: &Report) -> Result<(), String> {
     if report.port_guard_failed() {
         let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
-        return Err(format!(
-            "cannot guard the port range: {}",
-            failures.join("; ")
-        ));
+        return Err(format!("cannot guard the port range: {}", failures.join("; ")));
     }
     Ok(())
 }

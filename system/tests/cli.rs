@@ -17,39 +17,25 @@ fn status_prints_a_table_and_json_and_exits_0_only_when_healthy() {
     let table = ctl_as_nobody(&bus, &["status"]);
     assert_eq!(table.status.code(), Some(0), "{}", text(&table.stderr));
     let table = text(&table.stdout);
+    assert!(table.starts_with(&format!("node: healthy (nodeplaned {})", env!("CARGO_PKG_VERSION"))), "{table}");
     assert!(
-        table.starts_with(&format!(
-            "node: healthy (nodeplaned {})",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{table}"
-    );
-    assert!(
-        table.lines().any(|l| l.starts_with("sysctl")
-            && l.contains("healthy")
-            && l.contains("ephemeral ports 20000-29999")),
+        table
+            .lines()
+            .any(|l| l.starts_with("sysctl") && l.contains("healthy") && l.contains("ephemeral ports 20000-29999")),
         "{table}"
     );
     assert!(table.contains("restored=0"), "{table}");
 
     let json = ctl(&bus, &["status", "--json"]);
     assert_eq!(json.status.code(), Some(0));
-    let json: serde_json::Value =
-        serde_json::from_slice(&json.stdout).expect("status --json is JSON");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json is JSON");
     assert_eq!(json["health"], "healthy");
     assert_eq!(json["components"][0]["name"], "sysctl");
-    assert_eq!(
-        json["components"][0]["facts"]["ephemeral_range"],
-        "20000-29999"
-    );
+    assert_eq!(json["components"][0]["facts"]["ephemeral_range"], "20000-29999");
     assert_eq!(json["components"][0]["facts"]["restored"], 0);
 
     // A degraded node exits 1.
-    std::fs::write(
-        node.config_path(),
-        "[sysctl.extra]\nnet.ipv4.no_such_key = 1\n",
-    )
-    .unwrap();
+    std::fs::write(node.config_path(), "[sysctl.extra]\nnet.ipv4.no_such_key = 1\n").unwrap();
     assert!(ctl(&bus, &["reload"]).status.success());
     let degraded = ctl(&bus, &["status"]);
     assert_eq!(degraded.status.code(), Some(1));
@@ -81,9 +67,7 @@ fn status_without_a_supervisor_says_so_and_exits_3() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(
-        text(&out.stderr).starts_with(
-            "nodeplanectl: cannot connect to the system bus at unix:path=/nonexistent/bus"
-        ),
+        text(&out.stderr).starts_with("nodeplanectl: cannot connect to the system bus at unix:path=/nonexistent/bus"),
         "{}",
         text(&out.stderr)
     );
@@ -115,10 +99,7 @@ fn check_config_prints_the_effective_config_or_the_error() {
         assert_eq!(invalid.status.code(), Some(2), "{binary}");
         assert_eq!(
             text(&invalid.stderr).trim(),
-            format!(
-                "error: {}:2:18: sysctl.nodeport_range: start 32767 is after end 30000",
-                bad.display()
-            )
+            format!("error: {}:2:18: sysctl.nodeport_range: start 32767 is after end 30000", bad.display())
         );
     }
 }

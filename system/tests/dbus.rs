@@ -14,22 +14,12 @@ use nodeplane_testkit::{DbusDaemon, privileged};
 use zbus::Connection;
 
 async fn connect(bus: &DbusDaemon) -> Connection {
-    zbus::connection::Builder::address(bus.address())
-        .build()
-        .await
-        .expect("connect to the private bus")
+    zbus::connection::Builder::address(bus.address()).build().await.expect("connect to the private bus")
 }
 
 fn busctl_as_nobody(bus: &DbusDaemon, args: &[&str]) -> std::process::Output {
     std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "busctl",
-            "--address",
-            bus.address(),
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl", "--address", bus.address()])
         .args(args)
         .output()
         .expect("run busctl")
@@ -47,36 +37,16 @@ fn anyone_can_read_properties_and_introspect() {
         assert!(out.status.success(), "{prop}: {}", text(&out.stderr));
         text(&out.stdout).trim().to_owned()
     };
-    assert_eq!(
-        get(bus::NODE_PATH, "org.nodeplane.Node1", "Health"),
-        "s \"healthy\""
-    );
-    assert_eq!(
-        get(bus::NODE_PATH, "org.nodeplane.Node1", "Version"),
-        format!("s \"{}\"", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(get(bus::NODE_PATH, "org.nodeplane.Node1", "Health"), "s \"healthy\"");
+    assert_eq!(get(bus::NODE_PATH, "org.nodeplane.Node1", "Version"), format!("s \"{}\"", env!("CARGO_PKG_VERSION")));
     let components = get(bus::NODE_PATH, "org.nodeplane.Node1", "Components");
-    assert!(
-        components.starts_with("a(ssst) 1 \"sysctl\" \"healthy\" \"ephemeral ports 20000-29999"),
-        "{components}"
-    );
+    assert!(components.starts_with("a(ssst) 1 \"sysctl\" \"healthy\" \"ephemeral ports 20000-29999"), "{components}");
     let sysctl = bus::component_path("sysctl");
-    assert_eq!(
-        get(&sysctl, "org.nodeplane.Component1", "State"),
-        "s \"healthy\""
-    );
+    assert_eq!(get(&sysctl, "org.nodeplane.Component1", "State"), "s \"healthy\"");
     let facts = get(&sysctl, "org.nodeplane.Component1", "Facts");
-    assert!(
-        facts.contains("\"ephemeral_range\" s \"20000-29999\"")
-            && facts.contains("\"restored\" t 0"),
-        "{facts}"
-    );
+    assert!(facts.contains("\"ephemeral_range\" s \"20000-29999\"") && facts.contains("\"restored\" t 0"), "{facts}");
     let introspect = busctl_as_nobody(&bus, &["introspect", bus::SERVICE, bus::NODE_PATH]);
-    assert!(
-        text(&introspect.stdout).contains(".Reload"),
-        "{}",
-        text(&introspect.stderr)
-    );
+    assert!(text(&introspect.stdout).contains(".Reload"), "{}", text(&introspect.stderr));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -105,11 +75,8 @@ async fn properties_changed_is_emitted_when_state_and_facts_change() {
     // Drift changes a fact (the restore count).
     write_sysctl(&node, "net.ipv4.ip_local_port_range", "30000 40000");
     wait_for_change(&mut component_changes, "Facts", |facts| {
-        let facts =
-            HashMap::<String, zbus::OwnedVariant>::try_from(facts.try_clone().unwrap()).unwrap();
-        facts
-            .get("restored")
-            .is_some_and(|n| u64::try_from(n) == Ok(1))
+        let facts = HashMap::<String, zbus::OwnedVariant>::try_from(facts.try_clone().unwrap()).unwrap();
+        facts.get("restored").is_some_and(|n| u64::try_from(n) == Ok(1))
     })
     .await;
 
@@ -120,18 +87,9 @@ async fn properties_changed_is_emitted_when_state_and_facts_change() {
     )
     .unwrap();
     let proxy = NodeProxy::new(&connection).await.unwrap();
-    proxy
-        .reload()
-        .await
-        .expect("a valid config reloads even when a key cannot be set");
-    wait_for_change(&mut component_changes, "State", |v| {
-        <&str>::try_from(v) == Ok("degraded")
-    })
-    .await;
-    wait_for_change(&mut node_changes, "Health", |v| {
-        <&str>::try_from(v) == Ok("degraded")
-    })
-    .await;
+    proxy.reload().await.expect("a valid config reloads even when a key cannot be set");
+    wait_for_change(&mut component_changes, "State", |v| <&str>::try_from(v) == Ok("degraded")).await;
+    wait_for_change(&mut node_changes, "Health", |v| <&str>::try_from(v) == Ok("degraded")).await;
     assert_eq!(proxy.health().await.unwrap(), "degraded");
 }
 
@@ -145,11 +103,8 @@ async fn wait_for_change(
     let wait = async {
         while let Some(signal) = stream.next().await {
             let args = signal.args().unwrap();
-            let changed: HashMap<_, _> = args
-                .changed_properties()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.try_to_owned().unwrap()))
-                .collect();
+            let changed: HashMap<_, _> =
+                args.changed_properties().iter().map(|(k, v)| (k.to_string(), v.try_to_owned().unwrap())).collect();
             if changed.get(property).is_some_and(&matches) {
                 return;
             }
@@ -167,30 +122,19 @@ async fn reload_with_a_bad_config_returns_the_error_and_keeps_the_running_config
         return;
     }
     let bus = bus();
-    let node = start(
-        &bus,
-        "[sysctl]\ncheck_interval = \"100ms\"\n[sysctl.extra]\nnet.core.somaxconn = 1234\n",
-        &[],
-    );
+    let node = start(&bus, "[sysctl]\ncheck_interval = \"100ms\"\n[sysctl.extra]\nnet.core.somaxconn = 1234\n", &[]);
     std::fs::write(
         node.config_path(),
         "[sysctl.extra]\nnet.core.somaxconn = 999\n[sysctl]\nephemeral_range = \"30000-31000\"\n",
     )
     .unwrap();
     let connection = connect(&bus).await;
-    let error = NodeProxy::new(&connection)
-        .await
-        .unwrap()
-        .reload()
-        .await
-        .expect_err("an invalid config is refused");
+    let error = NodeProxy::new(&connection).await.unwrap().reload().await.expect_err("an invalid config is refused");
     match &error {
         zbus::Error::MethodError(name, Some(message), _) => {
             assert_eq!(name.as_str(), bus::ERROR_INVALID_CONFIG);
             assert!(
-                message.contains(
-                    ":4:19: sysctl.ephemeral_range: 30000-31000 overlaps the NodePort range"
-                ),
+                message.contains(":4:19: sysctl.ephemeral_range: 30000-31000 overlaps the NodePort range"),
                 "{message}"
             );
         }
@@ -199,16 +143,12 @@ async fn reload_with_a_bad_config_returns_the_error_and_keeps_the_running_config
     // The running config (somaxconn 1234, re-checked every 100 ms) still holds.
     assert_eq!(read_sysctl(&node, "net.core.somaxconn"), "1234");
     write_sysctl(&node, "net.core.somaxconn", "50");
-    assert!(eventually(Duration::from_secs(10), || read_sysctl(
-        &node,
-        "net.core.somaxconn"
-    ) == "1234"));
+    assert!(eventually(Duration::from_secs(10), || read_sysctl(&node, "net.core.somaxconn") == "1234"));
 
     let cli = ctl(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(2), "{}", text(&cli.stderr));
     assert!(
-        text(&cli.stderr).contains("keeps the running one")
-            && text(&cli.stderr).contains("sysctl.ephemeral_range"),
+        text(&cli.stderr).contains("keeps the running one") && text(&cli.stderr).contains("sysctl.ephemeral_range"),
         "{}",
         text(&cli.stderr)
     );
@@ -221,40 +161,22 @@ fn a_non_root_caller_is_denied_reload_by_the_bus_policy() {
     }
     let bus = bus();
     let node = start(&bus, "[sysctl.extra]\nnet.core.somaxconn = 1234\n", &[]);
-    std::fs::write(
-        node.config_path(),
-        "[sysctl.extra]\nnet.core.somaxconn = 777\n",
-    )
-    .unwrap();
+    std::fs::write(node.config_path(), "[sysctl.extra]\nnet.core.somaxconn = 777\n").unwrap();
     let cli = ctl_as_nobody(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(1));
     assert!(
-        text(&cli.stderr).contains("reload is for root only")
-            && text(&cli.stderr).contains("AccessDenied"),
+        text(&cli.stderr).contains("reload is for root only") && text(&cli.stderr).contains("AccessDenied"),
         "{}",
         text(&cli.stderr)
     );
-    let raw = busctl_as_nobody(
-        &bus,
-        &[
-            "call",
-            bus::SERVICE,
-            bus::NODE_PATH,
-            "org.nodeplane.Node1",
-            "Reload",
-        ],
-    );
+    let raw = busctl_as_nobody(&bus, &["call", bus::SERVICE, bus::NODE_PATH, "org.nodeplane.Node1", "Reload"]);
     assert!(!raw.status.success());
     assert!(
         text(&raw.stderr).contains("Access denied") || text(&raw.stderr).contains("AccessDenied"),
         "{}",
         text(&raw.stderr)
     );
-    assert_eq!(
-        read_sysctl(&node, "net.core.somaxconn"),
-        "1234",
-        "a denied reload must not apply"
-    );
+    assert_eq!(read_sysctl(&node, "net.core.somaxconn"), "1234", "a denied reload must not apply");
     // Root may.
     let cli = ctl(&bus, &["reload"]);
     assert!(cli.status.success(), "{}", text(&cli.stderr));
@@ -279,11 +201,7 @@ fn nodeplaned_itself_refuses_non_root_reload_under_a_permissive_policy() {
     let _node = start(&bus, "", &[]);
     let cli = ctl_as_nobody(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(1));
-    assert!(
-        text(&cli.stderr).contains("Reload() is for root only (caller uid 65534)"),
-        "{}",
-        text(&cli.stderr)
-    );
+    assert!(text(&cli.stderr).contains("Reload() is for root only (caller uid 65534)"), "{}", text(&cli.stderr));
 }
 
 #[test]
@@ -294,22 +212,12 @@ fn a_reload_the_kernel_refuses_fails_and_keeps_the_node_guarded() {
     let bus = bus();
     let node = start(&bus, "", &[("net.ipv4.ip_local_port_range", "20000 40000")]);
     // Valid config, but the kernel refuses a local port range below 1024.
-    std::fs::write(
-        node.config_path(),
-        "[sysctl]\nephemeral_range = \"1000-2000\"\n",
-    )
-    .unwrap();
+    std::fs::write(node.config_path(), "[sysctl]\nephemeral_range = \"1000-2000\"\n").unwrap();
     let cli = ctl(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(1));
     let stderr = text(&cli.stderr);
-    assert!(
-        stderr.contains(bus::ERROR_RELOAD_FAILED) && stderr.contains("kept the previous settings"),
-        "{stderr}"
-    );
-    assert_eq!(
-        read_sysctl(&node, "net.ipv4.ip_local_port_range"),
-        "20000 29999"
-    );
+    assert!(stderr.contains(bus::ERROR_RELOAD_FAILED) && stderr.contains("kept the previous settings"), "{stderr}");
+    assert_eq!(read_sysctl(&node, "net.ipv4.ip_local_port_range"), "20000 29999");
     let status = ctl(&bus, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status.stdout));
 }

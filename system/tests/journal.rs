@@ -19,10 +19,7 @@ type Entry = HashMap<String, String>;
 fn parse_entry(mut data: &[u8]) -> Entry {
     let mut entry = Entry::new();
     while !data.is_empty() {
-        let line_end = data
-            .iter()
-            .position(|&b| b == b'\n')
-            .expect("fields end with a newline");
+        let line_end = data.iter().position(|&b| b == b'\n').expect("fields end with a newline");
         let line = &data[..line_end];
         if let Some(eq) = line.iter().position(|&b| b == b'=') {
             entry.insert(text(&line[..eq]), text(&line[eq + 1..]));
@@ -44,9 +41,7 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
     }
     let journal = tempfile::tempdir().unwrap();
     let socket = UnixDatagram::bind(journal.path().join("socket")).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let bus = bus();
     let node = spawn_with_journal(
         &bus,
@@ -55,8 +50,7 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
         &[],
         Some(journal.path()),
     );
-    node.wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
+    node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
     write_sysctl(&node, "net.ipv4.ip_local_port_range", "30000 40000");
 
     let mut entries = Vec::new();
@@ -69,11 +63,7 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
         }
     }
     let find = |what: &str, check: &dyn Fn(&Entry) -> bool| {
-        entries
-            .iter()
-            .find(|e| check(e))
-            .unwrap_or_else(|| panic!("no journal entry {what} in {entries:#?}"))
-            .clone()
+        entries.iter().find(|e| check(e)).unwrap_or_else(|| panic!("no journal entry {what} in {entries:#?}")).clone()
     };
 
     let set = find("setting the range", &|e| e.get("SYSCTL_SET").is_some());
@@ -83,10 +73,7 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
     assert_eq!(set["SYSCTL_SET"], "20000 29999");
     assert_eq!(set["PRIORITY"], "6", "{set:#?}");
     assert_eq!(set["SYSLOG_IDENTIFIER"], "nodeplaned");
-    assert!(
-        set["MESSAGE"].starts_with("set net.ipv4.ip_local_port_range"),
-        "{set:?}"
-    );
+    assert!(set["MESSAGE"].starts_with("set net.ipv4.ip_local_port_range"), "{set:?}");
 
     let drift = find("restoring drift", &restored);
     assert_eq!(drift["NODEPLANE_COMPONENT"], "sysctl");
@@ -95,19 +82,9 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
     assert_eq!(drift["PRIORITY"], "4", "a restore is a warning");
 
     let state = find("the state change", &|e| e.get("NODEPLANE_STATE").is_some());
-    assert_eq!(
-        (
-            state["NODEPLANE_COMPONENT"].as_str(),
-            state["NODEPLANE_STATE"].as_str()
-        ),
-        ("sysctl", "healthy")
-    );
+    assert_eq!((state["NODEPLANE_COMPONENT"].as_str(), state["NODEPLANE_STATE"].as_str()), ("sysctl", "healthy"));
     let ready = find("the READY entry", &|e| e.get("NODEPLANE_HEALTH").is_some());
     assert_eq!(ready["NODEPLANE_HEALTH"], "healthy");
 
-    assert!(
-        !node.stderr().contains("nodeplaned is ready"),
-        "logs went to stderr as well: {}",
-        node.stderr()
-    );
+    assert!(!node.stderr().contains("nodeplaned is ready"), "logs went to stderr as well: {}", node.stderr());
 }

@@ -20,25 +20,13 @@ fn ready_comes_only_after_the_sysctls_are_applied() {
     }
     let bus = bus();
     let node = spawn(&bus, "", &[(RANGE, "20000 40000"), (RESERVED, "8080")], &[]);
-    let messages = node
-        .wait_ready(READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
+    let messages = node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
     // At READY=1 the kernel already holds the guarded values.
     assert_eq!(read_sysctl(&node, RANGE), "20000 29999");
     assert_eq!(read_sysctl(&node, RESERVED), "8080,30000-32767");
     let ready = messages.last().unwrap();
-    assert!(
-        ready
-            .lines()
-            .any(|l| l.starts_with("STATUS=healthy; sysctl healthy")),
-        "{ready}"
-    );
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.contains("STATUS=starting: applying sysctls")),
-        "{messages:?}"
-    );
+    assert!(ready.lines().any(|l| l.starts_with("STATUS=healthy; sysctl healthy")), "{ready}");
+    assert!(messages.iter().any(|m| m.contains("STATUS=starting: applying sysctls")), "{messages:?}");
 }
 
 #[test]
@@ -48,29 +36,15 @@ fn no_ready_and_a_clear_exit_when_the_port_range_cannot_be_guarded() {
     }
     let bus = bus();
     // The kernel refuses a local port range below ip_unprivileged_port_start (1024).
-    let node = spawn(
-        &bus,
-        "[sysctl]\nephemeral_range = \"1000-2000\"\n",
-        &[],
-        &[],
-    );
-    let messages = node
-        .notify()
-        .wait_for("READY=1", Duration::from_secs(5))
-        .expect_err("READY=1 must not be sent");
+    let node = spawn(&bus, "[sysctl]\nephemeral_range = \"1000-2000\"\n", &[], &[]);
+    let messages = node.notify().wait_for("READY=1", Duration::from_secs(5)).expect_err("READY=1 must not be sent");
     let (status, stderr) = node.wait_exit(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("cannot guard the port range")
-            && stderr.contains("net.ipv4.ip_local_port_range"),
+        stderr.contains("cannot guard the port range") && stderr.contains("net.ipv4.ip_local_port_range"),
         "{stderr}"
     );
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.contains("STATUS=failed: sysctl: cannot guard the port range")),
-        "{messages:?}"
-    );
+    assert!(messages.iter().any(|m| m.contains("STATUS=failed: sysctl: cannot guard the port range")), "{messages:?}");
 }
 
 #[test]
@@ -84,27 +58,17 @@ fn the_watchdog_is_fed_at_half_its_timeout_only_when_enabled() {
     let mut pets = 0;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
-        if watched
-            .notify()
-            .recv(Duration::from_millis(500))
-            .is_some_and(|m| m.lines().any(|l| l == "WATCHDOG=1"))
-        {
+        if watched.notify().recv(Duration::from_millis(500)).is_some_and(|m| m.lines().any(|l| l == "WATCHDOG=1")) {
             pets += 1;
         }
     }
     // Every 200 ms for 1.5 s: about 8; a loose bound keeps a loaded machine green.
-    assert!(
-        pets >= 4,
-        "only {pets} WATCHDOG=1 in 1.5 s with WATCHDOG_USEC=400000"
-    );
+    assert!(pets >= 4, "only {pets} WATCHDOG=1 in 1.5 s with WATCHDOG_USEC=400000");
     drop(watched);
 
     let unwatched = start(&bus, "", &[]);
     let message = unwatched.notify().recv(Duration::from_millis(800));
-    assert!(
-        !message.as_deref().unwrap_or("").contains("WATCHDOG=1"),
-        "{message:?}"
-    );
+    assert!(!message.as_deref().unwrap_or("").contains("WATCHDOG=1"), "{message:?}");
 }
 
 #[test]
@@ -114,28 +78,14 @@ fn sighup_reloads_with_reloading_then_ready_and_sigterm_stops_cleanly() {
     }
     let bus = bus();
     let node = start(&bus, "", &[]);
-    std::fs::write(
-        node.config_path(),
-        "[sysctl.extra]\nnet.core.somaxconn = 2345\n",
-    )
-    .unwrap();
+    std::fs::write(node.config_path(), "[sysctl.extra]\nnet.core.somaxconn = 2345\n").unwrap();
     node.signal(Signal::HUP);
-    let messages = node
-        .notify()
-        .wait_for("READY=1", Duration::from_secs(10))
-        .unwrap();
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.lines().any(|l| l == "RELOADING=1")),
-        "{messages:?}"
-    );
+    let messages = node.notify().wait_for("READY=1", Duration::from_secs(10)).unwrap();
+    assert!(messages.iter().any(|m| m.lines().any(|l| l == "RELOADING=1")), "{messages:?}");
     assert_eq!(read_sysctl(&node, "net.core.somaxconn"), "2345");
 
     node.signal(Signal::TERM);
-    let stopping = node
-        .notify()
-        .wait_for("STOPPING=1", Duration::from_secs(10));
+    let stopping = node.notify().wait_for("STOPPING=1", Duration::from_secs(10));
     assert!(stopping.is_ok(), "{stopping:?}");
     let (status, stderr) = node.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}: {stderr}");
@@ -147,17 +97,9 @@ fn drift_is_restored_logged_with_key_and_values() {
         return;
     }
     let bus = bus();
-    let node = start(
-        &bus,
-        "[sysctl]\ncheck_interval = \"100ms\"\n",
-        &[(RANGE, "20000 40000")],
-    );
+    let node = start(&bus, "[sysctl]\ncheck_interval = \"100ms\"\n", &[(RANGE, "20000 40000")]);
     write_sysctl(&node, RANGE, "30000 40000");
-    assert!(
-        eventually(Duration::from_secs(10), || read_sysctl(&node, RANGE)
-            == "20000 29999"),
-        "drift not restored"
-    );
+    assert!(eventually(Duration::from_secs(10), || read_sysctl(&node, RANGE) == "20000 29999"), "drift not restored");
     assert!(
         eventually(Duration::from_secs(5), || {
             node
@@ -175,19 +117,12 @@ fn a_missing_or_invalid_config_is_a_fatal_start_up_error() {
         return;
     }
     let bus = bus();
-    let node = spawn(
-        &bus,
-        "[sysctl]\nnodeport_range = \"32767-30000\"\n",
-        &[],
-        &[],
-    );
+    let node = spawn(&bus, "[sysctl]\nnodeport_range = \"32767-30000\"\n", &[], &[]);
     let config = node.config_path().display().to_string();
     let (status, stderr) = node.wait_exit(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains(&format!(
-            "{config}:2:18: sysctl.nodeport_range: start 32767 is after end 30000"
-        )),
+        stderr.contains(&format!("{config}:2:18: sysctl.nodeport_range: start 32767 is after end 30000")),
         "{stderr}"
     );
 
@@ -197,9 +132,5 @@ fn a_missing_or_invalid_config_is_a_fatal_start_up_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        text(&output.stderr).contains("/nonexistent/node.toml: cannot read"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert!(text(&output.stderr).contains("/nonexistent/node.toml: cannot read"), "{}", text(&output.stderr));
 }

@@ -12,11 +12,7 @@ fn unit() -> PathBuf {
 #[test]
 fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
     let text = std::fs::read_to_string(unit()).unwrap();
-    let settings: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
+    let settings: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
     for expected in [
         "Type=notify",
         "Restart=on-failure",
@@ -25,10 +21,7 @@ fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
     ] {
         assert!(settings.contains(&expected), "missing {expected}");
     }
-    assert!(
-        settings.iter().any(|l| l.starts_with("WatchdogSec=")),
-        "no WatchdogSec="
-    );
+    assert!(settings.iter().any(|l| l.starts_with("WatchdogSec=")), "no WatchdogSec=");
 }
 
 #[test]
@@ -40,14 +33,7 @@ fn systemd_analyze_rates_the_unit_exposure_at_most_2_0() {
         .output()
         .expect("systemd-analyze (package systemd)");
     let report = String::from_utf8_lossy(&out.stdout);
-    let score = report
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("{report}"));
+    let score = report.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{report}"));
     eprintln!("{score}");
-    assert!(
-        out.status.success(),
-        "exposure above 2.0: {score}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "exposure above 2.0: {score}\n{}", String::from_utf8_lossy(&out.stderr));
 }

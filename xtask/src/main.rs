@@ -37,24 +37,14 @@ fn main() -> ExitCode {
 
 /// The workspace root.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 /// Runs `command` in the workspace root, failing with its description.
 fn step(what: &str, command: &mut Command) -> Result<(), String> {
     eprintln!("==> {what}");
-    let status = command
-        .current_dir(root())
-        .status()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what}: failed ({status})"))
-    }
+    let status = command.current_dir(root()).status().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{what}: failed ({status})")) }
 }
 
 fn cargo() -> Command {

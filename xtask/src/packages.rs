@@ -5,26 +5,16 @@ use std::process::Command;
 
 /// Package → why it is needed.
 const PACKAGES: &[(&str, &str)] = &[
-    (
-        "dbus-daemon",
-        "a private system-like bus for tests and `cargo xtask run`",
-    ),
-    (
-        "systemd",
-        "busctl in tests; systemd-analyze for the unit's hardening check",
-    ),
-    (
-        "util-linux",
-        "unshare/setpriv: throwaway network namespaces, a non-root caller",
-    ),
+    ("dbus-daemon", "a private system-like bus for tests and `cargo xtask run`"),
+    ("systemd", "busctl in tests; systemd-analyze for the unit's hardening check"),
+    ("util-linux", "unshare/setpriv: throwaway network namespaces, a non-root caller"),
+    ("containerd", "a private containerd for the IPAM sweeper's tests and benchmark"),
+    ("containernetworking-plugins", "the real CNI host-local IPAM plugin (/usr/lib/cni/host-local)"),
+    ("protobuf-compiler", "protoc, for containerd-client's build script"),
 ];
 
 pub fn ensure() -> Result<(), String> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| !installed(name))
-        .collect();
+    let missing: Vec<&str> = PACKAGES.iter().map(|(name, _)| *name).filter(|name| !installed(name)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -32,10 +22,7 @@ pub fn ensure() -> Result<(), String> {
         eprintln!("==> missing package {name}: {why}");
     }
     if !nodeplane_testkit::is_root() {
-        return Err(format!(
-            "missing packages; as root run: apt-get install -y {}",
-            missing.join(" ")
-        ));
+        return Err(format!("missing packages; as root run: apt-get install -y {}", missing.join(" ")));
     }
     let apt = |args: &[&str]| {
         crate::step(

@@ -18,9 +18,7 @@ const OVERLAPPING_RANGE: (&str, &str) = ("net.ipv4.ip_local_port_range", "10000 
 pub fn run(once: bool) -> Result<(), String> {
     crate::packages::ensure()?;
     if !nodeplane_testkit::is_root() {
-        return Err(
-            "cargo xtask run needs root (network namespace, sysctls, D-Bus policy as uid 0)".into(),
-        );
+        return Err("cargo xtask run needs root (network namespace, sysctls, D-Bus policy as uid 0)".into());
     }
     crate::step("build", crate::cargo().args(["build", "--bins"]))?;
     let bin = crate::root().join("target/debug");
@@ -58,33 +56,21 @@ fn status(nodeplanectl: &Path, bus: &DbusDaemon) -> Result<(), String> {
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .status()
         .map_err(|e| format!("nodeplanectl: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("nodeplanectl status: node not healthy ({status})"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("nodeplanectl status: node not healthy ({status})")) }
 }
 
 fn wait_for_ctrl_c(node: &Nodeplaned, bus: &DbusDaemon) -> Result<(), String> {
     let interrupted = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone())
-        .map_err(|e| e.to_string())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()).map_err(|e| e.to_string())?;
     eprintln!("\nnodeplaned runs; try, from another shell:");
-    eprintln!(
-        "  DBUS_SYSTEM_BUS_ADDRESS={} target/debug/nodeplanectl status",
-        bus.address()
-    );
+    eprintln!("  DBUS_SYSTEM_BUS_ADDRESS={} target/debug/nodeplanectl status", bus.address());
     eprintln!(
         "  nsenter --net=/proc/{}/ns/net sysctl -w net.ipv4.ip_local_port_range='30000 40000'   # drift; restored within 5 s",
         node.pid()
     );
     eprintln!("Press Ctrl-C to stop.");
     while !interrupted.load(Ordering::Relaxed) {
-        if node
-            .notify()
-            .recv(Duration::from_millis(200))
-            .is_some_and(|m| m.contains("STOPPING=1"))
-        {
+        if node.notify().recv(Duration::from_millis(200)).is_some_and(|m| m.contains("STOPPING=1")) {
             break;
         }
     }
@@ -94,9 +80,5 @@ fn wait_for_ctrl_c(node: &Nodeplaned, bus: &DbusDaemon) -> Result<(), String> {
 fn stop(node: Nodeplaned) -> Result<(), String> {
     eprintln!("\n==> stopping nodeplaned");
     let status = node.stop(Duration::from_secs(15))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("nodeplaned exited with {status}"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("nodeplaned exited with {status}")) }
 }

@@ -6,30 +6,14 @@ use std::process::{Command, Stdio};
 
 pub fn test() -> Result<(), String> {
     crate::packages::ensure()?;
-    crate::step(
-        "format check",
-        crate::cargo().args(["fmt", "--all", "--", "--check"]),
-    )?;
-    crate::step(
-        "lints",
-        crate::cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    crate::step("format check", crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    crate::step("lints", crate::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let tally = cargo_test()?;
     let smoke = crate::step(
         "smoke run (cargo xtask run --once)",
         Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--once"]),
     );
-    let (passed, failed) = (
-        tally.passed + u32::from(smoke.is_ok()),
-        tally.failed + u32::from(smoke.is_err()),
-    );
+    let (passed, failed) = (tally.passed + u32::from(smoke.is_ok()), tally.failed + u32::from(smoke.is_err()));
     println!("xtask: {passed} passed, {failed} failed");
     smoke?;
     if !tally.succeeded || failed > 0 {
@@ -53,15 +37,8 @@ fn cargo_test() -> Result<Tally, String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cargo test: {e}"))?;
-    let mut tally = Tally {
-        passed: 0,
-        failed: 0,
-        succeeded: false,
-    };
-    for line in BufReader::new(child.stdout.take().expect("piped stdout"))
-        .lines()
-        .map_while(Result::ok)
-    {
+    let mut tally = Tally { passed: 0, failed: 0, succeeded: false };
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(counts) = line.strip_prefix("test result: ") {
             tally.passed += count(counts, "passed");
@@ -78,9 +55,7 @@ fn count(counts: &str, label: &str) -> u32 {
         .split(';')
         .find_map(|part| {
             let mut words = part.split_whitespace().rev();
-            (words.next() == Some(label))
-                .then(|| words.next()?.parse().ok())
-                .flatten()
+            (words.next() == Some(label)).then(|| words.next()?.parse().ok()).flatten()
         })
         .unwrap_or(0)
 }

@@ -15,19 +15,12 @@ pub struct DbusDaemon {
 
 impl DbusDaemon {
     pub fn start(policy_files: &[&Path]) -> io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("nodeplane-dbus-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("nodeplane-dbus-").tempdir()?;
         // Other users (the `nobody` caller in tests) must reach the socket.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let includes: String = policy_files
             .iter()
-            .map(|p| {
-                Ok(format!(
-                    "  <include>{}</include>\n",
-                    fs::canonicalize(p)?.display()
-                ))
-            })
+            .map(|p| Ok(format!("  <include>{}</include>\n", fs::canonicalize(p)?.display())))
             .collect::<io::Result<_>>()?;
         let socket = dir.path().join("system_bus_socket");
         let config = dir.path().join("system.conf");
@@ -39,26 +32,15 @@ impl DbusDaemon {
             .stdout(Stdio::piped())
             .stderr(fs::File::create(dir.path().join("dbus-daemon.log"))?)
             .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("starting dbus-daemon (package dbus): {e}"),
-                )
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("starting dbus-daemon (package dbus): {e}")))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
         let address = line.trim().to_owned();
         if address.is_empty() {
             let status = child.wait()?;
-            return Err(io::Error::other(format!(
-                "dbus-daemon exited ({status}) without an address"
-            )));
+            return Err(io::Error::other(format!("dbus-daemon exited ({status}) without an address")));
         }
-        Ok(DbusDaemon {
-            child,
-            address,
-            dir,
-        })
+        Ok(DbusDaemon { child, address, dir })
     }
 
     /// The bus address, for `DBUS_SYSTEM_BUS_ADDRESS`.

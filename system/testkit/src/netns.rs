@@ -10,8 +10,7 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     run_on_thread(move || {
         // SAFETY: NEWNET only changes this thread's network namespace; no file
         // descriptor table is unshared.
-        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }
-            .expect("unshare(CLONE_NEWNET)");
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }.expect("unshare(CLONE_NEWNET)");
         f()
     })
 }
@@ -20,11 +19,8 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
 pub fn in_netns_of<T: Send + 'static>(pid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
     run_on_thread(move || {
         let ns = File::open(format!("/proc/{pid}/ns/net")).expect("open the process's netns");
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&ns),
-            Some(LinkNameSpaceType::Network),
-        )
-        .expect("setns(CLONE_NEWNET)");
+        rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(LinkNameSpaceType::Network))
+            .expect("setns(CLONE_NEWNET)");
         f()
     })
 }

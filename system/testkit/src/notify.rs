@@ -15,11 +15,7 @@ impl NotifySocket {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path)?;
-        Ok(NotifySocket {
-            socket,
-            path,
-            _dir: dir,
-        })
+        Ok(NotifySocket { socket, path, _dir: dir })
     }
 
     /// The value for `NOTIFY_SOCKET`.

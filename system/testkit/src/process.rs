@@ -74,15 +74,10 @@ impl Nodeplaned {
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
-            .stderr(if launch.capture_stderr {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            });
+            .stderr(if launch.capture_stderr { Stdio::piped() } else { Stdio::inherit() });
         command.envs(launch.env.iter().copied());
-        let mut child = command
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("starting unshare (util-linux): {e}")))?;
+        let mut child =
+            command.spawn().map_err(|e| io::Error::new(e.kind(), format!("starting unshare (util-linux): {e}")))?;
         // Drain stderr as it comes, so a chatty daemon never blocks on a full pipe.
         let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(pipe) = child.stderr.take() {
@@ -93,13 +88,7 @@ impl Nodeplaned {
                 }
             });
         }
-        Ok(Nodeplaned {
-            child,
-            stderr,
-            notify,
-            config_path,
-            _dir: dir,
-        })
+        Ok(Nodeplaned { child, stderr, notify, config_path, _dir: dir })
     }
 
     pub fn pid(&self) -> u32 {
@@ -121,9 +110,7 @@ impl Nodeplaned {
 
     /// Waits for `READY=1`, returning every notify message up to it.
     pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<String>, String> {
-        self.notify
-            .wait_for("READY=1", timeout)
-            .map_err(|seen| format!("no READY=1 within {timeout:?}; got {seen:?}"))
+        self.notify.wait_for("READY=1", timeout).map_err(|seen| format!("no READY=1 within {timeout:?}; got {seen:?}"))
     }
 
     /// Sends `signal` (e.g. `rustix::process::Signal::TERM`).
@@ -152,10 +139,7 @@ impl Nodeplaned {
                 return Ok((status, self.stderr()));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "nodeplaned (pid {}) still running after {timeout:?}",
-                    self.pid()
-                ));
+                return Err(format!("nodeplaned (pid {}) still running after {timeout:?}", self.pid()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

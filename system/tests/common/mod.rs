@@ -26,12 +26,7 @@ pub fn bus() -> DbusDaemon {
     bus_with(&[])
 }
 
-pub fn spawn(
-    bus: &DbusDaemon,
-    config: &str,
-    preset: &[(&str, &str)],
-    env: &[(&str, &str)],
-) -> Nodeplaned {
+pub fn spawn(bus: &DbusDaemon, config: &str, preset: &[(&str, &str)], env: &[(&str, &str)]) -> Nodeplaned {
     spawn_with_journal(bus, config, preset, env, None)
 }
 
@@ -67,22 +62,15 @@ pub fn start(bus: &DbusDaemon, config: &str, preset: &[(&str, &str)]) -> Nodepla
 
 pub fn read_sysctl(node: &Nodeplaned, key: &str) -> String {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    in_netns_of(node.pid(), move || {
-        std::fs::read_to_string(&path).expect("read sysctl")
-    })
-    .split_whitespace()
-    .collect::<Vec<_>>()
-    .join(" ")
+    in_netns_of(node.pid(), move || std::fs::read_to_string(&path).expect("read sysctl"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn write_sysctl(node: &Nodeplaned, key: &str, value: &str) {
-    let (path, value) = (
-        format!("/proc/sys/{}", key.replace('.', "/")),
-        value.to_owned(),
-    );
-    in_netns_of(node.pid(), move || {
-        std::fs::write(&path, value).expect("write sysctl")
-    });
+    let (path, value) = (format!("/proc/sys/{}", key.replace('.', "/")), value.to_owned());
+    in_netns_of(node.pid(), move || std::fs::write(&path, value).expect("write sysctl"));
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
@@ -112,21 +100,12 @@ fn ctl_command(uid: Option<u32>, bus: &DbusDaemon, args: &[&str]) -> Output {
     let mut command = match uid {
         Some(uid) => {
             let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                ctl.into(),
-            ]);
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), ctl.into()]);
             c
         }
         None => Command::new(ctl),
     };
-    command
-        .args(args)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
-        .output()
-        .expect("run nodeplanectl")
+    command.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", bus.address()).output().expect("run nodeplanectl")
 }
 
 pub fn text(bytes: &[u8]) -> String {
