@@ -5,12 +5,16 @@
 //! Nothing here fakes a component: the daemon is `dbus-daemon`, namespaces are the
 //! kernel's, and the notify socket receives what `sd_notify(3)` sends.
 
+mod containerd;
 mod dbus;
+mod hostlocal;
 mod netns;
 mod notify;
 mod process;
 
+pub use containerd::Containerd;
 pub use dbus::DbusDaemon;
+pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use netns::{in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};

@@ -1,0 +1,96 @@
+//! What containerd knows: its namespaces and the ids of the containers in one.
+//! Every call is counted, and so is every (re)connection, which tells a sweep that
+//! containerd restarted under it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
+use hyper_util::rt::TokioIo;
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+
+/// A connection to containerd's gRPC API.
+pub struct Containerd {
+    channel: Channel,
+    socket: PathBuf,
+    connects: Arc<AtomicU64>,
+    calls: u64,
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Containerd {
+    pub async fn connect(socket: &Path) -> Result<Self, String> {
+        let connects = Arc::new(AtomicU64::new(0));
+        let (path, counter) = (socket.to_owned(), connects.clone());
+        let channel = Endpoint::from_static("http://[::]")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT)
+            .connect_with_connector(tower::service_fn(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| format!("containerd unreachable at {}: {}", socket.display(), source_chain(&e)))?;
+        Ok(Containerd { channel, socket: socket.to_owned(), connects, calls: 0 })
+    }
+
+    /// gRPC calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Connections made so far: more than one means containerd went away and came back.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::SeqCst)
+    }
+
+    pub async fn namespaces(&mut self) -> Result<Vec<String>, String> {
+        self.calls += 1;
+        let response = NamespacesClient::new(self.channel.clone())
+            .list(ListNamespacesRequest::default())
+            .await
+            .map_err(|e| self.failed("Namespaces.List", &e))?;
+        Ok(response.into_inner().namespaces.into_iter().map(|n| n.name).collect())
+    }
+
+    /// The ids of every container in `namespace`, streamed (a unary List would hit
+    /// gRPC's message size limit on a busy node). Any error fails the whole list.
+    pub async fn container_ids(&mut self, namespace: &str) -> Result<HashSet<String>, String> {
+        self.calls += 1;
+        let mut request = Request::new(ListContainersRequest::default());
+        let ns = namespace.parse().map_err(|_| format!("namespace {namespace:?} is not valid in a gRPC header"))?;
+        request.metadata_mut().insert("containerd-namespace", ns);
+        let mut stream = ContainersClient::new(self.channel.clone())
+            .list_stream(request)
+            .await
+            .map_err(|e| self.failed("Containers.ListStream", &e))?
+            .into_inner();
+        let mut ids = HashSet::new();
+        while let Some(message) = stream.message().await.map_err(|e| self.failed("Containers.ListStream", &e))? {
+            ids.extend(message.container.map(|c| c.id));
+        }
+        Ok(ids)
+    }
+
+    fn failed(&self, call: &str, status: &tonic::Status) -> String {
+        format!("containerd at {}: {call} failed: {}: {}", self.socket.display(), status.code(), status.message())
+    }
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}

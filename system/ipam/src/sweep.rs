@@ -1,0 +1,233 @@
+//! One sweep: list the live containers once, scan every network directory, and free
+//! the reservations that are leaked — each under host-local's own lock, after
+//! re-reading it, and only while containerd is still the instance that was asked.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::IpamConfig;
+use crate::containerd::Containerd;
+use crate::store::{HostLocalLock, NetworkDir, Reservation, Verdict, classify};
+
+/// How long to wait for host-local to release a network's lock before skipping it.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// A reservation a sweep freed (or, dry, would free).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Freed {
+    pub network: String,
+    pub ip: IpAddr,
+    /// The owner container id; empty for an empty reservation file.
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    pub dry_run: bool,
+    pub took: Duration,
+    pub networks: u64,
+    /// Reservation files read.
+    pub scanned: u64,
+    /// Reservations held by live containers.
+    pub live: u64,
+    /// Containers in the namespace.
+    pub live_containers: u64,
+    pub young_orphans_kept: u64,
+    /// Freed, or with `dry_run` the ones that would be.
+    pub freed: Vec<Freed>,
+    /// Entries left alone: not reservations, changed since the scan, or behind a busy lock.
+    pub skipped: u64,
+    pub errors: Vec<String>,
+    pub containerd_calls: u64,
+}
+
+/// Why a sweep freed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SweepError {
+    #[error("{0}; nothing freed")]
+    Containerd(String),
+    #[error("{path}: {reason}; nothing freed")]
+    NetworksDir { path: PathBuf, reason: String },
+}
+
+struct Network {
+    name: String,
+    dir: NetworkDir,
+    leaked: Vec<Reservation>,
+}
+
+pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, SweepError> {
+    let started = Instant::now();
+    let mut report = SweepReport { dry_run, ..Default::default() };
+    let mut containerd = Containerd::connect(&config.containerd_socket).await.map_err(SweepError::Containerd)?;
+    require_namespace(&mut containerd, &config.namespace).await?;
+    let live = containerd.container_ids(&config.namespace).await.map_err(SweepError::Containerd)?;
+    report.live_containers = live.len() as u64;
+
+    let names = network_names(config)?;
+    report.networks = names.len() as u64;
+    let (networks_dir, grace) = (config.networks_dir.clone(), config.grace_period);
+    let (networks, scan_report) = tokio::task::spawn_blocking(move || scan(&networks_dir, names, &live, grace))
+        .await
+        .expect("the scan does not panic");
+    merge(&mut report, scan_report);
+
+    if dry_run {
+        report.freed = networks.iter().flat_map(|n| n.leaked.iter().map(|r| freed(&n.name, r))).collect();
+    } else {
+        let locked = lock_all(networks, &mut report).await;
+        if !locked.is_empty() {
+            // Only while holding the locks: containerd must still answer on the
+            // connection whose container list this sweep trusts.
+            require_namespace(&mut containerd, &config.namespace).await?;
+            if containerd.connects() != 1 {
+                return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
+            }
+            let freed_report = tokio::task::spawn_blocking(move || free(locked)).await.expect("freeing does not panic");
+            merge(&mut report, freed_report);
+        }
+    }
+    report.freed.sort();
+    report.containerd_calls = containerd.calls();
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+/// containerd answers an unknown namespace with an empty container list, which
+/// would make every reservation look leaked: check that it exists.
+async fn require_namespace(containerd: &mut Containerd, namespace: &str) -> Result<(), SweepError> {
+    let namespaces = containerd.namespaces().await.map_err(SweepError::Containerd)?;
+    if namespaces.iter().any(|n| n == namespace) {
+        return Ok(());
+    }
+    Err(SweepError::Containerd(format!(
+        "containerd has no namespace {namespace:?} (it has: {})",
+        if namespaces.is_empty() { "none".to_owned() } else { namespaces.join(", ") }
+    )))
+}
+
+/// The configured networks, or every directory (not symlink) in `networks_dir`.
+fn network_names(config: &IpamConfig) -> Result<Vec<String>, SweepError> {
+    if let Some(names) = &config.networks {
+        return Ok(names.clone());
+    }
+    let dir_error = |e: io::Error| SweepError::NetworksDir { path: config.networks_dir.clone(), reason: e.to_string() };
+    let entries = match std::fs::read_dir(&config.networks_dir) {
+        Ok(entries) => entries,
+        // No CNI network has been used on this node yet.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(dir_error(err)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(dir_error)?;
+        if entry.file_type().map_err(dir_error)?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn scan(
+    networks_dir: &std::path::Path,
+    names: Vec<String>,
+    live: &HashSet<String>,
+    grace: Duration,
+) -> (Vec<Network>, SweepReport) {
+    let mut report = SweepReport::default();
+    let mut networks = Vec::new();
+    let now = SystemTime::now();
+    for name in names {
+        let dir = match NetworkDir::open(&networks_dir.join(&name)) {
+            Ok(dir) => dir,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                report.errors.push(format!("{name}: {err}"));
+                continue;
+            }
+        };
+        let scan = match dir.scan() {
+            Ok(scan) => scan,
+            Err(err) => {
+                report.errors.push(format!("{name}: {err}"));
+                continue;
+            }
+        };
+        report.scanned += scan.reservations.len() as u64;
+        report.skipped += scan.skipped;
+        report.errors.extend(scan.errors.into_iter().map(|e| format!("{name}/{e}")));
+        let mut leaked = Vec::new();
+        for reservation in scan.reservations {
+            match classify(&reservation, live, now, grace) {
+                Verdict::Live => report.live += 1,
+                Verdict::YoungOrphan => report.young_orphans_kept += 1,
+                Verdict::Leaked => leaked.push(reservation),
+            }
+        }
+        networks.push(Network { name, dir, leaked });
+    }
+    (networks, report)
+}
+
+/// Takes host-local's lock of every network that has something to free; a network
+/// whose lock stays busy is skipped this time.
+async fn lock_all(networks: Vec<Network>, report: &mut SweepReport) -> Vec<(Network, HostLocalLock)> {
+    let mut locked = Vec::new();
+    for network in networks.into_iter().filter(|n| !n.leaked.is_empty()) {
+        match lock(&network.dir).await {
+            Ok(lock) => locked.push((network, lock)),
+            Err(err) => {
+                report.skipped += network.leaked.len() as u64;
+                report.errors.push(format!("{}: {err}", network.name));
+            }
+        }
+    }
+    locked
+}
+
+async fn lock(dir: &NetworkDir) -> io::Result<HostLocalLock> {
+    let started = Instant::now();
+    loop {
+        if let Some(lock) = dir.try_lock()? {
+            return Ok(lock);
+        }
+        if started.elapsed() > LOCK_WAIT {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("host-local's lock stayed busy for {LOCK_WAIT:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn free(locked: Vec<(Network, HostLocalLock)>) -> SweepReport {
+    let mut report = SweepReport::default();
+    for (network, lock) in &locked {
+        for reservation in &network.leaked {
+            match network.dir.free_if_unchanged(reservation, lock) {
+                Ok(true) => report.freed.push(freed(&network.name, reservation)),
+                Ok(false) => report.skipped += 1,
+                Err(err) => report.errors.push(format!("{}/{}: {err}", network.name, reservation.ip)),
+            }
+        }
+    }
+    report
+}
+
+fn freed(network: &str, reservation: &Reservation) -> Freed {
+    Freed { network: network.to_owned(), ip: reservation.ip, owner: reservation.owner.clone().unwrap_or_default() }
+}
+
+fn merge(into: &mut SweepReport, part: SweepReport) {
+    into.scanned += part.scanned;
+    into.live += part.live;
+    into.young_orphans_kept += part.young_orphans_kept;
+    into.skipped += part.skipped;
+    into.freed.extend(part.freed);
+    into.errors.extend(part.errors);
+}
