@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{PortRange, SysctlKey};
+use crate::{PortRange, SysctlKey, is_port_key};
 
 /// Sysctl guard settings. Every field has a default, so an empty section is valid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +39,9 @@ impl Default for SysctlConfig {
     }
 }
 
+/// Re-checking more often than this would only burn CPU.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A setting that is well-formed on its own but wrong in context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -67,8 +70,11 @@ impl SysctlConfig {
                 message: format!("{} leaves no ports for outgoing connections", self.nodeport_range),
             });
         }
-        if self.check_interval.is_zero() {
-            return Err(Invalid { field: "check_interval", message: "must be greater than zero".into() });
+        if self.check_interval < MIN_CHECK_INTERVAL {
+            return Err(Invalid {
+                field: "check_interval",
+                message: format!("must be at least {}", humantime::format_duration(MIN_CHECK_INTERVAL)),
+            });
         }
         Ok(())
     }
@@ -113,79 +119,78 @@ impl Serialize for Extra {
 
 impl<'de> Deserialize<'de> for Extra {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let Tree::Table(entries) = deserializer.deserialize_map(TreeVisitor)? else {
-            return Err(de::Error::custom("expected a table of sysctl names and values"));
-        };
+        let mut entries = Vec::new();
+        deserializer.deserialize_map(Node { prefix: String::new(), out: &mut entries })?;
         let mut extra = BTreeMap::new();
-        flatten(String::new(), Tree::Table(entries), &mut extra).map_err(de::Error::custom)?;
+        for (key, value) in entries {
+            if extra.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format!("{key} is set twice")));
+            }
+        }
         Ok(Extra(extra))
     }
 }
 
-/// A table of sysctls as written, before dotted keys are joined.
-enum Tree {
-    Leaf(Value),
-    Table(Vec<(String, Tree)>),
+/// One level of `[sysctl.extra]`: a value (a sysctl named by the path so far) or
+/// a table of further levels. A value's errors are raised while it is read, so they
+/// carry its own key and position in the file.
+struct Node<'a> {
+    prefix: String,
+    out: &'a mut Vec<(SysctlKey, Value)>,
 }
 
-struct TreeVisitor;
+impl Node<'_> {
+    fn leaf<E: de::Error>(self, value: Value) -> Result<(), E> {
+        if self.prefix.is_empty() {
+            return Err(E::custom("expected a table of sysctl names and values"));
+        }
+        let key = SysctlKey::parse(&self.prefix).map_err(E::custom)?;
+        if is_port_key(&key) {
+            return Err(E::custom(format!(
+                "{key} is managed by the port-range guard; set sysctl.ephemeral_range or sysctl.reserve_nodeport_range instead"
+            )));
+        }
+        self.out.push((key, value));
+        Ok(())
+    }
+}
 
-impl<'de> Visitor<'de> for TreeVisitor {
-    type Value = Tree;
+impl<'de> de::DeserializeSeed<'de> for Node<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an integer, a string, or a table of sysctls")
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Tree, E> {
-        Ok(Tree::Leaf(Value::Integer(v)))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(Value::Integer(v))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Tree, E> {
-        i64::try_from(v).map(|v| Tree::Leaf(Value::Integer(v))).map_err(|_| E::custom("integer out of range"))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        let v = i64::try_from(v).map_err(|_| E::custom("integer out of range"))?;
+        self.leaf(Value::Integer(v))
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Tree, E> {
-        Ok(Tree::Leaf(Value::Text(v.to_owned())))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(Value::Text(v.to_owned()))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            entries.push((key, map.next_value::<TreeNode>()?.0));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(name) = map.next_key::<String>()? {
+            // At the top, a quoted name is a whole dotted sysctl name; below it, a
+            // dot inside one part is literal (`conf."eth0.100"` is VLAN eth0.100).
+            let prefix =
+                if self.prefix.is_empty() { name } else { format!("{}.{}", self.prefix, name.replace('.', "/")) };
+            map.next_value_seed(Node { prefix, out: &mut *self.out })?;
         }
-        Ok(Tree::Table(entries))
-    }
-}
-
-struct TreeNode(Tree);
-
-impl<'de> Deserialize<'de> for TreeNode {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(TreeVisitor).map(TreeNode)
-    }
-}
-
-fn flatten(prefix: String, tree: Tree, out: &mut BTreeMap<SysctlKey, Value>) -> Result<(), String> {
-    match tree {
-        Tree::Leaf(value) => {
-            let key = SysctlKey::parse(&prefix)?;
-            if matches!(key.as_str(), SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS) {
-                return Err(format!(
-                    "{key} is managed by the port-range guard; set sysctl.ephemeral_range or sysctl.reserve_nodeport_range instead"
-                ));
-            }
-            if out.insert(key.clone(), value).is_some() {
-                return Err(format!("{key} is set twice"));
-            }
-            Ok(())
-        }
-        Tree::Table(entries) => {
-            for (name, subtree) in entries {
-                let path = if prefix.is_empty() { name } else { format!("{prefix}.{name}") };
-                flatten(path, subtree, out)?;
-            }
-            Ok(())
-        }
+        Ok(())
     }
 }

@@ -58,7 +58,8 @@ impl Report {
     }
 }
 
-fn is_port_key(key: &SysctlKey) -> bool {
+/// True for the two sysctls the port guard owns.
+pub fn is_port_key(key: &SysctlKey) -> bool {
     matches!(key.as_str(), SysctlKey::IP_LOCAL_PORT_RANGE | SysctlKey::IP_LOCAL_RESERVED_PORTS)
 }
 
@@ -105,14 +106,26 @@ impl Guard {
             config.extra.0.iter().map(|(key, value)| (key.clone(), Want::Exact(kernel::normalize(&value.to_string())))),
         );
         let guard = Guard { plan, managed, restored: 0 };
-        guard.enforce(&mut report);
+        // The port keys come first; if they fail, nothing else is written, so a
+        // failed apply has as little to undo as possible.
+        let port_keys = guard.managed.iter().take_while(|(key, _)| is_port_key(key)).count();
+        guard.enforce(&guard.managed[..port_keys], &mut report);
+        if !report.port_guard_failed() {
+            guard.enforce(&guard.managed[port_keys..], &mut report);
+        }
         (guard, report)
+    }
+
+    /// Undoes the writes of `report` (from [`Guard::apply`]), newest first, putting
+    /// back the values found before; returns the writes that failed.
+    pub fn revert(report: &Report) -> Vec<SysctlError> {
+        report.changes.iter().rev().filter_map(|change| kernel::write(&change.key, &change.found).err()).collect()
     }
 
     /// Reads every managed value back and restores those something else changed.
     pub fn recheck(&mut self) -> Report {
         let mut report = Report::default();
-        self.enforce(&mut report);
+        self.enforce(&self.managed, &mut report);
         self.restored += report.changes.len() as u64;
         report
     }
@@ -127,8 +140,8 @@ impl Guard {
         self.restored
     }
 
-    fn enforce(&self, report: &mut Report) {
-        for (key, want) in &self.managed {
+    fn enforce(&self, managed: &[(SysctlKey, Want)], report: &mut Report) {
+        for (key, want) in managed {
             match enforce_one(key, want) {
                 Ok(Some(change)) => report.changes.push(change),
                 Ok(None) => {}

@@ -10,8 +10,12 @@ use crate::SysctlKey;
 pub enum SysctlError {
     #[error("{key}: not present in this kernel")]
     Missing { key: SysctlKey },
-    #[error("{key}: permission denied (nodeplaned needs CAP_NET_ADMIN/CAP_SYS_ADMIN and a writable /proc/sys)")]
+    #[error("{key}: permission denied (nodeplaned must run as uid 0)")]
     PermissionDenied { key: SysctlKey },
+    #[error(
+        "{key}: read-only here (the shipped unit makes only /proc/sys/net writable; add ReadWritePaths= in a drop-in)"
+    )]
+    ReadOnly { key: SysctlKey },
     #[error("{key}: the kernel rejected {value:?}: {reason}")]
     Rejected { key: SysctlKey, value: String, reason: String },
     #[error("{key}: wrote {wrote:?} but the kernel reads back {found:?}")]
@@ -25,6 +29,7 @@ impl SysctlError {
         match self {
             SysctlError::Missing { key }
             | SysctlError::PermissionDenied { key }
+            | SysctlError::ReadOnly { key }
             | SysctlError::Rejected { key, .. }
             | SysctlError::NotKept { key, .. }
             | SysctlError::Io { key, .. } => key,
@@ -36,6 +41,7 @@ impl SysctlError {
         match (err.kind(), value) {
             (io::ErrorKind::NotFound, _) => SysctlError::Missing { key },
             (io::ErrorKind::PermissionDenied, _) => SysctlError::PermissionDenied { key },
+            (io::ErrorKind::ReadOnlyFilesystem, _) => SysctlError::ReadOnly { key },
             (io::ErrorKind::InvalidInput, Some(value)) => {
                 SysctlError::Rejected { key, value: value.to_owned(), reason: err.to_string() }
             }

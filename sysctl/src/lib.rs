@@ -14,7 +14,7 @@ mod key;
 mod range;
 
 pub use config::{Extra, Invalid, SysctlConfig, Value};
-pub use guard::{Change, Guard, Plan, Report, plan};
+pub use guard::{Change, Guard, Plan, Report, is_port_key, plan};
 pub use kernel::SysctlError;
 pub use key::SysctlKey;
 pub use range::{PortRange, PortSet, RangeError};

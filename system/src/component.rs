@@ -40,8 +40,13 @@ impl State {
     }
 
     /// The node's health: the worst of its components' states.
-    pub fn of_node<'a>(states: impl IntoIterator<Item = &'a Status>) -> State {
-        states.into_iter().map(|s| s.state).max().unwrap_or(State::Starting)
+    pub fn of_node(states: impl IntoIterator<Item = State>) -> State {
+        states.into_iter().max().unwrap_or(State::Starting)
+    }
+
+    /// The node's health from every component's status.
+    pub fn of_snapshot(snapshot: &Snapshot) -> State {
+        State::of_node(snapshot.values().map(|s| s.state))
     }
 }
 
@@ -203,9 +208,22 @@ pub struct Handle {
 /// `NODEPLANE_COMPONENT=<name>`.
 pub async fn start<C: Component>(config: &NodeConfig, registry: &Registry) -> Result<Handle, String> {
     let span = tracing::info_span!("component", nodeplane_component = C::NAME);
-    let component = C::start(config, registry.reporter(C::NAME)).instrument(span.clone()).await?;
+    let reporter = registry.reporter(C::NAME);
+    let component = C::start(config, reporter.clone()).instrument(span.clone()).await?;
     let (requests, inbox) = mpsc::channel(1);
-    tokio::spawn(run(component, inbox).instrument(span));
+    let task = tokio::spawn(run(component, inbox).instrument(span.clone()));
+    // A component whose task ends (a panic, in builds that unwind) must not keep
+    // its last state on display.
+    tokio::spawn(
+        async move {
+            let detail = match task.await {
+                Ok(()) => "stopped".to_owned(),
+                Err(err) => format!("crashed: {err}"),
+            };
+            reporter.set(State::Failed, detail);
+        }
+        .instrument(span),
+    );
     Ok(Handle { name: C::NAME, requests })
 }
 
@@ -247,13 +265,12 @@ mod tests {
 
     #[test]
     fn node_health_is_the_worst_component_state() {
-        let status =
-            |state| Status { state, detail: String::new(), last_change: SystemTime::UNIX_EPOCH, facts: Facts::new() };
-        assert_eq!(State::of_node(&[]), State::Starting);
-        assert_eq!(State::of_node(&[status(State::Healthy)]), State::Healthy);
-        assert_eq!(State::of_node(&[status(State::Healthy), status(State::Starting)]), State::Starting);
-        assert_eq!(State::of_node(&[status(State::Degraded), status(State::Starting)]), State::Degraded);
-        assert_eq!(State::of_node(&[status(State::Degraded), status(State::Failed)]), State::Failed);
+        use State::*;
+        assert_eq!(State::of_node([]), Starting);
+        assert_eq!(State::of_node([Healthy]), Healthy);
+        assert_eq!(State::of_node([Healthy, Starting]), Starting);
+        assert_eq!(State::of_node([Degraded, Starting]), Degraded);
+        assert_eq!(State::of_node([Degraded, Failed, Healthy]), Failed);
     }
 
     #[test]

@@ -179,15 +179,16 @@ mod tests {
             ("[sysctl]\nnodeport_range = \"1-65535\"\n", "sysctl.nodeport_range", 2, "leaves no ports"),
             ("[sysctl]\nreserve_nodeport_range = \"yes\"\n", "sysctl.reserve_nodeport_range", 2, "expected a boolean"),
             ("[sysctl]\ncheck_interval = \"soon\"\n", "sysctl.check_interval", 2, "soon"),
-            ("[sysctl]\ncheck_interval = \"0s\"\n", "sysctl.check_interval", 2, "greater than zero"),
+            ("[sysctl]\ncheck_interval = \"0s\"\n", "sysctl.check_interval", 2, "at least 100ms"),
+            ("[sysctl]\ncheck_interval = \"1ns\"\n", "sysctl.check_interval", 2, "at least 100ms"),
             ("[sysctl]\nbogus = 1\n", "sysctl.bogus", 2, "unknown field `bogus`"),
             (
                 "[sysctl.extra]\n\"net.ipv4.ip_local_port_range\" = \"1 2\"\n",
-                "sysctl.extra",
-                1,
+                "sysctl.extra.net.ipv4.ip_local_port_range",
+                2,
                 "managed by the port-range guard",
             ),
-            ("[sysctl.extra]\n\"net..core\" = 1\n", "sysctl.extra", 1, "not a sysctl name"),
+            ("[sysctl.extra]\nnet.core.x = 1\n\"net..core\" = 1\n", "sysctl.extra.net..core", 3, "not a sysctl name"),
             (
                 "[sysctl.extra]\n\"net.core.somaxconn\" = 1.5\n",
                 "sysctl.extra.net.core.somaxconn",
@@ -219,7 +220,7 @@ mod tests {
     #[test]
     fn extra_sysctls_accept_quoted_and_dotted_keys() {
         let config = NodeConfig::parse(
-            "[sysctl.extra]\n\"net.core.somaxconn\" = 4096\nnet.ipv4.tcp_congestion_control = \"cubic\"\n",
+            "[sysctl.extra]\n\"net.core.somaxconn\" = 4096\nnet.ipv4.tcp_congestion_control = \"cubic\"\nnet.ipv4.conf.\"eth0.100\".rp_filter = 2\n",
             "node.toml",
         )
         .unwrap();
@@ -227,7 +228,11 @@ mod tests {
             config.sysctl.extra.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(
             extra,
-            [("net.core.somaxconn".into(), "4096".into()), ("net.ipv4.tcp_congestion_control".into(), "cubic".into())]
+            [
+                ("net.core.somaxconn".into(), "4096".into()),
+                ("net.ipv4.conf.eth0/100.rp_filter".into(), "2".into()),
+                ("net.ipv4.tcp_congestion_control".into(), "cubic".into())
+            ]
         );
     }
 

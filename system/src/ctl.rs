@@ -110,7 +110,8 @@ async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
         let last_change = humantime::format_rfc3339_seconds(bus::from_usec(last_change)).to_string();
         components.push(ComponentStatus { name, state, detail, last_change, facts });
     }
-    let health = node.health().await?.parse().map_err(zbus::Error::Failure)?;
+    // From the same rows as the table, so header and table always agree.
+    let health = State::of_node(components.iter().map(|c| c.state));
     Ok(NodeStatus { health, version: node.version().await?, components })
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::component::{self, Handle, Registry, Snapshot, State};
 use crate::config::{self, ConfigError, NodeConfig};
@@ -73,20 +73,31 @@ async fn run(args: Args) -> Result<(), String> {
     let registry = Registry::default();
     let (reloads, mut reload_requests) = mpsc::channel(4);
     notify::status("starting: connecting to the system bus");
-    let _bus = server::serve(&registry, reloads)
-        .await
-        .map_err(|e| format!("cannot serve {} on the system bus: {e}", crate::bus::SERVICE))?;
+    let bus_error = |e: zbus::Error| format!("cannot serve {} on the system bus: {e}", crate::bus::SERVICE);
+    let bus = server::serve(&registry, reloads).await.map_err(bus_error)?;
     notify::status("starting: applying sysctls");
     let components =
         vec![component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?];
+    server::add_component_objects(&bus, &registry).await.map_err(bus_error)?;
     let mut supervisor = Supervisor { config_path, explicit_path, config: Arc::new(config), components, registry };
 
-    tracing::info!(nodeplane_health = %State::of_node(supervisor.registry.snapshot().values()), "nodeplaned is ready");
+    tracing::info!(nodeplane_health = %State::of_snapshot(&supervisor.registry.snapshot()), "nodeplaned is ready");
     notify::ready(&status_line(&supervisor.registry.snapshot()));
-    tokio::spawn(health_loop(supervisor.registry.subscribe()));
 
+    // The watchdog is fed from this loop, so it starves when the loop is stuck (a
+    // blocked thread, or a reload that never finishes) and systemd restarts us.
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    let mut changes = supervisor.registry.subscribe();
     loop {
+        let pet = async {
+            match watchdog.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = pet => notify::watchdog(),
+            Ok(()) = changes.changed() => notify::status(&status_line(&changes.borrow_and_update())),
             _ = hangup.recv() => {
                 let _ = supervisor.reload().await;
             }
@@ -151,32 +162,9 @@ impl Supervisor {
     }
 }
 
-/// Keeps systemd's STATUS= current and pets the watchdog. The watchdog is only
-/// fed while this loop runs, so a wedged supervisor gets restarted.
-async fn health_loop(mut changes: watch::Receiver<Snapshot>) {
-    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-    loop {
-        let tick = async {
-            match watchdog.as_mut() {
-                Some(interval) => interval.tick().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                notify::status(&status_line(&changes.borrow_and_update()));
-            }
-            _ = tick => notify::watchdog(),
-        }
-    }
-}
-
 /// One line for `systemctl status`: node health, then each component.
 fn status_line(snapshot: &Snapshot) -> String {
     let components: Vec<String> =
         snapshot.iter().map(|(name, s)| format!("{name} {}: {}", s.state, s.detail)).collect();
-    format!("{}; {}", State::of_node(snapshot.values()), components.join("; "))
+    format!("{}; {}", State::of_snapshot(snapshot), components.join("; "))
 }

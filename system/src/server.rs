@@ -76,7 +76,7 @@ impl NodeObject {
 
     #[zbus(property)]
     fn health(&self) -> String {
-        State::of_node(self.snapshot.borrow().values()).to_string()
+        State::of_snapshot(&self.snapshot.borrow()).to_string()
     }
 
     #[zbus(property)]
@@ -153,15 +153,27 @@ pub async fn serve(registry: &Registry, reloads: mpsc::Sender<ReloadRequest>) ->
     Ok(connection)
 }
 
+/// Serves an object for every registered component that has none yet, so that
+/// they exist before READY=1 tells clients to look.
+pub async fn add_component_objects(connection: &Connection, registry: &Registry) -> zbus::Result<()> {
+    let changes = registry.subscribe();
+    for name in registry.snapshot().into_keys() {
+        let object = ComponentObject { name, snapshot: changes.clone() };
+        connection.object_server().at(bus::component_path(name), object).await?;
+    }
+    Ok(())
+}
+
 /// Serves an object per component and emits `PropertiesChanged` for what changed.
 async fn publish(connection: Connection, mut changes: watch::Receiver<Snapshot>) {
     let mut published = Snapshot::new();
     loop {
         let snapshot = changes.borrow_and_update().clone();
-        if let Err(err) = emit_changes(&connection, &published, &snapshot, &changes).await {
-            tracing::warn!("D-Bus: cannot publish a status change: {err}");
+        match emit_changes(&connection, &published, &snapshot, &changes).await {
+            Ok(()) => published = snapshot,
+            // Compared against the last published state again at the next change.
+            Err(err) => tracing::warn!("D-Bus: cannot publish a status change: {err}"),
         }
-        published = snapshot;
         if changes.changed().await.is_err() {
             return;
         }
@@ -178,6 +190,7 @@ async fn emit_changes(
     for (name, status) in new {
         let path = bus::component_path(name);
         let Some(before) = old.get(name) else {
+            // Already there if it was added before READY; `at` then does nothing.
             server.at(path, ComponentObject { name, snapshot: changes.clone() }).await?;
             continue;
         };
@@ -198,7 +211,7 @@ async fn emit_changes(
     }
     let node = server.interface::<_, NodeObject>(bus::NODE_PATH).await?;
     let (object, emitter) = (node.get().await, node.signal_emitter());
-    if State::of_node(old.values()) != State::of_node(new.values()) {
+    if State::of_snapshot(old) != State::of_snapshot(new) {
         object.health_changed(emitter).await?;
     }
     let row_changed =

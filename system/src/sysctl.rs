@@ -39,11 +39,13 @@ impl Component for SysctlComponent {
         }
         let (guard, report) = Guard::apply(&config.sysctl);
         if let Err(err) = port_guard_result(&report) {
-            // Keep the node guarded: put the running settings back.
-            let (previous, restore) = Guard::apply(&self.config);
-            self.restored_before += self.guard.restored();
-            self.guard = previous;
-            self.absorb(&restore, "set");
+            // Keep the node as it was: undo what the attempt wrote, and let the
+            // running guard check that its values hold.
+            for failure in Guard::revert(&report) {
+                tracing::error!(sysctl_key = failure.key().as_str(), "cannot undo a failed reload: {failure}");
+            }
+            let check = self.guard.recheck();
+            self.absorb(&check, "restored");
             return Err(format!("{err}; kept the previous settings"));
         }
         self.restored_before += self.guard.restored();

@@ -211,12 +211,20 @@ fn a_reload_the_kernel_refuses_fails_and_keeps_the_node_guarded() {
     }
     let bus = bus();
     let node = start(&bus, "", &[("net.ipv4.ip_local_port_range", "20000 40000")]);
-    // Valid config, but the kernel refuses a local port range below 1024.
-    std::fs::write(node.config_path(), "[sysctl]\nephemeral_range = \"1000-2000\"\n").unwrap();
+    let somaxconn = read_sysctl(&node, "net.core.somaxconn");
+    // A valid config, but the kernel refuses a local port range below 1024 — after
+    // the reservation for the new NodePort range was written.
+    std::fs::write(
+        node.config_path(),
+        "[sysctl]\nnodeport_range = \"40000-41000\"\nephemeral_range = \"1000-2000\"\n[sysctl.extra]\nnet.core.somaxconn = 999\n",
+    )
+    .unwrap();
     let cli = ctl(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(1));
     let stderr = text(&cli.stderr);
     assert!(stderr.contains(bus::ERROR_RELOAD_FAILED) && stderr.contains("kept the previous settings"), "{stderr}");
+    assert_eq!(read_sysctl(&node, "net.ipv4.ip_local_reserved_ports"), "30000-32767", "the reservation was undone");
+    assert_eq!(read_sysctl(&node, "net.core.somaxconn"), somaxconn, "extras of the refused config were not applied");
     assert_eq!(read_sysctl(&node, "net.ipv4.ip_local_port_range"), "20000 29999");
     let status = ctl(&bus, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", text(&status.stdout));

@@ -17,7 +17,8 @@ fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
         "Type=notify",
         "Restart=on-failure",
         "Before=containerd.service kubelet.service",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/nodeplanectl reload",
+        "WantedBy=multi-user.target containerd.service",
     ] {
         assert!(settings.contains(&expected), "missing {expected}");
     }

@@ -14,6 +14,12 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn ensure() -> Result<(), String> {
+    for tool in ["fmt", "clippy"] {
+        let present = crate::cargo().args([tool, "--version"]).output().is_ok_and(|out| out.status.success());
+        if !present {
+            return Err(format!("cargo {tool} is missing; install it with: rustup component add {}", component(tool)));
+        }
+    }
     let missing: Vec<&str> = PACKAGES.iter().map(|(name, _)| *name).filter(|name| !installed(name)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -44,4 +50,8 @@ fn installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+fn component(tool: &str) -> &str {
+    if tool == "fmt" { "rustfmt" } else { tool }
 }

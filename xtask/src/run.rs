@@ -21,7 +21,7 @@ pub fn run(once: bool) -> Result<(), String> {
         return Err("cargo xtask run needs root (network namespace, sysctls, D-Bus policy as uid 0)".into());
     }
     crate::step("build", crate::cargo().args(["build", "--bins"]))?;
-    let bin = crate::root().join("target/debug");
+    let bin = crate::target_dir().join("debug");
     let policy = crate::root().join("units/org.nodeplane.Node1.conf");
     let bus = DbusDaemon::start(&[&policy]).map_err(|e| format!("private bus: {e}"))?;
     eprintln!("==> private system bus at {}", bus.address());
@@ -45,7 +45,7 @@ pub fn run(once: bool) -> Result<(), String> {
     eprintln!("==> nodeplaned is READY (pid {})\n", node.pid());
     status(&bin.join("nodeplanectl"), &bus)?;
     if !once {
-        wait_for_ctrl_c(&node, &bus)?;
+        wait_for_ctrl_c(&node, &bus, &bin)?;
     }
     stop(node)
 }
@@ -59,11 +59,11 @@ fn status(nodeplanectl: &Path, bus: &DbusDaemon) -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("nodeplanectl status: node not healthy ({status})")) }
 }
 
-fn wait_for_ctrl_c(node: &Nodeplaned, bus: &DbusDaemon) -> Result<(), String> {
+fn wait_for_ctrl_c(node: &Nodeplaned, bus: &DbusDaemon, bin: &Path) -> Result<(), String> {
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()).map_err(|e| e.to_string())?;
     eprintln!("\nnodeplaned runs; try, from another shell:");
-    eprintln!("  DBUS_SYSTEM_BUS_ADDRESS={} target/debug/nodeplanectl status", bus.address());
+    eprintln!("  DBUS_SYSTEM_BUS_ADDRESS={} {} status", bus.address(), bin.join("nodeplanectl").display());
     eprintln!(
         "  nsenter --net=/proc/{}/ns/net sysctl -w net.ipv4.ip_local_port_range='30000 40000'   # drift; restored within 5 s",
         node.pid()

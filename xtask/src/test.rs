@@ -9,13 +9,20 @@ pub fn test() -> Result<(), String> {
     crate::step("format check", crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
     crate::step("lints", crate::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let tally = cargo_test()?;
-    let smoke = crate::step(
-        "smoke run (cargo xtask run --once)",
-        Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--once"]),
-    );
-    let (passed, failed) = (tally.passed + u32::from(smoke.is_ok()), tally.failed + u32::from(smoke.is_err()));
+    let smoke = if nodeplane_testkit::is_root() {
+        Some(crate::step(
+            "smoke run (cargo xtask run --once)",
+            Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--once"]),
+        ))
+    } else {
+        eprintln!("==> not root: privileged tests (counted as passed by cargo) and the smoke run were SKIPPED");
+        None
+    };
+    let smoke_passed = smoke.as_ref().is_some_and(Result::is_ok);
+    let smoke_failed = smoke.as_ref().is_some_and(Result::is_err);
+    let (passed, failed) = (tally.passed + u32::from(smoke_passed), tally.failed + u32::from(smoke_failed));
     println!("xtask: {passed} passed, {failed} failed");
-    smoke?;
+    smoke.transpose()?;
     if !tally.succeeded || failed > 0 {
         return Err(format!("{failed} test(s) failed"));
     }

@@ -19,6 +19,8 @@ pub use netns::{in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
 
+use std::io::Write;
+
 /// Environment variable that lets a run without root skip privileged tests.
 pub const SKIP_PRIVILEGED: &str = "NODEPLANE_SKIP_PRIVILEGED";
 
@@ -34,7 +36,8 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     if std::env::var(SKIP_PRIVILEGED).as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: needs root ({SKIP_PRIVILEGED}=1)");
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root ({SKIP_PRIVILEGED}=1)");
         return false;
     }
     panic!(

@@ -57,8 +57,8 @@ impl Nodeplaned {
             );
         }
         for (key, value) in launch.preset {
-            let path = format!("/proc/sys/{}", key.replace('.', "/"));
-            script += &format!("printf '%s' '{value}' > {path}\n");
+            let key = nodeplane_sysctl::SysctlKey::parse(key).map_err(io::Error::other)?;
+            script += &format!("printf '%s' '{value}' > '{}'\n", key.proc_path().display());
         }
         script += "exec \"$@\"\n";
         let mut command = Command::new("unshare");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use nodeplane_sysctl::{SysctlKey, kernel};
 use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned, in_netns_of};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,16 +62,13 @@ pub fn start(bus: &DbusDaemon, config: &str, preset: &[(&str, &str)]) -> Nodepla
 }
 
 pub fn read_sysctl(node: &Nodeplaned, key: &str) -> String {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    in_netns_of(node.pid(), move || std::fs::read_to_string(&path).expect("read sysctl"))
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let key = SysctlKey::parse(key).expect("a sysctl name");
+    in_netns_of(node.pid(), move || kernel::read(&key).expect("read sysctl"))
 }
 
 pub fn write_sysctl(node: &Nodeplaned, key: &str, value: &str) {
-    let (path, value) = (format!("/proc/sys/{}", key.replace('.', "/")), value.to_owned());
-    in_netns_of(node.pid(), move || std::fs::write(&path, value).expect("write sysctl"));
+    let (key, value) = (SysctlKey::parse(key).expect("a sysctl name"), value.to_owned());
+    in_netns_of(node.pid(), move || kernel::write(&key, &value).expect("write sysctl"));
 }
 
 /// Polls `check` every 20 ms until it holds or `timeout` passes.
