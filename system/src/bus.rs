@@ -6,6 +6,8 @@
 //! - `org.nodeplane.Component1` at `/org/nodeplane/Node1/<component>`: properties
 //!   `Name`, `State`, `Detail` (s), `LastChange` (t, µs since the epoch) and `Facts`
 //!   (a{sv}: counts as `t`, text as `s`).
+//! - `org.nodeplane.Ipam1` at `/org/nodeplane/Node1/ipam`: method `Sweep(b dry_run)
+//!   → a(sss)` (network, IP, owner of each freed reservation; root only).
 //!
 //! Every property emits `PropertiesChanged` when it changes.
 
@@ -21,6 +23,8 @@ pub const NODE_PATH: &str = "/org/nodeplane/Node1";
 /// Error names returned by `Reload()` besides the standard `AccessDenied`.
 pub const ERROR_INVALID_CONFIG: &str = "org.nodeplane.Node1.Error.InvalidConfig";
 pub const ERROR_RELOAD_FAILED: &str = "org.nodeplane.Node1.Error.ReloadFailed";
+/// The error `Sweep()` returns when a sweep freed nothing because it could not run.
+pub const ERROR_SWEEP_FAILED: &str = "org.nodeplane.Node1.Error.SweepFailed";
 
 /// The object path of a component's object.
 pub fn component_path(name: &str) -> String {
@@ -69,6 +73,15 @@ pub trait Node {
 
     #[zbus(property)]
     fn components(&self) -> zbus::Result<Vec<ComponentRow>>;
+}
+
+#[zbus::proxy(
+    interface = "org.nodeplane.Ipam1",
+    default_service = "org.nodeplane.Node1",
+    default_path = "/org/nodeplane/Node1/ipam"
+)]
+pub trait Ipam {
+    fn sweep(&self, dry_run: bool) -> zbus::Result<Vec<(String, String, String)>>;
 }
 
 #[zbus::proxy(interface = "org.nodeplane.Component1", default_service = "org.nodeplane.Node1")]

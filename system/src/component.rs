@@ -194,6 +194,12 @@ pub trait Component: Send + Sized + 'static {
     fn interval(&self) -> Option<Duration>;
 
     fn tick(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Requests of this component's own (an IPAM sweep on demand, say), sent
+    /// through the sender [`start`] returns. `Infallible` for none.
+    type Command: Send + 'static;
+
+    fn command(&mut self, command: Self::Command) -> impl Future<Output = ()> + Send;
 }
 
 type ReloadRequest = (Arc<NodeConfig>, oneshot::Sender<Result<(), String>>);
@@ -204,14 +210,19 @@ pub struct Handle {
     requests: mpsc::Sender<ReloadRequest>,
 }
 
-/// Starts `C` and spawns its task. Everything it logs carries
+/// Starts `C` and spawns its task; returns the supervisor's handle and the
+/// sender for the component's own commands. Everything it logs carries
 /// `NODEPLANE_COMPONENT=<name>`.
-pub async fn start<C: Component>(config: &NodeConfig, registry: &Registry) -> Result<Handle, String> {
+pub async fn start<C: Component>(
+    config: &NodeConfig,
+    registry: &Registry,
+) -> Result<(Handle, mpsc::Sender<C::Command>), String> {
     let span = tracing::info_span!("component", nodeplane_component = C::NAME);
     let reporter = registry.reporter(C::NAME);
     let component = C::start(config, reporter.clone()).instrument(span.clone()).await?;
     let (requests, inbox) = mpsc::channel(1);
-    let task = tokio::spawn(run(component, inbox).instrument(span.clone()));
+    let (commands, command_inbox) = mpsc::channel(4);
+    let task = tokio::spawn(run(component, inbox, command_inbox).instrument(span.clone()));
     // A component whose task ends (a panic, in builds that unwind) must not keep
     // its last state on display.
     tokio::spawn(
@@ -224,7 +235,7 @@ pub async fn start<C: Component>(config: &NodeConfig, registry: &Registry) -> Re
         }
         .instrument(span),
     );
-    Ok(Handle { name: C::NAME, requests })
+    Ok((Handle { name: C::NAME, requests }, commands))
 }
 
 impl Handle {
@@ -239,7 +250,11 @@ impl Handle {
     }
 }
 
-async fn run<C: Component>(mut component: C, mut inbox: mpsc::Receiver<ReloadRequest>) {
+async fn run<C: Component>(
+    mut component: C,
+    mut inbox: mpsc::Receiver<ReloadRequest>,
+    mut commands: mpsc::Receiver<C::Command>,
+) {
     let mut next = component.interval().map(|i| Instant::now() + i);
     loop {
         let due = async {
@@ -252,6 +267,10 @@ async fn run<C: Component>(mut component: C, mut inbox: mpsc::Receiver<ReloadReq
             request = inbox.recv() => {
                 let Some((config, reply)) = request else { return };
                 let _ = reply.send(component.reload(&config).await);
+            }
+            Some(command) = commands.recv() => {
+                component.command(command).await;
+                continue; // on-demand work leaves the periodic schedule alone
             }
             () = due => component.tick().await,
         }

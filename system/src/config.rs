@@ -9,6 +9,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use nodeplane_ipam::IpamConfig;
 use nodeplane_sysctl::SysctlConfig;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,7 @@ pub const DEFAULT_PATH: &str = "/etc/nodeplane/node.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     pub sysctl: SysctlConfig,
+    pub ipam: IpamConfig,
 }
 
 /// Why a config was refused.
@@ -77,10 +79,9 @@ impl NodeConfig {
 
     /// Cross-field checks, one line per section: `(key path, message)` on failure.
     fn validate(&self) -> Result<(), (String, String)> {
-        let section = |name: &str, result: Result<(), nodeplane_sysctl::Invalid>| {
-            result.map_err(|invalid| (format!("{name}.{}", invalid.field), invalid.message))
-        };
-        section("sysctl", self.sysctl.validate())?;
+        let at = |section: &str, field: &str| format!("{section}.{field}");
+        self.sysctl.validate().map_err(|i| (at("sysctl", i.field), i.message))?;
+        self.ipam.validate().map_err(|i| (at("ipam", i.field), i.message))?;
         Ok(())
     }
 

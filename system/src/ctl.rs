@@ -12,7 +12,7 @@ use serde::Serialize;
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
-use crate::bus::{self, ComponentProxy, NodeProxy};
+use crate::bus::{self, ComponentProxy, IpamProxy, NodeProxy};
 use crate::component::{Fact, State};
 use crate::config;
 
@@ -35,6 +35,12 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Make nodeplaned re-read and apply its config (root only)
     Reload,
+    /// Free leaked CNI host-local reservations now and list them (root only)
+    Sweep {
+        /// Only report what would be freed
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 const UNREACHABLE: u8 = 3;
@@ -56,6 +62,7 @@ pub fn main() -> ExitCode {
         match args.command {
             Command::Status { json } => status(&connection, json).await,
             Command::Reload => reload(&connection).await,
+            Command::Sweep { dry_run } => sweep(&connection, dry_run).await,
             Command::CheckConfig { .. } => unreachable!("handled without the bus"),
         }
     })
@@ -158,29 +165,76 @@ fn since(rfc3339: &str) -> String {
 }
 
 async fn reload(connection: &Connection) -> ExitCode {
-    let node = match NodeProxy::new(connection).await {
-        Ok(node) => node,
-        Err(err) => {
-            eprintln!("nodeplanectl: {err}");
-            return ExitCode::from(UNREACHABLE);
-        }
+    let result = match NodeProxy::new(connection).await {
+        Ok(node) => node.reload().await,
+        Err(err) => Err(err),
     };
-    match node.reload().await {
+    match result {
         Ok(()) => {
             println!("reloaded");
             ExitCode::SUCCESS
-        }
-        Err(zbus::Error::FDO(err)) if matches!(*err, zbus::fdo::Error::AccessDenied(_)) => {
-            eprintln!("nodeplanectl: reload is for root only: {err}");
-            ExitCode::FAILURE
         }
         Err(zbus::Error::MethodError(name, message, _)) if name.as_str() == bus::ERROR_INVALID_CONFIG => {
             let message = message.unwrap_or_default();
             eprintln!("nodeplanectl: the new config is invalid; nodeplaned keeps the running one:\n  {message}");
             ExitCode::from(2)
         }
-        Err(err) => {
-            eprintln!("nodeplanectl: reload failed: {err}");
+        Err(err) => method_failed("reload", err),
+    }
+}
+
+async fn sweep(connection: &Connection, dry_run: bool) -> ExitCode {
+    let result = match IpamProxy::new(connection).await {
+        Ok(ipam) => ipam.sweep(dry_run).await,
+        Err(err) => Err(err),
+    };
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(zbus::Error::MethodError(name, message, _)) if name.as_str() == bus::ERROR_SWEEP_FAILED => {
+            eprintln!("nodeplanectl: the sweep could not run: {}", message.unwrap_or_default());
+            return ExitCode::FAILURE;
+        }
+        Err(err) => return method_failed("sweep", err),
+    };
+    if !rows.is_empty() {
+        let width = rows.iter().map(|(n, ..)| n.len()).max().unwrap_or(0).max("NETWORK".len());
+        let ip_width = rows.iter().map(|(_, ip, _)| ip.len()).max().unwrap_or(0).max("IP".len());
+        println!("{:width$}  {:ip_width$}  OWNER", "NETWORK", "IP");
+        for (network, ip, owner) in &rows {
+            println!("{network:width$}  {ip:ip_width$}  {}", if owner.is_empty() { "(empty file)" } else { owner });
+        }
+    }
+    let verb = if dry_run { "would free" } else { "freed" };
+    let facts = match fetch(connection).await {
+        Ok(status) => status.components.into_iter().find(|c| c.name == "ipam").map(|c| c.facts).unwrap_or_default(),
+        Err(_) => BTreeMap::new(),
+    };
+    let count = |name: &str| facts.get(name).map_or("?".to_owned(), ToString::to_string);
+    println!(
+        "{verb} {} reservation(s); scanned {}, live {}, young orphans kept {}, skipped {}, errors {}",
+        rows.len(),
+        count("scanned"),
+        count("live"),
+        count("young_orphans_kept"),
+        count("skipped"),
+        count("errors")
+    );
+    ExitCode::SUCCESS
+}
+
+/// Reports a failed state-changing call: exit 1, or 3 when nodeplaned is gone.
+fn method_failed(action: &str, err: zbus::Error) -> ExitCode {
+    match err {
+        zbus::Error::FDO(err) if matches!(*err, zbus::fdo::Error::AccessDenied(_)) => {
+            eprintln!("nodeplanectl: {action} is for root only: {err}");
+            ExitCode::FAILURE
+        }
+        zbus::Error::FDO(err) if matches!(*err, zbus::fdo::Error::ServiceUnknown(_)) => {
+            eprintln!("nodeplanectl: nodeplaned went away: {err}");
+            ExitCode::from(UNREACHABLE)
+        }
+        err => {
+            eprintln!("nodeplanectl: {action} failed: {err}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::component::{self, Handle, Registry, Snapshot, State};
 use crate::config::{self, ConfigError, NodeConfig};
+use crate::ipam::IpamComponent;
 use crate::server::{self, ReloadError};
 use crate::sysctl::SysctlComponent;
 use crate::{logging, notify};
@@ -76,8 +77,12 @@ async fn run(args: Args) -> Result<(), String> {
     let bus_error = |e: zbus::Error| format!("cannot serve {} on the system bus: {e}", crate::bus::SERVICE);
     let bus = server::serve(&registry, reloads).await.map_err(bus_error)?;
     notify::status("starting: applying sysctls");
-    let components =
-        vec![component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?];
+    let (sysctl, _) =
+        component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?;
+    let (ipam, sweeps) =
+        component::start::<IpamComponent>(&config, &registry).await.map_err(|e| format!("ipam: {e}"))?;
+    server::serve_ipam(&bus, sweeps).await.map_err(bus_error)?;
+    let components = vec![sysctl, ipam];
     server::add_component_objects(&bus, &registry).await.map_err(bus_error)?;
     let mut supervisor = Supervisor { config_path, explicit_path, config: Arc::new(config), components, registry };
 

@@ -10,6 +10,7 @@ use zbus::{Connection, fdo};
 
 use crate::bus::{self, ComponentRow};
 use crate::component::{Registry, Snapshot, State, Status};
+use crate::ipam::SweepRequest;
 
 /// Why a reload was refused; the running config stays in either case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,7 @@ enum NodeError {
     ZBus(zbus::Error),
     InvalidConfig(String),
     ReloadFailed(String),
+    SweepFailed(String),
 }
 
 impl From<fdo::Error> for NodeError {
@@ -133,12 +135,49 @@ impl ComponentObject {
     }
 }
 
+/// One freed (or, dry, to be freed) reservation: network, IP, owner container id.
+pub type FreedRow = (String, String, String);
+
+struct IpamObject {
+    sweeps: mpsc::Sender<SweepRequest>,
+}
+
+#[zbus::interface(name = "org.nodeplane.Ipam1")]
+impl IpamObject {
+    /// Sweeps now; returns what was freed (with `dry_run`: what would be). Root only.
+    async fn sweep(
+        &self,
+        dry_run: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<FreedRow>, NodeError> {
+        require_root(connection, &header).await?;
+        let (reply, answer) = oneshot::channel();
+        self.sweeps
+            .send(SweepRequest { dry_run, reply })
+            .await
+            .map_err(|_| NodeError::SweepFailed("the IPAM component is not running".into()))?;
+        let report = answer
+            .await
+            .map_err(|_| NodeError::SweepFailed("the IPAM component dropped the request".into()))?
+            .map_err(NodeError::SweepFailed)?;
+        Ok(report.freed.into_iter().map(|f| (f.network, f.ip.to_string(), f.owner)).collect())
+    }
+}
+
+/// Serves `org.nodeplane.Ipam1` beside the IPAM component's status object.
+pub async fn serve_ipam(connection: &Connection, sweeps: mpsc::Sender<SweepRequest>) -> zbus::Result<()> {
+    connection.object_server().at(bus::component_path("ipam"), IpamObject { sweeps }).await?;
+    Ok(())
+}
+
 /// Refuses callers other than root: the bus policy already should, this makes sure.
 async fn require_root(connection: &Connection, header: &Header<'_>) -> Result<(), NodeError> {
     let sender = header.sender().ok_or_else(|| fdo::Error::AccessDenied("caller has no bus name".into()))?;
     let uid = fdo::DBusProxy::new(connection).await?.get_connection_unix_user(sender.clone().into()).await?;
     if uid != 0 {
-        return Err(fdo::Error::AccessDenied(format!("Reload() is for root only (caller uid {uid})")).into());
+        let member = header.member().map_or("this method".to_owned(), |m| format!("{m}()"));
+        return Err(fdo::Error::AccessDenied(format!("{member} is for root only (caller uid {uid})")).into());
     }
     Ok(())
 }

@@ -63,6 +63,12 @@ impl Component for SysctlComponent {
         let report = self.guard.recheck();
         self.absorb(&report, "restored");
     }
+
+    type Command = std::convert::Infallible;
+
+    async fn command(&mut self, command: Self::Command) {
+        match command {}
+    }
 }
 
 impl SysctlComponent {

@@ -25,7 +25,12 @@ fn ready_comes_only_after_the_sysctls_are_applied() {
     assert_eq!(read_sysctl(&node, RANGE), "20000 29999");
     assert_eq!(read_sysctl(&node, RESERVED), "8080,30000-32767");
     let ready = messages.last().unwrap();
-    assert!(ready.lines().any(|l| l.starts_with("STATUS=healthy; sysctl healthy")), "{ready}");
+    assert!(
+        ready
+            .lines()
+            .any(|l| l.starts_with("STATUS=healthy; ") && l.contains("; sysctl healthy: ephemeral ports 20000-29999")),
+        "{ready}"
+    );
     assert!(messages.iter().any(|m| m.contains("STATUS=starting: applying sysctls")), "{messages:?}");
 }
 

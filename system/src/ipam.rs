@@ -1,0 +1,152 @@
+//! The IPAM sweeper as a supervisor component: sweeps every `interval` (not at
+//! start: containerd starts after nodeplaned) and on demand (`Sweep()` on D-Bus),
+//! reports each sweep's counts as facts and each freed address to the journal.
+
+use std::time::{Duration, SystemTime};
+
+use nodeplane_ipam::{IpamConfig, SweepReport};
+use tokio::sync::oneshot;
+
+use crate::component::{Component, Fact, Facts, Reporter, State};
+use crate::config::NodeConfig;
+
+/// A sweep asked for over D-Bus.
+pub struct SweepRequest {
+    pub dry_run: bool,
+    pub reply: oneshot::Sender<Result<SweepReport, String>>,
+}
+
+pub struct IpamComponent {
+    config: IpamConfig,
+    reporter: Reporter,
+    freed_total: u64,
+    last: Option<(SystemTime, SweepReport)>,
+    last_error: Option<String>,
+}
+
+impl Component for IpamComponent {
+    const NAME: &'static str = "ipam";
+
+    async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
+        let component =
+            IpamComponent { config: config.ipam.clone(), reporter, freed_total: 0, last: None, last_error: None };
+        component.publish_idle();
+        Ok(component)
+    }
+
+    async fn reload(&mut self, config: &NodeConfig) -> Result<(), String> {
+        self.config = config.ipam.clone();
+        if self.last.is_none() && self.last_error.is_none() {
+            self.publish_idle();
+        }
+        Ok(())
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        self.config.enabled.then_some(self.config.interval)
+    }
+
+    async fn tick(&mut self) {
+        let _ = self.sweep(self.config.dry_run).await;
+    }
+
+    type Command = SweepRequest;
+
+    async fn command(&mut self, request: SweepRequest) {
+        // `dry_run = true` in node.toml makes every sweep on this node a dry run.
+        let result = self.sweep(request.dry_run || self.config.dry_run).await;
+        let _ = request.reply.send(result);
+    }
+}
+
+impl IpamComponent {
+    async fn sweep(&mut self, dry_run: bool) -> Result<SweepReport, String> {
+        match nodeplane_ipam::sweep(&self.config, dry_run).await {
+            Ok(report) => {
+                let verb = if dry_run { "would free" } else { "freed" };
+                for freed in &report.freed {
+                    let (network, ip, owner) = (&freed.network, freed.ip, &freed.owner);
+                    tracing::info!(
+                        ipam_network = %network, ipam_ip = %ip, ipam_owner = %owner, ipam_dry_run = dry_run,
+                        "{verb} {ip} in network {network}: owner {} is gone from containerd",
+                        if owner.is_empty() { "(empty file)" } else { owner }
+                    );
+                }
+                for error in &report.errors {
+                    tracing::warn!("sweep: {error}");
+                }
+                if !dry_run {
+                    self.freed_total += report.freed.len() as u64;
+                }
+                self.last = Some((SystemTime::now(), report.clone()));
+                self.last_error = None;
+                self.publish();
+                Ok(report)
+            }
+            Err(err) => {
+                let message = err.to_string();
+                self.last_error = Some(message.clone());
+                self.publish();
+                Err(message)
+            }
+        }
+    }
+
+    fn publish_idle(&self) {
+        let detail = if self.config.enabled {
+            format!("first sweep in {}", humantime::format_duration(self.config.interval))
+        } else {
+            "periodic sweeps disabled (ipam.enabled = false)".to_owned()
+        };
+        self.reporter.set(State::Healthy, detail);
+        self.reporter.set_facts(self.facts());
+    }
+
+    fn publish(&self) {
+        let (state, detail) = match (&self.last_error, &self.last) {
+            (Some(error), _) => (State::Degraded, format!("last sweep failed: {error}")),
+            (None, Some((_, report))) if !report.errors.is_empty() => {
+                (State::Degraded, format!("{} error(s) in the last sweep: {}", report.errors.len(), report.errors[0]))
+            }
+            (None, Some((_, report))) => (
+                State::Healthy,
+                format!(
+                    "last sweep {} {} of {} reservations ({} young orphans kept)",
+                    if report.dry_run { "would free" } else { "freed" },
+                    report.freed.len(),
+                    report.scanned,
+                    report.young_orphans_kept
+                ),
+            ),
+            (None, None) => return self.publish_idle(),
+        };
+        self.reporter.set(state, detail);
+        self.reporter.set_facts(self.facts());
+    }
+
+    fn facts(&self) -> Facts {
+        let mut facts = Facts::new();
+        facts.insert("freed_total".into(), Fact::Count(self.freed_total));
+        if let Some((at, report)) = &self.last {
+            let counts = [
+                ("networks", report.networks),
+                ("scanned", report.scanned),
+                ("live", report.live),
+                ("live_containers", report.live_containers),
+                ("young_orphans_kept", report.young_orphans_kept),
+                ("freed", report.freed.len() as u64),
+                ("skipped", report.skipped),
+                ("errors", report.errors.len() as u64),
+                ("containerd_calls", report.containerd_calls),
+                ("last_sweep_ms", report.took.as_millis() as u64),
+            ];
+            facts.extend(counts.into_iter().map(|(k, v)| (k.to_owned(), Fact::Count(v))));
+            facts.insert("last_sweep".into(), Fact::Text(humantime::format_rfc3339_seconds(*at).to_string()));
+            facts.insert("last_sweep_dry_run".into(), Fact::Text(report.dry_run.to_string()));
+        }
+        if let Some(error) = &self.last_error {
+            facts.insert("last_error".into(), Fact::Text(error.clone()));
+        }
+        facts
+    }
+}
