@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use nodeplane_ipam::{IpamConfig, SweepReport};
+use nodeplane_ipam::{IpamConfig, SweepCounts, SweepReport};
 use tokio::sync::oneshot;
 
 use crate::component::{Component, Fact, Facts, Reporter, State};
@@ -20,8 +20,17 @@ pub struct IpamComponent {
     config: IpamConfig,
     reporter: Reporter,
     freed_total: u64,
-    last: Option<(SystemTime, SweepReport)>,
+    last: Option<LastSweep>,
     last_error: Option<String>,
+}
+
+/// What is kept of the last sweep: its figures, not its lists.
+struct LastSweep {
+    at: SystemTime,
+    dry_run: bool,
+    took: Duration,
+    counts: SweepCounts,
+    first_error: Option<String>,
 }
 
 impl Component for IpamComponent {
@@ -63,12 +72,15 @@ impl IpamComponent {
     async fn sweep(&mut self, dry_run: bool) -> Result<SweepReport, String> {
         match nodeplane_ipam::sweep(&self.config, dry_run).await {
             Ok(report) => {
-                let verb = if dry_run { "would free" } else { "freed" };
-                for freed in &report.freed {
+                if dry_run {
+                    // The reply lists them; a dry run on a leaky node should not flood the journal.
+                    tracing::info!(ipam_dry_run = true, "dry run: would free {} reservation(s)", report.counts.freed);
+                }
+                for freed in report.freed.iter().filter(|_| !dry_run) {
                     let (network, ip, owner) = (&freed.network, freed.ip, &freed.owner);
                     tracing::info!(
-                        ipam_network = %network, ipam_ip = %ip, ipam_owner = %owner, ipam_dry_run = dry_run,
-                        "{verb} {ip} in network {network}: owner {} is gone from containerd",
+                        ipam_network = %network, ipam_ip = %ip, ipam_owner = %owner,
+                        "freed {ip} in network {network}: owner {} is gone from containerd",
                         if owner.is_empty() { "(empty file)" } else { owner }
                     );
                 }
@@ -76,9 +88,15 @@ impl IpamComponent {
                     tracing::warn!("sweep: {error}");
                 }
                 if !dry_run {
-                    self.freed_total += report.freed.len() as u64;
+                    self.freed_total += report.counts.freed;
                 }
-                self.last = Some((SystemTime::now(), report.clone()));
+                self.last = Some(LastSweep {
+                    at: SystemTime::now(),
+                    dry_run,
+                    took: report.took,
+                    counts: report.counts,
+                    first_error: report.errors.first().cloned(),
+                });
                 self.last_error = None;
                 self.publish();
                 Ok(report)
@@ -105,17 +123,17 @@ impl IpamComponent {
     fn publish(&self) {
         let (state, detail) = match (&self.last_error, &self.last) {
             (Some(error), _) => (State::Degraded, format!("last sweep failed: {error}")),
-            (None, Some((_, report))) if !report.errors.is_empty() => {
-                (State::Degraded, format!("{} error(s) in the last sweep: {}", report.errors.len(), report.errors[0]))
+            (None, Some(LastSweep { counts, first_error: Some(first), .. })) => {
+                (State::Degraded, format!("{} error(s) in the last sweep: {first}", counts.errors))
             }
-            (None, Some((_, report))) => (
+            (None, Some(LastSweep { counts, dry_run, .. })) => (
                 State::Healthy,
                 format!(
                     "last sweep {} {} of {} reservations ({} young orphans kept)",
-                    if report.dry_run { "would free" } else { "freed" },
-                    report.freed.len(),
-                    report.scanned,
-                    report.young_orphans_kept
+                    if *dry_run { "would free" } else { "freed" },
+                    counts.freed,
+                    counts.scanned,
+                    counts.young_orphans_kept
                 ),
             ),
             (None, None) => return self.publish_idle(),
@@ -127,22 +145,23 @@ impl IpamComponent {
     fn facts(&self) -> Facts {
         let mut facts = Facts::new();
         facts.insert("freed_total".into(), Fact::Count(self.freed_total));
-        if let Some((at, report)) = &self.last {
+        if let Some(last) = &self.last {
+            let c = last.counts;
             let counts = [
-                ("networks", report.networks),
-                ("scanned", report.scanned),
-                ("live", report.live),
-                ("live_containers", report.live_containers),
-                ("young_orphans_kept", report.young_orphans_kept),
-                ("freed", report.freed.len() as u64),
-                ("skipped", report.skipped),
-                ("errors", report.errors.len() as u64),
-                ("containerd_calls", report.containerd_calls),
-                ("last_sweep_ms", report.took.as_millis() as u64),
+                ("networks", c.networks),
+                ("scanned", c.scanned),
+                ("live", c.live),
+                ("live_containers", c.live_containers),
+                ("young_orphans_kept", c.young_orphans_kept),
+                ("freed", c.freed),
+                ("skipped", c.skipped),
+                ("errors", c.errors),
+                ("containerd_calls", c.containerd_calls),
+                ("last_sweep_ms", last.took.as_millis() as u64),
             ];
             facts.extend(counts.into_iter().map(|(k, v)| (k.to_owned(), Fact::Count(v))));
-            facts.insert("last_sweep".into(), Fact::Text(humantime::format_rfc3339_seconds(*at).to_string()));
-            facts.insert("last_sweep_dry_run".into(), Fact::Text(report.dry_run.to_string()));
+            facts.insert("last_sweep".into(), Fact::Text(humantime::format_rfc3339_seconds(last.at).to_string()));
+            facts.insert("last_sweep_dry_run".into(), Fact::Text(last.dry_run.to_string()));
         }
         if let Some(error) = &self.last_error {
             facts.insert("last_error".into(), Fact::Text(error.clone()));

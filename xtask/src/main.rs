@@ -6,7 +6,9 @@
 //!   cleanly on Ctrl-C (or right away with `--once`).
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, and a `run --once` smoke run.
+//! - `bench ipam`: the IPAM sweeper at node scale (see `bench.rs`).
 
+mod bench;
 mod packages;
 mod run;
 mod test;
@@ -14,7 +16,7 @@ mod test;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test>";
+const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test | bench ipam>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         ["run"] => run::run(false),
         ["run", "--once"] => run::run(true),
         ["test"] => test::test(),
+        ["bench", what] => bench::bench(what),
         _ => Err(USAGE.to_owned()),
     };
     match result {

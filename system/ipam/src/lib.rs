@@ -22,4 +22,4 @@ mod sweep;
 pub use config::{Invalid, IpamConfig};
 pub use containerd::Containerd;
 pub use store::{NetworkDir, Reservation, Scan, Verdict, classify, parse_owner};
-pub use sweep::{Freed, SweepError, SweepReport, sweep};
+pub use sweep::{Freed, SweepCounts, SweepError, SweepReport, sweep};

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::IpamConfig;
@@ -24,10 +24,9 @@ pub struct Freed {
     pub owner: String,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct SweepReport {
-    pub dry_run: bool,
-    pub took: Duration,
+/// A sweep's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepCounts {
     pub networks: u64,
     /// Reservation files read.
     pub scanned: u64,
@@ -36,12 +35,22 @@ pub struct SweepReport {
     /// Containers in the namespace.
     pub live_containers: u64,
     pub young_orphans_kept: u64,
-    /// Freed, or with `dry_run` the ones that would be.
-    pub freed: Vec<Freed>,
+    /// Freed, or in a dry run the ones that would be.
+    pub freed: u64,
     /// Entries left alone: not reservations, changed since the scan, or behind a busy lock.
     pub skipped: u64,
-    pub errors: Vec<String>,
+    pub errors: u64,
     pub containerd_calls: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    pub dry_run: bool,
+    pub took: Duration,
+    pub counts: SweepCounts,
+    /// Freed, or in a dry run the ones that would be; sorted.
+    pub freed: Vec<Freed>,
+    pub errors: Vec<String>,
 }
 
 /// Why a sweep freed nothing.
@@ -65,18 +74,26 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
     let mut containerd = Containerd::connect(&config.containerd_socket).await.map_err(SweepError::Containerd)?;
     require_namespace(&mut containerd, &config.namespace).await?;
     let live = containerd.container_ids(&config.namespace).await.map_err(SweepError::Containerd)?;
-    report.live_containers = live.len() as u64;
+    report.counts.live_containers = live.len() as u64;
 
     let names = network_names(config)?;
-    report.networks = names.len() as u64;
+    report.counts.networks = names.len() as u64;
     let (networks_dir, grace) = (config.networks_dir.clone(), config.grace_period);
-    let (networks, scan_report) = tokio::task::spawn_blocking(move || scan(&networks_dir, names, &live, grace))
-        .await
-        .expect("the scan does not panic");
-    merge(&mut report, scan_report);
+    let scans = tokio::task::spawn_blocking(move || {
+        let now = SystemTime::now();
+        per_network(names, |name| scan(&networks_dir, name, &live, now, grace))
+    })
+    .await
+    .expect("the scan does not panic");
+    let mut networks = Vec::new();
+    for (network, part) in scans {
+        merge(&mut report, part);
+        networks.extend(network);
+    }
 
     if dry_run {
-        report.freed = networks.iter().flat_map(|n| n.leaked.iter().map(|r| freed(&n.name, r))).collect();
+        report.freed =
+            networks.into_iter().flat_map(|n| n.leaked.into_iter().map(move |r| freed(&n.name, r))).collect();
     } else {
         let locked = lock_all(networks, &mut report).await;
         if !locked.is_empty() {
@@ -86,12 +103,15 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
             if containerd.connects() != 1 {
                 return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
             }
-            let freed_report = tokio::task::spawn_blocking(move || free(locked)).await.expect("freeing does not panic");
-            merge(&mut report, freed_report);
+            let parts =
+                tokio::task::spawn_blocking(move || per_network(locked, free)).await.expect("freeing does not panic");
+            parts.into_iter().for_each(|part| merge(&mut report, part));
         }
     }
     report.freed.sort();
-    report.containerd_calls = containerd.calls();
+    report.counts.freed = report.freed.len() as u64;
+    report.counts.errors = report.errors.len() as u64;
+    report.counts.containerd_calls = containerd.calls();
     report.took = started.elapsed();
     Ok(report)
 }
@@ -132,45 +152,55 @@ fn network_names(config: &IpamConfig) -> Result<Vec<String>, SweepError> {
     Ok(names)
 }
 
-fn scan(
-    networks_dir: &std::path::Path,
-    names: Vec<String>,
-    live: &HashSet<String>,
-    grace: Duration,
-) -> (Vec<Network>, SweepReport) {
-    let mut report = SweepReport::default();
-    let mut networks = Vec::new();
-    let now = SystemTime::now();
-    for name in names {
-        let dir = match NetworkDir::open(&networks_dir.join(&name)) {
-            Ok(dir) => dir,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            Err(err) => {
-                report.errors.push(format!("{name}: {err}"));
-                continue;
-            }
-        };
-        let scan = match dir.scan() {
-            Ok(scan) => scan,
-            Err(err) => {
-                report.errors.push(format!("{name}: {err}"));
-                continue;
-            }
-        };
-        report.scanned += scan.reservations.len() as u64;
-        report.skipped += scan.skipped;
-        report.errors.extend(scan.errors.into_iter().map(|e| format!("{name}/{e}")));
-        let mut leaked = Vec::new();
-        for reservation in scan.reservations {
-            match classify(&reservation, live, now, grace) {
-                Verdict::Live => report.live += 1,
-                Verdict::YoungOrphan => report.young_orphans_kept += 1,
-                Verdict::Leaked => leaked.push(reservation),
-            }
-        }
-        networks.push(Network { name, dir, leaked });
+/// Runs `work` on every item, spread over the machine's cores (networks are
+/// independent: each has its own directory and lock).
+fn per_network<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
+    let mut buckets: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        buckets[i % workers].push(item);
     }
-    (networks, report)
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = buckets
+            .into_iter()
+            .map(|bucket| scope.spawn(move || bucket.into_iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a sweep worker does not panic")).collect()
+    })
+}
+
+/// Scans one network and keeps only its leaked reservations.
+fn scan(
+    networks_dir: &Path,
+    name: String,
+    live: &HashSet<String>,
+    now: SystemTime,
+    grace: Duration,
+) -> (Option<Network>, SweepReport) {
+    let mut report = SweepReport::default();
+    let opened = NetworkDir::open(&networks_dir.join(&name)).and_then(|dir| Ok((dir.scan()?, dir)));
+    let (scan, dir) = match opened {
+        Ok(opened) => opened,
+        // Configured but not created yet: no pod has used it.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return (None, report),
+        Err(err) => {
+            report.errors.push(format!("{name}: {err}"));
+            return (None, report);
+        }
+    };
+    report.counts.scanned += scan.reservations.len() as u64;
+    report.counts.skipped += scan.skipped;
+    report.errors.extend(scan.errors.into_iter().map(|e| format!("{name}/{e}")));
+    let mut leaked = Vec::new();
+    for reservation in scan.reservations {
+        match classify(&reservation, live, now, grace) {
+            Verdict::Live => report.counts.live += 1,
+            Verdict::YoungOrphan => report.counts.young_orphans_kept += 1,
+            Verdict::Leaked => leaked.push(reservation),
+        }
+    }
+    (Some(Network { name, dir, leaked }), report)
 }
 
 /// Takes host-local's lock of every network that has something to free; a network
@@ -181,7 +211,7 @@ async fn lock_all(networks: Vec<Network>, report: &mut SweepReport) -> Vec<(Netw
         match lock(&network.dir).await {
             Ok(lock) => locked.push((network, lock)),
             Err(err) => {
-                report.skipped += network.leaked.len() as u64;
+                report.counts.skipped += network.leaked.len() as u64;
                 report.errors.push(format!("{}: {err}", network.name));
             }
         }
@@ -205,29 +235,29 @@ async fn lock(dir: &NetworkDir) -> io::Result<HostLocalLock> {
     }
 }
 
-fn free(locked: Vec<(Network, HostLocalLock)>) -> SweepReport {
+/// Frees a locked network's leaked reservations that are still as scanned.
+fn free((network, lock): (Network, HostLocalLock)) -> SweepReport {
     let mut report = SweepReport::default();
-    for (network, lock) in &locked {
-        for reservation in &network.leaked {
-            match network.dir.free_if_unchanged(reservation, lock) {
-                Ok(true) => report.freed.push(freed(&network.name, reservation)),
-                Ok(false) => report.skipped += 1,
-                Err(err) => report.errors.push(format!("{}/{}: {err}", network.name, reservation.ip)),
-            }
+    for reservation in network.leaked {
+        match network.dir.free_if_unchanged(&reservation, &lock) {
+            Ok(true) => report.freed.push(freed(&network.name, reservation)),
+            Ok(false) => report.counts.skipped += 1,
+            Err(err) => report.errors.push(format!("{}/{}: {err}", network.name, reservation.ip)),
         }
     }
     report
 }
 
-fn freed(network: &str, reservation: &Reservation) -> Freed {
-    Freed { network: network.to_owned(), ip: reservation.ip, owner: reservation.owner.clone().unwrap_or_default() }
+fn freed(network: &str, reservation: Reservation) -> Freed {
+    Freed { network: network.to_owned(), ip: reservation.ip, owner: reservation.owner.unwrap_or_default() }
 }
 
 fn merge(into: &mut SweepReport, part: SweepReport) {
-    into.scanned += part.scanned;
-    into.live += part.live;
-    into.young_orphans_kept += part.young_orphans_kept;
-    into.skipped += part.skipped;
+    let (a, b) = (&mut into.counts, part.counts);
+    a.scanned += b.scanned;
+    a.live += b.live;
+    a.young_orphans_kept += b.young_orphans_kept;
+    a.skipped += b.skipped;
     into.freed.extend(part.freed);
     into.errors.extend(part.errors);
 }

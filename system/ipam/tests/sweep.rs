@@ -127,15 +127,18 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     assert_eq!(owners[&ip_dead1[0]], dead1);
     assert_eq!(owners[&"10.22.0.13".parse().unwrap()], id("gone-bare"));
     assert_eq!(owners[&"10.22.0.14".parse().unwrap()], "");
-    assert_eq!(report.scanned, 11, "{report:?}"); // net-a: live1, dead1, dead2, .11-.14; net-b: 4
+    assert_eq!(report.counts.scanned, 11, "{report:?}"); // net-a: live1, dead1, dead2, .11-.14; net-b: 4
     // net-a: lock, last_reserved_ip.0, notes.txt, the symlink, the directory; net-b:
     // lock and one last_reserved_ip per range set.
-    assert_eq!(report.skipped, 8, "{report:?}");
-    assert_eq!(report.live, 4, "{report:?}"); // live1, live3 (two), live4
-    assert_eq!(report.young_orphans_kept, 2, "{report:?}"); // dead2, the young empty file
-    assert_eq!(report.live_containers, 3);
+    assert_eq!(report.counts.skipped, 8, "{report:?}");
+    assert_eq!(report.counts.live, 4, "{report:?}"); // live1, live3 (two), live4
+    assert_eq!(report.counts.young_orphans_kept, 2, "{report:?}"); // dead2, the young empty file
+    assert_eq!(report.counts.live_containers, 3);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_eq!(report.containerd_calls, 3, "Namespaces.List, Containers.ListStream, Namespaces.List under the locks");
+    assert_eq!(
+        report.counts.containerd_calls, 3,
+        "Namespaces.List, Containers.ListStream, Namespaces.List under the locks"
+    );
 
     // Everything else is byte-for-byte and time-for-time as it was.
     let gone: BTreeSet<String> = expected.iter().map(|(_, ip)| ip.to_string()).collect();
@@ -315,7 +318,7 @@ async fn racing_host_local_never_loses_a_live_reservation_or_doubles_an_address(
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert!(report.freed.iter().all(|f| f.owner.contains("orphan")), "{:?}", report.freed);
         freed += report.freed.len();
-        changed_under_us += report.skipped.saturating_sub(2); // all but lock and last_reserved_ip.0
+        changed_under_us += report.counts.skipped.saturating_sub(2); // all but lock and last_reserved_ip.0
         sweeps += 1;
     }
     stop.store(true, Ordering::Relaxed);
