@@ -93,6 +93,7 @@ async fn run(args: Args) -> Result<(), String> {
     // blocked thread, or a reload that never finishes) and systemd restarts us.
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut changes = supervisor.registry.subscribe();
+    let mut status = String::new();
     loop {
         let pet = async {
             match watchdog.as_mut() {
@@ -102,7 +103,14 @@ async fn run(args: Args) -> Result<(), String> {
         };
         tokio::select! {
             _ = pet => notify::watchdog(),
-            Ok(()) = changes.changed() => notify::status(&status_line(&changes.borrow_and_update())),
+            Ok(()) = changes.changed() => {
+                // Facts change often; STATUS= only when the line a person reads does.
+                let line = status_line(&changes.borrow_and_update());
+                if line != status {
+                    notify::status(&line);
+                    status = line;
+                }
+            }
             _ = hangup.recv() => {
                 let _ = supervisor.reload().await;
             }

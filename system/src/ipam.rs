@@ -20,6 +20,8 @@ pub struct IpamComponent {
     config: IpamConfig,
     reporter: Reporter,
     freed_total: u64,
+    /// Sweeps run since start, successful or not.
+    sweeps: u64,
     last: Option<LastSweep>,
     last_error: Option<String>,
 }
@@ -37,8 +39,14 @@ impl Component for IpamComponent {
     const NAME: &'static str = "ipam";
 
     async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
-        let component =
-            IpamComponent { config: config.ipam.clone(), reporter, freed_total: 0, last: None, last_error: None };
+        let component = IpamComponent {
+            config: config.ipam.clone(),
+            reporter,
+            freed_total: 0,
+            sweeps: 0,
+            last: None,
+            last_error: None,
+        };
         component.publish_idle();
         Ok(component)
     }
@@ -70,6 +78,7 @@ impl Component for IpamComponent {
 
 impl IpamComponent {
     async fn sweep(&mut self, dry_run: bool) -> Result<SweepReport, String> {
+        self.sweeps += 1;
         match nodeplane_ipam::sweep(&self.config, dry_run).await {
             Ok(report) => {
                 if dry_run {
@@ -145,6 +154,7 @@ impl IpamComponent {
     fn facts(&self) -> Facts {
         let mut facts = Facts::new();
         facts.insert("freed_total".into(), Fact::Count(self.freed_total));
+        facts.insert("sweeps".into(), Fact::Count(self.sweeps));
         if let Some(last) = &self.last {
             let c = last.counts;
             let counts = [

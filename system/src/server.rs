@@ -11,6 +11,7 @@ use zbus::{Connection, fdo};
 use crate::bus::{self, ComponentRow};
 use crate::component::{Registry, Snapshot, State, Status};
 use crate::ipam::SweepRequest;
+use nodeplane_ipam::Freed;
 
 /// Why a reload was refused; the running config stays in either case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,8 +136,28 @@ impl ComponentObject {
     }
 }
 
-/// One freed (or, dry, to be freed) reservation: network, IP, owner container id.
-pub type FreedRow = (String, String, String);
+/// `Sweep()`'s reply, `a(sss)`: network, IP and owner of each freed reservation,
+/// serialized straight from the sweep's report (a sweep on a leaky node can free
+/// tens of thousands; no second copy of them is made).
+struct FreedRows(Vec<Freed>);
+
+impl zbus::Type for FreedRows {
+    const SIGNATURE: &'static zbus::Signature = <Vec<(&str, &str, &str)>>::SIGNATURE;
+}
+
+impl serde::Serialize for FreedRows {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut rows = serializer.serialize_seq(Some(self.0.len()))?;
+        let mut ip = String::new();
+        for freed in &self.0 {
+            ip.clear();
+            std::fmt::Write::write_fmt(&mut ip, format_args!("{}", freed.ip)).expect("formatting an address");
+            rows.serialize_element(&(&*freed.network, ip.as_str(), freed.owner.as_str()))?;
+        }
+        rows.end()
+    }
+}
 
 struct IpamObject {
     sweeps: mpsc::Sender<SweepRequest>,
@@ -150,7 +171,7 @@ impl IpamObject {
         dry_run: bool,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
-    ) -> Result<Vec<FreedRow>, NodeError> {
+    ) -> Result<FreedRows, NodeError> {
         require_root(connection, &header).await?;
         let (reply, answer) = oneshot::channel();
         self.sweeps
@@ -161,7 +182,7 @@ impl IpamObject {
             .await
             .map_err(|_| NodeError::SweepFailed("the IPAM component dropped the request".into()))?
             .map_err(NodeError::SweepFailed)?;
-        Ok(report.freed.into_iter().map(|f| (f.network, f.ip.to_string(), f.owner)).collect())
+        Ok(FreedRows(report.freed))
     }
 }
 

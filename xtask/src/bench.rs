@@ -5,6 +5,7 @@
 //! sweeper must do), containerd calls per sweep, and nodeplaned's peak RSS.
 //! Samples interleave baseline and sweep; medians are reported.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -41,16 +42,18 @@ pub fn bench(what: &str) -> Result<(), String> {
     let leaked = write_reservations(data.path(), &live).map_err(|e| e.to_string())?;
 
     let bus = DbusDaemon::start(&[&crate::root().join("units/org.nodeplane.Node1.conf")]).map_err(|e| e.to_string())?;
-    let config = format!(
-        "[ipam]\ninterval = \"1h\"\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
-        data.path().display(),
-        ctrd.socket().display()
-    );
+    let config = |interval: &str, dry_run: bool| {
+        format!(
+            "[ipam]\ninterval = \"{interval}\"\ndry_run = {dry_run}\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
+            data.path().display(),
+            ctrd.socket().display()
+        )
+    };
     let node = Nodeplaned::spawn(
         &bus,
         Launch {
             binary: &bin.join("nodeplaned"),
-            config: &config,
+            config: &config("1s", true),
             preset: &[],
             env: &[],
             capture_stderr: true,
@@ -59,53 +62,90 @@ pub fn bench(what: &str) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     node.wait_ready(Duration::from_secs(30))?;
+    let ctl = Ctl { bus: &bus, pid: node.pid() };
 
-    let mut baseline = Vec::new();
-    let mut dry = Vec::new();
-    let mut dry_calls = Vec::new();
+    // 1. Periodic dry-run sweeps, as the node runs them (every second here).
+    let (mut baseline, mut periodic, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seen = ctl.facts()?.get("sweeps").copied().unwrap_or(0);
+    ctl.reset_peak_rss()?;
     for round in 1..=ROUNDS {
-        eprint!("\r==> round {round}/{ROUNDS}: baseline scan, dry-run sweep");
+        eprint!("\r==> round {round}/{ROUNDS}: baseline read, periodic dry-run sweep");
         baseline.push(read_every_file(data.path()).map_err(|e| e.to_string())?);
-        let (took, facts) = sweep(&bus, true)?;
-        if facts["freed"] != leaked as u64 || facts["scanned"] != (NETWORKS * FILES_PER_NETWORK) as u64 {
-            return Err(format!("dry run saw {facts:?}, expected {leaked} to free"));
-        }
-        dry.push(took);
-        dry_calls.push(facts["containerd_calls"]);
+        let facts = ctl.next_periodic_sweep(&mut seen)?;
+        expect(&facts, "freed", leaked)?;
+        expect(&facts, "scanned", NETWORKS * FILES_PER_NETWORK)?;
+        periodic.push(Duration::from_millis(facts["last_sweep_ms"]));
+        calls.push(facts["containerd_calls"]);
     }
     eprintln!();
-    eprintln!("==> one real sweep, freeing {leaked}");
-    let (real, facts) = sweep(&bus, false)?;
-    if facts["freed"] != leaked as u64 {
-        return Err(format!("the real sweep freed {} of {leaked}", facts["freed"]));
+    let periodic_rss = ctl.peak_rss_kib()?;
+
+    // 2. An on-demand dry run: the same sweep plus a 45,000-row D-Bus reply.
+    eprintln!("==> on-demand dry run (Sweep(true) over D-Bus)");
+    fs::write(node.config_path(), config("1h", true)).map_err(|e| e.to_string())?;
+    ctl.busctl(&["call", "org.nodeplane.Node1", "/org/nodeplane/Node1", "org.nodeplane.Node1", "Reload"])?;
+    ctl.reset_peak_rss()?;
+    let started = Instant::now();
+    let reply = ctl.busctl(&[
+        "call",
+        "org.nodeplane.Node1",
+        "/org/nodeplane/Node1/ipam",
+        "org.nodeplane.Ipam1",
+        "Sweep",
+        "b",
+        "true",
+    ])?;
+    let on_demand_call = started.elapsed();
+    let rows = serde_json::from_slice::<serde_json::Value>(&reply).map_err(|e| e.to_string())?["data"][0]
+        .as_array()
+        .map_or(0, Vec::len);
+    if rows != leaked {
+        return Err(format!("the reply listed {rows} reservations, expected {leaked}"));
     }
-    let peak_rss_kib = vm_hwm_kib(node.pid())?;
+    let on_demand = Duration::from_millis(ctl.facts()?["last_sweep_ms"]);
+    let on_demand_rss = ctl.peak_rss_kib()?;
+
+    // 3. The first real sweep on such a node: a periodic one that frees 45,000.
+    eprintln!("==> periodic real sweep, freeing {leaked}");
+    fs::write(node.config_path(), config("1s", false)).map_err(|e| e.to_string())?;
+    let mut seen = ctl.facts()?["sweeps"];
+    ctl.reset_peak_rss()?;
+    ctl.busctl(&["call", "org.nodeplane.Node1", "/org/nodeplane/Node1", "org.nodeplane.Node1", "Reload"])?;
+    let facts = ctl.next_periodic_sweep(&mut seen)?;
+    expect(&facts, "freed", leaked)?;
+    let real = Duration::from_millis(facts["last_sweep_ms"]);
+    let real_rss = ctl.peak_rss_kib()?;
     node.stop(Duration::from_secs(15))?;
 
-    let (baseline, dry) = (median(&mut baseline), median(&mut dry));
-    let rows = [
-        ("baseline: read every file once", baseline, 1.0),
-        ("dry-run sweep (50,000 files)", dry, secs(dry) / secs(baseline)),
-        ("real sweep (frees 45,000)", real, secs(real) / secs(baseline)),
-    ];
+    let (baseline, periodic) = (median(&mut baseline), median(&mut periodic));
+    let ratio = |d: Duration| secs(d) / secs(baseline);
     println!(
-        "\nIPAM sweep, {} files / {NETWORKS} networks / {LIVE_CONTAINERS} live containers",
+        "\nIPAM sweep: {} files in {NETWORKS} networks, {LIVE_CONTAINERS} live containers, {leaked} leaked (median of {ROUNDS})",
         NETWORKS * FILES_PER_NETWORK
     );
-    println!("{:34} {:>10} {:>12}", "", "median ms", "× baseline");
-    for (name, took, ratio) in rows {
-        println!("{name:34} {:>10.1} {:>12.2}", secs(took) * 1000.0, ratio);
+    println!("{:44} {:>9} {:>11} {:>14}", "", "sweep ms", "× baseline", "peak RSS MiB");
+    println!("{:44} {:>9.1} {:>11.2} {:>14}", "baseline: read every file once", secs(baseline) * 1e3, 1.0, "-");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (name, took, rss) in [
+        ("periodic dry-run sweep", periodic, periodic_rss),
+        ("on-demand dry run (+ 45,000-row D-Bus reply)", on_demand, on_demand_rss),
+        ("periodic real sweep (frees 45,000)", real, real_rss),
+    ] {
+        println!("{name:44} {:>9.1} {:>11.2} {:>14.1}", secs(took) * 1e3, ratio(took), mib(rss));
     }
-    println!("containerd calls per sweep: {:?} (dry runs), {} (real)", dry_calls, facts["containerd_calls"]);
-    println!("nodeplaned peak RSS: {:.1} MiB", peak_rss_kib as f64 / 1024.0);
+    println!("on-demand call end to end (busctl, reply decoded): {:.0} ms", secs(on_demand_call) * 1e3);
+    println!("containerd calls per sweep: {calls:?} (dry runs), {} (real)", facts["containerd_calls"]);
     println!("goals: < 1 s per sweep, O(1) containerd calls, < 30 MiB");
 
     let json = serde_json::json!({
-        "files": NETWORKS * FILES_PER_NETWORK, "networks": NETWORKS, "live_containers": LIVE_CONTAINERS, "rounds": ROUNDS,
-        "baseline_ms": secs(baseline) * 1000.0, "dry_run_sweep_ms": secs(dry) * 1000.0, "real_sweep_ms": secs(real) * 1000.0,
-        "dry_run_ratio": secs(dry) / secs(baseline), "real_ratio": secs(real) / secs(baseline),
-        "containerd_calls_dry": dry_calls, "containerd_calls_real": facts["containerd_calls"],
-        "peak_rss_kib": peak_rss_kib,
+        "files": NETWORKS * FILES_PER_NETWORK, "networks": NETWORKS, "live_containers": LIVE_CONTAINERS,
+        "leaked": leaked, "rounds": ROUNDS,
+        "baseline_ms": secs(baseline) * 1e3,
+        "periodic_dry_run": { "sweep_ms": secs(periodic) * 1e3, "ratio": ratio(periodic), "peak_rss_kib": periodic_rss },
+        "on_demand_dry_run": { "sweep_ms": secs(on_demand) * 1e3, "ratio": ratio(on_demand), "peak_rss_kib": on_demand_rss,
+                               "call_ms": secs(on_demand_call) * 1e3 },
+        "periodic_real": { "sweep_ms": secs(real) * 1e3, "ratio": ratio(real), "peak_rss_kib": real_rss },
+        "containerd_calls_dry": calls, "containerd_calls_real": facts["containerd_calls"],
     });
     let out = crate::target_dir().join("bench");
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -113,6 +153,13 @@ pub fn bench(what: &str) -> Result<(), String> {
     fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON")).map_err(|e| e.to_string())?;
     println!("written to {}", path.display());
     Ok(())
+}
+
+fn expect(facts: &BTreeMap<String, u64>, name: &str, value: usize) -> Result<(), String> {
+    match facts.get(name) {
+        Some(&n) if n == value as u64 => Ok(()),
+        other => Err(format!("{name} = {other:?}, expected {value}: {facts:?}")),
+    }
 }
 
 /// 10 networks × 5,000 files in host-local's format: 500 held by live containers
@@ -155,11 +202,16 @@ fn read_every_file(dir: &Path) -> std::io::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// Asks nodeplaned for a sweep; returns the sweep's own duration and its counts.
-fn sweep(bus: &DbusDaemon, dry_run: bool) -> Result<(Duration, std::collections::BTreeMap<String, u64>), String> {
-    let busctl = |args: &[&str]| {
+/// nodeplaned on the private bus, through busctl, and its memory through /proc.
+struct Ctl<'a> {
+    bus: &'a DbusDaemon,
+    pid: u32,
+}
+
+impl Ctl<'_> {
+    fn busctl(&self, args: &[&str]) -> Result<Vec<u8>, String> {
         let out = Command::new("busctl")
-            .args(["--address", bus.address(), "--json=short"])
+            .args(["--address", self.bus.address(), "--json=short"])
             .args(args)
             .output()
             .map_err(|e| format!("busctl: {e}"))?;
@@ -167,40 +219,56 @@ fn sweep(bus: &DbusDaemon, dry_run: bool) -> Result<(Duration, std::collections:
             return Err(format!("busctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
         }
         Ok(out.stdout)
-    };
-    busctl(&[
-        "call",
-        "org.nodeplane.Node1",
-        "/org/nodeplane/Node1/ipam",
-        "org.nodeplane.Ipam1",
-        "Sweep",
-        "b",
-        &dry_run.to_string(),
-    ])?;
-    let facts = busctl(&[
-        "get-property",
-        "org.nodeplane.Node1",
-        "/org/nodeplane/Node1/ipam",
-        "org.nodeplane.Component1",
-        "Facts",
-    ])?;
-    let facts: serde_json::Value = serde_json::from_slice(&facts).map_err(|e| e.to_string())?;
-    let counts = facts["data"]
-        .as_object()
-        .ok_or("no facts")?
-        .iter()
-        .filter_map(|(k, v)| Some((k.clone(), v["data"].as_u64()?)))
-        .collect::<std::collections::BTreeMap<_, _>>();
-    Ok((Duration::from_millis(counts["last_sweep_ms"]), counts))
-}
+    }
 
-fn vm_hwm_kib(pid: u32) -> Result<u64, String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .ok_or_else(|| "no VmHWM".into())
+    /// The IPAM component's numeric facts.
+    fn facts(&self) -> Result<BTreeMap<String, u64>, String> {
+        let facts = self.busctl(&[
+            "get-property",
+            "org.nodeplane.Node1",
+            "/org/nodeplane/Node1/ipam",
+            "org.nodeplane.Component1",
+            "Facts",
+        ])?;
+        let facts: serde_json::Value = serde_json::from_slice(&facts).map_err(|e| e.to_string())?;
+        Ok(facts["data"]
+            .as_object()
+            .ok_or("no facts")?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v["data"].as_u64()?)))
+            .collect())
+    }
+
+    /// Waits for the sweep after number `seen` to finish; returns its facts.
+    fn next_periodic_sweep(&self, seen: &mut u64) -> Result<BTreeMap<String, u64>, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let facts = self.facts()?;
+            // `sweeps` counts started sweeps; the facts are complete once `last_sweep_ms` is set for it.
+            if facts.get("sweeps").is_some_and(|&n| n > *seen) && facts.contains_key("last_sweep_ms") {
+                *seen = facts["sweeps"];
+                return Ok(facts);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no periodic sweep within 60 s: {facts:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resets VmHWM (`echo 5 > /proc/PID/clear_refs`), so each phase has its own peak.
+    fn reset_peak_rss(&self) -> Result<(), String> {
+        fs::write(format!("/proc/{}/clear_refs", self.pid), "5").map_err(|e| format!("clear_refs: {e}"))
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64, String> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).map_err(|e| e.to_string())?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .ok_or_else(|| "no VmHWM".into())
+    }
 }
 
 fn median(samples: &mut [Duration]) -> Duration {

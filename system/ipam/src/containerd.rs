@@ -32,10 +32,17 @@ impl Containerd {
         let channel = Endpoint::from_static("http://[::]")
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT)
+            // A small window keeps a streamed list of thousands of containers from
+            // piling up in memory ahead of the reader.
+            .initial_stream_window_size(64 * 1024)
+            .initial_connection_window_size(64 * 1024)
             .connect_with_connector(tower::service_fn(move |_| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                let (path, counter) = (path.clone(), counter.clone());
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
             }))
             .await
             .map_err(|e| format!("containerd unreachable at {}: {}", socket.display(), source_chain(&e)))?;
@@ -47,7 +54,7 @@ impl Containerd {
         self.calls
     }
 
-    /// Connections made so far: more than one means containerd went away and came back.
+    /// Connections established so far: more than one means containerd went away and came back.
     pub fn connects(&self) -> u64 {
         self.connects.load(Ordering::SeqCst)
     }

@@ -20,8 +20,16 @@ pub struct Reservation {
     /// The first line of the file, trimmed; `None` for an empty file.
     pub owner: Option<String>,
     pub modified: SystemTime,
-    name: String,
+    /// The file's name when it is not the address's canonical spelling (rare; kept
+    /// out of the common case to keep a sweep of 50,000 files small).
+    odd_name: Option<Box<str>>,
     inode: u64,
+}
+
+impl Reservation {
+    fn file_name(&self) -> String {
+        self.odd_name.as_deref().map_or_else(|| self.ip.to_string(), str::to_owned)
+    }
 }
 
 /// One network directory's reservations and what else was found there.
@@ -83,7 +91,7 @@ impl NetworkDir {
             if name == c"." || name == c".." {
                 continue;
             }
-            let Some(ip) = name.to_str().ok().and_then(|n| n.parse::<IpAddr>().ok()) else {
+            let Some((text, ip)) = name.to_str().ok().and_then(|n| Some((n, n.parse::<IpAddr>().ok()?))) else {
                 scan.skipped += 1;
                 continue;
             };
@@ -97,7 +105,7 @@ impl NetworkDir {
                     ip,
                     owner,
                     modified: mtime(&stat),
-                    name: name.to_string_lossy().into_owned(),
+                    odd_name: (ip.to_string() != text).then(|| text.into()),
                     inode: stat.st_ino,
                 }),
                 Ok(None) => scan.skipped += 1,
@@ -142,14 +150,14 @@ impl NetworkDir {
     /// modification time and owner). Call only while holding [`HostLocalLock`]:
     /// then host-local cannot be handing the address out at the same time.
     pub fn free_if_unchanged(&self, reservation: &Reservation, _lock: &HostLocalLock) -> io::Result<bool> {
-        let name = reservation.name.as_str();
-        let Some((stat, owner)) = self.read(&std::ffi::CString::new(name).expect("IP names have no NUL"))? else {
+        let name = std::ffi::CString::new(reservation.file_name()).expect("IP names have no NUL");
+        let Some((stat, owner)) = self.read(&name)? else {
             return Ok(false);
         };
         if stat.st_ino != reservation.inode || mtime(&stat) != reservation.modified || owner != reservation.owner {
             return Ok(false);
         }
-        rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?;
+        rustix::fs::unlinkat(&self.fd, &name, AtFlags::empty())?;
         Ok(true)
     }
 }
@@ -197,7 +205,7 @@ mod tests {
             } else {
                 now + Duration::from_secs(age.unsigned_abs())
             },
-            name: "10.0.0.2".into(),
+            odd_name: None,
             inode: 1,
         };
         let cases = [

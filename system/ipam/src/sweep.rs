@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::IpamConfig;
@@ -18,7 +19,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// A reservation a sweep freed (or, dry, would free).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Freed {
-    pub network: String,
+    /// Shared by every address freed in the network.
+    pub network: Arc<str>,
     pub ip: IpAddr,
     /// The owner container id; empty for an empty reservation file.
     pub owner: String,
@@ -63,7 +65,7 @@ pub enum SweepError {
 }
 
 struct Network {
-    name: String,
+    name: Arc<str>,
     dir: NetworkDir,
     leaked: Vec<Reservation>,
 }
@@ -92,23 +94,21 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
     }
 
     if dry_run {
-        report.freed =
-            networks.into_iter().flat_map(|n| n.leaked.into_iter().map(move |r| freed(&n.name, r))).collect();
+        report.freed.reserve_exact(networks.iter().map(|n| n.leaked.len()).sum());
+        report.freed.extend(networks.into_iter().flat_map(|n| n.leaked.into_iter().map(move |r| freed(&n.name, r))));
     } else {
         let locked = lock_all(networks, &mut report).await;
         if !locked.is_empty() {
-            // Only while holding the locks: containerd must still answer on the
-            // connection whose container list this sweep trusts.
-            require_namespace(&mut containerd, &config.namespace).await?;
-            if containerd.connects() != 1 {
-                return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
-            }
+            // Only while holding the locks: containerd must still be the instance
+            // whose container list this sweep trusts.
+            require_same_containerd(&mut containerd, &config.namespace).await?;
+            report.freed.reserve_exact(locked.iter().map(|(n, _)| n.leaked.len()).sum());
             let parts =
                 tokio::task::spawn_blocking(move || per_network(locked, free)).await.expect("freeing does not panic");
             parts.into_iter().for_each(|part| merge(&mut report, part));
         }
     }
-    report.freed.sort();
+    report.freed.sort_unstable();
     report.counts.freed = report.freed.len() as u64;
     report.counts.errors = report.errors.len() as u64;
     report.counts.containerd_calls = containerd.calls();
@@ -127,6 +127,21 @@ async fn require_namespace(containerd: &mut Containerd, namespace: &str) -> Resu
         "containerd has no namespace {namespace:?} (it has: {})",
         if namespaces.is_empty() { "none".to_owned() } else { namespaces.join(", ") }
     )))
+}
+
+/// Checks that containerd still answers on the connection the container list came
+/// from. A call on a connection that containerd dropped fails once before the
+/// channel reconnects, so a failure gets one retry: if that reconnects,
+/// containerd restarted; if it fails too, containerd is gone.
+async fn require_same_containerd(containerd: &mut Containerd, namespace: &str) -> Result<(), SweepError> {
+    let mut result = require_namespace(containerd, namespace).await;
+    if result.is_err() {
+        result = require_namespace(containerd, namespace).await;
+    }
+    if containerd.connects() != 1 {
+        return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
+    }
+    result
 }
 
 /// The configured networks, or every directory (not symlink) in `networks_dir`.
@@ -200,7 +215,7 @@ fn scan(
             Verdict::Leaked => leaked.push(reservation),
         }
     }
-    (Some(Network { name, dir, leaked }), report)
+    (Some(Network { name: name.into(), dir, leaked }), report)
 }
 
 /// Takes host-local's lock of every network that has something to free; a network
@@ -248,8 +263,8 @@ fn free((network, lock): (Network, HostLocalLock)) -> SweepReport {
     report
 }
 
-fn freed(network: &str, reservation: Reservation) -> Freed {
-    Freed { network: network.to_owned(), ip: reservation.ip, owner: reservation.owner.unwrap_or_default() }
+fn freed(network: &Arc<str>, reservation: Reservation) -> Freed {
+    Freed { network: network.clone(), ip: reservation.ip, owner: reservation.owner.unwrap_or_default() }
 }
 
 fn merge(into: &mut SweepReport, part: SweepReport) {

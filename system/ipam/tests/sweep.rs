@@ -116,7 +116,7 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
 
     let report = sweep(&config(&ctrd, data.path()), false).await.unwrap();
 
-    let freed: BTreeSet<(String, IpAddr)> = report.freed.iter().map(|f| (f.network.clone(), f.ip)).collect();
+    let freed: BTreeSet<(String, IpAddr)> = report.freed.iter().map(|f| (f.network.to_string(), f.ip)).collect();
     let mut expected: BTreeSet<(String, IpAddr)> = BTreeSet::new();
     expected.insert(("net-a".into(), ip_dead1[0]));
     expected.insert(("net-a".into(), "10.22.0.13".parse().unwrap()));

@@ -1,11 +1,14 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A datagram socket standing in for systemd's `NOTIFY_SOCKET`.
+/// A datagram socket standing in for systemd's `NOTIFY_SOCKET`. Like systemd, it
+/// reads every message as it comes (on a thread of its own), so a chatty service
+/// never blocks on a full socket queue; tests take the messages in order.
 pub struct NotifySocket {
-    socket: UnixDatagram,
+    messages: mpsc::Receiver<String>,
     path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -15,7 +18,16 @@ impl NotifySocket {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path)?;
-        Ok(NotifySocket { socket, path, _dir: dir })
+        let (sender, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(len) = socket.recv(&mut buf) {
+                if sender.send(String::from_utf8_lossy(&buf[..len]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(NotifySocket { messages, path, _dir: dir })
     }
 
     /// The value for `NOTIFY_SOCKET`.
@@ -25,10 +37,7 @@ impl NotifySocket {
 
     /// The next message, or `None` when none came within `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<String> {
-        self.socket.set_read_timeout(Some(timeout)).ok()?;
-        let mut buf = vec![0u8; 4096];
-        let len = self.socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+        self.messages.recv_timeout(timeout).ok()
     }
 
     /// Waits up to `timeout` for a message with a line equal to `line`, returning
@@ -37,9 +46,7 @@ impl NotifySocket {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(message) = self.recv(left) else {
-                break;
-            };
+            let Some(message) = self.recv(left) else { break };
             let found = message.lines().any(|l| l == line);
             seen.push(message);
             if found {
