@@ -19,6 +19,8 @@ fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
         "Before=containerd.service kubelet.service",
         "ExecReload=/usr/bin/nodeplanectl reload",
         "WantedBy=multi-user.target containerd.service",
+        "ReadWritePaths=/proc/sys/net",
+        "StateDirectory=cni/networks",
     ] {
         assert!(settings.contains(&expected), "missing {expected}");
     }
