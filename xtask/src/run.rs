@@ -6,14 +6,38 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned};
+use nodeplane_testkit::{Containerd, DbusDaemon, HostLocal, Launch, Nodeplaned};
 
-/// A node.toml that shows the guard at work: the namespace starts with an
-/// ephemeral range overlapping the NodePorts (as many distributions' tuning does).
-const DEMO_CONFIG: &str = "[sysctl]\ncheck_interval = \"5s\"\n";
+/// The namespace starts with an ephemeral range overlapping the NodePorts (as
+/// many distributions' tuning does), so the sysctl guard has work to show.
 const OVERLAPPING_RANGE: (&str, &str) = ("net.ipv4.ip_local_port_range", "10000 40000");
+
+/// A node.toml for the demo: a private containerd and a CNI network with one
+/// live pod and one leaked reservation, for the IPAM sweeper.
+fn demo_config(ctrd: &Containerd, cni: &Path) -> String {
+    format!(
+        "[sysctl]\ncheck_interval = \"5s\"\n\n[ipam]\ninterval = \"1m\"\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
+        cni.display(),
+        ctrd.socket().display()
+    )
+}
+
+/// One live pod sandbox and one whose container is gone, its reservation an hour old.
+fn demo_pods(ctrd: &Containerd, cni: &Path) -> Result<(), String> {
+    let pods = HostLocal { name: "demo-pods".into(), data_dir: cni.to_owned(), ranges: vec![vec!["10.88.0.0/24"]] };
+    let (live, gone) = (format!("{:0>64}", "1ive"), format!("{:0>64}", "9one"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(ctrd.create_containers("k8s.io", std::slice::from_ref(&live)));
+    pods.add(&live, "eth0")?;
+    for ip in pods.add(&gone, "eth0")? {
+        let file =
+            std::fs::File::options().write(true).open(pods.dir().join(ip.to_string())).map_err(|e| e.to_string())?;
+        file.set_modified(SystemTime::now() - Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
 
 pub fn run(once: bool) -> Result<(), String> {
     crate::packages::ensure()?;
@@ -25,6 +49,13 @@ pub fn run(once: bool) -> Result<(), String> {
     let policy = crate::root().join("units/org.nodeplane.Node1.conf");
     let bus = DbusDaemon::start(&[&policy]).map_err(|e| format!("private bus: {e}"))?;
     eprintln!("==> private system bus at {}", bus.address());
+    let ctrd = Containerd::start().map_err(|e| format!("private containerd: {e}"))?;
+    let cni = tempfile::tempdir().map_err(|e| e.to_string())?;
+    demo_pods(&ctrd, cni.path())?;
+    eprintln!(
+        "==> private containerd at {}; CNI network demo-pods with one leaked reservation",
+        ctrd.socket().display()
+    );
     eprintln!(
         "==> starting nodeplaned in a throwaway network namespace (ip_local_port_range preset to {})",
         OVERLAPPING_RANGE.1
@@ -33,7 +64,7 @@ pub fn run(once: bool) -> Result<(), String> {
         &bus,
         Launch {
             binary: &bin.join("nodeplaned"),
-            config: DEMO_CONFIG,
+            config: &demo_config(&ctrd, cni.path()),
             preset: &[OVERLAPPING_RANGE],
             env: &[],
             capture_stderr: false,
@@ -43,27 +74,31 @@ pub fn run(once: bool) -> Result<(), String> {
     .map_err(|e| format!("starting nodeplaned: {e}"))?;
     node.wait_ready(Duration::from_secs(30))?;
     eprintln!("==> nodeplaned is READY (pid {})\n", node.pid());
-    status(&bin.join("nodeplanectl"), &bus)?;
+    nodeplanectl(&bin, &bus, &["status"])?;
+    eprintln!("\n==> nodeplanectl sweep --dry-run");
+    nodeplanectl(&bin, &bus, &["sweep", "--dry-run"])?;
     if !once {
         wait_for_ctrl_c(&node, &bus, &bin)?;
     }
     stop(node)
 }
 
-fn status(nodeplanectl: &Path, bus: &DbusDaemon) -> Result<(), String> {
-    let status = Command::new(nodeplanectl)
-        .arg("status")
+fn nodeplanectl(bin: &Path, bus: &DbusDaemon, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(bin.join("nodeplanectl"))
+        .args(args)
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .status()
         .map_err(|e| format!("nodeplanectl: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("nodeplanectl status: node not healthy ({status})")) }
+    if status.success() { Ok(()) } else { Err(format!("nodeplanectl {}: {status}", args.join(" "))) }
 }
 
 fn wait_for_ctrl_c(node: &Nodeplaned, bus: &DbusDaemon, bin: &Path) -> Result<(), String> {
     let interrupted = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone()).map_err(|e| e.to_string())?;
     eprintln!("\nnodeplaned runs; try, from another shell:");
-    eprintln!("  DBUS_SYSTEM_BUS_ADDRESS={} {} status", bus.address(), bin.join("nodeplanectl").display());
+    let ctl = format!("DBUS_SYSTEM_BUS_ADDRESS={} {}", bus.address(), bin.join("nodeplanectl").display());
+    eprintln!("  {ctl} status");
+    eprintln!("  {ctl} sweep        # frees the leaked reservation (the periodic sweep does within a minute)");
     eprintln!(
         "  nsenter --net=/proc/{}/ns/net sysctl -w net.ipv4.ip_local_port_range='30000 40000'   # drift; restored within 5 s",
         node.pid()
