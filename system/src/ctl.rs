@@ -204,21 +204,35 @@ async fn sweep(connection: &Connection, dry_run: bool) -> ExitCode {
             println!("{network:width$}  {ip:ip_width$}  {}", if owner.is_empty() { "(empty file)" } else { owner });
         }
     }
-    let verb = if dry_run { "would free" } else { "freed" };
-    let facts = match fetch(connection).await {
-        Ok(status) => status.components.into_iter().find(|c| c.name == "ipam").map(|c| c.facts).unwrap_or_default(),
-        Err(_) => BTreeMap::new(),
+    let ipam = match fetch(connection).await {
+        Ok(status) => status.components.into_iter().find(|c| c.name == "ipam"),
+        Err(_) => None,
     };
+    let facts = ipam.as_ref().map(|c| c.facts.clone()).unwrap_or_default();
     let count = |name: &str| facts.get(name).map_or("?".to_owned(), ToString::to_string);
+    // node.toml's `dry_run = true` turns every sweep into a dry run: say what happened.
+    let dry = dry_run || facts.get("last_sweep_dry_run").is_some_and(|f| f.to_string() == "true");
     println!(
-        "{verb} {} reservation(s); scanned {}, live {}, young orphans kept {}, skipped {}, errors {}",
+        "{} {} reservation(s); scanned {}, live {}, young orphans kept {}, changed under the lock {}, skipped {}, errors {}",
+        if dry { "would free" } else { "freed" },
         rows.len(),
         count("scanned"),
         count("live"),
         count("young_orphans_kept"),
+        count("changed_since_scan"),
         count("skipped"),
         count("errors")
     );
+    if let Some(networks) = facts.get("unswept_networks") {
+        println!("not swept (no reservation there belongs to a pod; list them in ipam.networks to sweep): {networks}");
+    }
+    if let Some(networks) = facts.get("missing_networks") {
+        println!("listed but not present in networks_dir: {networks}");
+    }
+    if facts.get("errors").is_some_and(|e| e.to_string() != "0") {
+        eprintln!("nodeplanectl: the sweep hit errors: {}", ipam.map(|c| c.detail).unwrap_or_default());
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

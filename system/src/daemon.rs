@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio::time::Interval;
 
 use crate::component::{self, Handle, Registry, Snapshot, State};
 use crate::config::{self, ConfigError, NodeConfig};
@@ -95,14 +97,8 @@ async fn run(args: Args) -> Result<(), String> {
     let mut changes = supervisor.registry.subscribe();
     let mut status = String::new();
     loop {
-        let pet = async {
-            match watchdog.as_mut() {
-                Some(interval) => interval.tick().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            _ = pet => notify::watchdog(),
+            _ = pet(&mut watchdog) => notify::watchdog(),
             Ok(()) = changes.changed() => {
                 // Facts change often; STATUS= only when the line a person reads does.
                 let line = status_line(&changes.borrow_and_update());
@@ -112,10 +108,10 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             }
             _ = hangup.recv() => {
-                let _ = supervisor.reload().await;
+                let _ = reload_feeding_watchdog(&mut supervisor, &mut watchdog).await;
             }
             Some(reply) = reload_requests.recv() => {
-                let _ = reply.send(supervisor.reload().await);
+                let _ = reply.send(reload_feeding_watchdog(&mut supervisor, &mut watchdog).await);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -125,6 +121,36 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!("nodeplaned is stopping");
     Ok(())
 }
+
+/// Waits for the next watchdog tick; never, when systemd runs no watchdog.
+async fn pet(watchdog: &mut Option<Interval>) {
+    match watchdog.as_mut() {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A reload waits for every component, and one may be mid-way through seconds of
+/// work (an IPAM sweep): keep feeding the watchdog meanwhile. [`RELOAD_TIMEOUT`]
+/// bounds how long a component may take to answer.
+async fn reload_feeding_watchdog(
+    supervisor: &mut Supervisor,
+    watchdog: &mut Option<Interval>,
+) -> Result<(), ReloadError> {
+    let reload = supervisor.reload();
+    tokio::pin!(reload);
+    loop {
+        tokio::select! {
+            result = &mut reload => return result,
+            _ = pet(watchdog) => notify::watchdog(),
+        }
+    }
+}
+
+/// How long a component may take to answer a reload before the reload fails.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Loads the config. A missing file at the default path means the defaults (an
 /// empty file is a valid config); a missing file named with `--config` is an error.
@@ -161,8 +187,10 @@ impl Supervisor {
         let config = Arc::new(config);
         let mut failures = Vec::new();
         for component in &self.components {
-            if let Err(err) = component.reload(config.clone()).await {
-                failures.push(format!("{}: {err}", component.name()));
+            match tokio::time::timeout(RELOAD_TIMEOUT, component.reload(config.clone())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failures.push(format!("{}: {err}", component.name())),
+                Err(_) => failures.push(format!("{}: no answer within {RELOAD_TIMEOUT:?}", component.name())),
             }
         }
         if !failures.is_empty() {

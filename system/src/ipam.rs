@@ -33,6 +33,8 @@ struct LastSweep {
     took: Duration,
     counts: SweepCounts,
     first_error: Option<String>,
+    unswept: Vec<String>,
+    missing: Vec<String>,
 }
 
 impl Component for IpamComponent {
@@ -105,7 +107,17 @@ impl IpamComponent {
                     took: report.took,
                     counts: report.counts,
                     first_error: report.errors.first().cloned(),
+                    unswept: report.unswept.clone(),
+                    missing: report.missing.clone(),
                 });
+                for network in &report.unswept {
+                    tracing::warn!(
+                        ipam_network = %network,
+                        "network {network} not swept: none of its reservations belongs to a container in \
+                         namespace {:?} (another CNI user's?); list it in ipam.networks to sweep it",
+                        self.config.namespace
+                    );
+                }
                 self.last_error = None;
                 self.publish();
                 Ok(report)
@@ -135,14 +147,15 @@ impl IpamComponent {
             (None, Some(LastSweep { counts, first_error: Some(first), .. })) => {
                 (State::Degraded, format!("{} error(s) in the last sweep: {first}", counts.errors))
             }
-            (None, Some(LastSweep { counts, dry_run, .. })) => (
+            (None, Some(LastSweep { counts, dry_run, unswept, .. })) => (
                 State::Healthy,
                 format!(
-                    "last sweep {} {} of {} reservations ({} young orphans kept)",
+                    "last sweep {} {} of {} reservations ({} young orphans kept){}",
                     if *dry_run { "would free" } else { "freed" },
                     counts.freed,
                     counts.scanned,
-                    counts.young_orphans_kept
+                    counts.young_orphans_kept,
+                    if unswept.is_empty() { String::new() } else { format!("; not swept: {}", unswept.join(", ")) }
                 ),
             ),
             (None, None) => return self.publish_idle(),
@@ -172,6 +185,12 @@ impl IpamComponent {
             facts.extend(counts.into_iter().map(|(k, v)| (k.to_owned(), Fact::Count(v))));
             facts.insert("last_sweep".into(), Fact::Text(humantime::format_rfc3339_seconds(last.at).to_string()));
             facts.insert("last_sweep_dry_run".into(), Fact::Text(last.dry_run.to_string()));
+            facts.insert("changed_since_scan".into(), Fact::Count(c.changed_since_scan));
+            for (name, list) in [("unswept_networks", &last.unswept), ("missing_networks", &last.missing)] {
+                if !list.is_empty() {
+                    facts.insert(name.into(), Fact::Text(list.join(",")));
+                }
+            }
         }
         if let Some(error) = &self.last_error {
             facts.insert("last_error".into(), Fact::Text(error.clone()));

@@ -92,7 +92,7 @@ async fn nodeplanectl_sweep_dry_run_then_for_real_root_only() {
         assert!(leaky.exists(*ip), "a dry run frees nothing");
     }
     assert!(
-        listing.contains("would free 3 reservation(s); scanned 4, live 1, young orphans kept 0, skipped 2, errors 0"),
+        listing.contains("would free 3 reservation(s); scanned 4, live 1, young orphans kept 0, changed under the lock 0, skipped 2, errors 0"),
         "{listing}"
     );
 

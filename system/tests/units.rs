@@ -20,11 +20,15 @@ fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
         "ExecReload=/usr/bin/nodeplanectl reload",
         "WantedBy=multi-user.target containerd.service",
         "ReadWritePaths=/proc/sys/net",
-        "StateDirectory=cni/networks",
+        "ReadWritePaths=-/var/lib/cni/networks",
     ] {
         assert!(settings.contains(&expected), "missing {expected}");
     }
     assert!(settings.iter().any(|l| l.starts_with("WatchdogSec=")), "no WatchdogSec=");
+    // `systemctl clean` removes a unit's StateDirectory=: never host-local's data.
+    assert!(!settings.iter().any(|l| l.starts_with("StateDirectory=")), "StateDirectory= in the unit");
+    let tmpfiles = std::fs::read_to_string(unit().with_file_name("nodeplane-tmpfiles.conf")).unwrap();
+    assert!(tmpfiles.lines().any(|l| l.trim() == "d /var/lib/cni/networks 0755 root root -"), "{tmpfiles}");
 }
 
 #[test]

@@ -45,6 +45,10 @@ impl Default for IpamConfig {
     }
 }
 
+/// The shortest grace period a node may run with: a pod's reservation exists
+/// before containerd records its sandbox, for as long as the sandbox takes to start.
+pub const MIN_GRACE_PERIOD: Duration = Duration::from_secs(60);
+
 /// A setting that is well-formed on its own but wrong in context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -64,9 +68,22 @@ impl IpamConfig {
                 return invalid(field, format!("{} is not an absolute path", path.display()));
             }
         }
+        if self.grace_period < MIN_GRACE_PERIOD {
+            return invalid(
+                "grace_period",
+                format!(
+                    "must be at least {}: containerd runs CNI ADD before it records the sandbox",
+                    humantime::format_duration(MIN_GRACE_PERIOD)
+                ),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
         for name in self.networks.iter().flatten() {
             if name.is_empty() || name == "." || name == ".." || name.contains('/') {
                 return invalid("networks", format!("{name:?} is not a network name (a directory in networks_dir)"));
+            }
+            if !seen.insert(name) {
+                return invalid("networks", format!("{name:?} is listed twice"));
             }
         }
         if self.namespace.is_empty() {
@@ -89,6 +106,8 @@ mod tests {
             (IpamConfig { networks: Some(vec!["../etc".into()]), ..Default::default() }, "networks"),
             (IpamConfig { networks: Some(vec![String::new()]), ..Default::default() }, "networks"),
             (IpamConfig { namespace: String::new(), ..Default::default() }, "namespace"),
+            (IpamConfig { grace_period: Duration::from_secs(5), ..Default::default() }, "grace_period"),
+            (IpamConfig { networks: Some(vec!["a".into(), "a".into()]), ..Default::default() }, "networks"),
         ];
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field);

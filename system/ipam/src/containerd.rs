@@ -23,15 +23,16 @@ pub struct Containerd {
     calls: u64,
 }
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Containerd {
+    /// The longest any call may take (listing thousands of containers takes a while).
+    pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
     pub async fn connect(socket: &Path) -> Result<Self, String> {
         let connects = Arc::new(AtomicU64::new(0));
         let (path, counter) = (socket.to_owned(), connects.clone());
         let channel = Endpoint::from_static("http://[::]")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Self::CALL_TIMEOUT)
             // A small window keeps a streamed list of thousands of containers from
             // piling up in memory ahead of the reader.
             .initial_stream_window_size(64 * 1024)
@@ -59,10 +60,12 @@ impl Containerd {
         self.connects.load(Ordering::SeqCst)
     }
 
-    pub async fn namespaces(&mut self) -> Result<Vec<String>, String> {
+    pub async fn namespaces(&mut self, timeout: Duration) -> Result<Vec<String>, String> {
         self.calls += 1;
+        let mut request = Request::new(ListNamespacesRequest::default());
+        request.set_timeout(timeout);
         let response = NamespacesClient::new(self.channel.clone())
-            .list(ListNamespacesRequest::default())
+            .list(request)
             .await
             .map_err(|e| self.failed("Namespaces.List", &e))?;
         Ok(response.into_inner().namespaces.into_iter().map(|n| n.name).collect())
@@ -82,7 +85,16 @@ impl Containerd {
             .into_inner();
         let mut ids = HashSet::new();
         while let Some(message) = stream.message().await.map_err(|e| self.failed("Containers.ListStream", &e))? {
-            ids.extend(message.container.map(|c| c.id));
+            // A message without a container would leave the live set incomplete.
+            match message.container {
+                Some(container) if !container.id.is_empty() => ids.insert(container.id),
+                _ => {
+                    return Err(format!(
+                        "containerd at {}: Containers.ListStream sent an empty record",
+                        self.socket.display()
+                    ));
+                }
+            };
         }
         Ok(ids)
     }

@@ -14,7 +14,9 @@ use crate::containerd::Containerd;
 use crate::store::{HostLocalLock, NetworkDir, Reservation, Verdict, classify};
 
 /// How long to wait for host-local to release a network's lock before skipping it.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long containerd gets to answer the check made while holding the locks.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A reservation a sweep freed (or, dry, would free).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,8 +41,10 @@ pub struct SweepCounts {
     pub young_orphans_kept: u64,
     /// Freed, or in a dry run the ones that would be.
     pub freed: u64,
-    /// Entries left alone: not reservations, changed since the scan, or behind a busy lock.
+    /// Entries that are not reservations, and leaked ones behind a lock that stayed busy.
     pub skipped: u64,
+    /// Leaked at the scan, but no longer the same file under the lock: left alone.
+    pub changed_since_scan: u64,
     pub errors: u64,
     pub containerd_calls: u64,
 }
@@ -53,6 +57,12 @@ pub struct SweepReport {
     /// Freed, or in a dry run the ones that would be; sorted.
     pub freed: Vec<Freed>,
     pub errors: Vec<String>,
+    /// Networks found in `networks_dir` with leaked reservations but none held by a
+    /// container in the namespace: likely another CNI user's (nerdctl, podman), so
+    /// left alone unless listed in `networks`.
+    pub unswept: Vec<String>,
+    /// Networks listed in `networks` that have no directory (no pod used them yet).
+    pub missing: Vec<String>,
 }
 
 /// Why a sweep freed nothing.
@@ -74,16 +84,15 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
     let started = Instant::now();
     let mut report = SweepReport { dry_run, ..Default::default() };
     let mut containerd = Containerd::connect(&config.containerd_socket).await.map_err(SweepError::Containerd)?;
-    require_namespace(&mut containerd, &config.namespace).await?;
+    require_namespace(&mut containerd, &config.namespace, Containerd::CALL_TIMEOUT).await?;
     let live = containerd.container_ids(&config.namespace).await.map_err(SweepError::Containerd)?;
     report.counts.live_containers = live.len() as u64;
 
     let names = network_names(config)?;
-    report.counts.networks = names.len() as u64;
-    let (networks_dir, grace) = (config.networks_dir.clone(), config.grace_period);
+    let (networks_dir, grace, listed) = (config.networks_dir.clone(), config.grace_period, config.networks.is_some());
     let scans = tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();
-        per_network(names, |name| scan(&networks_dir, name, &live, now, grace))
+        per_network(names, |name| scan(&networks_dir, name, &live, now, grace, listed))
     })
     .await
     .expect("the scan does not panic");
@@ -109,6 +118,8 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
         }
     }
     report.freed.sort_unstable();
+    report.unswept.sort_unstable();
+    report.missing.sort_unstable();
     report.counts.freed = report.freed.len() as u64;
     report.counts.errors = report.errors.len() as u64;
     report.counts.containerd_calls = containerd.calls();
@@ -118,8 +129,8 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
 
 /// containerd answers an unknown namespace with an empty container list, which
 /// would make every reservation look leaked: check that it exists.
-async fn require_namespace(containerd: &mut Containerd, namespace: &str) -> Result<(), SweepError> {
-    let namespaces = containerd.namespaces().await.map_err(SweepError::Containerd)?;
+async fn require_namespace(containerd: &mut Containerd, namespace: &str, timeout: Duration) -> Result<(), SweepError> {
+    let namespaces = containerd.namespaces(timeout).await.map_err(SweepError::Containerd)?;
     if namespaces.iter().any(|n| n == namespace) {
         return Ok(());
     }
@@ -134,9 +145,9 @@ async fn require_namespace(containerd: &mut Containerd, namespace: &str) -> Resu
 /// channel reconnects, so a failure gets one retry: if that reconnects,
 /// containerd restarted; if it fails too, containerd is gone.
 async fn require_same_containerd(containerd: &mut Containerd, namespace: &str) -> Result<(), SweepError> {
-    let mut result = require_namespace(containerd, namespace).await;
+    let mut result = require_namespace(containerd, namespace, RECHECK_TIMEOUT).await;
     if result.is_err() {
-        result = require_namespace(containerd, namespace).await;
+        result = require_namespace(containerd, namespace, RECHECK_TIMEOUT).await;
     }
     if containerd.connects() != 1 {
         return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
@@ -192,28 +203,43 @@ fn scan(
     live: &HashSet<String>,
     now: SystemTime,
     grace: Duration,
+    listed: bool,
 ) -> (Option<Network>, SweepReport) {
     let mut report = SweepReport::default();
     let opened = NetworkDir::open(&networks_dir.join(&name)).and_then(|dir| Ok((dir.scan()?, dir)));
     let (scan, dir) = match opened {
         Ok(opened) => opened,
-        // Configured but not created yet: no pod has used it.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return (None, report),
         Err(err) => {
-            report.errors.push(format!("{name}: {err}"));
+            use rustix::io::Errno;
+            match Errno::from_io_error(&err) {
+                Some(Errno::NOENT) => report.missing.push(name),
+                Some(Errno::LOOP) => report.errors.push(format!("{name}: is a symlink (not followed)")),
+                Some(Errno::NOTDIR) => report.errors.push(format!("{name}: is not a directory")),
+                _ => report.errors.push(format!("{name}: {err}")),
+            }
             return (None, report);
         }
     };
+    report.counts.networks += 1;
     report.counts.scanned += scan.reservations.len() as u64;
     report.counts.skipped += scan.skipped;
     report.errors.extend(scan.errors.into_iter().map(|e| format!("{name}/{e}")));
     let mut leaked = Vec::new();
+    let mut live_here = 0;
     for reservation in scan.reservations {
         match classify(&reservation, live, now, grace) {
-            Verdict::Live => report.counts.live += 1,
+            Verdict::Live => live_here += 1,
             Verdict::YoungOrphan => report.counts.young_orphans_kept += 1,
             Verdict::Leaked => leaked.push(reservation),
         }
+    }
+    report.counts.live += live_here;
+    if !listed && live_here == 0 && !leaked.is_empty() {
+        // Nothing here belongs to the namespace's containers: rather another CNI
+        // user's network than a fully leaked one. Only an explicit listing sweeps it.
+        report.counts.skipped += leaked.len() as u64;
+        report.unswept.push(name);
+        return (None, report);
     }
     (Some(Network { name: name.into(), dir, leaked }), report)
 }
@@ -256,7 +282,7 @@ fn free((network, lock): (Network, HostLocalLock)) -> SweepReport {
     for reservation in network.leaked {
         match network.dir.free_if_unchanged(&reservation, &lock) {
             Ok(true) => report.freed.push(freed(&network.name, reservation)),
-            Ok(false) => report.counts.skipped += 1,
+            Ok(false) => report.counts.changed_since_scan += 1,
             Err(err) => report.errors.push(format!("{}/{}: {err}", network.name, reservation.ip)),
         }
     }
@@ -269,10 +295,14 @@ fn freed(network: &Arc<str>, reservation: Reservation) -> Freed {
 
 fn merge(into: &mut SweepReport, part: SweepReport) {
     let (a, b) = (&mut into.counts, part.counts);
+    a.networks += b.networks;
+    a.changed_since_scan += b.changed_since_scan;
     a.scanned += b.scanned;
     a.live += b.live;
     a.young_orphans_kept += b.young_orphans_kept;
     a.skipped += b.skipped;
     into.freed.extend(part.freed);
     into.errors.extend(part.errors);
+    into.unswept.extend(part.unswept);
+    into.missing.extend(part.missing);
 }

@@ -237,6 +237,7 @@ async fn containerd_stopped_or_restarted_mid_sweep_frees_nothing() {
         let data = tempfile::tempdir().unwrap();
         let net = network(data.path(), "mid", vec![vec!["10.27.0.0/28"]]);
         ctrd.create_containers(NS, &[id("someone")]).await;
+        net.add(&id("someone"), "eth0").unwrap();
         for ip in net.add(&id("orphan"), "eth0").unwrap() {
             backdate(&net.dir().join(ip.to_string()), HOUR);
         }
@@ -271,8 +272,10 @@ async fn racing_host_local_never_loses_a_live_reservation_or_doubles_an_address(
     let net = Arc::new(network(data.path(), "race", vec![vec!["10.28.0.0/28"]]));
     let live: Vec<String> = (0..6).map(|n| id(&format!("racer{n}"))).collect();
     ctrd.create_containers(NS, &live).await;
-    // No grace: an orphan is leaked the moment the sweeper sees it.
-    let config = IpamConfig { grace_period: Duration::ZERO, ..config(&ctrd, data.path()) };
+    // No grace: an orphan is leaked the moment the sweeper sees it. Listed, so the
+    // moments when only orphans hold addresses are swept too.
+    let config =
+        IpamConfig { grace_period: Duration::ZERO, networks: Some(vec!["race".into()]), ..config(&ctrd, data.path()) };
 
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
@@ -318,11 +321,77 @@ async fn racing_host_local_never_loses_a_live_reservation_or_doubles_an_address(
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert!(report.freed.iter().all(|f| f.owner.contains("orphan")), "{:?}", report.freed);
         freed += report.freed.len();
-        changed_under_us += report.counts.skipped.saturating_sub(2); // all but lock and last_reserved_ip.0
+        changed_under_us += report.counts.changed_since_scan;
         sweeps += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let rounds = churn.join().expect("no live reservation lost, no address doubled");
     eprintln!("{sweeps} sweeps, {rounds} rounds, {freed} freed, {changed_under_us} changed between scan and lock");
     assert!(sweeps > 10 && rounds > 3 && freed > 0, "too little overlap");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_reservation_that_changes_while_the_sweeper_waits_for_the_lock_is_left_alone() {
+    if !privileged("a_reservation_that_changes_while_the_sweeper_waits_for_the_lock_is_left_alone") {
+        return;
+    }
+    let ctrd = Containerd::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let net = network(data.path(), "recheck", vec![vec!["10.29.0.0/28"]]);
+    let live = id("live");
+    ctrd.create_containers(NS, std::slice::from_ref(&live)).await;
+    net.add(&live, "eth0").unwrap();
+    let orphans: Vec<(IpAddr, PathBuf)> = (0..3)
+        .map(|n| {
+            let ip = net.add(&id(&format!("orphan{n}")), "eth0").unwrap()[0];
+            let path = net.dir().join(ip.to_string());
+            backdate(&path, HOUR);
+            (ip, path)
+        })
+        .collect();
+    // The sweep scans, finds three leaked, then waits for host-local's lock — held
+    // here like a running CNI ADD/DEL — while the files change under it.
+    let lock = hold_lock(&net.dir());
+    let config = config(&ctrd, data.path());
+    let sweeping = tokio::spawn(async move { sweep(&config, false).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 0: DEL of the orphan and ADD of a live pod that got the same address.
+    fs::remove_file(&orphans[0].1).unwrap();
+    fs::write(&orphans[0].1, format!("{live}\r\neth1")).unwrap();
+    // 1: same owner, same file, but touched (a different modification time).
+    backdate(&orphans[1].1, HOUR / 2);
+    // 2: untouched: still leaked, freed.
+    drop(lock);
+    let report = sweeping.await.unwrap().unwrap();
+    assert_eq!(report.freed.iter().map(|f| f.ip).collect::<Vec<_>>(), [orphans[2].0]);
+    assert_eq!(report.counts.changed_since_scan, 2, "{report:?}");
+    assert_eq!(fs::read_to_string(&orphans[0].1).unwrap(), format!("{live}\r\neth1"));
+    assert!(orphans[1].1.exists() && !orphans[2].1.exists());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_network_with_no_live_reservation_is_swept_only_when_listed() {
+    if !privileged("a_network_with_no_live_reservation_is_swept_only_when_listed") {
+        return;
+    }
+    let ctrd = Containerd::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // Another CNI user's network (say nerdctl's `bridge`): its containers live in
+    // another namespace, so none of its reservations has an owner in k8s.io.
+    let foreign = network(data.path(), "bridge", vec![vec!["10.31.0.0/28"]]);
+    ctrd.create_containers(NS, &[id("pod")]).await;
+    ctrd.create_containers("default", &[id("nerdctl-container")]).await;
+    let ip = foreign.add(&id("nerdctl-container"), "eth0").unwrap()[0];
+    backdate(&foreign.dir().join(ip.to_string()), HOUR);
+
+    let report = sweep(&config(&ctrd, data.path()), false).await.unwrap();
+    assert!(report.freed.is_empty());
+    assert_eq!(report.unswept, ["bridge"]);
+    assert!(foreign.dir().join(ip.to_string()).exists());
+
+    let listed = IpamConfig { networks: Some(vec!["bridge".into(), "not-yet".into()]), ..config(&ctrd, data.path()) };
+    let report = sweep(&listed, false).await.unwrap();
+    assert_eq!(report.freed.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip]);
+    assert_eq!(report.missing, ["not-yet"]);
+    assert!(report.unswept.is_empty());
 }
