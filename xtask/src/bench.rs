@@ -17,6 +17,8 @@ const NETWORKS: usize = 10;
 const FILES_PER_NETWORK: usize = 5_000;
 const LIVE_CONTAINERS: usize = 5_000;
 const ROUNDS: usize = 5;
+/// Each real sweep needs the 45,000 leaked files written anew, so fewer rounds.
+const REAL_ROUNDS: usize = 3;
 
 pub fn bench(what: &str) -> Result<(), String> {
     if what != "ipam" {
@@ -49,19 +51,20 @@ pub fn bench(what: &str) -> Result<(), String> {
             ctrd.socket().display()
         )
     };
-    let node = Nodeplaned::spawn(
-        &bus,
-        Launch {
+    let start = |config: &str| -> Result<Nodeplaned, String> {
+        let launch = Launch {
             binary: &bin.join("nodeplaned"),
-            config: &config("1s", true),
+            config,
             preset: &[],
             env: &[],
             capture_stderr: true,
             journal: None,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    node.wait_ready(Duration::from_secs(30))?;
+        };
+        let node = Nodeplaned::spawn(&bus, launch).map_err(|e| e.to_string())?;
+        node.wait_ready(Duration::from_secs(30))?;
+        Ok(node)
+    };
+    let node = start(&config("1s", true))?;
     let ctl = Ctl { bus: &bus, pid: node.pid() };
 
     // 1. Periodic dry-run sweeps, as the node runs them (every second here):
@@ -111,20 +114,29 @@ pub fn bench(what: &str) -> Result<(), String> {
     eprintln!();
     let on_demand_rss = ctl.peak_rss_kib()?;
 
-    // 3. The first real sweep on such a node: a periodic one that frees 45,000.
-    eprintln!("==> periodic real sweep, freeing {leaked}");
-    fs::write(node.config_path(), config("1s", false)).map_err(|e| e.to_string())?;
-    let mut seen = ctl.facts()?["sweeps"];
-    ctl.reset_peak_rss()?;
-    ctl.busctl(&["call", "org.nodeplane.Node1", "/org/nodeplane/Node1", "org.nodeplane.Node1", "Reload"])?;
-    let facts = ctl.next_periodic_sweep(&mut seen)?;
-    expect(&facts, "freed", leaked)?;
-    let real = Duration::from_millis(facts["last_sweep_ms"]);
-    let real_rss = ctl.peak_rss_kib()?;
     node.stop(Duration::from_secs(15))?;
 
-    let (baseline, periodic, on_demand, on_demand_call) =
-        (median(&mut baseline), median(&mut periodic), median(&mut on_demand), median(&mut call_ms));
+    // 3. The first real sweep on such a node: a periodic one that frees 45,000, in
+    //    a fresh nodeplaned (so the memory the reply phase left with the allocator
+    //    does not count here).
+    let (mut real, mut real_rss, mut real_calls) = (Vec::new(), 0, 0);
+    for round in 1..=REAL_ROUNDS {
+        eprintln!("==> periodic real sweep {round}/{REAL_ROUNDS}, freeing {leaked}");
+        if round > 1 {
+            write_reservations(data.path(), &live).map_err(|e| e.to_string())?;
+        }
+        let node = start(&config("1s", false))?;
+        let ctl = Ctl { bus: &bus, pid: node.pid() };
+        let facts = ctl.next_periodic_sweep(&mut 0)?;
+        expect(&facts, "freed", leaked)?;
+        real.push(Duration::from_millis(facts["last_sweep_ms"]));
+        real_rss = real_rss.max(ctl.peak_rss_kib()?);
+        real_calls = facts["containerd_calls"];
+        node.stop(Duration::from_secs(15))?;
+    }
+
+    let (baseline, periodic, on_demand, on_demand_call, real) =
+        (median(&mut baseline), median(&mut periodic), median(&mut on_demand), median(&mut call_ms), median(&mut real));
     let ratio = |d: Duration| secs(d) / secs(baseline);
     println!(
         "\nIPAM sweep: {} files in {NETWORKS} networks, {LIVE_CONTAINERS} live containers, {leaked} leaked (medians)",
@@ -141,7 +153,7 @@ pub fn bench(what: &str) -> Result<(), String> {
         println!("{name:44} {:>9.1} {:>11.2} {:>14.1}", secs(took) * 1e3, ratio(took), mib(rss));
     }
     println!("on-demand call end to end (busctl, reply decoded): {:.0} ms", secs(on_demand_call) * 1e3);
-    println!("containerd calls per sweep: {calls:?} (dry runs), {} (real)", facts["containerd_calls"]);
+    println!("containerd calls per sweep: {calls:?} (dry runs), {} (real)", real_calls);
     println!("goals: < 1 s per sweep, O(1) containerd calls, < 30 MiB");
 
     let json = serde_json::json!({
@@ -152,7 +164,7 @@ pub fn bench(what: &str) -> Result<(), String> {
         "on_demand_dry_run": { "sweep_ms": secs(on_demand) * 1e3, "ratio": ratio(on_demand), "peak_rss_kib": on_demand_rss,
                                "call_ms": secs(on_demand_call) * 1e3 },
         "periodic_real": { "sweep_ms": secs(real) * 1e3, "ratio": ratio(real), "peak_rss_kib": real_rss },
-        "containerd_calls_dry": calls, "containerd_calls_real": facts["containerd_calls"],
+        "containerd_calls_dry": calls, "containerd_calls_real": real_calls,
     });
     let out = crate::target_dir().join("bench");
     fs::create_dir_all(&out).map_err(|e| e.to_string())?;
