@@ -11,6 +11,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("containerd", "a private containerd for the IPAM sweeper's tests and benchmark"),
     ("containernetworking-plugins", "the real CNI host-local IPAM plugin (/usr/lib/cni/host-local)"),
     ("protobuf-compiler", "protoc, for containerd-client's build script"),
+    ("clang-19", "compiles the eBPF datapath (Debian's plain clang is 14, too old)"),
+    ("llvm-19", "llvm-strip/llvm-objdump for the eBPF object"),
+    ("libbpf-dev", "bpf_helpers.h and friends for the eBPF C programs"),
+    ("bpftool", "inspecting pinned maps and programs; BTF dumps in tests"),
+    ("iproute2", "network namespaces and veth pairs for the datapath tests"),
 ];
 
 pub fn ensure() -> Result<(), String> {
