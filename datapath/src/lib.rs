@@ -1,7 +1,10 @@
 //! nodeplane's eBPF datapath: Service load balancing with connection tracking
 //! and NAT, in tc programs written in C (`bpf/`), loaded with aya.
 
+mod loader;
 pub mod maps;
+
+pub use loader::{Datapath, DatapathError, Protocol};
 
 /// The compiled load balancer object (`bpf/lb.c`).
 pub const LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));

@@ -11,13 +11,15 @@ mod hostlocal;
 mod netns;
 mod notify;
 mod process;
+mod topology;
 
 pub use containerd::Containerd;
 pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
-pub use netns::{in_netns_of, in_new_netns};
+pub use netns::{in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
+pub use topology::{Bpffs, NamedNetns, Node, Pod, Server};
 
 use std::io::Write;
 

@@ -1,4 +1,5 @@
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::thread;
 
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
@@ -17,12 +18,23 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
 
 /// Runs `f` on a thread of its own inside the network namespace of process `pid`.
 pub fn in_netns_of<T: Send + 'static>(pid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    run_on_thread(move || {
-        let ns = File::open(format!("/proc/{pid}/ns/net")).expect("open the process's netns");
+    in_netns_at(format!("/proc/{pid}/ns/net"), f)
+}
+
+/// Runs `f` on a thread of its own inside the network namespace at `path` (a
+/// `/proc/PID/ns/net` link or a bind mount such as `/var/run/netns/NAME`).
+pub fn in_netns_at<T: Send + 'static>(path: impl AsRef<Path>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    run_on_thread(enter_then(path.as_ref().to_owned(), f))
+}
+
+/// `f`, to be run on a fresh thread, after moving that thread into the netns at `path`.
+pub(crate) fn enter_then<T>(path: PathBuf, f: impl FnOnce() -> T) -> impl FnOnce() -> T {
+    move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(LinkNameSpaceType::Network))
             .expect("setns(CLONE_NEWNET)");
         f()
-    })
+    }
 }
 
 fn run_on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -1,0 +1,246 @@
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::netns::{enter_then, in_netns_at};
+
+/// A named network namespace (`ip netns add`), deleted with everything in it on drop.
+pub struct NamedNetns {
+    name: String,
+}
+
+impl NamedNetns {
+    pub fn new(name: String) -> io::Result<Self> {
+        ip(&["netns", "add", &name])?;
+        let netns = NamedNetns { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS…`; its stdout.
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns_at(self.path(), f)
+    }
+
+    /// Writes a sysctl of this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        self.run(move || std::fs::write(path, value))
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn ip(args: &[&str]) -> io::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("ip (package iproute2): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A node: a network namespace that routes for pods, each pod a namespace joined
+/// to it by a veth pair — the node side named `<prefix>h<n>`, the pod side `eth0`
+/// with a /32 address and a default route via 169.254.1.1 (Calico-style). Neighbor
+/// entries are static both ways, so no ARP is needed.
+pub struct Node {
+    pub netns: NamedNetns,
+    prefix: String,
+    pods: u32,
+}
+
+/// A pod on a [`Node`]. Dropped before the node, it takes its veth with it.
+pub struct Pod {
+    pub netns: NamedNetns,
+    pub ip: Ipv4Addr,
+    /// The node-side interface, where the datapath attaches.
+    pub host_if: String,
+}
+
+const GATEWAY: &str = "169.254.1.1";
+
+impl Node {
+    /// A fresh node with a name unique to this process and call.
+    pub fn new() -> io::Result<Self> {
+        static NODES: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("np{}{}", std::process::id() % 100_000, NODES.fetch_add(1, Ordering::SeqCst));
+        let netns = NamedNetns::new(format!("{prefix}-node"))?;
+        netns.sysctl("net.ipv4.ip_forward", "1")?;
+        Ok(Node { netns, prefix, pods: 0 })
+    }
+
+    pub fn add_pod(&mut self, ip: Ipv4Addr) -> io::Result<Pod> {
+        let n = self.pods;
+        self.pods += 1;
+        let pod = NamedNetns::new(format!("{}-pod{n}", self.prefix))?;
+        let host_if = format!("{}h{n}", self.prefix);
+        self.netns.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
+        self.netns.ip(&["link", "set", &host_if, "up"])?;
+        pod.ip(&["link", "set", "eth0", "up"])?;
+        pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        pod.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
+        pod.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+        self.netns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+        let host_mac = mac(&self.netns, &host_if)?;
+        let pod_mac = mac(&pod, "eth0")?;
+        pod.ip(&["neigh", "add", GATEWAY, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        self.netns.ip(&["neigh", "add", &ip.to_string(), "lladdr", &pod_mac, "dev", &host_if, "nud", "permanent"])?;
+        Ok(Pod { netns: pod, ip, host_if })
+    }
+}
+
+fn mac(netns: &NamedNetns, interface: &str) -> io::Result<String> {
+    let out = netns.ip(&["-o", "link", "show", interface])?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::other(format!("no MAC for {interface}: {out}")))
+}
+
+/// A server in a pod that answers every TCP connection or UDP datagram on a port
+/// with a fixed reply, until dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pod {
+    /// Serves TCP on `port`: each connection gets `reply`, then is closed.
+    pub fn serve_tcp(&self, port: u16, reply: &str) -> Server {
+        let reply = reply.as_bytes().to_vec();
+        self.serve(move |stop| {
+            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind a TCP port in the pod");
+            listener.set_nonblocking(true).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.write_all(&reply);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        })
+    }
+
+    /// Serves UDP on `port`: each datagram is answered with `reply`.
+    pub fn serve_udp(&self, port: u16, reply: &str) -> Server {
+        let reply = reply.as_bytes().to_vec();
+        self.serve(move |stop| {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind a UDP port in the pod");
+            socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        })
+    }
+
+    fn serve(&self, body: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(enter_then(self.netns.path(), move || {
+            ready_tx.send(()).unwrap();
+            body(flag)
+        }));
+        ready_rx.recv().expect("the server thread started");
+        // The socket is bound right after; give it a moment.
+        std::thread::sleep(Duration::from_millis(20));
+        Server { stop, thread: Some(thread) }
+    }
+
+    /// Connects over TCP from this pod and returns what the server said.
+    pub fn tcp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<String> {
+        self.netns.run(move || {
+            let mut stream = std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+    }
+
+    /// Sends one UDP datagram from this pod; returns the reply and who sent it.
+    pub fn udp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<(String, std::net::SocketAddr)> {
+        self.netns.run(move || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.send_to(b"ping", (addr, port))?;
+            let mut buf = [0u8; 1500];
+            let (len, from) = socket.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), from))
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A bpffs mounted on a temporary directory, unmounted on drop.
+pub struct Bpffs {
+    dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    pub fn mount() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nodeplane-bpffs-").tempdir()?;
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir.path()).status()?;
+        if !status.success() {
+            return Err(io::Error::other("mount -t bpf failed"));
+        }
+        Ok(Bpffs { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
