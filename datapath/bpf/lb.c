@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /* nodeplane's Service load balancer, attached to tc ingress of every pod's
  * host-side veth. A readable pipeline: parse -> conntrack -> service lookup ->
- * NAT -> let the stack route it. */
+ * NAT -> let the stack route it.
+ *
+ * Each flow has two conntrack entries, one per direction, each saying what to
+ * rewrite in its packets. A pod reaching itself through a Service (hairpin) gets
+ * its source rewritten to a link-local address, so the reply comes back through
+ * the node and is translated like any other. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -21,13 +26,21 @@ char LICENSE[] SEC("license") = "GPL";
 #define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
 
-/* The parsed packet: its flow key and where its L4 header lives. */
+/* The parsed packet: its flow key, TCP flags, and where its L4 header lives. */
 struct packet {
 	struct ct_key flow;
 	__u32 l4_off;
 	__u32 l4_csum_off;
 	__u64 csum_flags; /* UDP: a zero checksum stays "none" */
+	__u8 syn, ack, fin, rst;
 };
+
+static __always_inline void count(enum counter counter)
+{
+	__u64 *value = bpf_map_lookup_elem(&np_counters, &counter);
+	if (value)
+		*value += 1;
+}
 
 static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 {
@@ -51,7 +64,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 		pkt->flow.sport = tcp->source;
 		pkt->flow.dport = tcp->dest;
 		pkt->l4_csum_off = pkt->l4_off + offsetof(struct tcphdr, check);
-		pkt->csum_flags = 0;
+		pkt->syn = tcp->syn;
+		pkt->ack = tcp->ack;
+		pkt->fin = tcp->fin;
+		pkt->rst = tcp->rst;
 		return 0;
 	}
 	if (ip->protocol == IPPROTO_UDP) {
@@ -67,12 +83,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 	return -1;
 }
 
-/* Rewrites one address and one port, keeping both checksums right. */
-static __always_inline int rewrite(struct __sk_buff *skb, struct packet *pkt, int to_dst, __be32 old_addr,
-				   __be32 new_addr, __be16 old_port, __be16 new_port)
+/* Rewrites the address and port at one end of the packet, keeping both checksums. */
+static __always_inline int rewrite_end(struct __sk_buff *skb, struct packet *pkt, int dst, __be32 old_addr,
+				       __be32 new_addr, __be16 old_port, __be16 new_port)
 {
-	__u32 addr_off = to_dst ? IP_DST_OFF : IP_SRC_OFF;
-	__u32 port_off = pkt->l4_off + (to_dst ? 2 : 0); /* dest follows source in TCP and UDP */
+	__u32 addr_off = dst ? IP_DST_OFF : IP_SRC_OFF;
+	__u32 port_off = pkt->l4_off + (dst ? 2 : 0); /* dest follows source in TCP and UDP */
 
 	if (bpf_l4_csum_replace(skb, pkt->l4_csum_off, old_addr, new_addr, pkt->csum_flags | BPF_F_PSEUDO_HDR | 4) ||
 	    bpf_l4_csum_replace(skb, pkt->l4_csum_off, old_port, new_port, pkt->csum_flags | 2) ||
@@ -83,17 +99,37 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct packet *pkt, in
 	return 0;
 }
 
-/* The reverse of `flow` after its destination became addr:port. */
-static __always_inline struct ct_key reply_key(const struct ct_key *flow, __be32 addr, __be16 port)
+/* Applies a conntrack entry; `after` becomes the packet's tuple once rewritten. */
+static __always_inline int translate(struct __sk_buff *skb, struct packet *pkt, const struct ct_value *ct,
+				     struct ct_key *after)
 {
-	struct ct_key key = {
-		.saddr = addr,
-		.daddr = flow->saddr,
-		.sport = port,
-		.dport = flow->sport,
-		.proto = flow->proto,
-	};
+	*after = pkt->flow;
+	if (ct->rewrite & CT_REWRITE_SRC) {
+		if (rewrite_end(skb, pkt, 0, pkt->flow.saddr, ct->src_addr, pkt->flow.sport, ct->src_port))
+			return -1;
+		after->saddr = ct->src_addr;
+		after->sport = ct->src_port;
+	}
+	if (ct->rewrite & CT_REWRITE_DST) {
+		if (rewrite_end(skb, pkt, 1, pkt->flow.daddr, ct->dst_addr, pkt->flow.dport, ct->dst_port))
+			return -1;
+		after->daddr = ct->dst_addr;
+		after->dport = ct->dst_port;
+	}
+	return 0;
+}
+
+/* The key of the other direction of a flow whose packet now has tuple `t`. */
+static __always_inline struct ct_key reversed(const struct ct_key *t)
+{
+	struct ct_key key = { .saddr = t->daddr, .daddr = t->saddr, .sport = t->dport, .dport = t->sport, .proto = t->proto };
 	return key;
+}
+
+static __always_inline int closed(const struct ct_value *ct)
+{
+	return (ct->seen & CT_SEEN_RST) || (ct->seen & (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY)) ==
+						 (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY);
 }
 
 /* A new flow to a Service: pick a backend, record both directions. */
@@ -101,8 +137,12 @@ static __always_inline struct ct_value *open_flow(struct packet *pkt)
 {
 	struct svc_key svc = { .vip = pkt->flow.daddr, .port = pkt->flow.dport, .proto = pkt->flow.proto };
 	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
-	if (!service || service->backend_count == 0)
+	if (!service)
 		return NULL;
+	if (service->backend_count == 0) {
+		count(COUNTER_NO_BACKEND);
+		return NULL;
+	}
 	struct backend_key slot = {
 		.service_id = service->service_id,
 		.slot = bpf_get_prandom_u32() % service->backend_count,
@@ -112,13 +152,49 @@ static __always_inline struct ct_value *open_flow(struct packet *pkt)
 		return NULL;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_value original = { .nat_addr = backend->addr, .nat_port = backend->port, .dir = CT_ORIGINAL, .last_seen_ns = now };
-	struct ct_value reply = { .nat_addr = svc.vip, .nat_port = svc.port, .dir = CT_REPLY, .last_seen_ns = now };
-	struct ct_key back = reply_key(&pkt->flow, backend->addr, backend->port);
+	struct ct_value original = {
+		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST, .last_seen_ns = now,
+	};
+	/* The reply's source becomes the VIP again; a hairpin reply also goes back to the pod. */
+	struct ct_value reply = {
+		.src_addr = svc.vip, .src_port = svc.port, .rewrite = CT_REWRITE_SRC, .reply = 1, .last_seen_ns = now,
+	};
+	struct ct_key after = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
+				.dport = backend->port, .proto = pkt->flow.proto };
+	if (backend->addr == pkt->flow.saddr) {
+		__u32 zero = 0;
+		struct lb_config *config = bpf_map_lookup_elem(&np_config, &zero);
+		if (!config || !config->hairpin_addr)
+			return NULL;
+		original.src_addr = config->hairpin_addr;
+		original.src_port = pkt->flow.sport;
+		original.rewrite |= CT_REWRITE_SRC;
+		reply.dst_addr = pkt->flow.saddr;
+		reply.dst_port = pkt->flow.sport;
+		reply.rewrite |= CT_REWRITE_DST;
+		after.saddr = config->hairpin_addr;
+		count(COUNTER_HAIRPIN_FLOW);
+	}
+	struct ct_key back = reversed(&after);
 	if (bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY) ||
-	    bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_ANY))
+	    bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_ANY)) {
+		count(COUNTER_CT_FULL);
 		return NULL;
+	}
+	count(COUNTER_NEW_FLOW);
 	return bpf_map_lookup_elem(&np_conntrack, &pkt->flow);
+}
+
+/* Records a FIN or RST in both entries of the flow, so the supervisor's GC can
+ * expire them on the short close timeout. */
+static __always_inline void track_teardown(struct packet *pkt, struct ct_value *ct, const struct ct_key *after)
+{
+	__u8 seen = pkt->rst ? CT_SEEN_RST : (ct->reply ? CT_SEEN_FIN_REPLY : CT_SEEN_FIN_ORIGINAL);
+	ct->seen |= seen;
+	struct ct_key peer_key = reversed(after);
+	struct ct_value *peer = bpf_map_lookup_elem(&np_conntrack, &peer_key);
+	if (peer)
+		peer->seen |= seen;
 }
 
 SEC("classifier")
@@ -129,18 +205,22 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	struct ct_value *ct = bpf_map_lookup_elem(&np_conntrack, &pkt.flow);
+	/* A new connection on the tuple of a closed one is a new flow. */
+	if (ct && !ct->reply && pkt.syn && !pkt.ack && closed(ct))
+		ct = NULL;
 	if (!ct)
 		ct = open_flow(&pkt);
 	if (!ct)
 		return TC_ACT_OK; /* not Service traffic */
 	ct->last_seen_ns = bpf_ktime_get_ns();
 
-	if (ct->dir == CT_ORIGINAL) {
-		if (rewrite(skb, &pkt, 1, pkt.flow.daddr, ct->nat_addr, pkt.flow.dport, ct->nat_port))
-			return TC_ACT_SHOT;
-	} else {
-		if (rewrite(skb, &pkt, 0, pkt.flow.saddr, ct->nat_addr, pkt.flow.sport, ct->nat_port))
-			return TC_ACT_SHOT;
+	struct ct_key after;
+	if (translate(skb, &pkt, ct, &after)) {
+		count(COUNTER_REWRITE_FAILED);
+		return TC_ACT_SHOT;
 	}
+	if (pkt.fin || pkt.rst)
+		track_teardown(&pkt, ct, &after);
+	count(COUNTER_TRANSLATED);
 	return TC_ACT_OK;
 }

@@ -43,17 +43,46 @@ struct ct_key {
 	__u8 pad[3];
 };
 
-enum ct_dir {
-	CT_ORIGINAL = 0, /* client -> VIP: rewrite the destination to the backend */
-	CT_REPLY = 1,    /* backend -> client: rewrite the source back to the VIP */
+/* What a conntrack entry rewrites in the packets of its direction. */
+enum ct_rewrite {
+	CT_REWRITE_SRC = 1,
+	CT_REWRITE_DST = 2,
+};
+
+/* TCP teardown seen on the flow (both entries of a flow carry the same bits). */
+enum ct_seen {
+	CT_SEEN_FIN_ORIGINAL = 1,
+	CT_SEEN_FIN_REPLY = 2,
+	CT_SEEN_RST = 4,
 };
 
 struct ct_value {
-	__be32 nat_addr; /* the address to write */
-	__be16 nat_port; /* the port to write */
-	__u8 dir;        /* enum ct_dir */
+	__be32 src_addr; /* written when rewrite has CT_REWRITE_SRC */
+	__be32 dst_addr; /* written when rewrite has CT_REWRITE_DST */
+	__be16 src_port;
+	__be16 dst_port;
+	__u8 rewrite;    /* enum ct_rewrite */
+	__u8 seen;       /* enum ct_seen */
+	__u8 reply;      /* 1: this entry is the flow's reply direction */
 	__u8 pad;
-	__u64 last_seen_ns;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+};
+
+/* Settings nodeplaned writes once: slot 0 of np_config. */
+struct lb_config {
+	__be32 hairpin_addr; /* source for a pod reaching itself through a VIP */
+	__u32 pad;
+};
+
+/* Per-CPU counters, indexed by enum counter. */
+enum counter {
+	COUNTER_NEW_FLOW = 0,    /* a Service flow opened */
+	COUNTER_TRANSLATED,      /* a packet rewritten */
+	COUNTER_HAIRPIN_FLOW,    /* a flow from a pod to itself through a VIP */
+	COUNTER_NO_BACKEND,      /* a Service without backends: passed on untranslated */
+	COUNTER_CT_FULL,         /* conntrack insert failed: packet passed on untranslated */
+	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
+	COUNTER_MAX,
 };
 
 #define NODEPLANE_MAX_SERVICES 65536
@@ -83,5 +112,21 @@ struct {
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32); /* enum counter; names in datapath/src/maps.rs COUNTERS */
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_counters SEC(".maps");
 
 #endif

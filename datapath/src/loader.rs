@@ -3,12 +3,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::maps::{self, BackendKey, BackendValue, SvcKey, SvcValue};
+use crate::maps::{self, BackendKey, BackendValue, CtKey, CtValue, LbConfig, SvcKey, SvcValue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -100,6 +101,90 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// How long conntrack entries live after their last packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_established: Duration,
+    /// After both FINs or a RST.
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        CtTimeouts {
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one garbage-collection pass over the conntrack map did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub entries: u64,
+    pub expired: u64,
+}
+
+impl Datapath {
+    /// The source address a pod's hairpin flows (to itself through a Service) get.
+    pub fn set_hairpin_address(&mut self, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        let map = self.ebpf.map_mut(maps::CONFIG).ok_or(DatapathError::Missing("map np_config"))?;
+        let mut config: Array<&mut MapData, LbConfig> = Array::try_from(map)?;
+        config.set(0, LbConfig { hairpin_addr: addr.octets(), pad: 0 }, 0)?;
+        Ok(())
+    }
+
+    /// The per-reason counters, summed over CPUs, in [`maps::COUNTERS`] order.
+    pub fn counters(&mut self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        let map = self.ebpf.map_mut(maps::COUNTER_MAP).ok_or(DatapathError::Missing("map np_counters"))?;
+        let counters: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map)?;
+        if counters.len() as usize != maps::COUNTERS.len() {
+            return Err(DatapathError::Missing("the counters named in maps::COUNTERS (np_counters has another size)"));
+        }
+        maps::COUNTERS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Ok((*name, counters.get(&(i as u32), 0)?.iter().sum())))
+            .collect()
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&mut self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        Ok(conntrack(&mut self.ebpf)?.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the conntrack entries whose timeout ran out.
+    pub fn gc(&mut self, timeouts: CtTimeouts) -> Result<GcStats, DatapathError> {
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        let entries = self.conntrack()?;
+        let mut stats = GcStats { entries: entries.len() as u64, expired: 0 };
+        let mut map = conntrack(&mut self.ebpf)?;
+        for (key, value) in entries {
+            let timeout = match (key.proto, value.closed()) {
+                (6, true) => timeouts.tcp_closed,
+                (6, false) => timeouts.tcp_established,
+                _ => timeouts.udp,
+            };
+            if now.saturating_sub(value.last_seen_ns) > timeout.as_nanos() as u64 {
+                // Gone already (the LRU evicted it) is as good as deleted.
+                match map.remove(&key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.expired += 1,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+fn conntrack(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, DatapathError> {
+    Ok(HashMap::try_from(ebpf.map_mut(maps::CONNTRACK).ok_or(DatapathError::Missing("map np_conntrack"))?)?)
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {

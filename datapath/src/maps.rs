@@ -45,15 +45,46 @@ pub struct CtKey {
     pub pad: [u8; 3],
 }
 
+/// What a conntrack entry rewrites (`enum ct_rewrite`).
+pub const CT_REWRITE_SRC: u8 = 1;
+pub const CT_REWRITE_DST: u8 = 2;
+/// TCP teardown seen on the flow (`enum ct_seen`).
+pub const CT_SEEN_FIN_ORIGINAL: u8 = 1;
+pub const CT_SEEN_FIN_REPLY: u8 = 2;
+pub const CT_SEEN_RST: u8 = 4;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    pub nat_addr: [u8; 4],
-    pub nat_port: [u8; 2],
-    pub dir: u8,
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub rewrite: u8,
+    pub seen: u8,
+    pub reply: u8,
     pub pad: u8,
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub last_seen_ns: u64,
 }
+
+impl CtValue {
+    /// Both FINs or a RST: the flow is over.
+    pub fn closed(&self) -> bool {
+        self.seen & CT_SEEN_RST != 0
+            || self.seen & (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY) == (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    pub hairpin_addr: [u8; 4],
+    pub pad: u32,
+}
+
+/// Per-CPU counters (`enum counter`), in index order.
+pub const COUNTERS: &[&str] = &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed"];
 
 // SAFETY: plain old data — integers and byte arrays, no implicit padding.
 unsafe impl aya::Pod for SvcKey {}
@@ -62,8 +93,11 @@ unsafe impl aya::Pod for BackendKey {}
 unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for LbConfig {}
 
 /// Map names, as in `bpf/maps.h` (and their pin file names).
 pub const SERVICES: &str = "np_services";
 pub const BACKENDS: &str = "np_backends";
 pub const CONNTRACK: &str = "np_conntrack";
+pub const CONFIG: &str = "np_config";
+pub const COUNTER_MAP: &str = "np_counters";

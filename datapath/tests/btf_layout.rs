@@ -53,7 +53,8 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("backend_key" => BackendKey { service_id, slot }),
         layout!("backend_value" => BackendValue { addr, port, pad }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
-        layout!("ct_value" => CtValue { nat_addr, nat_port, dir, pad, last_seen_ns }),
+        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, seen, reply, pad, last_seen_ns }),
+        layout!("lb_config" => LbConfig { hairpin_addr, pad }),
     ];
     for (name, size, fields) in twins {
         let (btf_size, btf_fields) =

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
-use nodeplane_datapath::{Datapath, Protocol};
+use nodeplane_datapath::{CtTimeouts, Datapath, Protocol};
 use nodeplane_testkit::{Bpffs, Node, Pod, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -55,4 +56,74 @@ fn cluster_ip_tcp_and_udp_reach_every_backend_and_replies_come_from_the_vip() {
 
     // A pod's own IP is not a Service: direct traffic passes untouched.
     assert_eq!(client.tcp_request(b1.ip, 8080).unwrap(), "b1");
+}
+
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+#[test]
+fn hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout() {
+    if !privileged("hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let pod = node.add_pod(Ipv4Addr::new(10, 200, 1, 2)).unwrap();
+    let _server = pod.serve_tcp(8080, "myself");
+    let mut datapath = load(&node, &bpffs, &[&pod]);
+    datapath.set_hairpin_address(HAIRPIN).unwrap();
+    datapath.set_service(7, VIP, 80, Protocol::Tcp, &[(pod.ip, 8080)]).unwrap();
+
+    for n in 0..1000 {
+        let reply = pod.tcp_request(VIP, 80).unwrap_or_else(|e| panic!("hairpin connection {n}: {e}"));
+        assert_eq!(reply, "myself");
+    }
+    // The same source port, back to back: each SYN on the tuple of a closed flow
+    // opens a new one instead of hitting the old entry.
+    for n in 0..100 {
+        let reply = pod.tcp_request_from(40000, VIP, 80).unwrap_or_else(|e| panic!("reused-port connection {n}: {e}"));
+        assert_eq!(reply, "myself");
+    }
+    let counters: BTreeMap<_, _> = datapath.counters().unwrap().into_iter().collect();
+    assert!(counters["hairpin_flow"] >= 1100, "{counters:?}");
+    assert_eq!(counters["rewrite_failed"], 0);
+
+    // Every entry these flows made is closed; after the close timeout GC takes them all.
+    let entries = datapath.conntrack().unwrap();
+    assert!(!entries.is_empty());
+    assert!(
+        entries.iter().all(|(_, v)| v.closed()),
+        "open entries left: {:?}",
+        entries.iter().filter(|(_, v)| !v.closed()).count()
+    );
+    let timeouts = CtTimeouts { tcp_closed: Duration::from_millis(500), ..CtTimeouts::default() };
+    std::thread::sleep(Duration::from_millis(700));
+    let stats = datapath.gc(timeouts).unwrap();
+    assert_eq!(stats.expired, stats.entries);
+    assert!(datapath.conntrack().unwrap().is_empty());
+}
+
+#[test]
+fn a_pod_reaches_itself_through_a_vip_with_one_and_with_two_backends() {
+    if !privileged("a_pod_reaches_itself_through_a_vip_with_one_and_with_two_backends") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let pod = node.add_pod(Ipv4Addr::new(10, 200, 2, 2)).unwrap();
+    let other = node.add_pod(Ipv4Addr::new(10, 200, 2, 3)).unwrap();
+    let _servers = [pod.serve_tcp(8080, "self"), other.serve_tcp(8080, "other")];
+    let mut datapath = load(&node, &bpffs, &[&pod, &other]);
+    datapath.set_hairpin_address(HAIRPIN).unwrap();
+    for backends in [vec![(pod.ip, 8080)], vec![(pod.ip, 8080), (other.ip, 8080)]] {
+        datapath.set_service(9, VIP, 80, Protocol::Tcp, &backends).unwrap();
+        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+        for n in 0..200 {
+            let reply = pod
+                .tcp_request(VIP, 80)
+                .unwrap_or_else(|e| panic!("{} backend(s), connection {n}: {e}", backends.len()));
+            *seen.entry(reply).or_default() += 1;
+        }
+        let expected: Vec<&str> = if backends.len() == 1 { vec!["self"] } else { vec!["other", "self"] };
+        assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), expected, "{seen:?}");
+    }
 }

@@ -98,6 +98,9 @@ impl Node {
         let prefix = format!("np{}{}", std::process::id() % 100_000, NODES.fetch_add(1, Ordering::SeqCst));
         let netns = NamedNetns::new(format!("{prefix}-node"))?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
+        // Hairpinned Service traffic leaves by the interface it came in on: no redirects.
+        netns.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        netns.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
         Ok(Node { netns, prefix, pods: 0 })
     }
 
@@ -190,6 +193,23 @@ impl Pod {
     pub fn tcp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<String> {
         self.netns.run(move || {
             let mut stream = std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+    }
+
+    /// Like [`tcp_request`](Self::tcp_request), from a fixed local port (reusable
+    /// at once: the server closes first, so the TIME_WAIT is on its side).
+    pub fn tcp_request_from(&self, local_port: u16, addr: Ipv4Addr, port: u16) -> io::Result<String> {
+        use rustix::net::{AddressFamily, SocketType, ipproto};
+        self.netns.run(move || {
+            let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
+            rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+            rustix::net::bind(&socket, &std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)))?;
+            rustix::net::connect(&socket, &std::net::SocketAddr::from((addr, port)))?;
+            let mut stream = std::net::TcpStream::from(socket);
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
             let mut reply = String::new();
             stream.read_to_string(&mut reply)?;
