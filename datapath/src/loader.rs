@@ -2,10 +2,11 @@
 //! reuses them), attaches it to pods' host-side interfaces, and programs Services.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -21,6 +22,8 @@ pub enum DatapathError {
     Map(#[from] aya::maps::MapError),
     #[error("adding the clsact qdisc to {interface}: {source}")]
     Clsact { interface: String, source: tc::TcError },
+    #[error("pinning at {path}: {source}")]
+    Pin { path: PathBuf, source: std::io::Error },
     #[error("the object has no {0}")]
     Missing(&'static str),
     #[error("a Service may have at most {max} backends, not {count}")]
@@ -44,11 +47,14 @@ impl Protocol {
 }
 
 const PROGRAM: &str = "from_pod";
+/// The sub-directory of the pin directory holding attachments.
+const LINKS: &str = "links";
 
 /// The loaded datapath. Dropping it detaches the program from the interfaces it
 /// was attached to; the maps stay pinned.
 pub struct Datapath {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
 }
 
 impl Datapath {
@@ -57,19 +63,48 @@ impl Datapath {
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::LB_OBJECT)?;
         program(&mut ebpf)?.load()?;
-        Ok(Datapath { ebpf })
+        let links = pin_dir.join(LINKS);
+        std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
+        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned() })
     }
 
     /// Attaches the load balancer to tc ingress of `interface` (a pod's host-side
-    /// veth): TCX on kernels that have it, else netlink clsact.
+    /// veth): TCX on kernels that have it, else netlink clsact. The attachment
+    /// outlives this process — a TCX link is pinned under `links/`, a netlink filter
+    /// stays on its qdisc — so traffic keeps flowing while nodeplaned restarts; an
+    /// interface a previous instance attached is left as it is.
     pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let (tcx_pin, netlink_mark) = self.link_paths(interface);
+        if tcx_pin.exists() || netlink_mark.exists() {
+            return Ok(());
+        }
         // Netlink attachment (kernels before 6.6) needs the qdisc; TCX ignores it.
         match tc::qdisc_add_clsact(interface) {
             Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+            // Someone (another tool, an earlier attachment) added it already.
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {}
             Err(source) => return Err(DatapathError::Clsact { interface: interface.to_owned(), source }),
         }
-        program(&mut self.ebpf)?.attach(interface, TcAttachType::Ingress)?;
+        let program = program(&mut self.ebpf)?;
+        let id = program.attach(interface, TcAttachType::Ingress)?;
+        let link = program.take_link(id)?;
+        if <&FdLink>::try_from(&link).is_ok() {
+            let link = FdLink::try_from(link)
+                .map_err(|e| DatapathError::Pin { path: tcx_pin.clone(), source: std::io::Error::other(e) })?;
+            link.pin(&tcx_pin).map_err(|e| DatapathError::Pin { path: tcx_pin, source: std::io::Error::other(e) })?;
+        } else {
+            // A netlink filter lives until it is deleted; dropping the link would.
+            std::mem::forget(link);
+            std::fs::create_dir(&netlink_mark).map_err(|source| DatapathError::Pin { path: netlink_mark, source })?;
+        }
         Ok(())
+    }
+
+    /// Where an interface's attachment is recorded: a pinned TCX link, or (bpffs
+    /// holds no plain files) a directory marking a netlink filter.
+    fn link_paths(&self, interface: &str) -> (PathBuf, PathBuf) {
+        let links = self.pin_dir.join(LINKS);
+        (links.join(interface), links.join(format!("{interface}.netlink")))
     }
 
     /// Programs a Service port with its backends. Backend slots are written before

@@ -127,3 +127,64 @@ fn a_pod_reaches_itself_through_a_vip_with_one_and_with_two_backends() {
         assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), expected, "{seen:?}");
     }
 }
+
+#[test]
+fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
+    if !privileged("traffic_and_conntrack_survive_the_loader_going_away_and_coming_back") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = std::sync::Arc::new(node.add_pod(Ipv4Addr::new(10, 200, 3, 2)).unwrap());
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 3, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 3, 4)).unwrap();
+    let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
+    let mut first = load(&node, &bpffs, &[&client, &b1, &b2]);
+    first.set_hairpin_address(HAIRPIN).unwrap();
+    first.set_service(3, VIP, 80, Protocol::Tcp, &[(b1.ip, 8080)]).unwrap();
+
+    // A request loop through the VIP for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut replies: Vec<Result<String, String>> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                replies.push(client.tcp_request(VIP, 80).map_err(|e| e.to_string()));
+            }
+            replies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<_> = first.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(!before.is_empty());
+
+    // The loader goes away, as when nodeplaned is killed: its fds close.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // And comes back: pinned maps reused, the attachments found, not doubled.
+    let mut second = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let entries: std::collections::HashSet<_> = second.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(before.iter().all(|k| entries.contains(k)), "conntrack entries were lost");
+    let iface = client.host_if.clone();
+    let attached = node.netns.run(move || {
+        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
+    });
+    assert_eq!(attached.unwrap(), 1, "one program on the interface, not two");
+    second.set_service(3, VIP, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = looping.join().unwrap();
+    let failed: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        replies.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(replies.len() > 100, "only {} requests", replies.len());
+    assert!(replies.iter().any(|r| r.as_deref() == Ok("b2")), "the restarted loader's update took effect");
+}
