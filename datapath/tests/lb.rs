@@ -155,6 +155,14 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
             replies
         })
     };
+    // Should an assertion fail, stop the loop (and so free the client pod) anyway.
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<_> = first.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(!before.is_empty());
