@@ -132,6 +132,38 @@ static __always_inline int closed(const struct ct_value *ct)
 						 (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY);
 }
 
+static __always_inline int backend_alive(__u32 service_id, __be32 addr, __be16 port)
+{
+	struct backend_id id = { .service_id = service_id, .addr = addr, .port = port };
+	return bpf_map_lookup_elem(&np_backend_alive, &id) != NULL;
+}
+
+/* The backend for a new flow: the client's affinity backend while it lasts and
+ * is still a backend, else a random one (remembered under affinity). */
+static __always_inline struct backend_value *pick_backend(const struct svc_value *service, __be32 client, __u64 now)
+{
+	struct affinity_key affinity = { .service_id = service->service_id, .client = client };
+	__u64 timeout_ns = (__u64)service->affinity_timeout_s * 1000000000ULL;
+	if (timeout_ns) {
+		struct affinity_value *sticky = bpf_map_lookup_elem(&np_affinity, &affinity);
+		if (sticky && now - sticky->last_seen_ns < timeout_ns &&
+		    backend_alive(service->service_id, sticky->backend.addr, sticky->backend.port)) {
+			sticky->last_seen_ns = now;
+			return &sticky->backend;
+		}
+	}
+	struct backend_key slot = {
+		.service_id = service->service_id,
+		.slot = bpf_get_prandom_u32() % service->backend_count,
+	};
+	struct backend_value *backend = bpf_map_lookup_elem(&np_backends, &slot);
+	if (backend && timeout_ns) {
+		struct affinity_value sticky = { .backend = *backend, .last_seen_ns = now };
+		bpf_map_update_elem(&np_affinity, &affinity, &sticky, BPF_ANY);
+	}
+	return backend;
+}
+
 /* A new flow to a Service: pick a backend, record both directions. */
 static __always_inline struct ct_value *open_flow(struct packet *pkt)
 {
@@ -143,21 +175,19 @@ static __always_inline struct ct_value *open_flow(struct packet *pkt)
 		count(COUNTER_NO_BACKEND);
 		return NULL;
 	}
-	struct backend_key slot = {
-		.service_id = service->service_id,
-		.slot = bpf_get_prandom_u32() % service->backend_count,
-	};
-	struct backend_value *backend = bpf_map_lookup_elem(&np_backends, &slot);
+	__u64 now = bpf_ktime_get_ns();
+	struct backend_value *backend = pick_backend(service, pkt->flow.saddr, now);
 	if (!backend)
 		return NULL;
 
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_value original = {
-		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST, .last_seen_ns = now,
+		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST,
+		.service_id = service->service_id, .last_seen_ns = now,
 	};
 	/* The reply's source becomes the VIP again; a hairpin reply also goes back to the pod. */
 	struct ct_value reply = {
-		.src_addr = svc.vip, .src_port = svc.port, .rewrite = CT_REWRITE_SRC, .reply = 1, .last_seen_ns = now,
+		.src_addr = svc.vip, .src_port = svc.port, .rewrite = CT_REWRITE_SRC, .reply = 1,
+		.service_id = service->service_id, .last_seen_ns = now,
 	};
 	struct ct_key after = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
 				.dport = backend->port, .proto = pkt->flow.proto };
@@ -205,8 +235,12 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	struct ct_value *ct = bpf_map_lookup_elem(&np_conntrack, &pkt.flow);
-	/* A new connection on the tuple of a closed one is a new flow. */
+	/* A new connection on the tuple of a closed one is a new flow; a UDP flow
+	 * whose backend is gone moves to a live one. */
 	if (ct && !ct->reply && pkt.syn && !pkt.ack && closed(ct))
+		ct = NULL;
+	else if (ct && !ct->reply && pkt.flow.proto == IPPROTO_UDP &&
+		 !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port))
 		ct = NULL;
 	if (!ct)
 		ct = open_flow(&pkt);

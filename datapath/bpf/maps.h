@@ -19,6 +19,7 @@ struct svc_value {
 	__u32 service_id;   /* names the Service in the backends map */
 	__u16 backend_count;
 	__u16 pad;
+	__u32 affinity_timeout_s; /* sessionAffinity: ClientIP; 0 for none */
 };
 
 /* Backend number `slot` (0..backend_count) of a Service. */
@@ -31,6 +32,25 @@ struct backend_value {
 	__be32 addr;
 	__be16 port;
 	__u16 pad;
+};
+
+/* A backend of a Service, by address: present while it is one. */
+struct backend_id {
+	__u32 service_id;
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* A client's backend under ClientIP session affinity. */
+struct affinity_key {
+	__u32 service_id;
+	__be32 client;
+};
+
+struct affinity_value {
+	struct backend_value backend;
+	__u64 last_seen_ns;
 };
 
 /* A flow as seen in one direction. */
@@ -65,6 +85,8 @@ struct ct_value {
 	__u8 seen;       /* enum ct_seen */
 	__u8 reply;      /* 1: this entry is the flow's reply direction */
 	__u8 pad;
+	__u32 service_id;   /* the Service the flow was balanced for */
+	__u32 pad2;
 	__u64 last_seen_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 };
 
@@ -104,6 +126,22 @@ struct {
 	__type(value, struct backend_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NODEPLANE_MAX_BACKENDS);
+	__type(key, struct backend_id);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_backend_alive SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NODEPLANE_CT_ENTRIES);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_affinity SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -4,7 +4,7 @@
 mod loader;
 pub mod maps;
 
-pub use loader::{CtTimeouts, Datapath, DatapathError, GcStats, Protocol};
+pub use loader::{CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
 
 /// The compiled load balancer object (`bpf/lb.c`).
 pub const LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));

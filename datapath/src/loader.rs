@@ -10,7 +10,7 @@ use aya::programs::links::FdLink;
 use aya::programs::tc::{self, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::maps::{self, BackendKey, BackendValue, CtKey, CtValue, LbConfig, SvcKey, SvcValue};
+use crate::maps::{self, BackendId, BackendKey, BackendValue, CtKey, CtValue, LbConfig, SvcKey, SvcValue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -28,6 +28,19 @@ pub enum DatapathError {
     Missing(&'static str),
     #[error("a Service may have at most {max} backends, not {count}")]
     TooManyBackends { count: usize, max: usize },
+}
+
+/// A Service port as the datapath balances it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Unique per Service port; names its backend slots.
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<(Ipv4Addr, u16)>,
+    /// sessionAffinity: ClientIP, with its timeout.
+    pub affinity: Option<Duration>,
 }
 
 /// The transport protocol of a Service port.
@@ -107,32 +120,52 @@ impl Datapath {
         (links.join(interface), links.join(format!("{interface}.netlink")))
     }
 
-    /// Programs a Service port with its backends. Backend slots are written before
-    /// the count that makes them reachable, and dropped after it shrinks, so a
-    /// packet never picks an empty slot.
-    pub fn set_service(
-        &mut self,
-        service_id: u32,
-        vip: Ipv4Addr,
-        port: u16,
-        protocol: Protocol,
-        backends: &[(Ipv4Addr, u16)],
-    ) -> Result<(), DatapathError> {
-        let count = u16::try_from(backends.len())
-            .map_err(|_| DatapathError::TooManyBackends { count: backends.len(), max: u16::MAX as usize })?;
-        let key = SvcKey { vip: vip.octets(), port: port.to_be_bytes(), proto: protocol.number(), pad: 0 };
+    /// Programs a Service port with its backends (and, for sessionAffinity
+    /// ClientIP, how long a client keeps its backend). Backend slots are written
+    /// before the count that makes them reachable, and dropped after it shrinks, so
+    /// a packet never picks an empty slot. Backends no longer listed stop being
+    /// alive: no new flow goes to them, and their UDP flows move.
+    pub fn set_service(&mut self, service: &Service) -> Result<(), DatapathError> {
+        let count = u16::try_from(service.backends.len())
+            .map_err(|_| DatapathError::TooManyBackends { count: service.backends.len(), max: u16::MAX as usize })?;
+        let id = service.id;
+        let key = SvcKey {
+            vip: service.vip.octets(),
+            port: service.port.to_be_bytes(),
+            proto: service.protocol.number(),
+            pad: 0,
+        };
         let previous = services(&mut self.ebpf)?.get(&key, 0).map(|v| v.backend_count).unwrap_or(0);
-        {
-            let mut slots = backend_map(&mut self.ebpf)?;
-            for (slot, (addr, port)) in backends.iter().enumerate() {
-                let value = BackendValue { addr: addr.octets(), port: port.to_be_bytes(), pad: 0 };
-                slots.insert(BackendKey { service_id, slot: slot as u32 }, value, 0)?;
-            }
+        let mut slots = typed::<BackendKey, BackendValue>(&mut self.ebpf, maps::BACKENDS)?;
+        let old: Vec<BackendValue> = (0..u32::from(previous))
+            .filter_map(|slot| slots.get(&BackendKey { service_id: id, slot }, 0).ok())
+            .collect();
+        let new: Vec<BackendValue> = service
+            .backends
+            .iter()
+            .map(|(addr, port)| BackendValue { addr: addr.octets(), port: port.to_be_bytes(), pad: 0 })
+            .collect();
+        for (slot, value) in new.iter().enumerate() {
+            slots.insert(BackendKey { service_id: id, slot: slot as u32 }, *value, 0)?;
         }
-        services(&mut self.ebpf)?.insert(key, SvcValue { service_id, backend_count: count, pad: 0 }, 0)?;
-        let mut slots = backend_map(&mut self.ebpf)?;
+        let alive_id = |b: &BackendValue| BackendId { service_id: id, addr: b.addr, port: b.port, pad: 0 };
+        let mut alive = typed::<BackendId, u8>(&mut self.ebpf, maps::BACKEND_ALIVE)?;
+        for backend in &new {
+            alive.insert(alive_id(backend), 1, 0)?;
+        }
+        let affinity_timeout_s = service.affinity.map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+        services(&mut self.ebpf)?.insert(
+            key,
+            SvcValue { service_id: id, backend_count: count, pad: 0, affinity_timeout_s },
+            0,
+        )?;
+        let mut alive = typed::<BackendId, u8>(&mut self.ebpf, maps::BACKEND_ALIVE)?;
+        for gone in old.iter().filter(|b| !new.contains(b)) {
+            remove_if_present(&mut alive, &alive_id(gone))?;
+        }
+        let mut slots = typed::<BackendKey, BackendValue>(&mut self.ebpf, maps::BACKENDS)?;
         for slot in count..previous {
-            slots.remove(&BackendKey { service_id, slot: u32::from(slot) })?;
+            remove_if_present(&mut slots, &BackendKey { service_id: id, slot: u32::from(slot) })?;
         }
         Ok(())
     }
@@ -227,9 +260,22 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
 }
 
 fn services(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, SvcKey, SvcValue>, DatapathError> {
-    Ok(HashMap::try_from(ebpf.map_mut(maps::SERVICES).ok_or(DatapathError::Missing("map np_services"))?)?)
+    typed(ebpf, maps::SERVICES)
 }
 
-fn backend_map(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, BackendKey, BackendValue>, DatapathError> {
-    Ok(HashMap::try_from(ebpf.map_mut(maps::BACKENDS).ok_or(DatapathError::Missing("map np_backends"))?)?)
+fn typed<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {
+    Ok(HashMap::try_from(ebpf.map_mut(name).ok_or(DatapathError::Missing(name))?)?)
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    key: &K,
+) -> Result<(), DatapathError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }

@@ -17,6 +17,8 @@ pub struct SvcValue {
     pub service_id: u32,
     pub backend_count: u16,
     pub pad: u16,
+    /// sessionAffinity: ClientIP timeout in seconds; 0 for none.
+    pub affinity_timeout_s: u32,
 }
 
 #[repr(C)]
@@ -32,6 +34,29 @@ pub struct BackendValue {
     pub addr: [u8; 4],
     pub port: [u8; 2],
     pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendId {
+    pub service_id: u32,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: BackendValue,
+    pub last_seen_ns: u64,
 }
 
 #[repr(C)]
@@ -64,6 +89,8 @@ pub struct CtValue {
     pub seen: u8,
     pub reply: u8,
     pub pad: u8,
+    pub service_id: u32,
+    pub pad2: u32,
     /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub last_seen_ns: u64,
 }
@@ -94,10 +121,15 @@ unsafe impl aya::Pod for BackendValue {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtValue {}
 unsafe impl aya::Pod for LbConfig {}
+unsafe impl aya::Pod for BackendId {}
+unsafe impl aya::Pod for AffinityKey {}
+unsafe impl aya::Pod for AffinityValue {}
 
 /// Map names, as in `bpf/maps.h` (and their pin file names).
 pub const SERVICES: &str = "np_services";
 pub const BACKENDS: &str = "np_backends";
 pub const CONNTRACK: &str = "np_conntrack";
 pub const CONFIG: &str = "np_config";
+pub const BACKEND_ALIVE: &str = "np_backend_alive";
+pub const AFFINITY: &str = "np_affinity";
 pub const COUNTER_MAP: &str = "np_counters";

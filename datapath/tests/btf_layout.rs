@@ -49,11 +49,14 @@ fn every_map_struct_matches_its_rust_twin() {
     let btf = btf_structs();
     let twins = [
         layout!("svc_key" => SvcKey { vip, port, proto, pad }),
-        layout!("svc_value" => SvcValue { service_id, backend_count, pad }),
+        layout!("svc_value" => SvcValue { service_id, backend_count, pad, affinity_timeout_s }),
         layout!("backend_key" => BackendKey { service_id, slot }),
         layout!("backend_value" => BackendValue { addr, port, pad }),
+        layout!("backend_id" => BackendId { service_id, addr, port, pad }),
+        layout!("affinity_key" => AffinityKey { service_id, client }),
+        layout!("affinity_value" => AffinityValue { backend, last_seen_ns }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
-        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, seen, reply, pad, last_seen_ns }),
+        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, seen, reply, pad, service_id, pad2, last_seen_ns }),
         layout!("lb_config" => LbConfig { hairpin_addr, pad }),
     ];
     for (name, size, fields) in twins {

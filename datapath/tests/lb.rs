@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nodeplane_datapath::{CtTimeouts, Datapath, Protocol};
+use nodeplane_datapath::{CtTimeouts, Datapath, Protocol, Service};
 use nodeplane_testkit::{Bpffs, Node, Pod, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn service(id: u32, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)]) -> Service {
+    Service { id, vip: VIP, port, protocol, backends: backends.to_vec(), affinity: None }
+}
 
 /// Loads the datapath in the node's namespace and attaches it to every pod.
 fn load(node: &Node, bpffs: &Bpffs, pods: &[&Pod]) -> Datapath {
@@ -36,8 +40,8 @@ fn cluster_ip_tcp_and_udp_reach_every_backend_and_replies_come_from_the_vip() {
     let _servers =
         [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(5353, "b1"), b2.serve_udp(5353, "b2")];
     let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
-    datapath.set_service(1, VIP, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)]).unwrap();
-    datapath.set_service(2, VIP, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)]).unwrap();
+    datapath.set_service(&service(1, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    datapath.set_service(&service(2, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
 
     let mut tcp: BTreeMap<String, u32> = BTreeMap::new();
     for n in 0..100 {
@@ -71,7 +75,7 @@ fn hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout() {
     let _server = pod.serve_tcp(8080, "myself");
     let mut datapath = load(&node, &bpffs, &[&pod]);
     datapath.set_hairpin_address(HAIRPIN).unwrap();
-    datapath.set_service(7, VIP, 80, Protocol::Tcp, &[(pod.ip, 8080)]).unwrap();
+    datapath.set_service(&service(7, 80, Protocol::Tcp, &[(pod.ip, 8080)])).unwrap();
 
     for n in 0..1000 {
         let reply = pod.tcp_request(VIP, 80).unwrap_or_else(|e| panic!("hairpin connection {n}: {e}"));
@@ -115,7 +119,7 @@ fn a_pod_reaches_itself_through_a_vip_with_one_and_with_two_backends() {
     let mut datapath = load(&node, &bpffs, &[&pod, &other]);
     datapath.set_hairpin_address(HAIRPIN).unwrap();
     for backends in [vec![(pod.ip, 8080)], vec![(pod.ip, 8080), (other.ip, 8080)]] {
-        datapath.set_service(9, VIP, 80, Protocol::Tcp, &backends).unwrap();
+        datapath.set_service(&service(9, 80, Protocol::Tcp, &backends)).unwrap();
         let mut seen: BTreeMap<String, u32> = BTreeMap::new();
         for n in 0..200 {
             let reply = pod
@@ -141,7 +145,7 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
     let mut first = load(&node, &bpffs, &[&client, &b1, &b2]);
     first.set_hairpin_address(HAIRPIN).unwrap();
-    first.set_service(3, VIP, 80, Protocol::Tcp, &[(b1.ip, 8080)]).unwrap();
+    first.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080)])).unwrap();
 
     // A request loop through the VIP for the whole test.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -180,7 +184,7 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
         aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
     });
     assert_eq!(attached.unwrap(), 1, "one program on the interface, not two");
-    second.set_service(3, VIP, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)]).unwrap();
+    second.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -195,4 +199,84 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     );
     assert!(replies.len() > 100, "only {} requests", replies.len());
     assert!(replies.iter().any(|r| r.as_deref() == Ok("b2")), "the restarted loader's update took effect");
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    if !privileged("client_ip_affinity_keeps_a_client_on_one_backend") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 4, 2)).unwrap();
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 4, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 4, 4)).unwrap();
+    let _servers =
+        [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(5353, "b1"), b2.serve_udp(5353, "b2")];
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let backends = [(b1.ip, 8080), (b2.ip, 8080)];
+    let sticky = Service { affinity: Some(Duration::from_secs(10800)), ..service(4, 80, Protocol::Tcp, &backends) };
+    datapath.set_service(&sticky).unwrap();
+    let udp = Service {
+        affinity: Some(Duration::from_secs(10800)),
+        ..service(5, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])
+    };
+    datapath.set_service(&udp).unwrap();
+    let tcp_replies: std::collections::BTreeSet<String> =
+        (0..60).map(|_| client.tcp_request(VIP, 80).unwrap()).collect();
+    assert_eq!(tcp_replies.len(), 1, "one backend for the client: {tcp_replies:?}");
+    let udp_replies: std::collections::BTreeSet<String> =
+        (0..40).map(|_| client.udp_request(VIP, 53).unwrap().0).collect();
+    assert_eq!(udp_replies.len(), 1, "one backend for the client: {udp_replies:?}");
+
+    // Its backend removed, the client moves to the other one and stays there.
+    let kept = tcp_replies.into_iter().next().unwrap();
+    let remaining = if kept == "b1" { (b2.ip, 8080) } else { (b1.ip, 8080) };
+    datapath.set_service(&Service { backends: vec![remaining], ..sticky }).unwrap();
+    let after: std::collections::BTreeSet<String> = (0..20).map(|_| client.tcp_request(VIP, 80).unwrap()).collect();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after.into_iter().next().unwrap(), kept);
+}
+
+#[test]
+fn a_removed_backend_gets_no_new_flow_and_its_udp_flows_move() {
+    if !privileged("a_removed_backend_gets_no_new_flow_and_its_udp_flows_move") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 5, 2)).unwrap();
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 5, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 5, 4)).unwrap();
+    let _servers =
+        [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(5353, "b1"), b2.serve_udp(5353, "b2")];
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
+    datapath.set_service(&service(6, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    datapath.set_service(&service(8, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
+
+    // One UDP flow (one source port) for the whole test, pinned to a backend.
+    let udp = client.netns.run(|| {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket
+    });
+    let ask = |socket: &std::net::UdpSocket| {
+        socket.send_to(b"ping", (VIP, 53)).unwrap();
+        let mut buf = [0u8; 64];
+        let (len, _) = socket.recv_from(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+    let first = ask(&udp);
+    assert!((0..10).all(|_| ask(&udp) == first), "a UDP flow stays on its backend");
+
+    // Remove that backend: new TCP flows and the UDP flow go to the other one.
+    let (gone, live) = if first == "b1" { ("b1", (b2.ip, 8080)) } else { ("b2", (b1.ip, 8080)) };
+    datapath.set_service(&service(6, 80, Protocol::Tcp, &[live])).unwrap();
+    datapath.set_service(&service(8, 53, Protocol::Udp, &[(live.0, 5353)])).unwrap();
+    for n in 0..50 {
+        assert_ne!(client.tcp_request(VIP, 80).unwrap(), gone, "new flow {n} reached the removed backend");
+    }
+    for n in 0..10 {
+        assert_ne!(ask(&udp), gone, "UDP datagram {n} of the old flow reached the removed backend");
+    }
 }
