@@ -2,9 +2,12 @@
 //! and NAT, in tc programs written in C (`bpf/`), loaded with aya.
 
 mod loader;
+pub mod manifests;
 pub mod maps;
+mod reconcile;
 
 pub use loader::{CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
+pub use reconcile::{Reconciler, SyncStats};
 
 /// The compiled load balancer object (`bpf/lb.c`).
 pub const LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));

@@ -51,7 +51,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn number(self) -> u8 {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
@@ -166,6 +167,38 @@ impl Datapath {
         let mut slots = typed::<BackendKey, BackendValue>(&mut self.ebpf, maps::BACKENDS)?;
         for slot in count..previous {
             remove_if_present(&mut slots, &BackendKey { service_id: id, slot: u32::from(slot) })?;
+        }
+        Ok(())
+    }
+}
+
+impl Datapath {
+    /// The Service ports in the map: (VIP, port, protocol) → the map's value.
+    pub fn programmed(&mut self) -> Result<Vec<(SvcKey, SvcValue)>, DatapathError> {
+        Ok(services(&mut self.ebpf)?.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Removes a Service port: the service entry first (no new flow finds it),
+    /// then its backend slots and their alive marks.
+    pub fn remove_service(&mut self, key: &SvcKey) -> Result<(), DatapathError> {
+        let Ok(value) = services(&mut self.ebpf)?.get(key, 0) else { return Ok(()) };
+        remove_if_present(&mut services(&mut self.ebpf)?, key)?;
+        let id = value.service_id;
+        let mut slots = typed::<BackendKey, BackendValue>(&mut self.ebpf, maps::BACKENDS)?;
+        let mut gone = Vec::new();
+        for slot in 0..u32::from(value.backend_count) {
+            let key = BackendKey { service_id: id, slot };
+            if let Ok(backend) = slots.get(&key, 0) {
+                gone.push(backend);
+            }
+            remove_if_present(&mut slots, &key)?;
+        }
+        let mut alive = typed::<BackendId, u8>(&mut self.ebpf, maps::BACKEND_ALIVE)?;
+        for backend in gone {
+            remove_if_present(
+                &mut alive,
+                &BackendId { service_id: id, addr: backend.addr, port: backend.port, pad: 0 },
+            )?;
         }
         Ok(())
     }

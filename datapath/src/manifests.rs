@@ -1,0 +1,274 @@
+//! Desired state from a directory of Kubernetes manifests: multi-document YAML
+//! (or JSON) Services and EndpointSlices, parsed with the Kubernetes API types.
+//! A bad document is reported — file, document, field — and skipped; the rest
+//! applies. Other kinds are ignored.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::Protocol;
+
+/// A Service port by its Kubernetes name, for reports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortName {
+    pub namespace: String,
+    pub service: String,
+    /// The port's name; empty for a single unnamed port.
+    pub port: String,
+}
+
+impl fmt::Display for PortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.service)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// One Service port as the node should balance it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: PortName,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub affinity: Option<Duration>,
+    /// Ready endpoints, sorted, without duplicates.
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+/// A manifest the node could not use, and where the problem is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+    /// Field path, e.g. `spec.ports[0].protocol`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Everything found in a manifests directory.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub ports: Vec<ServicePort>,
+    pub errors: Vec<ManifestError>,
+}
+
+/// Where a parsed object came from.
+struct Origin {
+    file: PathBuf,
+    document: usize,
+}
+
+impl Origin {
+    fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ManifestError {
+        ManifestError { file: self.file.clone(), document: self.document, field: field.into(), message: message.into() }
+    }
+}
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (sorted by name).
+pub fn load_dir(dir: &Path) -> Manifests {
+    let mut found = Manifests::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return found,
+        Err(err) => {
+            found.errors.push(ManifestError {
+                file: dir.to_owned(),
+                document: 0,
+                field: String::new(),
+                message: err.to_string(),
+            });
+            return found;
+        }
+    };
+    files.sort();
+    let (mut services, mut slices) = (Vec::new(), Vec::new());
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(err) => {
+                found.errors.push(ManifestError { file, document: 0, field: String::new(), message: err.to_string() });
+                continue;
+            }
+        };
+        for (index, document) in documents(&text).enumerate() {
+            let origin = Origin { file: file.clone(), document: index + 1 };
+            match parse_document(document, &origin) {
+                Ok(Some(Object::Service(service))) => services.push((origin, *service)),
+                Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, slice)),
+                Ok(None) => {}
+                Err(err) => found.errors.push(err),
+            }
+        }
+    }
+    for (origin, service) in &services {
+        match service_ports(service, origin, &slices) {
+            Ok(ports) => found.ports.extend(ports),
+            Err(err) => found.errors.push(err),
+        }
+    }
+    for (origin, slice) in &slices {
+        if slice.address_type == "IPv4" {
+            for (i, endpoint) in slice.endpoints.iter().enumerate() {
+                for (j, address) in endpoint.addresses.iter().enumerate() {
+                    if address.parse::<Ipv4Addr>().is_err() {
+                        found.errors.push(origin.error(
+                            format!("endpoints[{i}].addresses[{j}]"),
+                            format!("{address:?} is not an IPv4 address"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found.ports.sort_by(|a, b| a.name.cmp(&b.name));
+    found.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+    found
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) && path.is_file()
+}
+
+enum Object {
+    Service(Box<K8sService>),
+    EndpointSlice(EndpointSlice),
+}
+
+/// The documents of a YAML stream, split at `---` lines, so that a syntax error
+/// in one leaves the others readable.
+fn documents(text: &str) -> impl Iterator<Item = String> + '_ {
+    let mut documents = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") {
+            documents.push(line.trim_start_matches("---").trim_start().to_owned() + "\n");
+        } else {
+            documents.last_mut().expect("at least one").push_str(&(line.to_owned() + "\n"));
+        }
+    }
+    // A leading `---` leaves an empty first document; it is not counted.
+    let skip = usize::from(text.trim_start().starts_with("---"));
+    documents.into_iter().skip(skip)
+}
+
+fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, ManifestError> {
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&document).map_err(|e| origin.error("", e.to_string()))?;
+    if value.is_null() {
+        return Ok(None); // an empty document (`---` at the end)
+    }
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+    let typed = |field_error: serde_path_to_error::Error<serde_yaml_ng::Error>| {
+        origin.error(field_error.path().to_string().trim_start_matches('.'), field_error.inner().to_string())
+    };
+    match kind.as_str() {
+        "Service" => serde_path_to_error::deserialize(value).map(|s| Some(Object::Service(Box::new(s)))).map_err(typed),
+        "EndpointSlice" => {
+            serde_path_to_error::deserialize(value).map(|s| Some(Object::EndpointSlice(s))).map_err(typed)
+        }
+        "" => Err(origin.error("kind", "missing")),
+        _ => Ok(None),
+    }
+}
+
+/// A Service's ports, each with the ready endpoints of its EndpointSlices.
+fn service_ports(
+    service: &K8sService,
+    origin: &Origin,
+    slices: &[(Origin, EndpointSlice)],
+) -> Result<Vec<ServicePort>, ManifestError> {
+    let namespace = service.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = service.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
+    let spec = service.spec.as_ref().ok_or_else(|| origin.error("spec", "missing"))?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Ok(Vec::new());
+    }
+    let vip = match spec.cluster_ip.as_deref() {
+        Some("None") => return Ok(Vec::new()), // headless: nothing to balance
+        Some(ip) => ip
+            .parse::<Ipv4Addr>()
+            .map_err(|_| origin.error("spec.clusterIP", format!("{ip:?} is not an IPv4 address")))?,
+        None => return Err(origin.error("spec.clusterIP", "missing (no API server allocates one on this node)")),
+    };
+    let affinity = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => Some(
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s.max(1) as u64)),
+        ),
+        None | Some("None") => None,
+        Some(other) => return Err(origin.error("spec.sessionAffinity", format!("{other:?} is not None or ClientIP"))),
+    };
+    let mut ports = Vec::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => {
+                return Err(
+                    origin.error(format!("spec.ports[{i}].protocol"), format!("{other} is not supported (TCP, UDP)"))
+                );
+            }
+        };
+        let number = u16::try_from(port.port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            origin.error(format!("spec.ports[{i}].port"), format!("{} is not a port number", port.port))
+        })?;
+        let port_name = port.name.clone().unwrap_or_default();
+        let mut backends = Vec::new();
+        let ours = slices.iter().filter(|(_, slice)| {
+            slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                && slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&name)
+                && slice.address_type == "IPv4"
+        });
+        for (_, slice) in ours {
+            let matching = slice.ports.iter().flatten().filter(|p| {
+                p.name.clone().unwrap_or_default() == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == port.protocol.as_deref().unwrap_or("TCP")
+            });
+            for target in matching.filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok())) {
+                for endpoint in
+                    slice.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                {
+                    backends.extend(
+                        endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()).map(|a| (a, target)),
+                    );
+                }
+            }
+        }
+        backends.sort();
+        backends.dedup();
+        ports.push(ServicePort {
+            name: PortName { namespace: namespace.clone(), service: name.clone(), port: port_name },
+            vip,
+            port: number,
+            protocol,
+            affinity,
+            backends,
+        });
+    }
+    Ok(ports)
+}

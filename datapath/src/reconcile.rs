@@ -1,0 +1,70 @@
+//! Turns desired Service ports into map updates, incrementally: only ports whose
+//! VIP, backends or affinity changed are written, and ports no longer desired —
+//! including ones a previous nodeplaned programmed — are removed. Service ids are
+//! read back from the maps, so they survive a restart.
+
+use std::collections::HashMap;
+
+use crate::manifests::ServicePort;
+use crate::maps::{SvcKey, SvcValue};
+use crate::{Datapath, DatapathError, Service};
+
+/// What one reconciliation changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub added: u64,
+    pub updated: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+}
+
+/// Remembers what it programmed, to write only differences.
+#[derive(Default)]
+pub struct Reconciler {
+    programmed: HashMap<SvcKey, Service>,
+}
+
+fn map_key(port: &ServicePort) -> SvcKey {
+    SvcKey { vip: port.vip.octets(), port: port.port.to_be_bytes(), proto: port.protocol.number(), pad: 0 }
+}
+
+impl Reconciler {
+    pub fn sync(&mut self, datapath: &mut Datapath, desired: &[ServicePort]) -> Result<SyncStats, DatapathError> {
+        let in_maps: HashMap<SvcKey, SvcValue> = datapath.programmed()?.into_iter().collect();
+        let mut next_id = in_maps.values().map(|v| v.service_id).max().unwrap_or(0) + 1;
+        let mut stats = SyncStats::default();
+        let mut wanted = HashMap::new();
+        for port in desired {
+            let key = map_key(port);
+            let id = match in_maps.get(&key) {
+                Some(value) => value.service_id,
+                None => {
+                    next_id += 1;
+                    next_id - 1
+                }
+            };
+            let service = Service {
+                id,
+                vip: port.vip,
+                port: port.port,
+                protocol: port.protocol,
+                backends: port.backends.clone(),
+                affinity: port.affinity,
+            };
+            match self.programmed.get(&key) {
+                Some(current) if *current == service && in_maps.contains_key(&key) => stats.unchanged += 1,
+                previous => {
+                    datapath.set_service(&service)?;
+                    if previous.is_some() || in_maps.contains_key(&key) { stats.updated += 1 } else { stats.added += 1 }
+                }
+            }
+            wanted.insert(key, service);
+        }
+        for key in in_maps.keys().filter(|k| !wanted.contains_key(k)) {
+            datapath.remove_service(key)?;
+            stats.removed += 1;
+        }
+        self.programmed = wanted;
+        Ok(stats)
+    }
+}
