@@ -117,7 +117,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
             let origin = Origin { file: file.clone(), document: index + 1 };
             match parse_document(document, &origin) {
                 Ok(Some(Object::Service(service))) => services.push((origin, *service)),
-                Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, slice)),
+                Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, *slice)),
                 Ok(None) => {}
                 Err(err) => found.errors.push(err),
             }
@@ -154,7 +154,7 @@ fn is_manifest(path: &Path) -> bool {
 
 enum Object {
     Service(Box<K8sService>),
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 /// The documents of a YAML stream, split at `---` lines, so that a syntax error
