@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nodeplane_datapath::{CtTimeouts, Datapath, Protocol, Service};
+use nodeplane_datapath::manifests::load_dir;
+use nodeplane_datapath::{CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
 use nodeplane_testkit::{Bpffs, Node, Pod, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -279,4 +280,57 @@ fn a_removed_backend_gets_no_new_flow_and_its_udp_flows_move() {
     for n in 0..10 {
         assert_ne!(ask(&udp), gone, "UDP datagram {n} of the old flow reached the removed backend");
     }
+}
+
+fn web_manifest(backends: &[Ipv4Addr]) -> String {
+    let endpoints: String = backends.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {VIP}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+#[test]
+fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
+    if !privileged("manifests_are_applied_incrementally_and_survive_a_new_reconciler") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 6, 2)).unwrap();
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 6, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 6, 4)).unwrap();
+    let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("web.yaml");
+    let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec:\n  clusterIP: 10.96.9.9\n  ports: [{port: 81}]\n";
+    std::fs::write(dir.path().join("other.yaml"), other).unwrap();
+    let mut reconciler = Reconciler::default();
+    let mut sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
+        let found = load_dir(dir.path());
+        assert!(found.errors.is_empty(), "{:?}", found.errors);
+        reconciler.sync(datapath, &found.ports).unwrap()
+    };
+
+    std::fs::write(&manifest, web_manifest(&[b1.ip])).unwrap();
+    assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { added: 2, ..Default::default() });
+    assert!((0..10).all(|_| client.tcp_request(VIP, 80).unwrap() == "b1"));
+
+    std::fs::write(&manifest, web_manifest(&[b2.ip])).unwrap();
+    assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { updated: 1, unchanged: 1, ..Default::default() });
+    assert!((0..10).all(|_| client.tcp_request(VIP, 80).unwrap() == "b2"));
+    assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { unchanged: 2, ..Default::default() });
+
+    // A new loader and reconciler (a restarted nodeplaned) find the programmed
+    // ports in the maps, keep their ids (the remaining one is written once more),
+    // and remove what is no longer desired.
+    drop(datapath);
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let mut reconciler = Reconciler::default();
+    std::fs::remove_file(&manifest).unwrap();
+    assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { added: 0, updated: 1, removed: 1, unchanged: 0 });
+    assert!(client.tcp_request(VIP, 80).is_err(), "a removed Service no longer answers");
+    assert_eq!(datapath.programmed().unwrap().len(), 1);
 }
