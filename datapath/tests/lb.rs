@@ -308,7 +308,7 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec:\n  clusterIP: 10.96.9.9\n  ports: [{port: 81}]\n";
     std::fs::write(dir.path().join("other.yaml"), other).unwrap();
     let mut reconciler = Reconciler::default();
-    let mut sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
+    let sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
         let found = load_dir(dir.path());
         assert!(found.errors.is_empty(), "{:?}", found.errors);
         reconciler.sync(datapath, &found.ports).unwrap()
