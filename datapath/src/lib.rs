@@ -1,11 +1,13 @@
 //! nodeplane's eBPF datapath: Service load balancing with connection tracking
 //! and NAT, in tc programs written in C (`bpf/`), loaded with aya.
 
+mod config;
 mod loader;
 pub mod manifests;
 pub mod maps;
 mod reconcile;
 
+pub use config::{DatapathConfig, Invalid};
 pub use loader::{CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
 pub use reconcile::{Reconciler, SyncStats};
 

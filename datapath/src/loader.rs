@@ -114,6 +114,34 @@ impl Datapath {
         Ok(())
     }
 
+    /// Forgets the attachment record of an interface that is gone (the kernel
+    /// dropped the attachment with it), so a new interface of that name is attached.
+    pub fn forget_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        let (tcx_pin, netlink_mark) = self.link_paths(interface);
+        for (path, result) in
+            [(&tcx_pin, std::fs::remove_file(&tcx_pin)), (&netlink_mark, std::fs::remove_dir(&netlink_mark))]
+        {
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Pin { path: path.clone(), source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The interfaces with a recorded attachment.
+    pub fn attached_interfaces(&self) -> Result<Vec<String>, DatapathError> {
+        let links = self.pin_dir.join(LINKS);
+        let entries = std::fs::read_dir(&links).map_err(|source| DatapathError::Pin { path: links.clone(), source })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().trim_end_matches(".netlink").to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Where an interface's attachment is recorded: a pinned TCX link, or (bpffs
     /// holds no plain files) a directory marking a netlink filter.
     fn link_paths(&self, interface: &str) -> (PathBuf, PathBuf) {

@@ -125,6 +125,9 @@ unsafe impl aya::Pod for BackendId {}
 unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityValue {}
 
+/// `NODEPLANE_CT_ENTRIES` in `bpf/maps.h`: the conntrack map's capacity.
+pub const CONNTRACK_CAPACITY: u64 = 262_144;
+
 /// Map names, as in `bpf/maps.h` (and their pin file names).
 pub const SERVICES: &str = "np_services";
 pub const BACKENDS: &str = "np_backends";

@@ -9,6 +9,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use nodeplane_datapath::DatapathConfig;
 use nodeplane_ipam::IpamConfig;
 use nodeplane_sysctl::SysctlConfig;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ pub const DEFAULT_PATH: &str = "/etc/nodeplane/node.toml";
 pub struct NodeConfig {
     pub sysctl: SysctlConfig,
     pub ipam: IpamConfig,
+    pub datapath: DatapathConfig,
 }
 
 /// Why a config was refused.
@@ -82,6 +84,7 @@ impl NodeConfig {
         let at = |section: &str, field: &str| format!("{section}.{field}");
         self.sysctl.validate().map_err(|i| (at("sysctl", i.field), i.message))?;
         self.ipam.validate().map_err(|i| (at("ipam", i.field), i.message))?;
+        self.datapath.validate().map_err(|i| (at("datapath", i.field), i.message))?;
         Ok(())
     }
 
@@ -197,7 +200,9 @@ mod tests {
                 "an integer, a string",
             ),
             ("[sysctl.extra]\nnet.core.somaxconn = 1\n\"net.core.somaxconn\" = 2\n", "sysctl.extra", 1, "set twice"),
-            ("[datapath]\nx = 1\n", "datapath", 1, "unknown field `datapath`"),
+            ("[datapath]\nx = 1\n", "datapath.x", 2, "unknown field `x`"),
+            ("[datapath]\nhairpin_address = \"10.0.0.1\"\n", "datapath.hairpin_address", 2, "link-local"),
+            ("[nonsense]\nx = 1\n", "nonsense", 1, "unknown field `nonsense`"),
             ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
         ];
         for (text, key, line, message) in cases {

@@ -15,6 +15,7 @@ use tokio::time::Interval;
 
 use crate::component::{self, Handle, Registry, Snapshot, State};
 use crate::config::{self, ConfigError, NodeConfig};
+use crate::datapath::DatapathComponent;
 use crate::ipam::IpamComponent;
 use crate::server::{self, ReloadError};
 use crate::sysctl::SysctlComponent;
@@ -81,10 +82,13 @@ async fn run(args: Args) -> Result<(), String> {
     notify::status("starting: applying sysctls");
     let (sysctl, _) =
         component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?;
+    notify::status("starting: loading the datapath");
+    let (datapath, _) =
+        component::start::<DatapathComponent>(&config, &registry).await.map_err(|e| format!("datapath: {e}"))?;
     let (ipam, sweeps) =
         component::start::<IpamComponent>(&config, &registry).await.map_err(|e| format!("ipam: {e}"))?;
     server::serve_ipam(&bus, sweeps).await.map_err(bus_error)?;
-    let components = vec![sysctl, ipam];
+    let components = vec![sysctl, datapath, ipam];
     server::add_component_objects(&bus, &registry).await.map_err(bus_error)?;
     let mut supervisor = Supervisor { config_path, explicit_path, config: Arc::new(config), components, registry };
 

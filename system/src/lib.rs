@@ -5,6 +5,7 @@ pub mod component;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+mod datapath;
 mod ipam;
 mod logging;
 mod notify;

@@ -32,12 +32,12 @@ fn status_prints_a_table_and_json_and_exits_0_only_when_healthy() {
     assert_eq!(json["health"], "healthy");
     let components = json["components"].as_array().unwrap();
     let names: Vec<&str> = components.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["ipam", "sysctl"]);
-    let sysctl = &components[1];
+    assert_eq!(names, ["datapath", "ipam", "sysctl"]);
+    let sysctl = &components[2];
     assert_eq!(sysctl["state"], "healthy");
     assert_eq!(sysctl["facts"]["ephemeral_range"], "20000-29999");
     assert_eq!(sysctl["facts"]["restored"], 0);
-    assert_eq!(components[0]["detail"], "first sweep in 2m");
+    assert_eq!(components[1]["detail"], "first sweep in 2m");
 
     // A degraded node exits 1.
     std::fs::write(node.config_path(), "[sysctl.extra]\nnet.ipv4.no_such_key = 1\n").unwrap();

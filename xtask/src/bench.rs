@@ -46,7 +46,7 @@ pub fn bench(what: &str) -> Result<(), String> {
     let bus = DbusDaemon::start(&[&crate::root().join("units/org.nodeplane.Node1.conf")]).map_err(|e| e.to_string())?;
     let config = |interval: &str, dry_run: bool| {
         format!(
-            "[ipam]\ninterval = \"{interval}\"\ndry_run = {dry_run}\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
+            "[datapath]\nenabled = false\n[ipam]\ninterval = \"{interval}\"\ndry_run = {dry_run}\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
             data.path().display(),
             ctrd.socket().display()
         )
@@ -59,6 +59,7 @@ pub fn bench(what: &str) -> Result<(), String> {
             env: &[],
             capture_stderr: true,
             journal: None,
+            netns: None,
         };
         let node = Nodeplaned::spawn(&bus, launch).map_err(|e| e.to_string())?;
         node.wait_ready(Duration::from_secs(30))?;

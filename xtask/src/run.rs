@@ -69,6 +69,7 @@ pub fn run(once: bool) -> Result<(), String> {
             env: &[],
             capture_stderr: false,
             journal: None,
+            netns: None,
         },
     )
     .map_err(|e| format!("starting nodeplaned: {e}"))?;

@@ -25,6 +25,9 @@ pub struct Launch<'a> {
     /// mounted (in a private mount namespace) at `/run/systemd/journal`, where the
     /// caller listens on `socket`, and `JOURNAL_STREAM` names its stderr.
     pub journal: Option<&'a Path>,
+    /// Run in this existing network namespace (`/var/run/netns/NAME`) instead of a
+    /// fresh one.
+    pub netns: Option<&'a Path>,
 }
 
 /// A real `nodeplaned` process in a throwaway network namespace of its own (gone
@@ -61,9 +64,18 @@ impl Nodeplaned {
             script += &format!("printf '%s' '{value}' > '{}'\n", key.proc_path().display());
         }
         script += "exec \"$@\"\n";
-        let mut command = Command::new("unshare");
+        let mut command = Command::new(if launch.netns.is_some() { "nsenter" } else { "unshare" });
+        match launch.netns {
+            Some(netns) => {
+                // The journal stand-in needs a private mount namespace: unshare only.
+                assert!(launch.journal.is_none(), "Launch::journal needs a fresh network namespace");
+                command.arg(format!("--net={}", netns.display()));
+            }
+            None => {
+                command.args(&namespaces);
+            }
+        }
         command
-            .args(namespaces)
             .args(["--", "sh", "-c", &script, "sh"])
             .arg(launch.binary)
             .arg("--config")

@@ -40,15 +40,22 @@ pub fn spawn_with_journal(
     env: &[(&str, &str)],
     journal: Option<&Path>,
 ) -> Nodeplaned {
+    // These tests are not about the datapath: no bpffs needed unless asked for.
+    let config = if config.contains("[datapath]") {
+        config.to_owned()
+    } else {
+        format!("{config}\n[datapath]\nenabled = false\n")
+    };
     Nodeplaned::spawn(
         bus,
         Launch {
             binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
-            config,
+            config: &config,
             preset,
             env,
             capture_stderr: true,
             journal,
+            netns: None,
         },
     )
     .expect("spawn nodeplaned")

@@ -1,0 +1,92 @@
+//! The `[datapath]` section of `node.toml`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::CtTimeouts;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatapathConfig {
+    /// Load the eBPF datapath at start (READY waits for it).
+    pub enabled: bool,
+    /// Where maps and attachments are pinned; must be on a bpffs.
+    pub bpffs_root: PathBuf,
+    /// Kubernetes manifests (Services, EndpointSlices) to apply.
+    pub manifests_dir: PathBuf,
+    /// Host-side pod interfaces start with this; the datapath attaches to each.
+    pub pod_interface_prefix: String,
+    /// Source address of a pod's flows to itself through a Service.
+    pub hairpin_address: Ipv4Addr,
+    /// How often manifests and interfaces are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// How often expired conntrack entries are deleted.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_established_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_closed_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub udp_timeout: Duration,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        let timeouts = CtTimeouts::default();
+        DatapathConfig {
+            enabled: true,
+            bpffs_root: PathBuf::from("/sys/fs/bpf/nodeplane"),
+            manifests_dir: PathBuf::from("/etc/nodeplane/manifests"),
+            pod_interface_prefix: "np".into(),
+            hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
+            sync_interval: Duration::from_secs(1),
+            gc_interval: Duration::from_secs(10),
+            tcp_established_timeout: timeouts.tcp_established,
+            tcp_closed_timeout: timeouts.tcp_closed,
+            udp_timeout: timeouts.udp,
+        }
+    }
+}
+
+/// A setting that is well-formed on its own but wrong in context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl DatapathConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let invalid = |field, message: &str| Err(Invalid { field, message: message.to_owned() });
+        if !self.hairpin_address.is_link_local() {
+            return invalid("hairpin_address", "must be a link-local address (169.254.0.0/16): pods must not own it");
+        }
+        for (field, value) in [("sync_interval", self.sync_interval), ("gc_interval", self.gc_interval)] {
+            if value < Duration::from_millis(100) {
+                return invalid(field, "must be at least 100ms");
+            }
+        }
+        if self.pod_interface_prefix.is_empty() || self.pod_interface_prefix.len() > 10 {
+            return invalid("pod_interface_prefix", "must be 1 to 10 characters (interface names have 15)");
+        }
+        for (field, path) in [("bpffs_root", &self.bpffs_root), ("manifests_dir", &self.manifests_dir)] {
+            if !path.is_absolute() {
+                return invalid(field, "must be an absolute path");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn timeouts(&self) -> CtTimeouts {
+        CtTimeouts {
+            tcp_established: self.tcp_established_timeout,
+            tcp_closed: self.tcp_closed_timeout,
+            udp: self.udp_timeout,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The eBPF datapath as a supervisor component: loads it at start (READY waits),
+//! attaches it to pod interfaces as they appear, applies the manifests directory
+//! whenever it changes, collects expired conntrack entries, and reports fill
+//! levels, sync times and counters.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use nodeplane_datapath::manifests::load_dir;
+use nodeplane_datapath::maps::CONNTRACK_CAPACITY;
+use nodeplane_datapath::{Datapath, DatapathConfig, GcStats, Reconciler, SyncStats};
+
+use crate::component::{Component, Fact, Facts, Reporter, State};
+use crate::config::NodeConfig;
+
+pub struct DatapathComponent {
+    config: DatapathConfig,
+    reporter: Reporter,
+    running: Option<Running>,
+}
+
+struct Running {
+    datapath: Datapath,
+    reconciler: Reconciler,
+    /// Names, sizes and times of the manifest files at the last sync.
+    fingerprint: Vec<(PathBuf, u64, SystemTime)>,
+    last_sync: Option<(SystemTime, Duration, SyncStats)>,
+    manifest_errors: Vec<String>,
+    attach_errors: Vec<String>,
+    last_gc: Instant,
+    expired_total: u64,
+    last_gc_stats: GcStats,
+}
+
+impl Component for DatapathComponent {
+    const NAME: &'static str = "datapath";
+
+    async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
+        let config = config.datapath.clone();
+        let mut component = DatapathComponent { config, reporter, running: None };
+        if !component.config.enabled {
+            component.reporter.set(State::Healthy, "disabled (datapath.enabled = false)");
+            return Ok(component);
+        }
+        let root = &component.config.bpffs_root;
+        std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let mut datapath = Datapath::load(root).map_err(|e| {
+            format!("cannot load the datapath with its maps pinned in {} (a bpffs?): {e}", root.display())
+        })?;
+        datapath.set_hairpin_address(component.config.hairpin_address).map_err(|e| e.to_string())?;
+        component.running = Some(Running {
+            datapath,
+            reconciler: Reconciler::default(),
+            fingerprint: Vec::new(),
+            last_sync: None,
+            manifest_errors: Vec::new(),
+            attach_errors: Vec::new(),
+            last_gc: Instant::now(),
+            expired_total: 0,
+            last_gc_stats: GcStats::default(),
+        });
+        component.sync(true);
+        Ok(component)
+    }
+
+    async fn reload(&mut self, config: &NodeConfig) -> Result<(), String> {
+        let mut new = config.datapath.clone();
+        if new.enabled != self.config.enabled || new.bpffs_root != self.config.bpffs_root {
+            tracing::warn!(
+                "datapath.enabled and datapath.bpffs_root take effect at the next start; keeping the running ones"
+            );
+            (new.enabled, new.bpffs_root) = (self.config.enabled, self.config.bpffs_root.clone());
+        }
+        self.config = new;
+        if let Some(running) = &mut self.running {
+            running.datapath.set_hairpin_address(self.config.hairpin_address).map_err(|e| e.to_string())?;
+        }
+        self.sync(true);
+        Ok(())
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        self.running.is_some().then_some(self.config.sync_interval)
+    }
+
+    async fn tick(&mut self) {
+        self.sync(false);
+    }
+
+    type Command = std::convert::Infallible;
+
+    async fn command(&mut self, command: Self::Command) {
+        match command {}
+    }
+}
+
+impl DatapathComponent {
+    /// Attaches new pod interfaces, applies changed manifests (or all, `force`d),
+    /// collects expired conntrack entries when due, and publishes the result.
+    fn sync(&mut self, force: bool) {
+        let Some(running) = &mut self.running else { return };
+        running.attach_errors = attach_pod_interfaces(&mut running.datapath, &self.config.pod_interface_prefix);
+        let fingerprint = fingerprint(&self.config.manifests_dir);
+        if force || fingerprint != running.fingerprint {
+            let started = Instant::now();
+            let found = load_dir(&self.config.manifests_dir);
+            for error in &found.errors {
+                tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
+            }
+            running.manifest_errors = found.errors.iter().map(ToString::to_string).collect();
+            match running.reconciler.sync(&mut running.datapath, &found.ports) {
+                Ok(stats) => {
+                    if stats != (SyncStats { unchanged: stats.unchanged, ..Default::default() }) {
+                        tracing::info!(
+                            datapath_added = stats.added,
+                            datapath_updated = stats.updated,
+                            datapath_removed = stats.removed,
+                            "applied {} Service port(s) from {}",
+                            found.ports.len(),
+                            self.config.manifests_dir.display()
+                        );
+                    }
+                    running.last_sync = Some((SystemTime::now(), started.elapsed(), stats));
+                    running.fingerprint = fingerprint;
+                }
+                Err(err) => running.manifest_errors.push(format!("programming the maps: {err}")),
+            }
+        }
+        if running.last_gc.elapsed() >= self.config.gc_interval {
+            running.last_gc = Instant::now();
+            match running.datapath.gc(self.config.timeouts()) {
+                Ok(stats) => {
+                    running.expired_total += stats.expired;
+                    running.last_gc_stats = stats;
+                }
+                Err(err) => running.attach_errors.push(format!("conntrack GC: {err}")),
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let Some(running) = &mut self.running else { return };
+        let mut facts = Facts::new();
+        let programmed = running.datapath.programmed().unwrap_or_default();
+        facts.insert("services".into(), Fact::Count(programmed.len() as u64));
+        facts.insert("endpoints".into(), Fact::Count(programmed.iter().map(|(_, v)| u64::from(v.backend_count)).sum()));
+        let entries = running.datapath.conntrack().map(|c| c.len() as u64).unwrap_or_default();
+        facts.insert("conntrack_entries".into(), Fact::Count(entries));
+        facts.insert("conntrack_capacity".into(), Fact::Count(CONNTRACK_CAPACITY));
+        facts.insert("conntrack_expired_total".into(), Fact::Count(running.expired_total));
+        let attached = running.datapath.attached_interfaces().unwrap_or_default();
+        facts.insert("attached_interfaces".into(), Fact::Count(attached.len() as u64));
+        facts.insert("manifest_errors".into(), Fact::Count(running.manifest_errors.len() as u64));
+        if let Some((at, took, _)) = &running.last_sync {
+            facts.insert("last_sync".into(), Fact::Text(humantime::format_rfc3339_seconds(*at).to_string()));
+            facts.insert("last_sync_ms".into(), Fact::Count(took.as_millis() as u64));
+        }
+        for (name, value) in running.datapath.counters().unwrap_or_default() {
+            facts.insert(format!("count_{name}"), Fact::Count(value));
+        }
+        let problems: Vec<&String> = running.manifest_errors.iter().chain(&running.attach_errors).collect();
+        let (state, detail) = match problems.first() {
+            Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
+            None => (
+                State::Healthy,
+                format!(
+                    "{} Service port(s), {} pod interface(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
+                    programmed.len(),
+                    attached.len()
+                ),
+            ),
+        };
+        self.reporter.set(state, detail);
+        self.reporter.set_facts(facts);
+    }
+}
+
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()?))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Attaches to every interface of this network namespace whose name has the pod
+/// prefix, and forgets the records of ones that are gone. Returns the failures.
+fn attach_pod_interfaces(datapath: &mut Datapath, prefix: &str) -> Vec<String> {
+    let present: BTreeSet<String> = match std::fs::read_to_string("/proc/self/net/dev") {
+        Ok(dev) => dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
+            .filter(|n| n.starts_with(prefix))
+            .collect(),
+        Err(err) => return vec![format!("listing interfaces: {err}")],
+    };
+    let mut errors = Vec::new();
+    for gone in datapath.attached_interfaces().unwrap_or_default().into_iter().filter(|n| !present.contains(n)) {
+        if let Err(err) = datapath.forget_interface(&gone) {
+            errors.push(format!("{gone}: {err}"));
+        }
+    }
+    for interface in &present {
+        if let Err(err) = datapath.attach_pod_interface(interface) {
+            errors.push(format!("attaching to {interface}: {err}"));
+        }
+    }
+    errors
+}

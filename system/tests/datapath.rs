@@ -1,0 +1,104 @@
+//! The datapath inside the real `nodeplaned`, run in a node network namespace
+//! with pods: Services from the manifests directory, pod interfaces attached as
+//! found, traffic that keeps flowing while nodeplaned is killed and restarted.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, Node, Nodeplaned, privileged};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
+
+fn web(backends: &[Ipv4Addr]) -> String {
+    let endpoints: String = backends.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {VIP}\n  ports: [{{port: 80}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+fn start_in(node: &Node, bus: &DbusDaemon, bpffs: &Bpffs, manifests: &Path) -> Nodeplaned {
+    let config = format!(
+        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\"\n\
+         [ipam]\nenabled = false\n",
+        bpffs.path().display(),
+        manifests.display()
+    );
+    let launch = Launch {
+        binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
+        config: &config,
+        preset: &[],
+        env: &[],
+        capture_stderr: true,
+        journal: None,
+        netns: Some(&node.netns.path()),
+    };
+    let node = Nodeplaned::spawn(bus, launch).unwrap();
+    node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
+    node
+}
+
+#[test]
+fn services_from_manifests_reach_pods_and_survive_kill_9() {
+    if !privileged("services_from_manifests_reach_pods_and_survive_kill_9") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = Arc::new(node.add_pod(Ipv4Addr::new(10, 200, 7, 2)).unwrap());
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 7, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 7, 4)).unwrap();
+    let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("web.yaml"), web(&[b1.ip])).unwrap();
+    let bus = bus();
+    let first = start_in(&node, &bus, &bpffs, manifests.path());
+
+    // READY means attached and synced: the Service answers at once.
+    assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b1");
+    let status = ctl(&bus, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let datapath = json["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone();
+    assert_eq!(datapath["state"], "healthy", "{datapath}");
+    assert_eq!(datapath["facts"]["services"], 1);
+    assert_eq!(datapath["facts"]["attached_interfaces"], 3);
+
+    // A request loop runs while nodeplaned is SIGKILLed and started again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                replies.push(client.tcp_request(VIP, 80).map_err(|e| e.to_string()));
+            }
+            replies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal(rustix::process::Signal::KILL);
+    let _ = first.wait_exit(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(manifests.path().join("web.yaml"), web(&[b1.ip, b2.ip])).unwrap();
+    let second = start_in(&node, &bus, &bpffs, manifests.path());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let replies = looping.join().unwrap();
+    let failed: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        replies.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(replies.iter().any(|r| r.as_deref() == Ok("b2")), "the restarted nodeplaned applied the new endpoints");
+    drop(second);
+}
