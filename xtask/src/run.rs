@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use nodeplane_testkit::{Containerd, DbusDaemon, HostLocal, Launch, Nodeplaned};
+use nodeplane_testkit::{Bpffs, Containerd, DbusDaemon, HostLocal, Launch, Nodeplaned};
 
 /// The namespace starts with an ephemeral range overlapping the NodePorts (as
 /// many distributions' tuning does), so the sysctl guard has work to show.
@@ -16,13 +16,21 @@ const OVERLAPPING_RANGE: (&str, &str) = ("net.ipv4.ip_local_port_range", "10000 
 
 /// A node.toml for the demo: a private containerd and a CNI network with one
 /// live pod and one leaked reservation, for the IPAM sweeper.
-fn demo_config(ctrd: &Containerd, cni: &Path) -> String {
+fn demo_config(ctrd: &Containerd, cni: &Path, bpffs: &Bpffs, manifests: &Path) -> String {
     format!(
-        "[sysctl]\ncheck_interval = \"5s\"\n\n[ipam]\ninterval = \"1m\"\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
+        "[sysctl]\ncheck_interval = \"5s\"\n\n[ipam]\ninterval = \"1m\"\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n\n\
+         [datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\n",
         cni.display(),
-        ctrd.socket().display()
+        ctrd.socket().display(),
+        bpffs.path().display(),
+        manifests.display()
     )
 }
+
+/// A Service with one endpoint, for the datapath to program.
+const DEMO_MANIFEST: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: demo}\nspec:\n  clusterIP: 10.96.0.10\n  \
+     ports: [{port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: demo-1\n  \
+     labels: {kubernetes.io/service-name: demo}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n- addresses: [\"10.88.0.2\"]\n";
 
 /// One live pod sandbox and one whose container is gone, its reservation an hour old.
 fn demo_pods(ctrd: &Containerd, cni: &Path) -> Result<(), String> {
@@ -52,6 +60,9 @@ pub fn run(once: bool) -> Result<(), String> {
     let ctrd = Containerd::start().map_err(|e| format!("private containerd: {e}"))?;
     let cni = tempfile::tempdir().map_err(|e| e.to_string())?;
     demo_pods(&ctrd, cni.path())?;
+    let bpffs = Bpffs::mount().map_err(|e| format!("private bpffs: {e}"))?;
+    let manifests = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(manifests.path().join("demo.yaml"), DEMO_MANIFEST).map_err(|e| e.to_string())?;
     eprintln!(
         "==> private containerd at {}; CNI network demo-pods with one leaked reservation",
         ctrd.socket().display()
@@ -64,7 +75,7 @@ pub fn run(once: bool) -> Result<(), String> {
         &bus,
         Launch {
             binary: &bin.join("nodeplaned"),
-            config: &demo_config(&ctrd, cni.path()),
+            config: &demo_config(&ctrd, cni.path(), &bpffs, manifests.path()),
             preset: &[OVERLAPPING_RANGE],
             env: &[],
             capture_stderr: false,
