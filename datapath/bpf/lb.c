@@ -227,6 +227,20 @@ static __always_inline void track_teardown(struct packet *pkt, struct ct_value *
 		peer->seen |= seen;
 }
 
+/* A new direct connection whose replies would match the reply entry of a closed
+ * Service flow on the same tuple (the pod reused its source port, say, to reach
+ * the backend by its own IP): drop that entry, or those replies would be taken
+ * for the old flow's and rewritten to come from the VIP. */
+static __always_inline void forget_stale_reply(struct packet *pkt)
+{
+	if (pkt->flow.proto != IPPROTO_TCP || !pkt->syn || pkt->ack)
+		return;
+	struct ct_key replies = reversed(&pkt->flow);
+	struct ct_value *stale = bpf_map_lookup_elem(&np_conntrack, &replies);
+	if (stale && stale->reply && closed(stale))
+		bpf_map_delete_elem(&np_conntrack, &replies);
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -244,8 +258,10 @@ int from_pod(struct __sk_buff *skb)
 		ct = NULL;
 	if (!ct)
 		ct = open_flow(&pkt);
-	if (!ct)
+	if (!ct) {
+		forget_stale_reply(&pkt);
 		return TC_ACT_OK; /* not Service traffic */
+	}
 	ct->last_seen_ns = bpf_ktime_get_ns();
 
 	struct ct_key after;

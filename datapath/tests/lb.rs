@@ -334,3 +334,24 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     assert!(client.tcp_request(VIP, 80).is_err(), "a removed Service no longer answers");
     assert_eq!(datapath.programmed().unwrap().len(), 1);
 }
+
+#[test]
+fn a_direct_connection_on_the_tuple_of_a_closed_service_flow_gets_its_replies() {
+    if !privileged("a_direct_connection_on_the_tuple_of_a_closed_service_flow_gets_its_replies") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 8, 2)).unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 8, 3)).unwrap();
+    let _server = backend.serve_tcp(8080, "b");
+    let mut datapath = load(&node, &bpffs, &[&client, &backend]);
+    datapath.set_service(&service(10, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
+    // Through the VIP, then straight to the backend, from the same source port:
+    // the backend's replies must not be taken for the closed Service flow's.
+    for n in 0..20 {
+        assert_eq!(client.tcp_request_from(41000, VIP, 80).unwrap(), "b", "round {n} through the VIP");
+        let direct = client.tcp_request_from(41000, backend.ip, 8080);
+        assert_eq!(direct.unwrap_or_else(|e| panic!("round {n} direct: {e}")), "b");
+    }
+}

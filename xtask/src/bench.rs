@@ -22,7 +22,7 @@ const REAL_ROUNDS: usize = 3;
 
 pub fn bench(what: &str) -> Result<(), String> {
     if what != "ipam" {
-        return Err(format!("unknown benchmark {what:?}; available: ipam"));
+        return Err(format!("unknown benchmark {what:?}; available: ipam, datapath"));
     }
     crate::packages::ensure()?;
     if !nodeplane_testkit::is_root() {

@@ -7,8 +7,11 @@
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, and a `run --once` smoke run.
 //! - `bench ipam`: the IPAM sweeper at node scale (see `bench.rs`).
+//! - `bench datapath`: connection rate through a Service VIP against the direct
+//!   pod-IP path (see `bench_datapath.rs`).
 
 mod bench;
+mod bench_datapath;
 mod packages;
 mod run;
 mod test;
@@ -16,7 +19,7 @@ mod test;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test | bench ipam>";
+const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test | bench ipam | bench datapath>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         ["run"] => run::run(false),
         ["run", "--once"] => run::run(true),
         ["test"] => test::test(),
+        ["bench", "datapath"] => bench_datapath::bench(),
         ["bench", what] => bench::bench(what),
         _ => Err(USAGE.to_owned()),
     };

@@ -148,12 +148,18 @@ impl Pod {
             let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind a TCP port in the pod");
             listener.set_nonblocking(true).unwrap();
             while !stop.load(Ordering::Relaxed) {
+                // Wait for a connection (or, every 50 ms, look at `stop`).
+                let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
+                let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+                if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) == 0 {
+                    continue;
+                }
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
                         let _ = stream.write_all(&reply);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => panic!("accept: {e}"),
                 }
             }
