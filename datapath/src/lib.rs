@@ -2,6 +2,7 @@
 //! and NAT, in tc programs written in C (`bpf/`), loaded with aya.
 
 mod config;
+pub mod inspect;
 mod loader;
 pub mod manifests;
 pub mod maps;

@@ -288,19 +288,12 @@ impl Datapath {
 
     /// Deletes the conntrack entries whose timeout ran out.
     pub fn gc(&mut self, timeouts: CtTimeouts) -> Result<GcStats, DatapathError> {
-        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        let now = monotonic_ns();
         let entries = self.conntrack()?;
         let mut stats = GcStats { entries: entries.len() as u64, expired: 0 };
         let mut map = conntrack(&mut self.ebpf)?;
         for (key, value) in entries {
-            let timeout = match (key.proto, value.closed()) {
-                (6, true) => timeouts.tcp_closed,
-                (6, false) => timeouts.tcp_established,
-                _ => timeouts.udp,
-            };
-            if now.saturating_sub(value.last_seen_ns) > timeout.as_nanos() as u64 {
+            if now.saturating_sub(value.last_seen_ns) > lifetime(&key, &value, timeouts).as_nanos() as u64 {
                 // Gone already (the LRU evicted it) is as good as deleted.
                 match map.remove(&key) {
                     Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.expired += 1,
@@ -309,6 +302,21 @@ impl Datapath {
             }
         }
         Ok(stats)
+    }
+}
+
+/// Now on the clock `bpf_ktime_get_ns()` reads: CLOCK_MONOTONIC, in ns.
+pub(crate) fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How long an entry lives after its last packet.
+pub(crate) fn lifetime(key: &CtKey, value: &CtValue, timeouts: CtTimeouts) -> Duration {
+    match (key.proto, value.closed()) {
+        (6, true) => timeouts.tcp_closed,
+        (6, false) => timeouts.tcp_established,
+        _ => timeouts.udp,
     }
 }
 

@@ -35,6 +35,21 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Make nodeplaned re-read and apply its config (root only)
     Reload,
+    /// The datapath's Service ports and backends, read from the pinned maps (works while nodeplaned is down)
+    Services {
+        #[command(flatten)]
+        maps: MapsArgs,
+    },
+    /// The datapath's endpoints and the Service ports that use them, from the pinned maps
+    Endpoints {
+        #[command(flatten)]
+        maps: MapsArgs,
+    },
+    /// The datapath's connection tracking entries with state and remaining lifetime, from the pinned maps
+    Conntrack {
+        #[command(flatten)]
+        maps: MapsArgs,
+    },
     /// Free leaked CNI host-local reservations now and list them (root only)
     Sweep {
         /// Only report what would be freed
@@ -43,12 +58,35 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct MapsArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// The node configuration that names bpffs_root and the conntrack timeouts [default: /etc/nodeplane/node.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Where the maps are pinned [default: node.toml's datapath.bpffs_root]
+    #[arg(long, value_name = "PATH")]
+    bpffs_root: Option<PathBuf>,
+}
+
+impl MapsArgs {
+    fn source(&self) -> crate::inspect::Source {
+        crate::inspect::Source { config: self.config.clone(), bpffs_root: self.bpffs_root.clone() }
+    }
+}
+
 const UNREACHABLE: u8 = 3;
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    if let Command::CheckConfig { file } = &args.command {
-        return config::check_file(file);
+    match &args.command {
+        Command::CheckConfig { file } => return config::check_file(file),
+        Command::Services { maps } => return crate::inspect::services(&maps.source(), maps.json),
+        Command::Endpoints { maps } => return crate::inspect::endpoints(&maps.source(), maps.json),
+        Command::Conntrack { maps } => return crate::inspect::conntrack(&maps.source(), maps.json),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     runtime.block_on(async {
@@ -63,7 +101,12 @@ pub fn main() -> ExitCode {
             Command::Status { json } => status(&connection, json).await,
             Command::Reload => reload(&connection).await,
             Command::Sweep { dry_run } => sweep(&connection, dry_run).await,
-            Command::CheckConfig { .. } => unreachable!("handled without the bus"),
+            Command::CheckConfig { .. }
+            | Command::Services { .. }
+            | Command::Endpoints { .. }
+            | Command::Conntrack { .. } => {
+                unreachable!("handled without the bus")
+            }
         }
     })
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 mod datapath;
+mod inspect;
 mod ipam;
 mod logging;
 mod notify;

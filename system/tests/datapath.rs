@@ -85,6 +85,28 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     std::thread::sleep(Duration::from_millis(300));
     first.signal(rustix::process::Signal::KILL);
     let _ = first.wait_exit(Duration::from_secs(10));
+
+    // With nodeplaned down, nodeplanectl still reads the pinned maps.
+    let root = format!("{}/nodeplane", bpffs.path().display());
+    let services = ctl(&bus, &["services", "--bpffs-root", &root]);
+    assert!(services.status.success(), "{}", text(&services.stderr));
+    let table = text(&services.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with(&format!("{VIP}:80"))
+            && l.contains("tcp")
+            && l.ends_with(&format!("{}:8080", b1.ip))),
+        "{table}"
+    );
+    let endpoints = text(&ctl(&bus, &["endpoints", "--bpffs-root", &root]).stdout);
+    assert!(
+        endpoints.contains(&format!("{}:8080", b1.ip)) && endpoints.contains(&format!("{VIP}:80/tcp")),
+        "{endpoints}"
+    );
+    let flows: serde_json::Value =
+        serde_json::from_slice(&ctl(&bus, &["conntrack", "--json", "--bpffs-root", &root]).stdout).unwrap();
+    let flows = flows.as_array().unwrap();
+    assert!(flows.iter().any(|f| f["direction"] == "original" && f["destination"] == format!("{VIP}:80")), "{flows:?}");
+    assert!(flows.iter().any(|f| f["direction"] == "reply" && f["rewrite"] == format!("src→{VIP}:80")), "{flows:?}");
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(manifests.path().join("web.yaml"), web(&[b1.ip, b2.ip])).unwrap();
     let second = start_in(&node, &bus, &bpffs, manifests.path());

@@ -1,0 +1,84 @@
+//! Reading the pinned maps directly, without the supervisor: what
+//! `nodeplanectl services`, `endpoints` and `conntrack` show, so they work even
+//! while nodeplaned is down.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData};
+
+use crate::maps::{self, BackendKey, BackendValue, CtKey, CtValue, SvcKey, SvcValue};
+use crate::{CtTimeouts, DatapathError};
+
+/// A programmed Service port and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    pub service_id: u32,
+    pub affinity_timeout_s: u32,
+    pub backends: Vec<(Ipv4Addr, u16)>,
+}
+
+/// A conntrack entry and how long it has left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowView {
+    pub key: CtKey,
+    pub value: CtValue,
+    pub remaining: Duration,
+}
+
+fn pinned<K: aya::Pod, V: aya::Pod>(root: &Path, name: &'static str) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    let data = MapData::from_pin(root.join(name))?;
+    Ok(HashMap::try_from(Map::from_map_data(data)?)?)
+}
+
+pub fn protocol_name(number: u8) -> &'static str {
+    match number {
+        6 => "tcp",
+        17 => "udp",
+        _ => "other",
+    }
+}
+
+/// Every programmed Service port, sorted by VIP, port and protocol.
+pub fn services(root: &Path) -> Result<Vec<ServiceView>, DatapathError> {
+    let services: HashMap<MapData, SvcKey, SvcValue> = pinned(root, maps::SERVICES)?;
+    let backends: HashMap<MapData, BackendKey, BackendValue> = pinned(root, maps::BACKENDS)?;
+    let mut views = Vec::new();
+    for entry in services.iter() {
+        let (key, value) = entry?;
+        let backends = (0..u32::from(value.backend_count))
+            .filter_map(|slot| backends.get(&BackendKey { service_id: value.service_id, slot }, 0).ok())
+            .map(|b| (Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port)))
+            .collect();
+        views.push(ServiceView {
+            vip: Ipv4Addr::from(key.vip),
+            port: u16::from_be_bytes(key.port),
+            protocol: protocol_name(key.proto),
+            service_id: value.service_id,
+            affinity_timeout_s: value.affinity_timeout_s,
+            backends,
+        });
+    }
+    views.sort_by_key(|v| (v.vip, v.port, v.protocol));
+    Ok(views)
+}
+
+/// Every conntrack entry with its remaining lifetime under `timeouts`.
+pub fn conntrack(root: &Path, timeouts: CtTimeouts) -> Result<Vec<FlowView>, DatapathError> {
+    let map: HashMap<MapData, CtKey, CtValue> = pinned(root, maps::CONNTRACK)?;
+    let now = crate::loader::monotonic_ns();
+    let mut flows = Vec::new();
+    for entry in map.iter() {
+        let (key, value) = entry?;
+        let lifetime = crate::loader::lifetime(&key, &value, timeouts);
+        let age = Duration::from_nanos(now.saturating_sub(value.last_seen_ns));
+        flows.push(FlowView { key, value, remaining: lifetime.saturating_sub(age) });
+    }
+    flows.sort_by_key(|f| (f.key.proto, f.key.saddr, f.key.sport, f.key.daddr, f.key.dport));
+    Ok(flows)
+}
