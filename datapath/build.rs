@@ -13,7 +13,17 @@ fn main() {
     for program in PROGRAMS {
         let object = out.join(format!("{program}.o"));
         let status = Command::new(CLANG)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-I/usr/include/x86_64-linux-gnu", "-c"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-mcpu=v3",
+                "-Wall",
+                "-Werror",
+                "-I/usr/include/x86_64-linux-gnu",
+                "-c",
+            ])
             .arg(format!("bpf/{program}.c"))
             .arg("-o")
             .arg(&object)

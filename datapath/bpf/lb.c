@@ -206,8 +206,20 @@ static __always_inline struct ct_value *open_flow(struct packet *pkt)
 		count(COUNTER_HAIRPIN_FLOW);
 	}
 	struct ct_key back = reversed(&after);
-	if (bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY) ||
-	    bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_ANY)) {
+	/* The reply tuple may belong to a live flow (the client reused its source
+	 * port towards the same backend): never take over its entry. */
+	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
+	if (existing && !closed(existing) && bpf_map_lookup_elem(&np_conntrack, &pkt->flow) == NULL) {
+		count(COUNTER_CT_CLASH);
+		return NULL;
+	}
+	if (bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY)) {
+		count(COUNTER_CT_FULL);
+		return NULL;
+	}
+	/* Two CPUs may open the same flow at once: the first entry written wins. */
+	if (bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_NOEXIST) &&
+	    bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_EXIST)) {
 		count(COUNTER_CT_FULL);
 		return NULL;
 	}
@@ -215,16 +227,23 @@ static __always_inline struct ct_value *open_flow(struct packet *pkt)
 	return bpf_map_lookup_elem(&np_conntrack, &pkt->flow);
 }
 
+/* Sets `bits` in both entries of the flow, atomically: the two directions of one
+ * flow are often handled on two CPUs at once. */
+static __always_inline void mark_both(struct ct_value *ct, const struct ct_key *after, __u32 bits)
+{
+	__sync_fetch_and_or(&ct->seen, bits);
+	struct ct_key peer_key = reversed(after);
+	struct ct_value *peer = bpf_map_lookup_elem(&np_conntrack, &peer_key);
+	if (peer)
+		__sync_fetch_and_or(&peer->seen, bits);
+}
+
 /* Records a FIN or RST in both entries of the flow, so the supervisor's GC can
  * expire them on the short close timeout. */
 static __always_inline void track_teardown(struct packet *pkt, struct ct_value *ct, const struct ct_key *after)
 {
-	__u8 seen = pkt->rst ? CT_SEEN_RST : (ct->reply ? CT_SEEN_FIN_REPLY : CT_SEEN_FIN_ORIGINAL);
-	ct->seen |= seen;
-	struct ct_key peer_key = reversed(after);
-	struct ct_value *peer = bpf_map_lookup_elem(&np_conntrack, &peer_key);
-	if (peer)
-		peer->seen |= seen;
+	__u32 seen = pkt->rst ? CT_SEEN_RST : (ct->reply ? CT_SEEN_FIN_REPLY : CT_SEEN_FIN_ORIGINAL);
+	mark_both(ct, after, seen);
 }
 
 /* A new direct connection whose replies would match the reply entry of a closed
@@ -249,13 +268,14 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	struct ct_value *ct = bpf_map_lookup_elem(&np_conntrack, &pkt.flow);
-	/* A new connection on the tuple of a closed one is a new flow; a UDP flow
-	 * whose backend is gone moves to a live one. */
-	if (ct && !ct->reply && pkt.syn && !pkt.ack && closed(ct))
-		ct = NULL;
-	else if (ct && !ct->reply && pkt.flow.proto == IPPROTO_UDP &&
-		 !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port))
-		ct = NULL;
+	/* A new connection on the tuple of a closed flow, or of one whose backend is
+	 * gone, is a new flow; so is any UDP packet of a flow whose backend is gone. */
+	if (ct && !ct->reply) {
+		int gone = !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port);
+		int syn = pkt.syn && !pkt.ack;
+		if ((syn && (closed(ct) || gone)) || (pkt.flow.proto == IPPROTO_UDP && gone))
+			ct = NULL;
+	}
 	if (!ct)
 		ct = open_flow(&pkt);
 	if (!ct) {
@@ -269,6 +289,8 @@ int from_pod(struct __sk_buff *skb)
 		count(COUNTER_REWRITE_FAILED);
 		return TC_ACT_SHOT;
 	}
+	if (ct->reply && !(ct->seen & CT_SEEN_REPLY))
+		mark_both(ct, &after, CT_SEEN_REPLY);
 	if (pkt.fin || pkt.rst)
 		track_teardown(&pkt, ct, &after);
 	count(COUNTER_TRANSLATED);

@@ -69,11 +69,12 @@ enum ct_rewrite {
 	CT_REWRITE_DST = 2,
 };
 
-/* TCP teardown seen on the flow (both entries of a flow carry the same bits). */
+/* What the flow has seen (both entries of a flow carry the same bits). */
 enum ct_seen {
 	CT_SEEN_FIN_ORIGINAL = 1,
 	CT_SEEN_FIN_REPLY = 2,
 	CT_SEEN_RST = 4,
+	CT_SEEN_REPLY = 8, /* a packet in the reply direction: the flow is established */
 };
 
 struct ct_value {
@@ -82,11 +83,10 @@ struct ct_value {
 	__be16 src_port;
 	__be16 dst_port;
 	__u8 rewrite;    /* enum ct_rewrite */
-	__u8 seen;       /* enum ct_seen */
 	__u8 reply;      /* 1: this entry is the flow's reply direction */
-	__u8 pad;
+	__u16 pad;
+	__u32 seen;      /* enum ct_seen; a u32 for atomic updates from several CPUs */
 	__u32 service_id;   /* the Service the flow was balanced for */
-	__u32 pad2;
 	__u64 last_seen_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 };
 
@@ -104,6 +104,7 @@ enum counter {
 	COUNTER_NO_BACKEND,      /* a Service without backends: passed on untranslated */
 	COUNTER_CT_FULL,         /* conntrack insert failed: packet passed on untranslated */
 	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
+	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: passed on untranslated */
 	COUNTER_MAX,
 };
 

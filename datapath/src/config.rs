@@ -27,6 +27,9 @@ pub struct DatapathConfig {
     /// How often expired conntrack entries are deleted.
     #[serde(with = "humantime_serde")]
     pub gc_interval: Duration,
+    /// A TCP flow no reply has come back for yet.
+    #[serde(with = "humantime_serde")]
+    pub tcp_syn_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub tcp_established_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -46,6 +49,7 @@ impl Default for DatapathConfig {
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
             sync_interval: Duration::from_secs(1),
             gc_interval: Duration::from_secs(10),
+            tcp_syn_timeout: timeouts.tcp_syn,
             tcp_established_timeout: timeouts.tcp_established,
             tcp_closed_timeout: timeouts.tcp_closed,
             udp_timeout: timeouts.udp,
@@ -84,6 +88,7 @@ impl DatapathConfig {
 
     pub fn timeouts(&self) -> CtTimeouts {
         CtTimeouts {
+            tcp_syn: self.tcp_syn_timeout,
             tcp_established: self.tcp_established_timeout,
             tcp_closed: self.tcp_closed_timeout,
             udp: self.udp_timeout,

@@ -235,6 +235,8 @@ impl Datapath {
 /// How long conntrack entries live after their last packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtTimeouts {
+    /// A TCP flow no reply has come back for yet (a SYN that went unanswered).
+    pub tcp_syn: Duration,
     pub tcp_established: Duration,
     /// After both FINs or a RST.
     pub tcp_closed: Duration,
@@ -244,6 +246,7 @@ pub struct CtTimeouts {
 impl Default for CtTimeouts {
     fn default() -> Self {
         CtTimeouts {
+            tcp_syn: Duration::from_secs(60),
             tcp_established: Duration::from_secs(6 * 3600),
             tcp_closed: Duration::from_secs(10),
             udp: Duration::from_secs(60),
@@ -294,6 +297,10 @@ impl Datapath {
         let mut map = conntrack(&mut self.ebpf)?;
         for (key, value) in entries {
             if now.saturating_sub(value.last_seen_ns) > lifetime(&key, &value, timeouts).as_nanos() as u64 {
+                // Seen again (or reopened) since the snapshot: keep it.
+                if map.get(&key, 0).is_ok_and(|current| current.last_seen_ns != value.last_seen_ns) {
+                    continue;
+                }
                 // Gone already (the LRU evicted it) is as good as deleted.
                 match map.remove(&key) {
                     Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.expired += 1,
@@ -313,9 +320,10 @@ pub(crate) fn monotonic_ns() -> u64 {
 
 /// How long an entry lives after its last packet.
 pub(crate) fn lifetime(key: &CtKey, value: &CtValue, timeouts: CtTimeouts) -> Duration {
-    match (key.proto, value.closed()) {
-        (6, true) => timeouts.tcp_closed,
-        (6, false) => timeouts.tcp_established,
+    match (key.proto, value.closed(), value.established()) {
+        (6, true, _) => timeouts.tcp_closed,
+        (6, false, true) => timeouts.tcp_established,
+        (6, false, false) => timeouts.tcp_syn,
         _ => timeouts.udp,
     }
 }

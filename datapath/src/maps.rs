@@ -74,9 +74,11 @@ pub struct CtKey {
 pub const CT_REWRITE_SRC: u8 = 1;
 pub const CT_REWRITE_DST: u8 = 2;
 /// TCP teardown seen on the flow (`enum ct_seen`).
-pub const CT_SEEN_FIN_ORIGINAL: u8 = 1;
-pub const CT_SEEN_FIN_REPLY: u8 = 2;
-pub const CT_SEEN_RST: u8 = 4;
+pub const CT_SEEN_FIN_ORIGINAL: u32 = 1;
+pub const CT_SEEN_FIN_REPLY: u32 = 2;
+pub const CT_SEEN_RST: u32 = 4;
+/// A packet in the reply direction: the flow is established.
+pub const CT_SEEN_REPLY: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,11 +88,11 @@ pub struct CtValue {
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
     pub rewrite: u8,
-    pub seen: u8,
     pub reply: u8,
-    pub pad: u8,
+    pub pad: u16,
+    /// `CT_SEEN_*` bits.
+    pub seen: u32,
     pub service_id: u32,
-    pub pad2: u32,
     /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub last_seen_ns: u64,
 }
@@ -100,6 +102,11 @@ impl CtValue {
     pub fn closed(&self) -> bool {
         self.seen & CT_SEEN_RST != 0
             || self.seen & (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY) == (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY)
+    }
+
+    /// A reply came back: the flow got established.
+    pub fn established(&self) -> bool {
+        self.seen & CT_SEEN_REPLY != 0
     }
 }
 
@@ -111,7 +118,8 @@ pub struct LbConfig {
 }
 
 /// Per-CPU counters (`enum counter`), in index order.
-pub const COUNTERS: &[&str] = &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed"];
+pub const COUNTERS: &[&str] =
+    &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed", "ct_clash"];
 
 // SAFETY: plain old data — integers and byte arrays, no implicit padding.
 unsafe impl aya::Pod for SvcKey {}

@@ -10,12 +10,14 @@ use crate::maps::{SvcKey, SvcValue};
 use crate::{Datapath, DatapathError, Service};
 
 /// What one reconciliation changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     pub added: u64,
     pub updated: u64,
     pub removed: u64,
     pub unchanged: u64,
+    /// Ports that could not be programmed or removed, and why.
+    pub failed: Vec<String>,
 }
 
 /// Remembers what it programmed, to write only differences.
@@ -33,7 +35,8 @@ impl Reconciler {
         let in_maps: HashMap<SvcKey, SvcValue> = datapath.programmed()?.into_iter().collect();
         let mut next_id = in_maps.values().map(|v| v.service_id).max().unwrap_or(0) + 1;
         let mut stats = SyncStats::default();
-        let mut wanted = HashMap::new();
+        let mut wanted = std::collections::HashSet::new();
+        let mut programmed = HashMap::new();
         for port in desired {
             let key = map_key(port);
             let id = match in_maps.get(&key) {
@@ -51,20 +54,29 @@ impl Reconciler {
                 backends: port.backends.clone(),
                 affinity: port.affinity,
             };
+            wanted.insert(key);
             match self.programmed.get(&key) {
                 Some(current) if *current == service && in_maps.contains_key(&key) => stats.unchanged += 1,
-                previous => {
-                    datapath.set_service(&service)?;
-                    if previous.is_some() || in_maps.contains_key(&key) { stats.updated += 1 } else { stats.added += 1 }
-                }
+                previous => match datapath.set_service(&service) {
+                    Ok(()) if previous.is_some() || in_maps.contains_key(&key) => stats.updated += 1,
+                    Ok(()) => stats.added += 1,
+                    // One bad port must not hold up the others: report it, go on (and
+                    // retry it next time: it is not recorded as programmed).
+                    Err(err) => {
+                        stats.failed.push(format!("{}: {err}", port.name));
+                        continue;
+                    }
+                },
             }
-            wanted.insert(key, service);
+            programmed.insert(key, service);
         }
-        for key in in_maps.keys().filter(|k| !wanted.contains_key(k)) {
-            datapath.remove_service(key)?;
-            stats.removed += 1;
+        for key in in_maps.keys().filter(|k| !wanted.contains(k)) {
+            match datapath.remove_service(key) {
+                Ok(()) => stats.removed += 1,
+                Err(err) => stats.failed.push(format!("removing {:?}: {err}", key)),
+            }
         }
-        self.programmed = wanted;
+        self.programmed = programmed;
         Ok(stats)
     }
 }

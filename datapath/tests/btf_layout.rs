@@ -56,7 +56,7 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("affinity_key" => AffinityKey { service_id, client }),
         layout!("affinity_value" => AffinityValue { backend, last_seen_ns }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
-        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, seen, reply, pad, service_id, pad2, last_seen_ns }),
+        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, last_seen_ns }),
         layout!("lb_config" => LbConfig { hairpin_addr, pad }),
     ];
     for (name, size, fields) in twins {

@@ -102,7 +102,13 @@ impl DatapathComponent {
         let Some(running) = &mut self.running else { return };
         running.attach_errors = attach_pod_interfaces(&mut running.datapath, &self.config.pod_interface_prefix);
         let fingerprint = fingerprint(&self.config.manifests_dir);
-        if force || fingerprint != running.fingerprint {
+        if !self.config.manifests_dir.is_dir() {
+            // A missing directory (a late mount, a typo) must not wipe every Service.
+            running.manifest_errors = vec![format!(
+                "{}: not a directory; keeping the Services programmed",
+                self.config.manifests_dir.display()
+            )];
+        } else if force || fingerprint != running.fingerprint {
             let started = Instant::now();
             let found = load_dir(&self.config.manifests_dir);
             for error in &found.errors {
@@ -111,7 +117,11 @@ impl DatapathComponent {
             running.manifest_errors = found.errors.iter().map(ToString::to_string).collect();
             match running.reconciler.sync(&mut running.datapath, &found.ports) {
                 Ok(stats) => {
-                    if stats != (SyncStats { unchanged: stats.unchanged, ..Default::default() }) {
+                    for failure in &stats.failed {
+                        tracing::error!("programming a Service port failed: {failure}");
+                    }
+                    running.manifest_errors.extend(stats.failed.iter().cloned());
+                    if stats.added + stats.updated + stats.removed > 0 {
                         tracing::info!(
                             datapath_added = stats.added,
                             datapath_updated = stats.updated,
@@ -146,7 +156,8 @@ impl DatapathComponent {
         let programmed = running.datapath.programmed().unwrap_or_default();
         facts.insert("services".into(), Fact::Count(programmed.len() as u64));
         facts.insert("endpoints".into(), Fact::Count(programmed.iter().map(|(_, v)| u64::from(v.backend_count)).sum()));
-        let entries = running.datapath.conntrack().map(|c| c.len() as u64).unwrap_or_default();
+        // Counted by the last GC pass: walking the whole map every sync would cost more than it tells.
+        let entries = running.last_gc_stats.entries.saturating_sub(running.last_gc_stats.expired);
         facts.insert("conntrack_entries".into(), Fact::Count(entries));
         facts.insert("conntrack_capacity".into(), Fact::Count(CONNTRACK_CAPACITY));
         facts.insert("conntrack_expired_total".into(), Fact::Count(running.expired_total));

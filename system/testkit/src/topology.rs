@@ -211,10 +211,21 @@ impl Pod {
     pub fn tcp_request_from(&self, local_port: u16, addr: Ipv4Addr, port: u16) -> io::Result<String> {
         use rustix::net::{AddressFamily, SocketType, ipproto};
         self.netns.run(move || {
-            let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
-            rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
-            rustix::net::bind(&socket, &std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)))?;
-            rustix::net::connect(&socket, &std::net::SocketAddr::from((addr, port)))?;
+            // The previous connection on this 4-tuple may still be closing (LAST_ACK)
+            // for a moment on a busy machine: wait for it rather than fail.
+            let mut attempts = 0;
+            let socket = loop {
+                let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
+                rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+                rustix::net::bind(&socket, &std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)))?;
+                match rustix::net::connect(&socket, &std::net::SocketAddr::from((addr, port))) {
+                    Err(rustix::io::Errno::ADDRNOTAVAIL) if attempts < 100 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    result => break result.map(|()| socket)?,
+                }
+            };
             let mut stream = std::net::TcpStream::from(socket);
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
             let mut reply = String::new();
