@@ -358,3 +358,69 @@ fn a_direct_connection_on_the_tuple_of_a_closed_service_flow_gets_its_replies() 
         assert_eq!(direct.unwrap_or_else(|e| panic!("round {n} direct: {e}")), "b");
     }
 }
+
+#[test]
+fn backends_removed_and_added_under_a_running_request_loop() {
+    if !privileged("backends_removed_and_added_under_a_running_request_loop") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = std::sync::Arc::new(node.add_pod(Ipv4Addr::new(10, 200, 9, 2)).unwrap());
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 9, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 9, 4)).unwrap();
+    let b3 = node.add_pod(Ipv4Addr::new(10, 200, 9, 5)).unwrap();
+    let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b3.serve_tcp(8080, "b3")];
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2, &b3]);
+    datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+
+    // Each request records when it started and which backend answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                replies.push((started, client.tcp_request(VIP, 80).map_err(|e| e.to_string())));
+            }
+            replies
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // Remove b1, add b3, while requests are in flight.
+    datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b2.ip, 8080), (b3.ip, 8080)])).unwrap();
+    let updated = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = looping.join().unwrap();
+
+    let failed: Vec<_> = replies.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    let after: Vec<&str> = replies.iter().filter(|(t, _)| *t > updated).map(|(_, r)| r.as_deref().unwrap()).collect();
+    assert!(after.len() > 20, "only {} requests after the update", after.len());
+    assert!(!after.contains(&"b1"), "a request started after the update reached the removed backend");
+    assert!(after.contains(&"b3"), "the added backend gets new flows");
+    let before: Vec<&str> = replies.iter().filter(|(t, _)| *t <= updated).map(|(_, r)| r.as_deref().unwrap()).collect();
+    assert!(before.contains(&"b1"), "b1 served before the update");
+}
+
+#[test]
+fn each_connection_on_a_reused_source_port_picks_its_backend_anew() {
+    if !privileged("each_connection_on_a_reused_source_port_picks_its_backend_anew") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let pod = node.add_pod(Ipv4Addr::new(10, 200, 10, 2)).unwrap();
+    let other = node.add_pod(Ipv4Addr::new(10, 200, 10, 3)).unwrap();
+    let _servers = [pod.serve_tcp(8080, "self"), other.serve_tcp(8080, "other")];
+    let mut datapath = load(&node, &bpffs, &[&pod, &other]);
+    datapath.set_hairpin_address(HAIRPIN).unwrap();
+    datapath.set_service(&service(12, 80, Protocol::Tcp, &[(pod.ip, 8080), (other.ip, 8080)])).unwrap();
+    // Were the closed flow's entry reused, every connection would go where the first did.
+    let replies: std::collections::BTreeSet<String> = (0..40)
+        .map(|n| pod.tcp_request_from(40500, VIP, 80).unwrap_or_else(|e| panic!("connection {n}: {e}")))
+        .collect();
+    assert_eq!(replies.into_iter().collect::<Vec<_>>(), ["other", "self"]);
+}
