@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::CtTimeouts;
+use crate::{AttachMode, CtTimeouts};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +19,8 @@ pub struct DatapathConfig {
     pub manifests_dir: PathBuf,
     /// Host-side pod interfaces start with this; the datapath attaches to each.
     pub pod_interface_prefix: String,
+    /// `auto` (TCX where the kernel has it) or `netlink` (clsact filters).
+    pub attach: AttachMode,
     /// Source address of a pod's flows to itself through a Service.
     pub hairpin_address: Ipv4Addr,
     /// How often manifests and interfaces are checked for changes.
@@ -46,6 +48,7 @@ impl Default for DatapathConfig {
             bpffs_root: PathBuf::from("/sys/fs/bpf/nodeplane"),
             manifests_dir: PathBuf::from("/etc/nodeplane/manifests"),
             pod_interface_prefix: "np".into(),
+            attach: AttachMode::Auto,
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
             sync_interval: Duration::from_secs(1),
             gc_interval: Duration::from_secs(10),

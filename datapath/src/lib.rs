@@ -9,7 +9,7 @@ pub mod maps;
 mod reconcile;
 
 pub use config::{DatapathConfig, Invalid};
-pub use loader::{CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
+pub use loader::{AttachMode, CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
 pub use reconcile::{Reconciler, SyncStats};
 
 /// The compiled load balancer object (`bpf/lb.c`).

@@ -63,23 +63,42 @@ impl Protocol {
 const PROGRAM: &str = "from_pod";
 /// The sub-directory of the pin directory holding attachments.
 const LINKS: &str = "links";
+/// Prefix of the directory marking a netlink attachment (bpffs holds no files).
+const NETLINK_MARK: &str = "netlink_";
 
 /// The loaded datapath. Dropping it detaches the program from the interfaces it
 /// was attached to; the maps stay pinned.
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    attach: AttachMode,
+}
+
+/// How the program is attached to interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX where the kernel has it (6.6+), else netlink clsact.
+    #[default]
+    Auto,
+    /// Netlink clsact filters even where TCX exists (as on the node image's 6.1).
+    Netlink,
 }
 
 impl Datapath {
     /// Loads the load balancer; its maps are pinned in (or reused from) `pin_dir`,
     /// which must be on a bpffs.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with(pin_dir, AttachMode::Auto)
+    }
+
+    /// [`load`](Self::load), attaching by `attach`.
+    pub fn load_with(pin_dir: &Path, attach: AttachMode) -> Result<Self, DatapathError> {
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::LB_OBJECT)?;
         program(&mut ebpf)?.load()?;
         let links = pin_dir.join(LINKS);
         std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
-        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned() })
+        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach })
     }
 
     /// Attaches the load balancer to tc ingress of `interface` (a pod's host-side
@@ -100,7 +119,13 @@ impl Datapath {
             Err(source) => return Err(DatapathError::Clsact { interface: interface.to_owned(), source }),
         }
         let program = program(&mut self.ebpf)?;
-        let id = program.attach(interface, TcAttachType::Ingress)?;
+        let id = match self.attach {
+            AttachMode::Auto => program.attach(interface, TcAttachType::Ingress)?,
+            AttachMode::Netlink => {
+                let options = tc::TcAttachOptions::Netlink(tc::NlOptions::default());
+                program.attach_with_options(interface, TcAttachType::Ingress, options)?
+            }
+        };
         let link = program.take_link(id)?;
         if <&FdLink>::try_from(&link).is_ok() {
             let link = FdLink::try_from(link)
@@ -136,7 +161,10 @@ impl Datapath {
         let entries = std::fs::read_dir(&links).map_err(|source| DatapathError::Pin { path: links.clone(), source })?;
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().trim_end_matches(".netlink").to_owned())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(NETLINK_MARK).map_or(name.clone(), str::to_owned)
+            })
             .collect();
         names.sort();
         Ok(names)
@@ -146,7 +174,9 @@ impl Datapath {
     /// holds no plain files) a directory marking a netlink filter.
     fn link_paths(&self, interface: &str) -> (PathBuf, PathBuf) {
         let links = self.pin_dir.join(LINKS);
-        (links.join(interface), links.join(format!("{interface}.netlink")))
+        // bpffs refuses names with dots (VLAN interfaces have them).
+        let name = interface.replace('.', "_");
+        (links.join(&name), links.join(format!("{NETLINK_MARK}{name}")))
     }
 
     /// Programs a Service port with its backends (and, for sessionAffinity

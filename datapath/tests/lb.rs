@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use nodeplane_datapath::manifests::load_dir;
-use nodeplane_datapath::{CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
+use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
 use nodeplane_testkit::{Bpffs, Node, Pod, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -423,4 +423,45 @@ fn each_connection_on_a_reused_source_port_picks_its_backend_anew() {
         .map(|n| pod.tcp_request_from(40500, VIP, 80).unwrap_or_else(|e| panic!("connection {n}: {e}")))
         .collect();
     assert_eq!(replies.into_iter().collect::<Vec<_>>(), ["other", "self"]);
+}
+
+#[test]
+fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
+    if !privileged("the_netlink_path_of_older_kernels_balances_and_outlives_the_loader") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 11, 2)).unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 11, 3)).unwrap();
+    let _server = backend.serve_tcp(8080, "b");
+    let load_netlink = || {
+        let (pin, interfaces) = (bpffs.path().to_owned(), vec![client.host_if.clone(), backend.host_if.clone()]);
+        node.netns.run(move || {
+            let mut datapath = Datapath::load_with(&pin, AttachMode::Netlink).expect("load");
+            for interface in &interfaces {
+                datapath.attach_pod_interface(interface).expect("attach over netlink");
+            }
+            datapath
+        })
+    };
+    let mut first = load_netlink();
+    first.set_service(&service(13, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
+    assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b");
+    let iface = client.host_if.clone();
+    let tcx = node.netns.run(move || {
+        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
+    });
+    assert_eq!(tcx.unwrap_or(0), 0, "attached by netlink, not TCX");
+
+    drop(first);
+    assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b", "the filter outlives the loader");
+    let _second = load_netlink();
+    assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b");
+    let iface = client.host_if.clone();
+    let shown = node.netns.run(move || {
+        std::process::Command::new("tc").args(["filter", "show", "dev", &iface, "ingress"]).output().unwrap()
+    });
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert_eq!(shown.lines().filter(|l| l.contains("name from_pod")).count(), 1, "one filter, not two: {shown}");
 }

@@ -45,7 +45,7 @@ impl Component for DatapathComponent {
         }
         let root = &component.config.bpffs_root;
         std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-        let mut datapath = Datapath::load(root).map_err(|e| {
+        let mut datapath = Datapath::load_with(root, component.config.attach).map_err(|e| {
             format!("cannot load the datapath with its maps pinned in {} (a bpffs?): {e}", root.display())
         })?;
         datapath.set_hairpin_address(component.config.hairpin_address).map_err(|e| e.to_string())?;
@@ -66,11 +66,15 @@ impl Component for DatapathComponent {
 
     async fn reload(&mut self, config: &NodeConfig) -> Result<(), String> {
         let mut new = config.datapath.clone();
-        if new.enabled != self.config.enabled || new.bpffs_root != self.config.bpffs_root {
+        if new.enabled != self.config.enabled
+            || new.bpffs_root != self.config.bpffs_root
+            || new.attach != self.config.attach
+        {
             tracing::warn!(
-                "datapath.enabled and datapath.bpffs_root take effect at the next start; keeping the running ones"
+                "datapath.enabled, bpffs_root and attach take effect at the next start; keeping the running ones"
             );
-            (new.enabled, new.bpffs_root) = (self.config.enabled, self.config.bpffs_root.clone());
+            (new.enabled, new.bpffs_root, new.attach) =
+                (self.config.enabled, self.config.bpffs_root.clone(), self.config.attach);
         }
         self.config = new;
         if let Some(running) = &mut self.running {
