@@ -465,3 +465,46 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert_eq!(shown.lines().filter(|l| l.contains("name from_pod")).count(), 1, "one filter, not two: {shown}");
 }
+
+#[test]
+fn a_long_lived_connection_keeps_its_backend_while_the_loader_restarts() {
+    if !privileged("a_long_lived_connection_keeps_its_backend_while_the_loader_restarts") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 12, 2)).unwrap();
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 12, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 12, 4)).unwrap();
+    let _servers = [b1.serve_tcp_echo(8080, "b1"), b2.serve_tcp_echo(8080, "b2")];
+    let mut first = load(&node, &bpffs, &[&client, &b1, &b2]);
+    first.set_service(&service(14, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+
+    // One connection through the VIP; it is established in the client's namespace
+    // and then used from here (a socket stays in the namespace it was made in).
+    let stream = client.netns.run(|| std::net::TcpStream::connect((VIP, 80)).unwrap());
+    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let backend = line.trim().to_owned();
+    let mut echo = |n: u32| {
+        writeln!(writer, "message {n}").unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap_or_else(|e| panic!("echo {n}: {e}"));
+        assert_eq!(reply.trim(), format!("message {n}"));
+    };
+    echo(1);
+    drop(first);
+    echo(2);
+    // The restarted loader also changes the Service: the open flow stays where it is.
+    let mut second = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let other = if backend == "b1" { (b2.ip, 8080) } else { (b1.ip, 8080) };
+    let kept = if backend == "b1" { (b1.ip, 8080) } else { (b2.ip, 8080) };
+    second.set_service(&service(14, 80, Protocol::Tcp, &[kept, other])).unwrap();
+    for n in 3..20 {
+        echo(n);
+    }
+}
