@@ -41,14 +41,16 @@ fn failed(root: &Path, err: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The programmed Service ports, or the exit code of the failure (already reported).
+fn read_services(source: &Source) -> Result<Vec<inspect::ServiceView>, ExitCode> {
+    let (root, _) = source.load().map_err(|err| failed(Path::new("?"), err))?;
+    inspect::services(&root).map_err(|err| failed(&root, err))
+}
+
 pub fn services(source: &Source, json_out: bool) -> ExitCode {
-    let (root, _) = match source.load() {
-        Ok(loaded) => loaded,
-        Err(err) => return failed(Path::new("?"), err),
-    };
-    let services = match inspect::services(&root) {
+    let services = match read_services(source) {
         Ok(services) => services,
-        Err(err) => return failed(&root, err),
+        Err(code) => return code,
     };
     if json_out {
         let rows: Vec<_> = services
@@ -77,13 +79,9 @@ pub fn services(source: &Source, json_out: bool) -> ExitCode {
 }
 
 pub fn endpoints(source: &Source, json_out: bool) -> ExitCode {
-    let (root, _) = match source.load() {
-        Ok(loaded) => loaded,
-        Err(err) => return failed(Path::new("?"), err),
-    };
-    let services = match inspect::services(&root) {
+    let services = match read_services(source) {
         Ok(services) => services,
-        Err(err) => return failed(&root, err),
+        Err(code) => return code,
     };
     let mut by_backend: BTreeMap<(Ipv4Addr, u16), Vec<String>> = BTreeMap::new();
     for s in &services {

@@ -144,6 +144,34 @@ impl Pod {
     /// Serves TCP on `port`: each connection gets `reply`, then is closed.
     pub fn serve_tcp(&self, port: u16, reply: &str) -> Server {
         let reply = reply.as_bytes().to_vec();
+        self.serve_tcp_with(port, move |mut stream| {
+            let _ = stream.write_all(&reply);
+        })
+    }
+
+    /// Serves TCP on `port`: each connection gets `tag` and then an echo of every
+    /// line it sends, for as long as it stays open.
+    pub fn serve_tcp_echo(&self, port: u16, tag: &str) -> Server {
+        let tag = tag.as_bytes().to_vec();
+        self.serve_tcp_with(port, move |mut stream| {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let _ = stream.write_all(&tag);
+                let _ = stream.write_all(b"\n");
+                let mut reader = io::BufReader::new(stream.try_clone().expect("clone the stream"));
+                let mut line = String::new();
+                while io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                    if stream.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        })
+    }
+
+    /// Accepts TCP connections on `port` and hands each (blocking) to `handle`.
+    fn serve_tcp_with(&self, port: u16, mut handle: impl FnMut(std::net::TcpStream) + Send + 'static) -> Server {
         self.serve(move |stop| {
             let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind a TCP port in the pod");
             listener.set_nonblocking(true).unwrap();
@@ -155,45 +183,12 @@ impl Pod {
                     continue;
                 }
                 match listener.accept() {
-                    Ok((mut stream, _)) => {
+                    Ok((stream, _)) => {
                         stream.set_nonblocking(false).unwrap();
-                        let _ = stream.write_all(&reply);
+                        handle(stream);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => panic!("accept: {e}"),
-                }
-            }
-        })
-    }
-
-    /// Serves TCP on `port`: each connection gets `tag` and then an echo of every
-    /// line it sends, for as long as it stays open.
-    pub fn serve_tcp_echo(&self, port: u16, tag: &str) -> Server {
-        let tag = tag.as_bytes().to_vec();
-        self.serve(move |stop| {
-            let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind a TCP port in the pod");
-            listener.set_nonblocking(true).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                let mut fds = [rustix::event::PollFd::new(&listener, rustix::event::PollFlags::IN)];
-                let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
-                if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) == 0 {
-                    continue;
-                }
-                if let Ok((mut stream, _)) = listener.accept() {
-                    stream.set_nonblocking(false).unwrap();
-                    let tag = tag.clone();
-                    std::thread::spawn(move || {
-                        let _ = stream.write_all(&tag);
-                        let _ = stream.write_all(b"\n");
-                        let mut reader = io::BufReader::new(stream.try_clone().expect("clone the stream"));
-                        let mut line = String::new();
-                        while io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
-                            if stream.write_all(line.as_bytes()).is_err() {
-                                return;
-                            }
-                            line.clear();
-                        }
-                    });
                 }
             }
         })
