@@ -1,6 +1,7 @@
 //! nodeplane's node supervisor (`nodeplaned`) and its client (`nodeplanectl`).
 
 pub mod bus;
+pub mod cni;
 pub mod component;
 pub mod config;
 pub mod ctl;

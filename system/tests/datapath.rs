@@ -5,13 +5,12 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, Node, Nodeplaned, privileged};
+use nodeplane_testkit::{Bpffs, Node, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
 
@@ -22,27 +21,6 @@ fn web(backends: &[Ipv4Addr]) -> String {
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
          addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
     )
-}
-
-fn start_in(node: &Node, bus: &DbusDaemon, bpffs: &Bpffs, manifests: &Path) -> Nodeplaned {
-    let config = format!(
-        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\"\n\
-         [ipam]\nenabled = false\n",
-        bpffs.path().display(),
-        manifests.display()
-    );
-    let launch = Launch {
-        binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
-        config: &config,
-        preset: &[],
-        env: &[],
-        capture_stderr: true,
-        journal: None,
-        netns: Some(&node.netns.path()),
-    };
-    let node = Nodeplaned::spawn(bus, launch).unwrap();
-    node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
-    node
 }
 
 #[test]

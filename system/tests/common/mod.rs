@@ -174,3 +174,31 @@ impl Journal {
             .unwrap_or_else(|| panic!("no journal entry {what} in {:#?}", self.entries))
     }
 }
+
+/// Starts nodeplaned inside `node`'s network namespace with its datapath pinned on
+/// `bpffs`, applying the manifests in `manifests`; waits for READY.
+pub fn start_in(
+    node: &nodeplane_testkit::Node,
+    bus: &DbusDaemon,
+    bpffs: &nodeplane_testkit::Bpffs,
+    manifests: &Path,
+) -> Nodeplaned {
+    let config = format!(
+        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\"\n\
+         [ipam]\nenabled = false\n",
+        bpffs.path().display(),
+        manifests.display()
+    );
+    let launch = Launch {
+        binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
+        config: &config,
+        preset: &[],
+        env: &[],
+        capture_stderr: true,
+        journal: None,
+        netns: Some(&node.netns.path()),
+    };
+    let node = Nodeplaned::spawn(bus, launch).unwrap();
+    node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
+    node
+}

@@ -1,0 +1,130 @@
+//! `nodeplane-cni` as a container runtime calls it: the real binary, the real
+//! host-local IPAM plugin, pods in network namespaces, nodeplaned on a private bus.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use nodeplane_testkit::{Bpffs, DbusDaemon, HOST_LOCAL, NamedNetns, Node, Pod, privileged};
+
+fn conf(data: &Path) -> String {
+    format!(
+        r#"{{"cniVersion":"1.0.0","name":"pods","type":"nodeplane-cni","ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.210.0.0/24"}}]]}}}}"#,
+        data.display()
+    )
+}
+
+/// Runs the plugin in the node's network namespace, as the runtime on the node would.
+fn cni(node: &Node, bus: &DbusDaemon, command: &str, container: &str, netns: &Path, conf: &str) -> Output {
+    let (bus, command, container, netns, conf) =
+        (bus.address().to_owned(), command.to_owned(), container.to_owned(), netns.to_owned(), conf.to_owned());
+    node.netns.run(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", Path::new(HOST_LOCAL).parent().unwrap())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+#[test]
+fn version_lists_the_spec_versions() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-cni")).env("CNI_COMMAND", "VERSION").output().unwrap();
+    assert!(out.status.success());
+    let version = json(&out);
+    assert_eq!(version["cniVersion"], "1.0.0");
+    assert!(version["supportedVersions"].as_array().unwrap().iter().any(|v| v == "1.0.0"));
+}
+
+#[test]
+fn add_check_del_give_a_pod_its_network_and_the_datapath_serves_it() {
+    if !privileged("add_check_del_give_a_pod_its_network_and_the_datapath_serves_it") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let node = Node::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let bus = bus();
+    let _nodeplaned = start_in(&node, &bus, &bpffs, manifests.path());
+    let conf = conf(data.path());
+
+    let mut pods = Vec::new();
+    for name in ["client", "server"] {
+        let netns = NamedNetns::new(format!("{}-{name}", node.netns.name())).unwrap();
+        let out = cni(&node, &bus, "ADD", name, &netns.path(), &conf);
+        assert!(out.status.success(), "ADD {name}: {}", text(&out.stdout));
+        let result = json(&out);
+        assert_eq!(result["interfaces"][1]["name"], "eth0");
+        assert_eq!(result["routes"][0]["gw"], "169.254.1.1");
+        let address = result["ips"][0]["address"].as_str().unwrap();
+        let ip: Ipv4Addr = address.split('/').next().unwrap().parse().unwrap();
+        assert!(data.path().join("pods").join(ip.to_string()).exists(), "host-local reserved {ip}");
+        let host_if = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
+        assert!(host_if.starts_with("np") && host_if.len() <= 15, "{host_if}");
+        let check = cni(&node, &bus, "CHECK", name, &netns.path(), &conf);
+        assert!(check.status.success(), "CHECK {name}: {}", text(&check.stdout));
+        pods.push(Pod { netns, ip, host_if });
+    }
+    let (client, server) = (&pods[0], &pods[1]);
+    let _serving = server.serve_tcp(8080, "served");
+    assert_eq!(client.tcp_request(server.ip, 8080).unwrap(), "served", "pod to pod through the node");
+
+    // A Service to the server: nodeplaned attaches the new pods and balances.
+    let vip = Ipv4Addr::new(10, 96, 8, 8);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  clusterIP: {vip}\n  ports: [{{port: 80}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s-1\n  labels: {{kubernetes.io/service-name: s}}\n\
+         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n- addresses: [\"{}\"]\n",
+        server.ip
+    );
+    std::fs::write(manifests.path().join("s.yaml"), manifest).unwrap();
+    assert!(eventually(std::time::Duration::from_secs(10), || client
+        .tcp_request(vip, 80)
+        .is_ok_and(|r| r == "served")));
+
+    // DEL frees the address and the interface, and may come twice.
+    for _ in 0..2 {
+        let del = cni(&node, &bus, "DEL", "server", &server.netns.path(), &conf);
+        assert!(del.status.success(), "DEL: {}", text(&del.stdout));
+    }
+    assert!(!data.path().join("pods").join(server.ip.to_string()).exists());
+    assert!(node.netns.ip(&["link", "show", &server.host_if]).is_err(), "the host interface is gone");
+}
+
+#[test]
+fn add_without_nodeplaned_fails_clearly_and_leaves_nothing() {
+    if !privileged("add_without_nodeplaned_fails_clearly_and_leaves_nothing") {
+        return;
+    }
+    let node = Node::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bus = bus(); // no nodeplaned on it
+    let netns = NamedNetns::new(format!("{}-lonely", node.netns.name())).unwrap();
+    let out = cni(&node, &bus, "ADD", "lonely", &netns.path(), &conf(data.path()));
+    assert!(!out.status.success());
+    let err = json(&out);
+    assert_eq!(err["code"], 11, "try again later: {err}");
+    assert!(err["msg"].as_str().unwrap().contains("nodeplaned is not running"), "{err}");
+    let links = node.netns.ip(&["-o", "link"]).unwrap();
+    assert!(!links.contains(" np"), "no interface left behind: {links}");
+    let reservations: Vec<_> =
+        std::fs::read_dir(data.path().join("pods")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(reservations.is_empty(), "no address reserved");
+}
