@@ -8,6 +8,9 @@
 //!   (a{sv}: counts as `t`, text as `s`).
 //! - `org.nodeplane.Ipam1` at `/org/nodeplane/Node1/ipam`: method `Sweep(b dry_run)
 //!   → a(sss)` (network, IP, owner of each freed reservation; root only).
+//! - `org.nodeplane.Datapath1` at `/org/nodeplane/Node1/datapath`: methods
+//!   `RegisterEndpoint(container id, netns, host interface, IPs, pod namespace, pod
+//!   name)` and `UnregisterEndpoint(container id)` for the CNI plugin (root only).
 //!
 //! Every property emits `PropertiesChanged` when it changes.
 
@@ -82,6 +85,26 @@ pub trait Node {
 )]
 pub trait Ipam {
     fn sweep(&self, dry_run: bool) -> zbus::Result<Vec<(String, String, String)>>;
+}
+
+#[zbus::proxy(
+    interface = "org.nodeplane.Datapath1",
+    default_service = "org.nodeplane.Node1",
+    default_path = "/org/nodeplane/Node1/datapath"
+)]
+pub trait Datapath {
+    #[allow(clippy::too_many_arguments)]
+    fn register_endpoint(
+        &self,
+        container_id: &str,
+        netns: &str,
+        host_interface: &str,
+        ips: &[&str],
+        pod_namespace: &str,
+        pod_name: &str,
+    ) -> zbus::Result<()>;
+
+    fn unregister_endpoint(&self, container_id: &str) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(interface = "org.nodeplane.Component1", default_service = "org.nodeplane.Node1")]

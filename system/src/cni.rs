@@ -37,6 +37,14 @@ struct Env {
     netns: String,
     ifname: String,
     path: String,
+    /// `CNI_ARGS`: `K8S_POD_NAMESPACE=…;K8S_POD_NAME=…;…` from the kubelet.
+    args: String,
+}
+
+impl Env {
+    fn arg(&self, name: &str) -> String {
+        self.args.split(';').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).unwrap_or_default().to_owned()
+    }
 }
 
 fn env(name: &str, needed: bool) -> Result<String, CniError> {
@@ -84,6 +92,7 @@ fn run() -> Result<Option<Value>, CniError> {
         netns: env("CNI_NETNS", !deleting)?,
         ifname: env("CNI_IFNAME", true)?,
         path: env("CNI_PATH", true)?,
+        args: env("CNI_ARGS", false)?,
     };
     match env.command.as_str() {
         "ADD" => add(&env, &conf, &stdin).map(Some),
@@ -103,14 +112,19 @@ fn host_interface(container_id: &str, ifname: &str) -> String {
 }
 
 fn add(env: &Env, conf: &Value, raw_conf: &str) -> Result<Value, CniError> {
-    require_supervisor()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let bus = runtime.block_on(supervisor())?;
     let ipam = delegate(env, "ADD", conf, raw_conf)?;
     let ip = ipam["ips"]
         .as_array()
         .and_then(|ips| ips.iter().find_map(|ip| ip["address"].as_str()?.split('/').next()?.parse::<Ipv4Addr>().ok()))
         .ok_or_else(|| error(999, "the IPAM plugin returned no IPv4 address", ipam.to_string()))?;
     let host = host_interface(&env.container_id, &env.ifname);
-    match plumb(env, &host, ip) {
+    let plumbed = plumb(env, &host, ip).and_then(|macs| {
+        runtime.block_on(register(&bus, env, &host, ip))?;
+        Ok(macs)
+    });
+    match plumbed {
         Ok((host_mac, pod_mac)) => Ok(json!({
             "cniVersion": conf["cniVersion"].as_str().unwrap_or(CNI_VERSION),
             "interfaces": [
@@ -153,6 +167,15 @@ fn plumb(env: &Env, host: &str, ip: Ipv4Addr) -> Result<(String, String), CniErr
 /// DEL is idempotent: a missing interface or reservation is not an error.
 fn del(env: &Env, raw_conf: &str) -> Result<(), CniError> {
     let conf: Value = serde_json::from_str(raw_conf).unwrap_or_default();
+    // Best effort: DEL must succeed while nodeplaned is down, too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        if let Ok(bus) = supervisor().await
+            && let Ok(datapath) = crate::bus::DatapathProxy::new(&bus).await
+        {
+            let _ = datapath.unregister_endpoint(&env.container_id).await;
+        }
+    });
     delegate(env, "DEL", &conf, raw_conf)?;
     let host = host_interface(&env.container_id, &env.ifname);
     if ip_cmd(None, &["link", "show", &host]).is_ok() {
@@ -170,19 +193,25 @@ fn check(env: &Env) -> Result<(), CniError> {
 }
 
 /// ADD needs nodeplaned: without it the pod would get an address but no datapath.
-fn require_supervisor() -> Result<(), CniError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(async {
-        let unavailable = |details: String| error(11, "nodeplaned is not running; try again later", details);
-        let connection = zbus::Connection::system().await.map_err(|e| unavailable(e.to_string()))?;
-        let dbus = zbus::fdo::DBusProxy::new(&connection).await.map_err(|e| unavailable(e.to_string()))?;
-        let name = crate::bus::SERVICE.try_into().expect("a valid bus name");
-        match dbus.name_has_owner(name).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(unavailable(format!("nobody owns {} on the system bus", crate::bus::SERVICE))),
-            Err(err) => Err(unavailable(err.to_string())),
-        }
-    })
+async fn supervisor() -> Result<zbus::Connection, CniError> {
+    let unavailable = |details: String| error(11, "nodeplaned is not running; try again later", details);
+    let connection = zbus::Connection::system().await.map_err(|e| unavailable(e.to_string()))?;
+    let dbus = zbus::fdo::DBusProxy::new(&connection).await.map_err(|e| unavailable(e.to_string()))?;
+    let name = crate::bus::SERVICE.try_into().expect("a valid bus name");
+    match dbus.name_has_owner(name).await {
+        Ok(true) => Ok(connection),
+        Ok(false) => Err(unavailable(format!("nobody owns {} on the system bus", crate::bus::SERVICE))),
+        Err(err) => Err(unavailable(err.to_string())),
+    }
+}
+
+/// Tells nodeplaned about the pod, which attaches its datapath to `host` at once.
+async fn register(bus: &zbus::Connection, env: &Env, host: &str, ip: Ipv4Addr) -> Result<(), CniError> {
+    let failed = |e: zbus::Error| error(999, "nodeplaned refused the pod", e.to_string());
+    let datapath = crate::bus::DatapathProxy::new(bus).await.map_err(failed)?;
+    let ip = ip.to_string();
+    let (namespace, name) = (env.arg("K8S_POD_NAMESPACE"), env.arg("K8S_POD_NAME"));
+    datapath.register_endpoint(&env.container_id, &env.netns, host, &[&ip], &namespace, &name).await.map_err(failed)
 }
 
 /// Runs the IPAM plugin named in the configuration, as the spec delegates.

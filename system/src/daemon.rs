@@ -83,8 +83,9 @@ async fn run(args: Args) -> Result<(), String> {
     let (sysctl, _) =
         component::start::<SysctlComponent>(&config, &registry).await.map_err(|e| format!("sysctl: {e}"))?;
     notify::status("starting: loading the datapath");
-    let (datapath, _) =
+    let (datapath, endpoints) =
         component::start::<DatapathComponent>(&config, &registry).await.map_err(|e| format!("datapath: {e}"))?;
+    server::serve_datapath(&bus, endpoints).await.map_err(bus_error)?;
     let (ipam, sweeps) =
         component::start::<IpamComponent>(&config, &registry).await.map_err(|e| format!("ipam: {e}"))?;
     server::serve_ipam(&bus, sweeps).await.map_err(bus_error)?;

@@ -18,6 +18,9 @@ pub struct DatapathComponent {
     config: DatapathConfig,
     reporter: Reporter,
     running: Option<Running>,
+    /// Pods registered by the CNI plugin, by container id (in memory: the plugin
+    /// registers again at its next ADD or CHECK after a restart).
+    endpoints: std::collections::BTreeMap<String, Endpoint>,
 }
 
 struct Running {
@@ -38,7 +41,7 @@ impl Component for DatapathComponent {
 
     async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
         let config = config.datapath.clone();
-        let mut component = DatapathComponent { config, reporter, running: None };
+        let mut component = DatapathComponent { config, reporter, running: None, endpoints: Default::default() };
         if !component.config.enabled {
             component.reporter.set(State::Healthy, "disabled (datapath.enabled = false)");
             return Ok(component);
@@ -92,14 +95,57 @@ impl Component for DatapathComponent {
         self.sync(false);
     }
 
-    type Command = std::convert::Infallible;
+    type Command = EndpointRequest;
 
-    async fn command(&mut self, command: Self::Command) {
-        match command {}
+    async fn command(&mut self, request: EndpointRequest) {
+        let result = match request.change {
+            EndpointChange::Register(endpoint) => self.register(endpoint),
+            EndpointChange::Unregister(container_id) => {
+                self.endpoints.remove(&container_id);
+                Ok(())
+            }
+        };
+        self.publish();
+        let _ = request.reply.send(result);
     }
 }
 
+/// A pod's network endpoint, as the CNI plugin registers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub container_id: String,
+    pub netns: String,
+    pub host_interface: String,
+    pub ips: Vec<String>,
+    pub pod_namespace: String,
+    pub pod_name: String,
+}
+
+pub enum EndpointChange {
+    Register(Endpoint),
+    Unregister(String),
+}
+
+/// A registration asked for over D-Bus, with the way to answer it.
+pub struct EndpointRequest {
+    pub change: EndpointChange,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
 impl DatapathComponent {
+    /// Attaches the pod's interface at once (not at the next sync) and records it.
+    fn register(&mut self, endpoint: Endpoint) -> Result<(), String> {
+        let Some(running) = &mut self.running else { return Err("the datapath is disabled on this node".into()) };
+        running.datapath.attach_pod_interface(&endpoint.host_interface).map_err(|e| e.to_string())?;
+        tracing::info!(
+            datapath_pod = %format!("{}/{}", endpoint.pod_namespace, endpoint.pod_name),
+            datapath_interface = %endpoint.host_interface,
+            "pod {}/{} registered on {} ({})", endpoint.pod_namespace, endpoint.pod_name, endpoint.host_interface, endpoint.ips.join(", ")
+        );
+        self.endpoints.insert(endpoint.container_id.clone(), endpoint);
+        Ok(())
+    }
+
     /// Attaches new pod interfaces, applies changed manifests (or all, `force`d),
     /// collects expired conntrack entries when due, and publishes the result.
     fn sync(&mut self, force: bool) {
@@ -167,6 +213,7 @@ impl DatapathComponent {
         facts.insert("conntrack_expired_total".into(), Fact::Count(running.expired_total));
         let attached = running.datapath.attached_interfaces().unwrap_or_default();
         facts.insert("attached_interfaces".into(), Fact::Count(attached.len() as u64));
+        facts.insert("registered_pods".into(), Fact::Count(self.endpoints.len() as u64));
         facts.insert("manifest_errors".into(), Fact::Count(running.manifest_errors.len() as u64));
         if let Some((at, took, _)) = &running.last_sync {
             facts.insert("last_sync".into(), Fact::Text(humantime::format_rfc3339_seconds(*at).to_string()));

@@ -10,6 +10,7 @@ use zbus::{Connection, fdo};
 
 use crate::bus::{self, ComponentRow};
 use crate::component::{Registry, Snapshot, State, Status};
+use crate::datapath::{Endpoint, EndpointChange, EndpointRequest};
 use crate::ipam::SweepRequest;
 use nodeplane_ipam::Freed;
 
@@ -42,6 +43,7 @@ enum NodeError {
     InvalidConfig(String),
     ReloadFailed(String),
     SweepFailed(String),
+    EndpointFailed(String),
 }
 
 impl From<fdo::Error> for NodeError {
@@ -184,6 +186,59 @@ impl IpamObject {
             .map_err(NodeError::SweepFailed)?;
         Ok(FreedRows(report.freed))
     }
+}
+
+struct DatapathObject {
+    requests: mpsc::Sender<EndpointRequest>,
+}
+
+#[zbus::interface(name = "org.nodeplane.Datapath1")]
+impl DatapathObject {
+    /// Registers a pod's endpoint (the CNI plugin's ADD): its interface is attached at once. Root only.
+    #[allow(clippy::too_many_arguments)]
+    async fn register_endpoint(
+        &self,
+        container_id: String,
+        netns: String,
+        host_interface: String,
+        ips: Vec<String>,
+        pod_namespace: String,
+        pod_name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), NodeError> {
+        require_root(connection, &header).await?;
+        let endpoint = Endpoint { container_id, netns, host_interface, ips, pod_namespace, pod_name };
+        self.ask(EndpointChange::Register(endpoint)).await
+    }
+
+    /// Forgets a pod's endpoint (the CNI plugin's DEL). Root only.
+    async fn unregister_endpoint(
+        &self,
+        container_id: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), NodeError> {
+        require_root(connection, &header).await?;
+        self.ask(EndpointChange::Unregister(container_id)).await
+    }
+}
+
+impl DatapathObject {
+    async fn ask(&self, change: EndpointChange) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(EndpointRequest { change, reply })
+            .await
+            .map_err(|_| NodeError::EndpointFailed("the datapath component is not running".into()))?;
+        answer.await.map_err(|_| NodeError::EndpointFailed("dropped".into()))?.map_err(NodeError::EndpointFailed)
+    }
+}
+
+/// Serves `org.nodeplane.Datapath1` beside the datapath component's status object.
+pub async fn serve_datapath(connection: &Connection, requests: mpsc::Sender<EndpointRequest>) -> zbus::Result<()> {
+    connection.object_server().at(bus::component_path("datapath"), DatapathObject { requests }).await?;
+    Ok(())
 }
 
 /// Serves `org.nodeplane.Ipam1` beside the IPAM component's status object.

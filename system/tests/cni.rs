@@ -27,6 +27,7 @@ fn cni(node: &Node, bus: &DbusDaemon, command: &str, container: &str, netns: &Pa
             .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
             .env("CNI_PATH", Path::new(HOST_LOCAL).parent().unwrap())
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
             .stdin(std::process::Stdio::piped())
@@ -83,6 +84,10 @@ fn add_check_del_give_a_pod_its_network_and_the_datapath_serves_it() {
         pods.push(Pod { netns, ip, host_if });
     }
     let (client, server) = (&pods[0], &pods[1]);
+    let status: serde_json::Value = serde_json::from_slice(&ctl(&bus, &["status", "--json"]).stdout).unwrap();
+    let datapath = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone();
+    assert_eq!(datapath["facts"]["registered_pods"], 2, "{datapath}");
+    assert_eq!(datapath["facts"]["attached_interfaces"], 2, "attached at ADD, not at the next sync: {datapath}");
     let _serving = server.serve_tcp(8080, "served");
     assert_eq!(client.tcp_request(server.ip, 8080).unwrap(), "served", "pod to pod through the node");
 
