@@ -23,6 +23,13 @@ pub struct DatapathConfig {
     pub attach: AttachMode,
     /// Source address of a pod's flows to itself through a Service.
     pub hairpin_address: Ipv4Addr,
+    /// This node's pod subnet (`10.244.1.0/24`): the CNI plugin allocates from it
+    /// when its network configuration names no range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// This node's IP (NodePorts, datapath II).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<Ipv4Addr>,
     /// How often manifests and interfaces are checked for changes.
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
@@ -50,6 +57,8 @@ impl Default for DatapathConfig {
             pod_interface_prefix: "np".into(),
             attach: AttachMode::Auto,
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
+            pod_cidr: None,
+            node_ip: None,
             sync_interval: Duration::from_secs(1),
             gc_interval: Duration::from_secs(10),
             tcp_syn_timeout: timeouts.tcp_syn,
@@ -76,6 +85,17 @@ impl DatapathConfig {
         for (field, value) in [("sync_interval", self.sync_interval), ("gc_interval", self.gc_interval)] {
             if value < Duration::from_millis(100) {
                 return invalid(field, "must be at least 100ms");
+            }
+        }
+        if let Some(cidr) = &self.pod_cidr {
+            let valid = cidr.split_once('/').is_some_and(|(addr, len)| {
+                addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| (8..=30).contains(&l))
+            });
+            if !valid {
+                return Err(Invalid {
+                    field: "pod_cidr",
+                    message: format!("{cidr:?} is not an IPv4 subnet (ADDRESS/8..30, e.g. 10.244.1.0/24)"),
+                });
             }
         }
         if self.pod_interface_prefix.is_empty() || self.pod_interface_prefix.len() > 10 {

@@ -80,12 +80,20 @@ fn run() -> Result<Option<Value>, CniError> {
     std::io::stdin()
         .read_to_string(&mut stdin)
         .map_err(|e| error(4, "cannot read the network configuration", e.to_string()))?;
-    let conf: Value =
+    let mut conf: Value =
         serde_json::from_str(&stdin).map_err(|e| error(4, "invalid network configuration", e.to_string()))?;
     if conf["ipam"]["type"].as_str().is_none() {
         return Err(error(4, "invalid network configuration: ipam.type is missing", ""));
     }
     let deleting = command == "DEL";
+    // DEL must work whatever the node configuration says now. host-local releases
+    // by container id but insists on a range: a documentation one does for that.
+    match with_pod_cidr(&mut conf) {
+        Err(err) if !deleting => return Err(err),
+        Err(_) => conf["ipam"]["ranges"] = json!([[{"subnet": "192.0.2.0/24"}]]),
+        Ok(()) => {}
+    }
+    let stdin = conf.to_string();
     let env = Env {
         command,
         container_id: env("CNI_CONTAINERID", true)?,
@@ -100,6 +108,24 @@ fn run() -> Result<Option<Value>, CniError> {
         "CHECK" => check(&env).map(|()| None),
         other => Err(error(4, format!("unknown CNI_COMMAND {other}"), "")),
     }
+}
+
+/// A host-local configuration without a range takes the node's pod CIDR from
+/// node.toml (`[datapath] pod_cidr`; `NODEPLANE_CONFIG` names another file).
+fn with_pod_cidr(conf: &mut Value) -> Result<(), CniError> {
+    let ipam = &mut conf["ipam"];
+    if ipam["type"] != "host-local" || !ipam["ranges"].is_null() || !ipam["subnet"].is_null() {
+        return Ok(());
+    }
+    let path =
+        std::env::var_os("NODEPLANE_CONFIG").map_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH), PathBuf::from);
+    let node = crate::config::NodeConfig::load(&path)
+        .map_err(|e| error(4, "cannot read the node configuration", e.to_string()))?;
+    let cidr = node.datapath.pod_cidr.ok_or_else(|| {
+        error(4, "no pod subnet: set ipam.ranges in the network configuration or [datapath] pod_cidr in node.toml", "")
+    })?;
+    ipam["ranges"] = json!([[{"subnet": cidr}]]);
+    Ok(())
 }
 
 /// A name for the node side of the pod's veth, stable per container and interface.

@@ -202,6 +202,7 @@ mod tests {
             ("[sysctl.extra]\nnet.core.somaxconn = 1\n\"net.core.somaxconn\" = 2\n", "sysctl.extra", 1, "set twice"),
             ("[datapath]\nx = 1\n", "datapath.x", 2, "unknown field `x`"),
             ("[datapath]\nhairpin_address = \"10.0.0.1\"\n", "datapath.hairpin_address", 2, "link-local"),
+            ("[datapath]\npod_cidr = \"10.244.1.0\"\n", "datapath.pod_cidr", 2, "not an IPv4 subnet"),
             ("[nonsense]\nx = 1\n", "nonsense", 1, "unknown field `nonsense`"),
             ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
         ];

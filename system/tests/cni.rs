@@ -19,10 +19,24 @@ fn conf(data: &Path) -> String {
 
 /// Runs the plugin in the node's network namespace, as the runtime on the node would.
 fn cni(node: &Node, bus: &DbusDaemon, command: &str, container: &str, netns: &Path, conf: &str) -> Output {
+    cni_with(node, bus, command, container, netns, conf, &[])
+}
+
+fn cni_with(
+    node: &Node,
+    bus: &DbusDaemon,
+    command: &str,
+    container: &str,
+    netns: &Path,
+    conf: &str,
+    extra_env: &[(&str, &str)],
+) -> Output {
     let (bus, command, container, netns, conf) =
         (bus.address().to_owned(), command.to_owned(), container.to_owned(), netns.to_owned(), conf.to_owned());
+    let extra: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     node.netns.run(move || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane-cni"))
+            .envs(extra)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)
@@ -132,4 +146,40 @@ fn add_without_nodeplaned_fails_clearly_and_leaves_nothing() {
     let reservations: Vec<_> =
         std::fs::read_dir(data.path().join("pods")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(reservations.is_empty(), "no address reserved");
+}
+
+#[test]
+fn a_configuration_without_a_range_takes_the_pod_cidr_from_node_toml() {
+    if !privileged("a_configuration_without_a_range_takes_the_pod_cidr_from_node_toml") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let node = Node::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let bus = bus();
+    let _nodeplaned = start_in(&node, &bus, &bpffs, manifests.path());
+    let node_toml = data.path().join("node.toml");
+    std::fs::write(&node_toml, "[datapath]\npod_cidr = \"10.211.7.0/24\"\n").unwrap();
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"pods","type":"nodeplane-cni","ipam":{{"type":"host-local","dataDir":"{}"}}}}"#,
+        data.path().display()
+    );
+    let with_config = [("NODEPLANE_CONFIG", node_toml.to_str().unwrap())];
+    let netns = NamedNetns::new(format!("{}-cidr", node.netns.name())).unwrap();
+    let out = cni_with(&node, &bus, "ADD", "cidr", &netns.path(), &conf, &with_config);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let address = json(&out)["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.211.7."), "{address}");
+
+    std::fs::write(&node_toml, "").unwrap();
+    let other = NamedNetns::new(format!("{}-nocidr", node.netns.name())).unwrap();
+    let out = cni_with(&node, &bus, "ADD", "nocidr", &other.path(), &conf, &with_config);
+    assert!(!out.status.success());
+    assert!(json(&out)["msg"].as_str().unwrap().contains("no pod subnet"), "{}", text(&out.stdout));
+    // DEL still works without a subnet anywhere.
+    let del = cni_with(&node, &bus, "DEL", "cidr", &netns.path(), &conf, &with_config);
+    assert!(del.status.success(), "{}", text(&del.stdout));
+    let ip = address.split('/').next().unwrap();
+    assert!(!data.path().join("pods").join(ip).exists(), "DEL released {ip}");
 }
