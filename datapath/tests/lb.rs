@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nodeplane_datapath::manifests::load_dir;
 use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
-use nodeplane_testkit::{Bpffs, Node, Pod, privileged};
+use nodeplane_testkit::{Bpffs, Node, Pod, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -282,15 +282,6 @@ fn a_removed_backend_gets_no_new_flow_and_its_udp_flows_move() {
     }
 }
 
-fn web_manifest(backends: &[Ipv4Addr]) -> String {
-    let endpoints: String = backends.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {VIP}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
-    )
-}
-
 #[test]
 fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     if !privileged("manifests_are_applied_incrementally_and_survive_a_new_reconciler") {
@@ -314,11 +305,11 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
         reconciler.sync(datapath, &found.ports).unwrap()
     };
 
-    std::fs::write(&manifest, web_manifest(&[b1.ip])).unwrap();
+    std::fs::write(&manifest, service_manifest("web", VIP, &[b1.ip])).unwrap();
     assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { added: 2, ..Default::default() });
     assert!((0..10).all(|_| client.tcp_request(VIP, 80).unwrap() == "b1"));
 
-    std::fs::write(&manifest, web_manifest(&[b2.ip])).unwrap();
+    std::fs::write(&manifest, service_manifest("web", VIP, &[b2.ip])).unwrap();
     assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { updated: 1, unchanged: 1, ..Default::default() });
     assert!((0..10).all(|_| client.tcp_request(VIP, 80).unwrap() == "b2"));
     assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { unchanged: 2, ..Default::default() });

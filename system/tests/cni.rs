@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
-use nodeplane_testkit::{Bpffs, DbusDaemon, HOST_LOCAL, NamedNetns, Node, Pod, privileged};
+use nodeplane_testkit::{Bpffs, DbusDaemon, HOST_LOCAL, NamedNetns, Node, Pod, privileged, service_manifest};
 
 fn conf(data: &Path) -> String {
     format!(
@@ -54,6 +54,35 @@ fn cni_with(
     })
 }
 
+/// A node namespace running nodeplaned (its datapath on a private bpffs), with
+/// directories for host-local's data and for manifests.
+struct NodeUnderTest {
+    node: Node,
+    bus: DbusDaemon,
+    data: tempfile::TempDir,
+    manifests: tempfile::TempDir,
+    _nodeplaned: nodeplane_testkit::Nodeplaned,
+    _bpffs: Bpffs,
+}
+
+impl NodeUnderTest {
+    fn start() -> Self {
+        let bpffs = Bpffs::mount().unwrap();
+        let node = Node::new().unwrap();
+        let manifests = tempfile::tempdir().unwrap();
+        let bus = bus();
+        let nodeplaned = start_in(&node, &bus, &bpffs, manifests.path());
+        NodeUnderTest {
+            node,
+            bus,
+            data: tempfile::tempdir().unwrap(),
+            manifests,
+            _nodeplaned: nodeplaned,
+            _bpffs: bpffs,
+        }
+    }
+}
+
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
@@ -72,12 +101,7 @@ fn add_check_del_give_a_pod_its_network_and_the_datapath_serves_it() {
     if !privileged("add_check_del_give_a_pod_its_network_and_the_datapath_serves_it") {
         return;
     }
-    let bpffs = Bpffs::mount().unwrap();
-    let node = Node::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let manifests = tempfile::tempdir().unwrap();
-    let bus = bus();
-    let _nodeplaned = start_in(&node, &bus, &bpffs, manifests.path());
+    let NodeUnderTest { node, bus, data, manifests, _nodeplaned, _bpffs } = NodeUnderTest::start();
     let conf = conf(data.path());
 
     let mut pods = Vec::new();
@@ -107,12 +131,7 @@ fn add_check_del_give_a_pod_its_network_and_the_datapath_serves_it() {
 
     // A Service to the server: nodeplaned attaches the new pods and balances.
     let vip = Ipv4Addr::new(10, 96, 8, 8);
-    let manifest = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  clusterIP: {vip}\n  ports: [{{port: 80}}]\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s-1\n  labels: {{kubernetes.io/service-name: s}}\n\
-         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n- addresses: [\"{}\"]\n",
-        server.ip
-    );
+    let manifest = service_manifest("s", vip, &[server.ip]);
     std::fs::write(manifests.path().join("s.yaml"), manifest).unwrap();
     assert!(eventually(std::time::Duration::from_secs(10), || client
         .tcp_request(vip, 80)
@@ -153,12 +172,7 @@ fn a_configuration_without_a_range_takes_the_pod_cidr_from_node_toml() {
     if !privileged("a_configuration_without_a_range_takes_the_pod_cidr_from_node_toml") {
         return;
     }
-    let bpffs = Bpffs::mount().unwrap();
-    let node = Node::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let manifests = tempfile::tempdir().unwrap();
-    let bus = bus();
-    let _nodeplaned = start_in(&node, &bus, &bpffs, manifests.path());
+    let NodeUnderTest { node, bus, data, manifests: _manifests, _nodeplaned, _bpffs } = NodeUnderTest::start();
     let node_toml = data.path().join("node.toml");
     std::fs::write(&node_toml, "[datapath]\npod_cidr = \"10.211.7.0/24\"\n").unwrap();
     let conf = format!(

@@ -10,18 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Bpffs, Node, privileged};
+use nodeplane_testkit::{Bpffs, Node, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
-
-fn web(backends: &[Ipv4Addr]) -> String {
-    let endpoints: String = backends.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n")).collect();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {VIP}\n  ports: [{{port: 80}}]\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
-    )
-}
 
 #[test]
 fn services_from_manifests_reach_pods_and_survive_kill_9() {
@@ -35,7 +26,7 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     let b2 = node.add_pod(Ipv4Addr::new(10, 200, 7, 4)).unwrap();
     let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
     let manifests = tempfile::tempdir().unwrap();
-    std::fs::write(manifests.path().join("web.yaml"), web(&[b1.ip])).unwrap();
+    std::fs::write(manifests.path().join("web.yaml"), service_manifest("web", VIP, &[b1.ip])).unwrap();
     let bus = bus();
     let first = start_in(&node, &bus, &bpffs, manifests.path());
 
@@ -86,7 +77,7 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     assert!(flows.iter().any(|f| f["direction"] == "original" && f["destination"] == format!("{VIP}:80")), "{flows:?}");
     assert!(flows.iter().any(|f| f["direction"] == "reply" && f["rewrite"] == format!("src→{VIP}:80")), "{flows:?}");
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(manifests.path().join("web.yaml"), web(&[b1.ip, b2.ip])).unwrap();
+    std::fs::write(manifests.path().join("web.yaml"), service_manifest("web", VIP, &[b1.ip, b2.ip])).unwrap();
     let second = start_in(&node, &bus, &bpffs, manifests.path());
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 mod containerd;
 mod dbus;
 mod hostlocal;
+mod manifests;
 mod netns;
 mod notify;
 mod process;
@@ -16,6 +17,7 @@ mod topology;
 pub use containerd::Containerd;
 pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
+pub use manifests::service_manifest;
 pub use netns::{in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
