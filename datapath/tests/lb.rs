@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nodeplane_datapath::manifests::load_dir;
 use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
-use nodeplane_testkit::{Bpffs, Node, Pod, privileged, service_manifest};
+use nodeplane_testkit::{Bpffs, Node, Pod, RequestLoop, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -149,25 +149,7 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     first.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080)])).unwrap();
 
     // A request loop through the VIP for the whole test.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let looping = {
-        let (client, stop) = (client.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut replies: Vec<Result<String, String>> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                replies.push(client.tcp_request(VIP, 80).map_err(|e| e.to_string()));
-            }
-            replies
-        })
-    };
-    // Should an assertion fail, stop the loop (and so free the client pod) anyway.
-    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    let _stop_guard = StopOnDrop(stop.clone());
+    let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<_> = first.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(!before.is_empty());
@@ -188,8 +170,7 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     second.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let replies = looping.join().unwrap();
+    let replies: Vec<_> = looping.finish().into_iter().map(|(_, reply)| reply).collect();
     let failed: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
@@ -366,25 +347,13 @@ fn backends_removed_and_added_under_a_running_request_loop() {
     datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
 
     // Each request records when it started and which backend answered.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let looping = {
-        let (client, stop) = (client.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut replies = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let started = std::time::Instant::now();
-                replies.push((started, client.tcp_request(VIP, 80).map_err(|e| e.to_string())));
-            }
-            replies
-        })
-    };
+    let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
     // Remove b1, add b3, while requests are in flight.
     datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b2.ip, 8080), (b3.ip, 8080)])).unwrap();
     let updated = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let replies = looping.join().unwrap();
+    let replies = looping.finish();
 
     let failed: Vec<_> = replies.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);

@@ -6,11 +6,10 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Bpffs, Node, privileged, service_manifest};
+use nodeplane_testkit::{Bpffs, Node, RequestLoop, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
 
@@ -40,17 +39,7 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     assert_eq!(datapath["facts"]["attached_interfaces"], 3);
 
     // A request loop runs while nodeplaned is SIGKILLed and started again.
-    let stop = Arc::new(AtomicBool::new(false));
-    let looping = {
-        let (client, stop) = (client.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut replies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                replies.push(client.tcp_request(VIP, 80).map_err(|e| e.to_string()));
-            }
-            replies
-        })
-    };
+    let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
     first.signal(rustix::process::Signal::KILL);
     let _ = first.wait_exit(Duration::from_secs(10));
@@ -80,8 +69,7 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     std::fs::write(manifests.path().join("web.yaml"), service_manifest("web", VIP, &[b1.ip, b2.ip])).unwrap();
     let second = start_in(&node, &bus, &bpffs, manifests.path());
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let replies = looping.join().unwrap();
+    let replies: Vec<_> = looping.finish().into_iter().map(|(_, reply)| reply).collect();
     let failed: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),

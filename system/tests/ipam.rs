@@ -5,24 +5,12 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Containerd, HostLocal, privileged};
+use nodeplane_testkit::{Containerd, HostLocal, backdate, privileged, sandbox_id};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn id(name: &str) -> String {
-    format!("{name:0>64}")
-}
-
-fn backdate(path: &Path, age: Duration) {
-    let since = (SystemTime::now() - age).duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    let time = rustix::fs::Timespec { tv_sec: since.as_secs() as i64, tv_nsec: since.subsec_nanos() as _ };
-    let times = rustix::fs::Timestamps { last_access: time, last_modification: time };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
-}
 
 /// A containerd with one live container and a network holding its reservation
 /// plus `orphans` old ones whose containers are gone.
@@ -38,11 +26,11 @@ async fn leaky(orphans: usize) -> Leaky {
     let ctrd = Containerd::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let net = HostLocal { name: "pods".into(), data_dir: data.path().to_owned(), ranges: vec![vec!["10.30.0.0/26"]] };
-    ctrd.create_containers("k8s.io", &[id("live")]).await;
-    let live = net.add(&id("live"), "eth0").unwrap()[0];
+    ctrd.create_containers("k8s.io", &[sandbox_id("live")]).await;
+    let live = net.add(&sandbox_id("live"), "eth0").unwrap()[0];
     let orphans = (0..orphans)
         .map(|n| {
-            let owner = id(&format!("orphan{n}"));
+            let owner = sandbox_id(&format!("orphan{n}"));
             let ip = net.add(&owner, "eth0").unwrap()[0];
             backdate(&net.dir().join(ip.to_string()), HOUR);
             (ip, owner)

@@ -8,18 +8,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nodeplane_ipam::{IpamConfig, SweepError, sweep};
-use nodeplane_testkit::{Containerd, HostLocal, privileged};
+use nodeplane_testkit::{Containerd, HostLocal, backdate, privileged, sandbox_id};
 
 const NS: &str = "k8s.io";
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn id(name: &str) -> String {
-    // Pod sandbox ids are 64 hex digits; keep a readable prefix.
-    format!("{name:0>64}")
-}
 
 fn network(data: &Path, name: &str, ranges: Vec<Vec<&'static str>>) -> HostLocal {
     HostLocal { name: name.into(), data_dir: data.to_owned(), ranges }
@@ -32,15 +27,6 @@ fn config(ctrd: &Containerd, data: &Path) -> IpamConfig {
         namespace: NS.into(),
         ..IpamConfig::default()
     }
-}
-
-/// Sets a file's (or symlink's own) modification time `age` into the past.
-fn backdate(path: &Path, age: Duration) {
-    let then = SystemTime::now() - age;
-    let since = then.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    let time = rustix::fs::Timespec { tv_sec: since.as_secs() as i64, tv_nsec: since.subsec_nanos() as _ };
-    let times = rustix::fs::Timestamps { last_access: time, last_modification: time };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
 }
 
 /// Every entry of a directory: kind, content (or link target) and mtime.
@@ -78,8 +64,8 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     let data = tempfile::tempdir().unwrap();
     let net_a = network(data.path(), "net-a", vec![vec!["10.22.0.0/28"]]);
     let net_b = network(data.path(), "net-b", vec![vec!["10.23.0.0/28"], vec!["fd00:23::/124"]]);
-    let (live1, live3, live4) = (id("live1"), id("live3"), id("live4"));
-    let (dead1, dead2, dead3) = (id("dead1"), id("dead2"), id("dead3"));
+    let (live1, live3, live4) = (sandbox_id("live1"), sandbox_id("live3"), sandbox_id("live4"));
+    let (dead1, dead2, dead3) = (sandbox_id("dead1"), sandbox_id("dead2"), sandbox_id("dead3"));
     ctrd.create_containers(
         NS,
         &[live1.clone(), live3.clone(), live4.clone(), dead1.clone(), dead2.clone(), dead3.clone()],
@@ -104,10 +90,10 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     }
     let a = net_a.dir();
     write_reservation(&a, "10.22.0.12", &live4, HOUR); // old bare-id format, live
-    write_reservation(&a, "10.22.0.13", &id("gone-bare"), HOUR); // old bare-id format, leaked
+    write_reservation(&a, "10.22.0.13", &sandbox_id("gone-bare"), HOUR); // old bare-id format, leaked
     write_reservation(&a, "10.22.0.14", "", HOUR); // empty and old: leaked
     write_reservation(&a, "10.22.0.11", "", Duration::ZERO); // empty but young
-    write_reservation(&a, "notes.txt", &id("gone"), HOUR); // not an address: not a reservation
+    write_reservation(&a, "notes.txt", &sandbox_id("gone"), HOUR); // not an address: not a reservation
     std::os::unix::fs::symlink("10.22.0.13", a.join("10.22.0.10")).unwrap(); // a symlink is never one
     backdate(&a.join("10.22.0.10"), HOUR);
     fs::create_dir(a.join("10.22.0.9")).unwrap();
@@ -125,7 +111,7 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     assert_eq!(freed, expected);
     let owners: BTreeMap<IpAddr, String> = report.freed.iter().map(|f| (f.ip, f.owner.clone())).collect();
     assert_eq!(owners[&ip_dead1[0]], dead1);
-    assert_eq!(owners[&"10.22.0.13".parse().unwrap()], id("gone-bare"));
+    assert_eq!(owners[&"10.22.0.13".parse().unwrap()], sandbox_id("gone-bare"));
     assert_eq!(owners[&"10.22.0.14".parse().unwrap()], "");
     assert_eq!(report.counts.scanned, 11, "{report:?}"); // net-a: live1, dead1, dead2, .11-.14; net-b: 4
     // net-a: lock, last_reserved_ip.0, notes.txt, the symlink, the directory; net-b:
@@ -152,7 +138,7 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     // host-local still works and hands the freed addresses out again.
     let mut handed_out = BTreeSet::new();
     for n in 0.. {
-        match net_a.add(&id(&format!("new{n}")), "eth0") {
+        match net_a.add(&sandbox_id(&format!("new{n}")), "eth0") {
             Ok(ips) => handed_out.extend(ips),
             Err(err) => {
                 assert!(err.contains("no IP addresses available"), "{err}");
@@ -175,11 +161,11 @@ async fn dry_run_frees_nothing_and_reports_what_a_real_sweep_then_frees() {
     let ctrd = Containerd::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let net = network(data.path(), "dry", vec![vec!["10.25.0.0/28"]]);
-    let live = id("live");
+    let live = sandbox_id("live");
     ctrd.create_containers(NS, std::slice::from_ref(&live)).await;
     net.add(&live, "eth0").unwrap();
     for n in 0..4 {
-        for ip in net.add(&id(&format!("orphan{n}")), "eth0").unwrap() {
+        for ip in net.add(&sandbox_id(&format!("orphan{n}")), "eth0").unwrap() {
             backdate(&net.dir().join(ip.to_string()), HOUR);
         }
     }
@@ -200,8 +186,8 @@ async fn containerd_stopped_or_missing_namespace_frees_nothing_and_says_why() {
     let mut ctrd = Containerd::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let net = network(data.path(), "fail", vec![vec!["10.26.0.0/28"]]);
-    ctrd.create_containers(NS, &[id("someone")]).await;
-    for ip in net.add(&id("orphan"), "eth0").unwrap() {
+    ctrd.create_containers(NS, &[sandbox_id("someone")]).await;
+    for ip in net.add(&sandbox_id("orphan"), "eth0").unwrap() {
         backdate(&net.dir().join(ip.to_string()), HOUR);
     }
     let before = snapshot(&net.dir());
@@ -236,9 +222,9 @@ async fn containerd_stopped_or_restarted_mid_sweep_frees_nothing() {
         let mut ctrd = Containerd::start().unwrap();
         let data = tempfile::tempdir().unwrap();
         let net = network(data.path(), "mid", vec![vec!["10.27.0.0/28"]]);
-        ctrd.create_containers(NS, &[id("someone")]).await;
-        net.add(&id("someone"), "eth0").unwrap();
-        for ip in net.add(&id("orphan"), "eth0").unwrap() {
+        ctrd.create_containers(NS, &[sandbox_id("someone")]).await;
+        net.add(&sandbox_id("someone"), "eth0").unwrap();
+        for ip in net.add(&sandbox_id("orphan"), "eth0").unwrap() {
             backdate(&net.dir().join(ip.to_string()), HOUR);
         }
         let before = snapshot(&net.dir());
@@ -270,7 +256,7 @@ async fn racing_host_local_never_loses_a_live_reservation_or_doubles_an_address(
     let data = tempfile::tempdir().unwrap();
     // A small range, so addresses come round again quickly.
     let net = Arc::new(network(data.path(), "race", vec![vec!["10.28.0.0/28"]]));
-    let live: Vec<String> = (0..6).map(|n| id(&format!("racer{n}"))).collect();
+    let live: Vec<String> = (0..6).map(|n| sandbox_id(&format!("racer{n}"))).collect();
     ctrd.create_containers(NS, &live).await;
     // No grace: an orphan is leaked the moment the sweeper sees it. Listed, so the
     // moments when only orphans hold addresses are swept too.
@@ -286,7 +272,7 @@ async fn racing_host_local_never_loses_a_live_reservation_or_doubles_an_address(
                 // Orphans (no container record) whose CNI DEL races the sweeper: the
                 // dangerous case is an orphan's address freed by DEL and handed to a
                 // live container between the sweeper's scan and its unlink.
-                let orphans: Vec<String> = (0..4).map(|n| id(&format!("orphan{rounds}x{n}"))).collect();
+                let orphans: Vec<String> = (0..4).map(|n| sandbox_id(&format!("orphan{rounds}x{n}"))).collect();
                 for orphan in &orphans {
                     net.add(orphan, "eth0").unwrap();
                 }
@@ -338,12 +324,12 @@ async fn a_reservation_that_changes_while_the_sweeper_waits_for_the_lock_is_left
     let ctrd = Containerd::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let net = network(data.path(), "recheck", vec![vec!["10.29.0.0/28"]]);
-    let live = id("live");
+    let live = sandbox_id("live");
     ctrd.create_containers(NS, std::slice::from_ref(&live)).await;
     net.add(&live, "eth0").unwrap();
     let orphans: Vec<(IpAddr, PathBuf)> = (0..3)
         .map(|n| {
-            let ip = net.add(&id(&format!("orphan{n}")), "eth0").unwrap()[0];
+            let ip = net.add(&sandbox_id(&format!("orphan{n}")), "eth0").unwrap()[0];
             let path = net.dir().join(ip.to_string());
             backdate(&path, HOUR);
             (ip, path)
@@ -379,9 +365,9 @@ async fn a_network_with_no_live_reservation_is_swept_only_when_listed() {
     // Another CNI user's network (say nerdctl's `bridge`): its containers live in
     // another namespace, so none of its reservations has an owner in k8s.io.
     let foreign = network(data.path(), "bridge", vec![vec!["10.31.0.0/28"]]);
-    ctrd.create_containers(NS, &[id("pod")]).await;
-    ctrd.create_containers("default", &[id("nerdctl-container")]).await;
-    let ip = foreign.add(&id("nerdctl-container"), "eth0").unwrap()[0];
+    ctrd.create_containers(NS, &[sandbox_id("pod")]).await;
+    ctrd.create_containers("default", &[sandbox_id("nerdctl-container")]).await;
+    let ip = foreign.add(&sandbox_id("nerdctl-container"), "eth0").unwrap()[0];
     backdate(&foreign.dir().join(ip.to_string()), HOUR);
 
     let report = sweep(&config(&ctrd, data.path()), false).await.unwrap();

@@ -8,6 +8,7 @@
 mod containerd;
 mod dbus;
 mod hostlocal;
+mod ipam;
 mod manifests;
 mod netns;
 mod notify;
@@ -17,11 +18,12 @@ mod topology;
 pub use containerd::Containerd;
 pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
+pub use ipam::{backdate, sandbox_id};
 pub use manifests::service_manifest;
 pub use netns::{in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
-pub use topology::{Bpffs, NamedNetns, Node, Pod, Server};
+pub use topology::{Bpffs, NamedNetns, Node, Pod, RequestLoop, Server};
 
 use std::io::Write;
 

@@ -309,3 +309,45 @@ impl Drop for Bpffs {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// When a request started, and the reply (or the error).
+pub type Request = (std::time::Instant, Result<String, String>);
+
+/// TCP requests from a pod to `addr:port`, one after another on a thread, until
+/// [`finish`](RequestLoop::finish) (or drop). Each is recorded with its start time.
+pub struct RequestLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Request>>>,
+}
+
+impl RequestLoop {
+    pub fn start(pod: Arc<Pod>, addr: Ipv4Addr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                replies.push((started, pod.tcp_request(addr, port).map_err(|e| e.to_string())));
+            }
+            replies
+        });
+        RequestLoop { stop, thread: Some(thread) }
+    }
+
+    /// Stops the loop; every request's start time and reply (or error).
+    pub fn finish(mut self) -> Vec<Request> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("not finished yet").join().expect("the request loop does not panic")
+    }
+}
+
+impl Drop for RequestLoop {
+    /// A failed assertion still stops the loop (and so frees the pod).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
