@@ -271,9 +271,10 @@ int from_pod(struct __sk_buff *skb)
 	/* A new connection on the tuple of a closed flow, or of one whose backend is
 	 * gone, is a new flow; so is any UDP packet of a flow whose backend is gone. */
 	if (ct && !ct->reply) {
-		int gone = !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port);
 		int syn = pkt.syn && !pkt.ack;
-		if ((syn && (closed(ct) || gone)) || (pkt.flow.proto == IPPROTO_UDP && gone))
+		/* Only a SYN or a UDP packet pays for the backend lookup. */
+		if ((syn && closed(ct)) ||
+		    ((syn || pkt.flow.proto == IPPROTO_UDP) && !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port)))
 			ct = NULL;
 	}
 	if (!ct)
