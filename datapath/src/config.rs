@@ -21,6 +21,8 @@ pub struct DatapathConfig {
     pub pod_interface_prefix: String,
     /// `auto` (TCX where the kernel has it) or `netlink` (clsact filters).
     pub attach: AttachMode,
+    /// Where the pods the CNI plugin registered are kept across restarts.
+    pub state_dir: PathBuf,
     /// Source address of a pod's flows to itself through a Service.
     pub hairpin_address: Ipv4Addr,
     /// This node's pod subnet (`10.244.1.0/24`): the CNI plugin allocates from it
@@ -56,6 +58,7 @@ impl Default for DatapathConfig {
             manifests_dir: PathBuf::from("/etc/nodeplane/manifests"),
             pod_interface_prefix: "np".into(),
             attach: AttachMode::Auto,
+            state_dir: PathBuf::from("/run/nodeplane"),
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
             pod_cidr: None,
             node_ip: None,

@@ -5,9 +5,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::links::FdLink;
-use aya::programs::tc::{self, SchedClassifier, TcAttachType};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{self, SchedClassifier, SchedClassifierLink, TcAttachType, TcHandle};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::maps::{self, BackendId, BackendKey, BackendValue, CtKey, CtValue, LbConfig, SvcKey, SvcValue};
@@ -20,6 +22,10 @@ pub enum DatapathError {
     Program(#[from] aya::programs::ProgramError),
     #[error("eBPF map: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("eBPF link: {0}")]
+    Link(#[from] LinkError),
+    #[error("parsing the embedded eBPF object: {0}")]
+    Object(String),
     #[error("adding the clsact qdisc to {interface}: {source}")]
     Clsact { interface: String, source: tc::TcError },
     #[error("pinning at {path}: {source}")]
@@ -65,6 +71,9 @@ const PROGRAM: &str = "from_pod";
 const LINKS: &str = "links";
 /// Prefix of the directory marking a netlink attachment (bpffs holds no files).
 const NETLINK_MARK: &str = "netlink_";
+/// Where a netlink filter sits: fixed, so a later instance finds it to replace its program.
+const NETLINK_PRIORITY: u16 = 1;
+const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// The loaded datapath. Dropping it detaches the program from the interfaces it
 /// was attached to; the maps stay pinned.
@@ -72,6 +81,10 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     attach: AttachMode,
+    /// Interfaces that run this instance's program (attached or moved to it).
+    current: HashSet<String>,
+    /// Pinned maps whose layout differed from the program's, recreated empty.
+    recreated: Vec<String>,
 }
 
 /// How the program is attached to interfaces.
@@ -94,22 +107,46 @@ impl Datapath {
 
     /// [`load`](Self::load), attaching by `attach`.
     pub fn load_with(pin_dir: &Path, attach: AttachMode) -> Result<Self, DatapathError> {
+        let recreated = unpin_changed_maps(pin_dir)?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::LB_OBJECT)?;
         program(&mut ebpf)?.load()?;
         let links = pin_dir.join(LINKS);
         std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
-        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach })
+        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated })
+    }
+
+    /// The kernel's id of this instance's program (what its attachments run).
+    pub fn program_id(&mut self) -> Result<u32, DatapathError> {
+        Ok(program(&mut self.ebpf)?.info()?.id())
+    }
+
+    /// The pinned maps that an upgrade changed the layout of: they were
+    /// recreated empty (what changed, one line each).
+    pub fn recreated_maps(&self) -> &[String] {
+        &self.recreated
     }
 
     /// Attaches the load balancer to tc ingress of `interface` (a pod's host-side
     /// veth): TCX on kernels that have it, else netlink clsact. The attachment
     /// outlives this process — a TCX link is pinned under `links/`, a netlink filter
-    /// stays on its qdisc — so traffic keeps flowing while nodeplaned restarts; an
-    /// interface a previous instance attached is left as it is.
+    /// stays on its qdisc — so traffic keeps flowing while nodeplaned restarts. An
+    /// interface a previous instance attached is moved to this instance's program
+    /// in one atomic step (an upgrade takes effect without a gap).
     pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        if self.current.contains(interface) {
+            return Ok(());
+        }
         let (tcx_pin, netlink_mark) = self.link_paths(interface);
         if tcx_pin.exists() || netlink_mark.exists() {
-            return Ok(());
+            match self.replace_program(interface, &tcx_pin, netlink_mark.exists()) {
+                Ok(()) => {
+                    self.current.insert(interface.to_owned());
+                    return Ok(());
+                }
+                // The recorded attachment is gone (the interface was re-created,
+                // someone deleted the filter): attach afresh.
+                Err(_) => self.forget_interface(interface)?,
+            }
         }
         // Netlink attachment (kernels before 6.6) needs the qdisc; TCX ignores it.
         match tc::qdisc_add_clsact(interface) {
@@ -122,7 +159,11 @@ impl Datapath {
         let id = match self.attach {
             AttachMode::Auto => program.attach(interface, TcAttachType::Ingress)?,
             AttachMode::Netlink => {
-                let options = tc::TcAttachOptions::Netlink(tc::NlOptions::default());
+                let options = tc::TcAttachOptions::Netlink(tc::NlOptions {
+                    priority: NETLINK_PRIORITY,
+                    handle: NETLINK_HANDLE,
+                    classid: None,
+                });
                 program.attach_with_options(interface, TcAttachType::Ingress, options)?
             }
         };
@@ -136,12 +177,33 @@ impl Datapath {
             std::mem::forget(link);
             std::fs::create_dir(&netlink_mark).map_err(|source| DatapathError::Pin { path: netlink_mark, source })?;
         }
+        self.current.insert(interface.to_owned());
+        Ok(())
+    }
+
+    /// Swaps the program of an existing attachment for this instance's: a TCX
+    /// link update, or a netlink filter replaced in place.
+    fn replace_program(&mut self, interface: &str, tcx_pin: &Path, netlink: bool) -> Result<(), DatapathError> {
+        let link = if netlink {
+            SchedClassifierLink::attached(interface, TcAttachType::Ingress, NETLINK_PRIORITY, NETLINK_HANDLE, None)
+                .map_err(|source| DatapathError::Pin { path: tcx_pin.to_owned(), source })?
+        } else {
+            SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(tcx_pin)?))?
+        };
+        let program = program(&mut self.ebpf)?;
+        let id = program.attach_to_link(link)?;
+        let link = program.take_link(id)?;
+        if netlink {
+            // Dropping a netlink link deletes its filter; a TCX link stays pinned.
+            std::mem::forget(link);
+        }
         Ok(())
     }
 
     /// Forgets the attachment record of an interface that is gone (the kernel
     /// dropped the attachment with it), so a new interface of that name is attached.
     pub fn forget_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.current.remove(interface);
         let (tcx_pin, netlink_mark) = self.link_paths(interface);
         for (path, result) in
             [(&tcx_pin, std::fs::remove_file(&tcx_pin)), (&netlink_mark, std::fs::remove_dir(&netlink_mark))]
@@ -356,6 +418,32 @@ pub(crate) fn lifetime(key: &CtKey, value: &CtValue, timeouts: CtTimeouts) -> Du
         (6, false, false) => timeouts.tcp_syn,
         _ => timeouts.udp,
     }
+}
+
+/// Unpins the maps whose pinned type, key or value size or capacity differ from
+/// the embedded object's (an upgrade changed them), so the load creates them anew
+/// rather than run the program on a map it would misread. Returns what changed.
+fn unpin_changed_maps(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let object = aya_obj::Object::parse(crate::LB_OBJECT).map_err(|e| DatapathError::Object(e.to_string()))?;
+    let mut changed = Vec::new();
+    for (name, wanted) in &object.maps {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)?.info()?;
+        let pinned =
+            (info.map_type().map_or(u32::MAX, |t| t as u32), info.key_size(), info.value_size(), info.max_entries());
+        let wanted = (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.max_entries());
+        if pinned != wanted {
+            std::fs::remove_file(&path).map_err(|source| DatapathError::Pin { path: path.clone(), source })?;
+            changed.push(format!(
+                "{name}: pinned as (type, key, value, entries) {pinned:?}, the program needs {wanted:?}; recreated empty"
+            ));
+        }
+    }
+    changed.sort();
+    Ok(changed)
 }
 
 fn conntrack(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, DatapathError> {

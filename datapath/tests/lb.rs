@@ -164,9 +164,11 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     assert!(before.iter().all(|k| entries.contains(k)), "conntrack entries were lost");
     let iface = client.host_if.clone();
     let attached = node.netns.run(move || {
-        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
+        aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress)
+            .map(|(_, p)| p.iter().map(|p| p.id()).collect::<Vec<_>>())
     });
-    assert_eq!(attached.unwrap(), 1, "one program on the interface, not two");
+    let current = second.program_id().unwrap();
+    assert_eq!(attached.unwrap(), [current], "one program on the interface, the new loader's (an upgrade applies)");
     second.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
@@ -416,14 +418,16 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
 
     drop(first);
     assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b", "the filter outlives the loader");
-    let _second = load_netlink();
+    let mut second = load_netlink();
     assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b");
+    let current = format!(" id {} ", second.program_id().unwrap());
     let iface = client.host_if.clone();
     let shown = node.netns.run(move || {
         std::process::Command::new("tc").args(["filter", "show", "dev", &iface, "ingress"]).output().unwrap()
     });
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert_eq!(shown.lines().filter(|l| l.contains("name from_pod")).count(), 1, "one filter, not two: {shown}");
+    assert!(shown.contains(&current), "the filter runs the new loader's program ({current}): {shown}");
 }
 
 #[test]
@@ -467,4 +471,35 @@ fn a_long_lived_connection_keeps_its_backend_while_the_loader_restarts() {
     for n in 3..20 {
         echo(n);
     }
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
+    if !privileged("a_pinned_map_of_another_layout_is_recreated_not_misread") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    // As an older nodeplane would have left it: np_conntrack with other sizes.
+    let stale = bpffs.path().join("np_conntrack");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&stale)
+        .args(["type", "hash", "key", "4", "value", "4", "entries", "16", "name", "np_conntrack"])
+        .output()
+        .expect("bpftool");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let first = Datapath::load(bpffs.path()).expect("load over a stale map");
+    let recreated = first.recreated_maps();
+    assert_eq!(recreated.len(), 1, "{recreated:?}");
+    assert!(recreated[0].starts_with("np_conntrack: pinned as"), "{recreated:?}");
+    let shown = std::process::Command::new("bpftool").args(["map", "show", "pinned"]).arg(&stale).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains("lru_hash")
+            && shown.contains(&format!("max_entries {}", nodeplane_datapath::maps::CONNTRACK_CAPACITY)),
+        "{shown}"
+    );
+    drop(first);
+    // The layout now matches: a second load reuses every map.
+    assert!(Datapath::load(bpffs.path()).unwrap().recreated_maps().is_empty());
 }

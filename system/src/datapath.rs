@@ -13,18 +13,21 @@ use nodeplane_datapath::{Datapath, DatapathConfig, GcStats, Reconciler, SyncStat
 
 use crate::component::{Component, Fact, Facts, Reporter, State};
 use crate::config::NodeConfig;
+pub use crate::endpoints::Endpoint;
+use crate::endpoints::{EndpointStore, check_container_id};
 
 pub struct DatapathComponent {
     config: DatapathConfig,
     reporter: Reporter,
     running: Option<Running>,
-    /// Pods registered by the CNI plugin, by container id (in memory: the plugin
-    /// registers again at its next ADD or CHECK after a restart).
+    /// Pods registered by the CNI plugin, by container id; stored, so a restart
+    /// keeps them.
     endpoints: std::collections::BTreeMap<String, Endpoint>,
 }
 
 struct Running {
     datapath: Datapath,
+    store: EndpointStore,
     reconciler: Reconciler,
     /// Names, sizes and times of the manifest files at the last sync.
     fingerprint: Vec<(PathBuf, u64, SystemTime)>,
@@ -52,13 +55,23 @@ impl Component for DatapathComponent {
             format!("cannot load the datapath with its maps pinned in {} (a bpffs?): {e}", root.display())
         })?;
         datapath.set_hairpin_address(component.config.hairpin_address).map_err(|e| e.to_string())?;
+        for change in datapath.recreated_maps() {
+            tracing::warn!("pinned map of an older layout replaced, its entries are lost: {change}");
+        }
+        let store = EndpointStore::open(&component.config.state_dir)?;
+        let (endpoints, unreadable) = store.load();
+        for problem in &unreadable {
+            tracing::warn!("stored pod registration skipped: {problem}");
+        }
+        component.endpoints = endpoints;
         component.running = Some(Running {
             datapath,
+            store,
             reconciler: Reconciler::default(),
             fingerprint: Vec::new(),
             last_sync: None,
             manifest_errors: Vec::new(),
-            attach_errors: Vec::new(),
+            attach_errors: unreadable,
             last_gc: Instant::now(),
             expired_total: 0,
             last_gc_stats: GcStats::default(),
@@ -100,25 +113,11 @@ impl Component for DatapathComponent {
     async fn command(&mut self, request: EndpointRequest) {
         let result = match request.change {
             EndpointChange::Register(endpoint) => self.register(endpoint),
-            EndpointChange::Unregister(container_id) => {
-                self.endpoints.remove(&container_id);
-                Ok(())
-            }
+            EndpointChange::Unregister(container_id) => self.unregister(&container_id),
         };
         self.publish();
         let _ = request.reply.send(result);
     }
-}
-
-/// A pod's network endpoint, as the CNI plugin registers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub container_id: String,
-    pub netns: String,
-    pub host_interface: String,
-    pub ips: Vec<String>,
-    pub pod_namespace: String,
-    pub pod_name: String,
 }
 
 pub enum EndpointChange {
@@ -135,8 +134,10 @@ pub struct EndpointRequest {
 impl DatapathComponent {
     /// Attaches the pod's interface at once (not at the next sync) and records it.
     fn register(&mut self, endpoint: Endpoint) -> Result<(), String> {
+        check_container_id(&endpoint.container_id)?;
         let Some(running) = &mut self.running else { return Err("the datapath is disabled on this node".into()) };
         running.datapath.attach_pod_interface(&endpoint.host_interface).map_err(|e| e.to_string())?;
+        running.store.save(&endpoint)?;
         tracing::info!(
             datapath_pod = %format!("{}/{}", endpoint.pod_namespace, endpoint.pod_name),
             datapath_interface = %endpoint.host_interface,
@@ -146,11 +147,45 @@ impl DatapathComponent {
         Ok(())
     }
 
+    fn unregister(&mut self, container_id: &str) -> Result<(), String> {
+        check_container_id(container_id)?;
+        if let Some(running) = &self.running {
+            running.store.remove(container_id)?;
+        }
+        self.endpoints.remove(container_id);
+        Ok(())
+    }
+
     /// Attaches new pod interfaces, applies changed manifests (or all, `force`d),
     /// collects expired conntrack entries when due, and publishes the result.
     fn sync(&mut self, force: bool) {
         let Some(running) = &mut self.running else { return };
-        running.attach_errors = attach_pod_interfaces(&mut running.datapath, &self.config.pod_interface_prefix);
+        let present = match interfaces() {
+            Ok(present) => present,
+            Err(err) => {
+                running.attach_errors = vec![format!("listing interfaces: {err}")];
+                return self.publish();
+            }
+        };
+        running.attach_errors =
+            attach_pod_interfaces(&mut running.datapath, &present, &self.config.pod_interface_prefix);
+        // A pod whose interface is gone (deleted while nodeplaned was down, or
+        // without a CNI DEL) is no longer one.
+        self.endpoints.retain(|id, endpoint| {
+            let here = present.contains(&endpoint.host_interface);
+            if !here {
+                tracing::info!(
+                    "pod {}/{} is gone with {}",
+                    endpoint.pod_namespace,
+                    endpoint.pod_name,
+                    endpoint.host_interface
+                );
+                if let Err(err) = running.store.remove(id) {
+                    running.attach_errors.push(err);
+                }
+            }
+            here
+        });
         let fingerprint = fingerprint(&self.config.manifests_dir);
         if !self.config.manifests_dir.is_dir() {
             // A missing directory (a late mount, a typo) must not wipe every Service.
@@ -252,25 +287,23 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, SystemTime)> {
     files
 }
 
-/// Attaches to every interface of this network namespace whose name has the pod
-/// prefix, and forgets the records of ones that are gone. Returns the failures.
-fn attach_pod_interfaces(datapath: &mut Datapath, prefix: &str) -> Vec<String> {
-    let present: BTreeSet<String> = match std::fs::read_to_string("/proc/self/net/dev") {
-        Ok(dev) => dev
-            .lines()
-            .skip(2)
-            .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
-            .filter(|n| n.starts_with(prefix))
-            .collect(),
-        Err(err) => return vec![format!("listing interfaces: {err}")],
-    };
+/// The interfaces of this network namespace.
+fn interfaces() -> std::io::Result<BTreeSet<String>> {
+    let dev = std::fs::read_to_string("/proc/self/net/dev")?;
+    Ok(dev.lines().skip(2).filter_map(|l| Some(l.split(':').next()?.trim().to_owned())).collect())
+}
+
+/// Attaches to every `present` interface whose name has the pod prefix, and
+/// forgets the records of ones that are gone. Returns the failures.
+fn attach_pod_interfaces(datapath: &mut Datapath, present: &BTreeSet<String>, prefix: &str) -> Vec<String> {
+    let present: BTreeSet<&String> = present.iter().filter(|n| n.starts_with(prefix)).collect();
     let mut errors = Vec::new();
     for gone in datapath.attached_interfaces().unwrap_or_default().into_iter().filter(|n| !present.contains(n)) {
         if let Err(err) = datapath.forget_interface(&gone) {
             errors.push(format!("{gone}: {err}"));
         }
     }
-    for interface in &present {
+    for interface in present {
         if let Err(err) = datapath.attach_pod_interface(interface) {
             errors.push(format!("attaching to {interface}: {err}"));
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 mod datapath;
+mod endpoints;
 mod inspect;
 mod ipam;
 mod logging;

@@ -83,6 +83,12 @@ impl NodeUnderTest {
     }
 }
 
+/// The datapath component as `nodeplanectl status --json` shows it.
+fn datapath_status(bus: &DbusDaemon) -> serde_json::Value {
+    let status: serde_json::Value = serde_json::from_slice(&ctl(bus, &["status", "--json"]).stdout).unwrap();
+    status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone()
+}
+
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
 }
@@ -122,8 +128,7 @@ fn add_check_del_give_a_pod_its_network_and_the_datapath_serves_it() {
         pods.push(Pod { netns, ip, host_if });
     }
     let (client, server) = (&pods[0], &pods[1]);
-    let status: serde_json::Value = serde_json::from_slice(&ctl(&bus, &["status", "--json"]).stdout).unwrap();
-    let datapath = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone();
+    let datapath = datapath_status(&bus);
     assert_eq!(datapath["facts"]["registered_pods"], 2, "{datapath}");
     assert_eq!(datapath["facts"]["attached_interfaces"], 2, "attached at ADD, not at the next sync: {datapath}");
     let _serving = server.serve_tcp(8080, "served");
@@ -196,4 +201,42 @@ fn a_configuration_without_a_range_takes_the_pod_cidr_from_node_toml() {
     assert!(del.status.success(), "{}", text(&del.stdout));
     let ip = address.split('/').next().unwrap();
     assert!(!data.path().join("pods").join(ip).exists(), "DEL released {ip}");
+}
+
+#[test]
+fn registrations_survive_a_restart_and_pods_gone_meanwhile_are_dropped() {
+    if !privileged("registrations_survive_a_restart_and_pods_gone_meanwhile_are_dropped") {
+        return;
+    }
+    let NodeUnderTest { node, bus, data, manifests, _nodeplaned: nodeplaned, _bpffs: bpffs } = NodeUnderTest::start();
+    let conf = conf(data.path());
+    let mut pods = Vec::new();
+    for name in ["stays", "goes"] {
+        let netns = NamedNetns::new(format!("{}-{name}", node.netns.name())).unwrap();
+        let out = cni(&node, &bus, "ADD", name, &netns.path(), &conf);
+        assert!(out.status.success(), "ADD {name}: {}", text(&out.stdout));
+        pods.push((name, netns, json(&out)["interfaces"][0]["name"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(datapath_status(&bus)["facts"]["registered_pods"], 2);
+
+    // Killed; one pod goes away (its namespace and veth) while nodeplaned is down.
+    nodeplaned.signal(rustix::process::Signal::KILL);
+    nodeplaned.wait_exit(std::time::Duration::from_secs(10)).unwrap();
+    let (_, gone_netns, gone_if) = pods.pop().unwrap();
+    drop(gone_netns);
+    assert!(eventually(std::time::Duration::from_secs(5), || node.netns.ip(&["link", "show", &gone_if]).is_err()));
+
+    let _restarted = start_in(&node, &bus, &bpffs, manifests.path());
+    let datapath = datapath_status(&bus);
+    assert_eq!(datapath["facts"]["registered_pods"], 1, "the live pod kept, the gone one dropped: {datapath}");
+    let stored: Vec<_> = std::fs::read_dir(bpffs.state_dir().join("endpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(stored, ["stays.json"]);
+
+    // DEL after the restart forgets the kept one.
+    let del = cni(&node, &bus, "DEL", "stays", &pods[0].1.path(), &conf);
+    assert!(del.status.success(), "DEL: {}", text(&del.stdout));
+    assert_eq!(datapath_status(&bus)["facts"]["registered_pods"], 0);
 }

@@ -19,10 +19,11 @@ const OVERLAPPING_RANGE: (&str, &str) = ("net.ipv4.ip_local_port_range", "10000 
 fn demo_config(ctrd: &Containerd, cni: &Path, bpffs: &Bpffs, manifests: &Path) -> String {
     format!(
         "[sysctl]\ncheck_interval = \"5s\"\n\n[ipam]\ninterval = \"1m\"\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n\n\
-         [datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\n",
+         [datapath]\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\n",
         cni.display(),
         ctrd.socket().display(),
         bpffs.path().display(),
+        bpffs.state_dir().display(),
         manifests.display()
     )
 }

@@ -287,6 +287,7 @@ impl Drop for Server {
 /// A bpffs mounted on a temporary directory, unmounted on drop.
 pub struct Bpffs {
     dir: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Bpffs {
@@ -296,11 +297,18 @@ impl Bpffs {
         if !status.success() {
             return Err(io::Error::other("mount -t bpf failed"));
         }
-        Ok(Bpffs { dir })
+        let state = tempfile::Builder::new().prefix("nodeplane-state-").tempdir()?;
+        Ok(Bpffs { dir, state })
     }
 
     pub fn path(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// A directory for `[datapath] state_dir`: what nodeplaned keeps beside its
+    /// pins (the node's `/run/nodeplane`), living as long as they do.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
     }
 }
 

@@ -184,9 +184,10 @@ pub fn start_in(
     manifests: &Path,
 ) -> Nodeplaned {
     let config = format!(
-        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\"\n\
-         [ipam]\nenabled = false\n",
+        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
+         sync_interval = \"200ms\"\n[ipam]\nenabled = false\n",
         bpffs.path().display(),
+        bpffs.state_dir().display(),
         manifests.display()
     );
     let launch = Launch {
