@@ -1,17 +1,19 @@
 //! Developer entry points for nodeplane, run as `cargo xtask <task>`:
 //!
 //! - `setup`: install the Debian packages the build and tests need (root).
-//! - `run [--once]`: set up, build, start `nodeplaned` in a throwaway network
-//!   namespace on a private D-Bus daemon, print `nodeplanectl status`, and stop
-//!   cleanly on Ctrl-C (or right away with `--once`).
+//! - `image`: build the node image into `target/image/` (see `image.rs`).
+//! - `run [--headless]`: set up, build the image and boot it under QEMU with its
+//!   console here, printing the node's health once nodeplaned is READY (and, with
+//!   `--headless`, exiting then).
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
-//!   hardening check, and a `run --once` smoke run.
+//!   hardening check, the QEMU boot tests, and a `run --headless` smoke run.
 //! - `bench ipam`: the IPAM sweeper at node scale (see `bench.rs`).
 //! - `bench datapath`: connection rate through a Service VIP against the direct
 //!   pod-IP path (see `bench_datapath.rs`).
 
 mod bench;
 mod bench_datapath;
+mod image;
 mod packages;
 mod run;
 mod test;
@@ -19,15 +21,16 @@ mod test;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <setup | run [--once] | test | bench ipam | bench datapath>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | bench ipam | bench datapath>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["setup"] => packages::ensure(),
+        ["image"] => image::build().map(drop),
         ["run"] => run::run(false),
-        ["run", "--once"] => run::run(true),
+        ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
         ["bench", "datapath"] => bench_datapath::bench(),
         ["bench", what] => bench::bench(what),

@@ -16,6 +16,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libbpf-dev", "bpf_helpers.h and friends for the eBPF C programs"),
     ("bpftool", "inspecting pinned maps and programs; BTF dumps in tests"),
     ("iproute2", "network namespaces and veth pairs for the datapath tests"),
+    ("debootstrap", "the node image's Debian base"),
+    ("erofs-utils", "mkfs.erofs: the image's read-only compressed root"),
+    ("dosfstools", "mkfs.vfat: the disk image's EFI system partition"),
+    ("mtools", "mcopy: files onto the ESP without mounting it"),
+    ("fdisk", "sfdisk: the disk image's GPT"),
+    ("ovmf", "UEFI firmware to boot the disk image under QEMU"),
+    ("qemu-system-x86", "boots the node image (TCG)"),
 ];
 
 pub fn ensure() -> Result<(), String> {
@@ -47,6 +54,11 @@ pub fn ensure() -> Result<(), String> {
     apt(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(&missing);
+    if missing.contains(&"qemu-system-x86") {
+        // Some machines carry qemu-utils from backports, which blocks bookworm's
+        // qemu-system-x86: take both from bookworm.
+        install.extend(["--allow-downgrades", "qemu-utils/bookworm"]);
+    }
     apt(&install)
 }
 

@@ -8,11 +8,13 @@ pub fn test() -> Result<(), String> {
     crate::packages::ensure()?;
     crate::step("format check", crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
     crate::step("lints", crate::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    let tally = cargo_test()?;
+    // The boot tests need the node image.
+    let image = crate::image::build()?;
+    let tally = cargo_test(&image.dir)?;
     let smoke = if nodeplane_testkit::is_root() {
         Some(crate::step(
-            "smoke run (cargo xtask run --once)",
-            Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--once"]),
+            "smoke run (cargo xtask run --headless)",
+            Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--headless"]),
         ))
     } else {
         eprintln!("==> not root: privileged tests (counted as passed by cargo) and the smoke run were SKIPPED");
@@ -36,10 +38,11 @@ struct Tally {
 }
 
 /// `cargo test --workspace`, echoing its output and adding up the result lines.
-fn cargo_test() -> Result<Tally, String> {
+fn cargo_test(image: &std::path::Path) -> Result<Tally, String> {
     eprintln!("==> tests");
     let mut child = crate::cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
+        .env("NODEPLANE_IMAGE_DIR", image)
         .current_dir(crate::root())
         .stdout(Stdio::piped())
         .spawn()

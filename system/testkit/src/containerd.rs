@@ -91,21 +91,7 @@ impl Containerd {
 
     /// Creates container records (no image, no task) in namespace `ns`.
     pub async fn create_containers(&self, ns: &str, ids: &[String]) {
-        let mut client = ContainersClient::new(self.channel().await);
-        for id in ids {
-            let spec = prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
-            };
-            let container = Container {
-                id: id.clone(),
-                runtime: Some(Runtime { name: "io.containerd.runc.v2".into(), options: None }),
-                spec: Some(spec),
-                ..Default::default()
-            };
-            let request = namespaced(CreateContainerRequest { container: Some(container) }, ns);
-            client.create(request).await.unwrap_or_else(|e| panic!("create container {id}: {e}"));
-        }
+        create_containers(&self.socket, ns, ids).await
     }
 
     pub async fn delete_container(&self, ns: &str, id: &str) {
@@ -114,6 +100,27 @@ impl Containerd {
             .delete(namespaced(DeleteContainerRequest { id: id.into() }, ns))
             .await
             .unwrap_or_else(|e| panic!("delete container {id}: {e}"));
+    }
+}
+
+/// Creates container records (no image, no task) in namespace `ns` of the
+/// containerd at `socket`: owners for planted IPAM reservations.
+pub async fn create_containers(socket: &Path, ns: &str, ids: &[String]) {
+    let channel = containerd_client::connect(socket).await.expect("connect to containerd");
+    let mut client = ContainersClient::new(channel);
+    for id in ids {
+        let spec = prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
+        };
+        let container = Container {
+            id: id.clone(),
+            runtime: Some(Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+            spec: Some(spec),
+            ..Default::default()
+        };
+        let request = namespaced(CreateContainerRequest { container: Some(container) }, ns);
+        client.create(request).await.unwrap_or_else(|e| panic!("create container {id}: {e}"));
     }
 }
 

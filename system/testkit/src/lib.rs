@@ -15,7 +15,7 @@ mod notify;
 mod process;
 mod topology;
 
-pub use containerd::Containerd;
+pub use containerd::{Containerd, create_containers};
 pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
@@ -23,7 +23,7 @@ pub use manifests::service_manifest;
 pub use netns::{in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
-pub use topology::{Bpffs, NamedNetns, Node, Pod, RequestLoop, Server};
+pub use topology::{Bpffs, NamedNetns, Node, Pod, RequestLoop, Server, tcp_request};
 
 use std::io::Write;
 

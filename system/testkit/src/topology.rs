@@ -225,13 +225,7 @@ impl Pod {
 
     /// Connects over TCP from this pod and returns what the server said.
     pub fn tcp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<String> {
-        self.netns.run(move || {
-            let mut stream = std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply)?;
-            Ok(reply)
-        })
+        self.netns.run(move || tcp_request(addr, port))
     }
 
     /// Like [`tcp_request`](Self::tcp_request), from a fixed local port (reusable
@@ -316,6 +310,16 @@ impl Drop for Bpffs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
+}
+
+/// Connects to `addr:port` from this network namespace and reads the reply to
+/// its end (2 s timeouts).
+pub fn tcp_request(addr: Ipv4Addr, port: u16) -> io::Result<String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
 }
 
 /// When a request started, and the reply (or the error).

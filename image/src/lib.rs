@@ -1,0 +1,350 @@
+//! Builds the nodeplane node image from Debian bookworm (debootstrap), the way an
+//! appliance OS is built: one read-only compressed root file system with
+//! nodeplane's binaries, units and configuration in it, and two ways to boot it.
+//!
+//! Outputs, in the output directory:
+//! - `nodeplane.img`: a UEFI-bootable GPT disk (ESP with systemd-boot, kernel and
+//!   initrd; the erofs root; a blank state partition that becomes `/var` on first
+//!   boot);
+//! - `vmlinuz`, `initrd.img`, `root.erofs` and `state.img` (a blank state disk) for
+//!   direct kernel boot, as the boot tests do.
+//!
+//! The debootstrapped base is cached under the cache directory, keyed by the
+//! package list, so a rebuild without package changes only re-lays nodeplane's
+//! files over it; downloaded packages are cached there too.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The Debian release and mirror the image is built from.
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// Bumped when the way the base is made changes, so old caches are not reused.
+const BASE_RECIPE: u32 = 1;
+/// The partition names the image's fstab and boot entry refer to.
+pub const ROOT_LABEL: &str = "nodeplane-root";
+pub const STATE_LABEL: &str = "nodeplane-state";
+/// Size of the state partition (and of the blank state disk): `/var` grows into it.
+const STATE_BYTES: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Kernel command line shared by both ways to boot (root= comes on top).
+pub const KERNEL_ARGS: &str = "console=ttyS0 ro rootfstype=erofs panic=-1";
+
+/// Where a build's inputs are.
+pub struct Inputs {
+    /// The repository (for `image/` and `units/`).
+    pub repo: PathBuf,
+    /// The directory holding release builds of `nodeplaned`, `nodeplanectl`, `nodeplane-cni`.
+    pub binaries: PathBuf,
+    /// Cache for the debootstrapped base and downloaded packages.
+    pub cache: PathBuf,
+}
+
+/// The built image's files.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub dir: PathBuf,
+}
+
+impl Image {
+    pub fn at(dir: &Path) -> Self {
+        Image { dir: dir.to_owned() }
+    }
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+    pub fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd.img")
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root.erofs")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("nodeplane.img")
+    }
+    /// A blank state disk (GPT, one `nodeplane-state` partition) to copy for a
+    /// direct boot.
+    pub fn state_template(&self) -> PathBuf {
+        self.dir.join("state.img")
+    }
+    /// Whether every file is there.
+    pub fn complete(&self) -> bool {
+        [self.kernel(), self.initrd(), self.root(), self.disk(), self.state_template()].iter().all(|p| p.is_file())
+    }
+}
+
+/// Builds the image into `out`, printing each step and how long it took.
+pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, String> {
+    let packages = packages(&inputs.repo.join("image/packages.list"))?;
+    let base = base(&inputs.cache, &packages)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let rootfs = out.join("rootfs");
+    if rootfs.exists() {
+        run("remove the previous root tree", Command::new("rm").arg("-rf").arg(&rootfs))?;
+    }
+    run("copy the cached base", Command::new("cp").arg("-a").arg(&base).arg(&rootfs))?;
+    install_nodeplane(inputs, &rootfs)?;
+    let kernel_version = kernel_version(&rootfs)?;
+    chroot(&rootfs, "make the initramfs", &["update-initramfs", "-c", "-k", &kernel_version])?;
+    let image = Image::at(out);
+    copy(&rootfs.join(format!("boot/vmlinuz-{kernel_version}")), &image.kernel())?;
+    copy(&rootfs.join(format!("boot/initrd.img-{kernel_version}")), &image.initrd())?;
+    make_root(&rootfs, &image.root(), &kernel_version)?;
+    let esp = out.join("esp.img");
+    make_esp(&rootfs, &image, &esp)?;
+    make_disk(&image.disk(), &[(&esp, Part::Esp), (&image.root(), Part::Root)], STATE_BYTES)?;
+    std::fs::remove_file(&esp).map_err(|e| e.to_string())?;
+    make_disk(&image.state_template(), &[], STATE_BYTES)?;
+    Ok(image)
+}
+
+/// The package names in `packages.list` (comments and blank lines skipped).
+fn packages(list: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(list).map_err(|e| format!("{}: {e}", list.display()))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = names.iter().find(|n| n.contains(char::is_whitespace) || n.contains(',')) {
+        return Err(format!("{}: {bad:?} is not one package name", list.display()));
+    }
+    Ok(names)
+}
+
+/// The debootstrapped base for `packages`, from the cache or made now (minutes).
+fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
+    let mut hasher = DefaultHasher::new();
+    (BASE_RECIPE, SUITE, MIRROR, packages).hash(&mut hasher);
+    let base = cache.join(format!("base-{:016x}", hasher.finish()));
+    if base.join(".complete").exists() {
+        eprintln!("==> base root tree: cached at {}", base.display());
+        return Ok(base);
+    }
+    let partial = base.with_extension("partial");
+    if partial.exists() {
+        run("remove a partial base", Command::new("rm").arg("-rf").arg(&partial))?;
+    }
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+    run(
+        "debootstrap the base (a few minutes when the package cache is cold)",
+        Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", packages.join(",")))
+            .arg(format!("--cache-dir={}", debs.display()))
+            .args([SUITE])
+            .arg(&partial)
+            .arg(MIRROR),
+    )?;
+    // Nothing at run time reads these; they only make the image bigger.
+    for dir in ["usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists"] {
+        run(&format!("trim /{dir}"), Command::new("rm").arg("-rf").arg(partial.join(dir)))?;
+    }
+    std::fs::write(partial.join(".complete"), "").map_err(|e| e.to_string())?;
+    std::fs::rename(&partial, &base).map_err(|e| format!("{}: {e}", base.display()))?;
+    Ok(base)
+}
+
+/// Lays nodeplane's binaries, units and the image's configuration over the base.
+fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
+    eprintln!("==> install nodeplane");
+    let repo = &inputs.repo;
+    let files: [(PathBuf, &str, u32); 8] = [
+        (inputs.binaries.join("nodeplaned"), "usr/bin/nodeplaned", 0o755),
+        (inputs.binaries.join("nodeplanectl"), "usr/bin/nodeplanectl", 0o755),
+        (inputs.binaries.join("nodeplane-cni"), "usr/lib/cni/nodeplane-cni", 0o755),
+        (repo.join("units/nodeplaned.service"), "usr/lib/systemd/system/nodeplaned.service", 0o644),
+        (repo.join("units/org.nodeplane.Node1.conf"), "usr/share/dbus-1/system.d/org.nodeplane.Node1.conf", 0o644),
+        (repo.join("units/nodeplane-tmpfiles.conf"), "usr/lib/tmpfiles.d/nodeplane.conf", 0o644),
+        (repo.join("sysctl/80-nodeplane.conf"), "usr/lib/sysctl.d/80-nodeplane.conf", 0o644),
+        (repo.join("README.md"), "usr/share/doc/nodeplane/README.md", 0o644),
+    ];
+    for (from, to, mode) in files {
+        let to = rootfs.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
+        copy(&from, &to)?;
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+    }
+    run(
+        "overlay image/rootfs",
+        Command::new("cp").arg("-a").arg("--no-preserve=ownership").arg(repo.join("image/rootfs/.")).arg(rootfs),
+    )?;
+    std::fs::create_dir_all(rootfs.join("etc/nodeplane/manifests")).map_err(|e| e.to_string())?;
+    // Empty: systemd makes a machine id at each boot (the overlay /etc is volatile).
+    std::fs::write(rootfs.join("etc/machine-id"), "").map_err(|e| e.to_string())?;
+    run(
+        "enable the units",
+        Command::new("systemctl").arg(format!("--root={}", rootfs.display())).args([
+            "enable",
+            "nodeplaned.service",
+            "nodeplane-config.service",
+            "nodeplane-console-status.service",
+            "containerd.service",
+        ]),
+    )?;
+    Ok(())
+}
+
+fn kernel_version(rootfs: &Path) -> Result<String, String> {
+    let modules = rootfs.join("usr/lib/modules");
+    let mut versions: Vec<String> = std::fs::read_dir(&modules)
+        .map_err(|e| format!("{}: {e}", modules.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.pop().ok_or_else(|| format!("no kernel in {}", modules.display()))
+}
+
+/// The read-only root: erofs, lz4hc-compressed, without the kernel and initrd
+/// (they are on the ESP, or passed by the VM); `/boot/config-*` stays for bpftool.
+fn make_root(rootfs: &Path, root: &Path, kernel_version: &str) -> Result<(), String> {
+    let _ = std::fs::remove_file(root);
+    run(
+        "make the erofs root",
+        Command::new("mkfs.erofs")
+            .args(["-zlz4hc", "--all-root", "-T0", "--quiet"])
+            .arg(format!("--exclude-path=boot/vmlinuz-{kernel_version}"))
+            .arg(format!("--exclude-path=boot/initrd.img-{kernel_version}"))
+            .arg(root)
+            .arg(rootfs),
+    )
+}
+
+/// The EFI system partition: systemd-boot as the removable-media loader, booting
+/// the kernel with the root partition found by its label.
+fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), String> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| format!("{}: {e}", p.display()));
+    let bytes = (size(&image.kernel())? + size(&image.initrd())? + 16 * MIB).max(64 * MIB);
+    let _ = std::fs::remove_file(esp);
+    run(
+        "make the ESP",
+        Command::new("mkfs.vfat").args(["-F", "32", "-n", "NODEPLANE", "-C"]).arg(esp).arg((bytes / 1024).to_string()),
+    )?;
+    let loader = "timeout 0\ndefault nodeplane.conf\n";
+    let entry = format!(
+        "title nodeplane\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=PARTLABEL={ROOT_LABEL} {KERNEL_ARGS}\n"
+    );
+    let text = tempfile_dir(esp)?;
+    std::fs::write(text.join("loader.conf"), loader).map_err(|e| e.to_string())?;
+    std::fs::write(text.join("nodeplane.conf"), entry).map_err(|e| e.to_string())?;
+    let mtools = |args: &[&std::ffi::OsStr]| {
+        let mut command = Command::new(args[0]);
+        command.arg("-i").arg(esp).args(&args[1..]);
+        run(&format!("{} on the ESP", args[0].to_string_lossy()), &mut command)
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    for dir in ["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"] {
+        mtools(&[&os("mmd"), &os(dir)])?;
+    }
+    let boot_efi = rootfs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    let copies: [(PathBuf, &str); 5] = [
+        (boot_efi, "::/EFI/BOOT/BOOTX64.EFI"),
+        (image.kernel(), "::/vmlinuz"),
+        (image.initrd(), "::/initrd.img"),
+        (text.join("loader.conf"), "::/loader/loader.conf"),
+        (text.join("nodeplane.conf"), "::/loader/entries/nodeplane.conf"),
+    ];
+    for (from, to) in copies {
+        mtools(&[&os("mcopy"), from.as_os_str(), &os(to)])?;
+    }
+    std::fs::remove_dir_all(&text).map_err(|e| e.to_string())
+}
+
+/// A scratch directory beside `near`.
+fn tempfile_dir(near: &Path) -> Result<PathBuf, String> {
+    let dir = near.with_extension("files");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Esp,
+    Root,
+}
+
+/// A GPT disk holding `parts` (files copied in, in order), then a blank state
+/// partition of `state_bytes`. Sparse: the blank part takes no space.
+fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(), String> {
+    const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"; // Linux root (x86-64)
+    const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"; // Linux /var
+    let mut script = String::from("label: gpt\n");
+    let mut layout = Vec::new();
+    let mut offset = MIB;
+    for (file, part) in parts {
+        let len = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?.len();
+        let size = len.div_ceil(MIB) * MIB;
+        let (kind, name) = match part {
+            Part::Esp => (ESP_TYPE, "ESP"),
+            Part::Root => (ROOT_TYPE, ROOT_LABEL),
+        };
+        script += &format!("start={}, size={}, type={kind}, name=\"{name}\"\n", offset / 512, size / 512);
+        layout.push((*file, offset));
+        offset += size;
+    }
+    script += &format!("start={}, size={}, type={VAR_TYPE}, name=\"{STATE_LABEL}\"\n", offset / 512, state_bytes / 512);
+    let total = offset + state_bytes + MIB; // room for the backup GPT
+    let _ = std::fs::remove_file(disk);
+    let file = std::fs::File::create(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    file.set_len(total).map_err(|e| e.to_string())?;
+    drop(file);
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk.args(["--quiet", "--no-reread", "--no-tell-kernel"]).arg(disk).stdin(std::process::Stdio::piped());
+    let mut child = sfdisk.spawn().map_err(|e| format!("sfdisk: {e}"))?;
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("sfdisk {}: {status}\n{script}", disk.display()));
+    }
+    for (file, offset) in layout {
+        let mut from = std::fs::File::open(file).map_err(|e| e.to_string())?;
+        let mut to = std::fs::File::options().write(true).open(disk).map_err(|e| e.to_string())?;
+        to.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+        std::io::copy(&mut from, &mut to).map_err(|e| format!("{} into {}: {e}", file.display(), disk.display()))?;
+    }
+    eprintln!("==> {}: {} MiB", disk.display(), total / MIB);
+    Ok(())
+}
+
+/// Runs `args` inside the root tree, with /proc, /sys and /dev as the tools
+/// expect, in a private mount namespace (nothing stays mounted).
+fn chroot(rootfs: &Path, what: &str, args: &[&str]) -> Result<(), String> {
+    let script = format!(
+        "mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && mount --rbind /dev {r}/dev && exec chroot {r} \"$@\"",
+        r = rootfs.display()
+    );
+    run(
+        what,
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
+            .args(args),
+    )
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+}
+
+/// Runs a build step, printing it and its duration.
+fn run(what: &str, command: &mut Command) -> Result<(), String> {
+    let started = Instant::now();
+    eprintln!("==> {what}");
+    let status = command.status().map_err(|e| format!("{what}: cannot start {:?}: {e}", command.get_program()))?;
+    if !status.success() {
+        return Err(format!("{what}: failed ({status})"));
+    }
+    let took = started.elapsed();
+    if took.as_secs() >= 2 {
+        eprintln!("    ({:.1} s)", took.as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+#!/bin/sh
+# The first boot of a fresh node (blank state disk, a valid node.toml through
+# fw_cfg): boot, sysctls, D-Bus, datapath, IPAM and resilience checks.
+. /mnt/lib.sh
+set -u
+
+ready() {
+	nodeplaned_up || return 1
+	wait_for 120 systemctl is-active containerd || return 1
+	ready_at=$(systemctl show -P ActiveEnterTimestampMonotonic nodeplaned)
+	containerd_at=$(systemctl show -P ExecMainStartTimestampMonotonic containerd)
+	echo "nodeplaned_ready_us=$ready_at"
+	echo "containerd_started_us=$containerd_at"
+	[ "$ready_at" -gt 0 ] && [ "$containerd_at" -gt "$ready_at" ]
+}
+
+no_failed_units() {
+	echo "system: $(timeout 300 systemctl is-system-running --wait)"
+	echo "multi_user_us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
+	failed=$(systemctl list-units --failed --no-legend --plain)
+	echo "failed units: ${failed:-none}"
+	[ -z "$failed" ]
+}
+
+root_read_only() {
+	findmnt -n -o TARGET,FSTYPE,OPTIONS /
+	if touch /usr/nodeplane-write-test; then
+		echo "a write to the root file system succeeded"
+		return 1
+	fi
+	[ "$(findmnt -n -o FSTYPE /)" = erofs ]
+}
+
+etc_volatile_overlay() {
+	findmnt -n -o TARGET,FSTYPE /etc
+	[ "$(findmnt -n -o FSTYPE /etc)" = overlay ] && touch /etc/nodeplane-write-test
+}
+
+mark_var() {
+	findmnt -n -o TARGET,SOURCE,FSTYPE /var
+	cat /proc/sys/kernel/random/boot_id >/var/lib/nodeplane-test-mark
+}
+
+sysctls() {
+	show_ports
+	range_clear_of_nodeports && nodeports_reserved || return 1
+	echo "an extra sysctl.d file sets an overlapping range:"
+	echo 'net.ipv4.ip_local_port_range = 20000 40000' >/etc/sysctl.d/99-overlapping.conf
+	systemctl restart systemd-sysctl
+	show_ports
+	wait_for 30 range_clear_of_nodeports || return 1
+	echo "nodeplaned restored it:"
+	show_ports
+	journalctl -b -u nodeplaned -o verbose --no-pager | grep -m1 'SYSCTL_RESTORED='
+}
+
+dbus() {
+	health=$(busctl get-property org.nodeplane.Node1 /org/nodeplane/Node1 org.nodeplane.Node1 Health)
+	echo "busctl: Health $health"
+	nodeplanectl status
+	[ "$health" = 's "healthy"' ]
+}
+
+net_config() {
+	echo '{"cniVersion":"1.0.0","name":"nodeplane","type":"nodeplane-cni","ipam":{"type":"host-local"}}'
+}
+
+# pod NAME: a pod network namespace through the real CNI path, with the CNI_ARGS
+# containerd's CRI passes.
+pod() {
+	ip netns add "$1"
+	net_config | CNI_COMMAND=ADD CNI_CONTAINERID="$1" CNI_NETNS="/run/netns/$1" CNI_IFNAME=eth0 \
+		CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$1" /usr/lib/cni/nodeplane-cni
+}
+
+pod_ip() {
+	ip -n "$1" -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1
+}
+
+diagnose() {
+	echo "--- diagnostics"
+	sysctl net.ipv4.ip_forward
+	ip -br addr
+	ip route
+	ip -n client route
+	bpftool net show
+	nodeplanectl status
+	nodeplanectl services
+	nodeplanectl conntrack
+}
+
+vip_serves() {
+	[ "$(ip netns exec client "$G" request 10.96.0.10 80)" = served ]
+}
+
+datapath() {
+	pod client && pod server || return 1
+	# Their sandboxes exist, as containerd's CRI would record them.
+	"$G" containers k8s.io client server || return 1
+	server_ip=$(pod_ip server)
+	ip netns exec server "$G" serve 8080 served &
+	wait_for 10 ip netns exec client "$G" request "$server_ip" 8080 || {
+		diagnose
+		return 1
+	}
+	echo "pod to pod ($server_ip): $(ip netns exec client "$G" request "$server_ip" 8080)"
+	"$G" manifest demo 10.96.0.10 "$server_ip" >/etc/nodeplane/manifests/demo.yaml
+	wait_for 30 vip_serves || {
+		diagnose
+		return 1
+	}
+	echo "pod to Service VIP 10.96.0.10:80: $(ip netns exec client "$G" request 10.96.0.10 80)"
+	echo "pinned:"
+	ls /sys/fs/bpf/nodeplane /sys/fs/bpf/nodeplane/links
+	bpftool net show
+	nodeplanectl services
+	[ -e /sys/fs/bpf/nodeplane/np_conntrack ] && [ "$(ls /sys/fs/bpf/nodeplane/links | wc -l)" -ge 2 ]
+}
+
+ipam() {
+	dir=/var/lib/cni/networks/nodeplane
+	printf 'gone-sandbox\r\neth0' >"$dir/10.244.0.200"
+	printf 'live-sandbox\r\neth0' >"$dir/10.244.0.201"
+	touch -d '2 hours ago' "$dir/10.244.0.200" "$dir/10.244.0.201"
+	"$G" containers k8s.io live-sandbox || return 1
+	nodeplanectl sweep || return 1
+	ls "$dir"
+	[ ! -e "$dir/10.244.0.200" ] && [ -e "$dir/10.244.0.201" ] && [ -e "$dir/$(pod_ip client)" ]
+}
+
+restarted() {
+	[ "$(systemctl show -P NRestarts nodeplaned)" -gt "$1" ] && systemctl is-active -q nodeplaned
+}
+
+resilience() {
+	rm -f /run/stop-loop
+	ip netns exec client "$G" loop 10.96.0.10 80 /run/stop-loop >/run/loop.out &
+	loop=$!
+	sleep 3
+	restarts=$(systemctl show -P NRestarts nodeplaned)
+	echo "kill -9 of nodeplaned (pid $(systemctl show -P MainPID nodeplaned)) under a request loop"
+	kill -9 "$(systemctl show -P MainPID nodeplaned)"
+	wait_for 120 restarted "$restarts" || return 1
+	echo "restarted by systemd and READY again (NRestarts $(systemctl show -P NRestarts nodeplaned))"
+	sleep 3
+	touch /run/stop-loop
+	wait "$loop"
+	cat /run/loop.out
+	nodeplanectl status
+	grep -q ' failed=0$' /run/loop.out
+}
+
+check ready ready
+check no-failed-units no_failed_units
+check root-read-only root_read_only
+check etc-overlay etc_volatile_overlay
+check mark-var mark_var
+check sysctls sysctls
+check dbus dbus
+check datapath datapath
+check ipam ipam
+check resilience resilience
+finish

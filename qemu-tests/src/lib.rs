@@ -1,0 +1,185 @@
+//! Boots the nodeplane node image under QEMU, the way a user runs it in a VM:
+//! TCG emulation (KVM hangs silently on these machines), either the UEFI disk
+//! image through OVMF or the kernel, initrd and erofs root directly (faster, for
+//! tests). A node.toml goes in through `fw_cfg` (`opt/org.nodeplane/node.toml`);
+//! tests also share a directory over 9p and run a script in the guest through
+//! `systemd.run=`, which leaves the image itself unchanged.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use nodeplane_image::Image;
+
+/// The 9p mount tag of a test's shared directory.
+pub const SHARE_TAG: &str = "nptest";
+
+/// How the VM boots.
+pub enum Firmware {
+    /// `-kernel`/`-initrd` with the erofs root as the first disk and `state` (a
+    /// copy of [`Image::state_template`], or a disk kept from an earlier boot) as /var.
+    Direct { state: PathBuf },
+    /// OVMF, booting the GPT disk image (`disk`, written to: its state partition).
+    Uefi { disk: PathBuf },
+}
+
+/// Where the serial console goes.
+pub enum Console {
+    /// Into a file (read it with [`Vm::console`]).
+    File(PathBuf),
+    /// This terminal, interactive (QEMU's monitor on Ctrl-A c).
+    Terminal,
+}
+
+pub struct Boot<'a> {
+    pub image: &'a Image,
+    pub firmware: Firmware,
+    pub console: Console,
+    /// A node.toml handed over through fw_cfg.
+    pub config: Option<&'a Path>,
+    /// A directory shared with the guest over 9p (tag [`SHARE_TAG`]).
+    pub share: Option<&'a Path>,
+    /// Added to the kernel command line (direct boot only).
+    pub kernel_args: Vec<String>,
+    /// Host TCP port → guest TCP port, over QEMU's user network.
+    pub forward: Vec<(u16, u16)>,
+}
+
+/// A running VM. Dropping it ends QEMU.
+pub struct Vm {
+    child: Child,
+    console: Option<PathBuf>,
+    started: Instant,
+    _scratch: tempfile::TempDir,
+}
+
+impl Vm {
+    pub fn start(boot: Boot<'_>) -> io::Result<Vm> {
+        let scratch = tempfile::Builder::new().prefix("nodeplane-vm-").tempdir()?;
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-machine", "pc", "-accel", "tcg", "-cpu", "qemu64,-svm", "-m", "1536", "-smp", "2"]);
+        qemu.args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        match &boot.firmware {
+            Firmware::Direct { state } => {
+                let mut append = format!("root=/dev/vda {}", nodeplane_image::KERNEL_ARGS);
+                for arg in &boot.kernel_args {
+                    append.push(' ');
+                    append.push_str(arg);
+                }
+                qemu.arg("-kernel").arg(boot.image.kernel()).arg("-initrd").arg(boot.image.initrd());
+                qemu.arg("-append").arg(append);
+                qemu.arg("-drive").arg(drive(&boot.image.root(), true));
+                qemu.arg("-drive").arg(drive(state, false));
+            }
+            Firmware::Uefi { disk } => {
+                let vars = scratch.path().join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars)?;
+                qemu.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+                qemu.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                qemu.arg("-drive").arg(drive(disk, false));
+            }
+        }
+        if let Some(config) = boot.config {
+            qemu.arg("-fw_cfg").arg(format!("name=opt/org.nodeplane/node.toml,file={}", config.display()));
+        }
+        if let Some(share) = boot.share {
+            qemu.arg("-virtfs").arg(format!(
+                "local,path={},mount_tag={SHARE_TAG},security_model=none,id={SHARE_TAG}",
+                share.display()
+            ));
+        }
+        // User networking, restricted: the guest reaches nothing outside; only
+        // the forwarded ports reach it.
+        let forwards: String = boot.forward.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+        qemu.args(["-netdev", &format!("user,id=net0,restrict=on{forwards}"), "-device", "virtio-net-pci,netdev=net0"]);
+        let console = match boot.console {
+            Console::File(path) => {
+                qemu.arg("-serial").arg(format!("file:{}", path.display()));
+                qemu.stdin(Stdio::null()).stdout(Stdio::null());
+                Some(path)
+            }
+            Console::Terminal => {
+                qemu.args(["-serial", "mon:stdio"]);
+                None
+            }
+        };
+        let child = qemu.spawn().map_err(|e| io::Error::new(e.kind(), format!("qemu-system-x86_64: {e}")))?;
+        Ok(Vm { child, console, started: Instant::now(), _scratch: scratch })
+    }
+
+    /// The serial console's output so far (file consoles).
+    pub fn console(&self) -> String {
+        self.console
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the console shows `needle`; how long after QEMU started.
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().contains(needle) {
+                return Ok(self.started.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("QEMU exited ({status}) before the console showed {needle:?}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the console did not show {needle:?} within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for QEMU to exit, however long that takes (an interactive session).
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait()
+    }
+
+    /// Waits for QEMU to exit (the guest powered off), killing it at `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!("the VM did not power off within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Time since QEMU started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+fn drive(file: &Path, readonly: bool) -> String {
+    let readonly = if readonly { ",readonly=on" } else { "" };
+    format!("file={},format=raw,if=virtio,cache=unsafe{readonly}", file.display())
+}
+
+/// A sparse copy of `from` (a disk image that is mostly holes).
+pub fn copy_disk(from: &Path, to: &Path) -> io::Result<()> {
+    let status = Command::new("cp").arg("--sparse=always").arg(from).arg(to).status()?;
+    if status.success() { Ok(()) } else { Err(io::Error::other(format!("cp {}: {status}", from.display()))) }
+}

@@ -1,0 +1,233 @@
+//! Whole-node boot tests: the node image booted under QEMU (TCG), checked from
+//! inside by the guest scripts in `guest/` and from outside by its console.
+//!
+//! Boots are shared between checks (each boot costs tens of seconds under
+//! emulation) but every check is its own test and fails on its own: the first
+//! boot runs the checks of a fresh node, the second boots the same state disk
+//! with an invalid node.toml, and the UEFI test boots the disk image. Boots run
+//! one at a time. Needs the image: `cargo xtask test` builds it first.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nodeplane_qemu::{Boot, Console, Firmware, Image, Vm, copy_disk};
+
+/// One VM at a time: two cores, and TCG wants both.
+static BOOTS: Mutex<()> = Mutex::new(());
+
+/// The first boot's node.toml: quick re-checks and a short IPAM grace period.
+const GOOD_CONFIG: &str = "[sysctl]\ncheck_interval = \"1s\"\n\n[ipam]\ngrace_period = \"1m\"\ninterval = \"1h\"\n\n\
+                           [datapath]\npod_cidr = \"10.244.0.0/24\"\n";
+/// Invalid: an ephemeral range overlapping the NodePorts (and an unknown key).
+const BAD_CONFIG: &str = "[sysctl]\nephemeral_range = \"20000-40000\"\ncheck_intervall = \"1s\"\n";
+
+fn image() -> Image {
+    let dir = std::env::var_os("NODEPLANE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("image")
+    });
+    let image = Image::at(&dir);
+    assert!(image.complete(), "no node image in {}: build it with `cargo xtask image`", dir.display());
+    image
+}
+
+/// What a boot left: the guest's results and the console.
+struct Outcome {
+    dir: tempfile::TempDir,
+    console: String,
+    /// Why the boot itself went wrong (the VM did not finish its script).
+    failure: Option<String>,
+}
+
+impl Outcome {
+    fn results(&self) -> PathBuf {
+        self.dir.path().join("share/results")
+    }
+
+    /// Asserts that the guest check `name` passed; returns its output.
+    fn check(&self, name: &str) -> String {
+        let read = |ext: &str| std::fs::read_to_string(self.results().join(format!("{name}.{ext}")));
+        let (Ok(rc), Ok(out)) = (read("rc"), read("out")) else {
+            panic!(
+                "check {name} did not run: {}\n--- console (last 60 lines) ---\n{}",
+                self.failure.as_deref().unwrap_or("no result"),
+                tail(&self.console, 60)
+            );
+        };
+        assert_eq!(rc.trim(), "0", "check {name} failed:\n{out}");
+        out
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Boots directly from the image with `state` as its state disk, runs `script`
+/// (from `guest/`) and waits for the guest to power off.
+fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
+    let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let dir = tempfile::Builder::new().prefix("nodeplane-boot-").tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+    for file in ["lib.sh", script] {
+        std::fs::copy(guest.join(file), share.join(file)).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_np-guest"), share.join("np-guest")).unwrap();
+    let config_file = dir.path().join("node.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let console = dir.path().join("console.log");
+    let run = format!(
+        "systemd.run=\"/bin/sh -c 'mount -t 9p -o trans=virtio,version=9p2000.L {} /mnt && \
+         exec systemd-run --unit=nodeplane-boot-checks /bin/sh /mnt/{script}'\"",
+        nodeplane_qemu::SHARE_TAG
+    );
+    let boot = Boot {
+        image: &image,
+        firmware: Firmware::Direct { state: state.to_owned() },
+        console: Console::File(console.clone()),
+        config: Some(&config_file),
+        share: Some(&share),
+        // A normal boot to multi-user.target; the script runs as a service of its
+        // own, started by one more unit that does not hold up the boot.
+        kernel_args: vec![
+            "systemd.unit=multi-user.target".into(),
+            "systemd.wants=kernel-command-line.service".into(),
+            "systemd.run_success_action=none".into(),
+            "systemd.run_failure_action=none".into(),
+            run,
+        ],
+        forward: Vec::new(),
+    };
+    let mut vm = Vm::start(boot).expect("start QEMU");
+    let failure = vm.wait_exit(Duration::from_secs(900)).err();
+    let failure =
+        failure.or_else(|| (!share.join("results/done").exists()).then(|| "the guest script did not finish".into()));
+    Outcome { console: vm.console(), dir, failure }
+}
+
+/// The state disk of the first boot, kept for the second.
+fn state_disk() -> &'static Path {
+    static STATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    STATE.get_or_init(|| tempfile::Builder::new().prefix("nodeplane-state-").tempdir().unwrap()).path()
+}
+
+fn first_boot() -> &'static Outcome {
+    static FIRST: OnceLock<Outcome> = OnceLock::new();
+    FIRST.get_or_init(|| {
+        let state = state_disk().join("state.img");
+        copy_disk(&image().state_template(), &state).unwrap();
+        boot_and_run("first-boot.sh", GOOD_CONFIG, &state)
+    })
+}
+
+fn second_boot() -> &'static Outcome {
+    static SECOND: OnceLock<Outcome> = OnceLock::new();
+    SECOND.get_or_init(|| {
+        first_boot();
+        boot_and_run("second-boot.sh", BAD_CONFIG, &state_disk().join("state.img"))
+    })
+}
+
+/// Microseconds of a `key=value` line in a check's output.
+fn figure(out: &str, key: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+#[test]
+fn nodeplaned_is_ready_before_containerd_starts() {
+    let out = first_boot().check("ready");
+    let ready = figure(&out, "nodeplaned_ready_us");
+    eprintln!("boot to nodeplaned READY (direct kernel boot, TCG): {:.1} s", ready as f64 / 1e6);
+}
+
+#[test]
+fn a_clean_boot_has_no_failed_units() {
+    let out = first_boot().check("no-failed-units");
+    eprintln!("boot to multi-user.target: {:.1} s", figure(&out, "multi_user_us") as f64 / 1e6);
+}
+
+#[test]
+fn the_root_is_read_only_and_etc_a_volatile_overlay() {
+    first_boot().check("root-read-only");
+    first_boot().check("etc-overlay");
+}
+
+#[test]
+fn the_port_range_stays_clear_of_nodeports_and_they_are_reserved() {
+    let out = first_boot().check("sysctls");
+    assert!(out.contains("SYSCTL_RESTORED"), "the restore is in the journal with its fields:\n{out}");
+}
+
+#[test]
+fn health_is_served_over_dbus() {
+    let out = first_boot().check("dbus");
+    assert!(out.contains("healthy"), "{out}");
+}
+
+#[test]
+fn pods_made_through_the_cni_plugin_reach_each_other_and_a_service() {
+    first_boot().check("datapath");
+}
+
+#[test]
+fn leaked_reservations_are_freed_and_live_ones_kept() {
+    first_boot().check("ipam");
+}
+
+#[test]
+fn kill_9_of_nodeplaned_loses_no_request() {
+    let out = first_boot().check("resilience");
+    let line = out.lines().find(|l| l.starts_with("requests=")).expect("the loop's counts");
+    let requests: u64 = line.split_whitespace().next().unwrap()["requests=".len()..].parse().unwrap();
+    assert!(requests > 20, "too few requests to tell: {line}");
+}
+
+#[test]
+fn var_persists_across_a_reboot() {
+    first_boot().check("mark-var");
+    second_boot().check("var-persisted");
+}
+
+#[test]
+fn an_invalid_node_toml_is_reported_and_the_node_comes_up_with_the_last_good_one() {
+    second_boot().check("bad-config");
+    assert!(
+        second_boot().console.contains("is invalid and was NOT applied"),
+        "the console shows the report:\n{}",
+        tail(&second_boot().console, 40)
+    );
+}
+
+#[test]
+fn the_uefi_disk_image_boots_to_ready() {
+    let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let dir = tempfile::Builder::new().prefix("nodeplane-uefi-").tempdir().unwrap();
+    let disk = dir.path().join("nodeplane.img");
+    copy_disk(&image.disk(), &disk).unwrap();
+    let console = dir.path().join("console.log");
+    let boot = Boot {
+        image: &image,
+        firmware: Firmware::Uefi { disk },
+        console: Console::File(console),
+        config: None,
+        share: None,
+        kernel_args: Vec::new(),
+        forward: Vec::new(),
+    };
+    let mut vm = Vm::start(boot).expect("start QEMU");
+    let took = vm
+        .wait_console("== end of nodeplane status (exit 0) ==", Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}\n--- console ---\n{}", tail(&vm.console(), 60)));
+    eprintln!("UEFI disk image: QEMU start to a healthy status on the console: {:.1} s", took.as_secs_f64());
+}
