@@ -15,6 +15,26 @@ pub use nodeplane_image::Image;
 /// The 9p mount tag of a test's shared directory.
 pub const SHARE_TAG: &str = "nptest";
 
+/// Kernel arguments that run `script` from the shared directory as a service of
+/// its own once the system is up, in an otherwise normal boot to
+/// multi-user.target (the unit `systemd.run=` makes only starts it, so it does
+/// not hold up the boot).
+pub fn run_from_share(script: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "systemd.unit=multi-user.target",
+        "systemd.wants=kernel-command-line.service",
+        "systemd.run_success_action=none",
+        "systemd.run_failure_action=none",
+    ]
+    .map(String::from)
+    .into();
+    args.push(format!(
+        "systemd.run=\"/bin/sh -c 'mount -t 9p -o trans=virtio,version=9p2000.L {SHARE_TAG} /mnt && \
+         exec systemd-run --unit=nodeplane-guest-script /bin/sh /mnt/{script}'\""
+    ));
+    args
+}
+
 /// How the VM boots.
 pub enum Firmware {
     /// `-kernel`/`-initrd` with the erofs root as the first disk and `state` (a

@@ -83,26 +83,13 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, config).unwrap();
     let console = dir.path().join("console.log");
-    let run = format!(
-        "systemd.run=\"/bin/sh -c 'mount -t 9p -o trans=virtio,version=9p2000.L {} /mnt && \
-         exec systemd-run --unit=nodeplane-boot-checks /bin/sh /mnt/{script}'\"",
-        nodeplane_qemu::SHARE_TAG
-    );
     let boot = Boot {
         image: &image,
         firmware: Firmware::Direct { state: state.to_owned() },
         console: Console::File(console.clone()),
         config: Some(&config_file),
         share: Some(&share),
-        // A normal boot to multi-user.target; the script runs as a service of its
-        // own, started by one more unit that does not hold up the boot.
-        kernel_args: vec![
-            "systemd.unit=multi-user.target".into(),
-            "systemd.wants=kernel-command-line.service".into(),
-            "systemd.run_success_action=none".into(),
-            "systemd.run_failure_action=none".into(),
-            run,
-        ],
+        kernel_args: nodeplane_qemu::run_from_share(script),
         forward: Vec::new(),
     };
     let mut vm = Vm::start(boot).expect("start QEMU");

@@ -8,10 +8,13 @@
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, the QEMU boot tests, and a `run --headless` smoke run.
 //! - `bench ipam`: the IPAM sweeper at node scale (see `bench.rs`).
+//! - `bench boot`: the image's boot time under QEMU, with and without nodeplaned
+//!   (see `bench_boot.rs`).
 //! - `bench datapath`: connection rate through a Service VIP against the direct
 //!   pod-IP path (see `bench_datapath.rs`).
 
 mod bench;
+mod bench_boot;
 mod bench_datapath;
 mod image;
 mod packages;
@@ -21,7 +24,8 @@ mod test;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | bench ipam | bench datapath>";
+const USAGE: &str =
+    "usage: cargo xtask <setup | image | run [--headless] | test | bench ipam | bench datapath | bench boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
         ["bench", "datapath"] => bench_datapath::bench(),
+        ["bench", "boot"] => bench_boot::bench(),
         ["bench", what] => bench::bench(what),
         _ => Err(USAGE.to_owned()),
     };

@@ -29,6 +29,8 @@ pub fn run(headless: bool) -> Result<(), String> {
         eprintln!("==> passing {} to the node (fw_cfg opt/org.nodeplane/node.toml)", config.display());
     }
     let console = dir.join("console.log");
+    // Only this boot's console counts.
+    let _ = std::fs::remove_file(&console);
     let boot = Boot {
         image: &image,
         firmware: Firmware::Direct { state },
@@ -53,7 +55,12 @@ pub fn run(headless: bool) -> Result<(), String> {
     let start = text.rfind(STATUS_START).unwrap_or(0);
     let end = text[start..].find(STATUS_END).map_or(text.len(), |i| start + i);
     let exit_line = text[end..].lines().next().unwrap_or("");
-    println!("{}", text[start..end].trim_end());
+    // journald's console copy prefixes each line with the time and `sh[PID]: `.
+    for line in text[start..end].lines().skip(1) {
+        if let Some((_, said)) = line.split_once("]: ").filter(|(prefix, _)| prefix.contains(" sh[")) {
+            println!("{said}");
+        }
+    }
     eprintln!("==> status shown {:.0} s after QEMU started; console in {}", took.as_secs_f64(), console.display());
     if exit_line.contains("(exit 0)") { Ok(()) } else { Err(format!("the node is not healthy: {exit_line}")) }
 }

@@ -25,8 +25,11 @@ pub fn test() -> Result<(), String> {
     let (passed, failed) = (tally.passed + u32::from(smoke_passed), tally.failed + u32::from(smoke_failed));
     println!("xtask: {passed} passed, {failed} failed");
     smoke.transpose()?;
-    if !tally.succeeded || failed > 0 {
+    if failed > 0 {
         return Err(format!("{failed} test(s) failed"));
+    }
+    if !tally.succeeded {
+        return Err("cargo test failed without a failed test: see its output (a build error?)".into());
     }
     Ok(())
 }

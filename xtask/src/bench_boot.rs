@@ -1,0 +1,119 @@
+//! `cargo xtask bench boot`: how long the node image takes to boot under QEMU
+//! (TCG), and nodeplane's share of it. Direct kernel boots with and without
+//! nodeplaned (`systemd.mask=nodeplaned.service`) alternate for three rounds;
+//! the guest reports its own times (monotonic since the kernel started). One UEFI
+//! boot of the disk image is timed from QEMU's start to the health on its console.
+//! Medians are printed.
+
+use std::time::Duration;
+
+use nodeplane_qemu::{Boot, Console, Firmware, Vm, copy_disk};
+
+const ROUNDS: usize = 3;
+
+/// Runs in the guest: waits for the boot to finish, writes the times, powers off.
+const PROBE: &str = r#"#!/bin/sh
+systemctl is-system-running --wait >/dev/null
+t() { systemctl show -P "$2" "$1"; }
+{
+  echo "userspace_us=$(t -- UserspaceTimestampMonotonic)"
+  echo "multi_user_us=$(t multi-user.target ActiveEnterTimestampMonotonic)"
+  echo "nodeplaned_ready_us=$(t nodeplaned.service ActiveEnterTimestampMonotonic)"
+} > /mnt/times
+systemctl poweroff
+"#;
+
+struct Times {
+    userspace: f64,
+    multi_user: f64,
+    ready: f64,
+}
+
+pub fn bench() -> Result<(), String> {
+    let image = crate::image::build()?;
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for round in 1..=ROUNDS {
+        for masked in [false, true] {
+            let times = boot_direct(&image, masked)?;
+            eprintln!(
+                "round {round}, nodeplaned {}: kernel+initrd {:.1} s, multi-user.target {:.1} s, nodeplaned READY {:.1} s",
+                if masked { "masked" } else { "enabled" },
+                times.userspace,
+                times.multi_user,
+                times.ready
+            );
+            if masked { &mut without } else { &mut with }.push(times);
+        }
+    }
+    let uefi = boot_uefi(&image)?;
+    let median = |v: &[Times], f: fn(&Times) -> f64| {
+        let mut values: Vec<f64> = v.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (mu_with, mu_without) = (median(&with, |t| t.multi_user), median(&without, |t| t.multi_user));
+    println!("\nboot under QEMU TCG, medians of {ROUNDS} (seconds since the kernel started):");
+    println!("| boot | nodeplaned READY | multi-user.target |");
+    println!("|---|---|---|");
+    println!("| direct, nodeplaned enabled | {:.1} | {mu_with:.1} |", median(&with, |t| t.ready));
+    println!("| direct, nodeplaned masked | – | {mu_without:.1} |");
+    println!("nodeplane's share of boot-to-multi-user: {:+.2} s", mu_with - mu_without);
+    println!("UEFI disk image, QEMU start (firmware included) to a healthy status on the console: {uefi:.1} s");
+    Ok(())
+}
+
+fn boot_direct(image: &nodeplane_qemu::Image, masked: bool) -> Result<Times, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
+    std::fs::write(share.join("probe.sh"), PROBE).map_err(|e| e.to_string())?;
+    let state = dir.path().join("state.img");
+    copy_disk(&image.state_template(), &state).map_err(|e| e.to_string())?;
+    let mut kernel_args = nodeplane_qemu::run_from_share("probe.sh");
+    if masked {
+        kernel_args.push("systemd.mask=nodeplaned.service".into());
+    }
+    let boot = Boot {
+        image,
+        firmware: Firmware::Direct { state },
+        console: Console::File(dir.path().join("console.log")),
+        config: None,
+        share: Some(&share),
+        kernel_args,
+        forward: Vec::new(),
+    };
+    let mut vm = Vm::start(boot).map_err(|e| e.to_string())?;
+    vm.wait_exit(Duration::from_secs(600))?;
+    let text = std::fs::read_to_string(share.join("times")).map_err(|e| format!("the guest wrote no times: {e}"))?;
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|us| us / 1e6)
+            .ok_or_else(|| format!("no {key} in {text:?}"))
+    };
+    Ok(Times {
+        userspace: value("userspace_us")?,
+        multi_user: value("multi_user_us")?,
+        ready: value("nodeplaned_ready_us")?,
+    })
+}
+
+fn boot_uefi(image: &nodeplane_qemu::Image) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let disk = dir.path().join("nodeplane.img");
+    copy_disk(&image.disk(), &disk).map_err(|e| e.to_string())?;
+    let boot = Boot {
+        image,
+        firmware: Firmware::Uefi { disk },
+        console: Console::File(dir.path().join("console.log")),
+        config: None,
+        share: None,
+        kernel_args: Vec::new(),
+        forward: Vec::new(),
+    };
+    let mut vm = Vm::start(boot).map_err(|e| e.to_string())?;
+    let took = vm.wait_console("== end of nodeplane status (exit 0) ==", Duration::from_secs(600))?;
+    Ok(took.as_secs_f64())
+}
