@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /* nodeplane's Service load balancer, attached to tc ingress of every pod's
- * host-side veth. A readable pipeline: parse -> conntrack -> service lookup ->
- * NAT -> let the stack route it.
+ * host-side veth and of the node's own interface (for NodePorts). A readable pipeline: parse -> conntrack -> service lookup ->
+ * NAT -> deliver.
  *
  * Each flow has two conntrack entries, one per direction, each saying what to
  * rewrite in its packets. A pod reaching itself through a Service (hairpin) gets
  * its source rewritten to a link-local address, so the reply comes back through
- * the node and is translated like any other. */
+ * the node and is translated like any other. A translated packet is delivered
+ * straight to the interface its new destination is routed through, past the
+ * host's netfilter: that sees the two directions of a translated flow under
+ * different tuples and, where rules drop `ctstate INVALID` (kube-proxy and
+ * Docker install them), would drop the replies. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -20,6 +24,8 @@
 #include "maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2 /* for the FIB lookup; the socket headers do not build for BPF */
 
 #define IP_OFF ETH_HLEN
 #define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
@@ -164,12 +170,35 @@ static __always_inline struct backend_value *pick_backend(const struct svc_value
 	return backend;
 }
 
+/* Whether a local socket is waiting for this UDP datagram: the reply to the
+ * node's own traffic from a port that is also a NodePort. */
+static __always_inline int local_udp_socket(struct __sk_buff *skb, const struct packet *pkt)
+{
+	struct bpf_sock_tuple tuple = { .ipv4 = { .saddr = pkt->flow.saddr, .daddr = pkt->flow.daddr,
+						  .sport = pkt->flow.sport, .dport = pkt->flow.dport } };
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Only a packet that can start a connection opens a flow: a TCP SYN, any UDP
+ * datagram, but to a NodePort none that a local socket owns. A stray TCP segment
+ * (a reply to the node's own connection from a NodePort-numbered port) passes. */
+static __always_inline int may_open(struct __sk_buff *skb, const struct packet *pkt, const struct svc_value *service)
+{
+	if (pkt->flow.proto == IPPROTO_TCP)
+		return pkt->syn && !pkt->ack;
+	return !(service->flags & SVC_F_NODE_PORT) || !local_udp_socket(skb, pkt);
+}
+
 /* A new flow to a Service: pick a backend, record both directions. */
-static __always_inline struct ct_value *open_flow(struct packet *pkt)
+static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct packet *pkt)
 {
 	struct svc_key svc = { .vip = pkt->flow.daddr, .port = pkt->flow.dport, .proto = pkt->flow.proto };
 	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
-	if (!service)
+	if (!service || !may_open(skb, pkt, service))
 		return NULL;
 	if (service->backend_count == 0) {
 		count(COUNTER_NO_BACKEND);
@@ -260,6 +289,36 @@ static __always_inline void forget_stale_reply(struct packet *pkt)
 		bpf_map_delete_elem(&np_conntrack, &replies);
 }
 
+/* Delivers a translated packet (tuple `after`) to the interface the routing
+ * table sends its destination through, with that hop's MACs. What the FIB does
+ * not forward (the node's own addresses, no route, forwarding off) goes up the
+ * stack as usual. */
+static __always_inline int deliver(struct __sk_buff *skb, const struct ct_key *after)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = after->proto,
+		.sport = after->sport,
+		.dport = after->dport,
+		.tot_len = skb->len - ETH_HLEN, /* host order, for the MTU check */
+		.ipv4_src = after->saddr,
+		.ipv4_dst = after->daddr,
+		.ifindex = skb->ingress_ifindex,
+	};
+	long found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (found == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count(COUNTER_REDIRECTED);
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	}
+	if (found != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0))
+		return TC_ACT_OK;
+	count(COUNTER_REDIRECTED);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -278,7 +337,7 @@ int from_pod(struct __sk_buff *skb)
 			ct = NULL;
 	}
 	if (!ct)
-		ct = open_flow(&pkt);
+		ct = open_flow(skb, &pkt);
 	if (!ct) {
 		forget_stale_reply(&pkt);
 		return TC_ACT_OK; /* not Service traffic */
@@ -295,5 +354,5 @@ int from_pod(struct __sk_buff *skb)
 	if (pkt.fin || pkt.rst)
 		track_teardown(&pkt, ct, &after);
 	count(COUNTER_TRANSLATED);
-	return TC_ACT_OK;
+	return deliver(skb, &after);
 }

@@ -15,10 +15,12 @@ struct svc_key {
 	__u8 pad;
 };
 
+#define SVC_F_NODE_PORT 1 /* a NodePort: key is the node's IP */
+
 struct svc_value {
 	__u32 service_id;   /* names the Service in the backends map */
 	__u16 backend_count;
-	__u16 pad;
+	__u16 flags;        /* SVC_F_* */
 	__u32 affinity_timeout_s; /* sessionAffinity: ClientIP; 0 for none */
 };
 
@@ -105,6 +107,7 @@ enum counter {
 	COUNTER_CT_FULL,         /* conntrack insert failed: packet passed on untranslated */
 	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
 	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: passed on untranslated */
+	COUNTER_REDIRECTED,      /* a translated packet delivered past the host stack */
 	COUNTER_MAX,
 };
 

@@ -21,6 +21,8 @@ pub struct ServiceView {
     pub service_id: u32,
     pub affinity_timeout_s: u32,
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// A NodePort at the node's IP rather than a ClusterIP.
+    pub node_port: bool,
 }
 
 /// A conntrack entry and how long it has left.
@@ -62,6 +64,7 @@ pub fn services(root: &Path) -> Result<Vec<ServiceView>, DatapathError> {
             service_id: value.service_id,
             affinity_timeout_s: value.affinity_timeout_s,
             backends,
+            node_port: value.flags & maps::SVC_F_NODE_PORT != 0,
         });
     }
     views.sort_by_key(|v| (v.vip, v.port, v.protocol));

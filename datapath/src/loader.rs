@@ -47,6 +47,9 @@ pub struct Service {
     pub backends: Vec<(Ipv4Addr, u16)>,
     /// sessionAffinity: ClientIP, with its timeout.
     pub affinity: Option<Duration>,
+    /// A NodePort (`vip` is the node's IP): only packets that can start a
+    /// connection open a flow, and never one a local socket owns.
+    pub node_port: bool,
 }
 
 /// The transport protocol of a Service port.
@@ -277,7 +280,12 @@ impl Datapath {
         let affinity_timeout_s = service.affinity.map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
         services(&mut self.ebpf)?.insert(
             key,
-            SvcValue { service_id: id, backend_count: count, pad: 0, affinity_timeout_s },
+            SvcValue {
+                service_id: id,
+                backend_count: count,
+                flags: if service.node_port { maps::SVC_F_NODE_PORT } else { 0 },
+                affinity_timeout_s,
+            },
             0,
         )?;
         let mut alive = typed::<BackendId, u8>(&mut self.ebpf, maps::BACKEND_ALIVE)?;

@@ -42,6 +42,8 @@ pub struct ServicePort {
     pub affinity: Option<Duration>,
     /// Ready endpoints, sorted, without duplicates.
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// The port on the node's IP that also reaches it (type NodePort or LoadBalancer).
+    pub node_port: Option<u16>,
 }
 
 /// A manifest the node could not use, and where the problem is.
@@ -202,9 +204,15 @@ fn service_ports(
     let namespace = service.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = service.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
     let spec = service.spec.as_ref().ok_or_else(|| origin.error("spec", "missing"))?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Ok(Vec::new());
-    }
+    let has_node_ports = match spec.type_.as_deref() {
+        Some("ExternalName") => return Ok(Vec::new()),
+        None | Some("ClusterIP") => false,
+        Some("NodePort" | "LoadBalancer") => true,
+        Some(other) => {
+            return Err(origin
+                .error("spec.type", format!("{other:?} is not ClusterIP, NodePort, LoadBalancer or ExternalName")));
+        }
+    };
     let vip = match spec.cluster_ip.as_deref() {
         Some("None") => return Ok(Vec::new()), // headless: nothing to balance
         Some(ip) => ip
@@ -237,6 +245,16 @@ fn service_ports(
         let number = u16::try_from(port.port).ok().filter(|p| *p != 0).ok_or_else(|| {
             origin.error(format!("spec.ports[{i}].port"), format!("{} is not a port number", port.port))
         })?;
+        let node_port = match (has_node_ports, port.node_port) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(origin
+                    .error(format!("spec.ports[{i}].nodePort"), "missing (no API server allocates one on this node)"));
+            }
+            (true, Some(n)) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                origin.error(format!("spec.ports[{i}].nodePort"), format!("{n} is not a port number"))
+            })?),
+        };
         let port_name = port.name.clone().unwrap_or_default();
         let mut backends = Vec::new();
         let ours = slices.iter().filter(|(_, slice)| {
@@ -268,6 +286,7 @@ fn service_ports(
             protocol,
             affinity,
             backends,
+            node_port,
         });
     }
     Ok(ports)

@@ -16,7 +16,8 @@ pub struct SvcKey {
 pub struct SvcValue {
     pub service_id: u32,
     pub backend_count: u16,
-    pub pad: u16,
+    /// `SVC_F_*` bits.
+    pub flags: u16,
     /// sessionAffinity: ClientIP timeout in seconds; 0 for none.
     pub affinity_timeout_s: u32,
 }
@@ -119,7 +120,10 @@ pub struct LbConfig {
 
 /// Per-CPU counters (`enum counter`), in index order.
 pub const COUNTERS: &[&str] =
-    &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed", "ct_clash"];
+    &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed", "ct_clash", "redirected"];
+
+/// `SVC_F_NODE_PORT` in `bpf/maps.h`: the entry is a NodePort on the node's IP.
+pub const SVC_F_NODE_PORT: u16 = 1;
 
 // SAFETY: plain old data — integers and byte arrays, no implicit padding.
 unsafe impl aya::Pod for SvcKey {}

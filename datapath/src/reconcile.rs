@@ -1,9 +1,11 @@
 //! Turns desired Service ports into map updates, incrementally: only ports whose
 //! VIP, backends or affinity changed are written, and ports no longer desired —
 //! including ones a previous nodeplaned programmed — are removed. Service ids are
-//! read back from the maps, so they survive a restart.
+//! read back from the maps, so they survive a restart. A port with a NodePort is
+//! a second map entry, at the node's IP, with the same backends.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use crate::manifests::ServicePort;
 use crate::maps::{SvcKey, SvcValue};
@@ -26,33 +28,46 @@ pub struct Reconciler {
     programmed: HashMap<SvcKey, Service>,
 }
 
-fn map_key(port: &ServicePort) -> SvcKey {
-    SvcKey { vip: port.vip.octets(), port: port.port.to_be_bytes(), proto: port.protocol.number(), pad: 0 }
+fn map_key(service: &Service) -> SvcKey {
+    SvcKey { vip: service.vip.octets(), port: service.port.to_be_bytes(), proto: service.protocol.number(), pad: 0 }
+}
+
+/// The map entries of a Service port: its VIP, and its NodePort on `node_ip`.
+fn entries(port: &ServicePort, node_ip: Option<Ipv4Addr>) -> impl Iterator<Item = Service> + '_ {
+    let service = |vip, number, node_port| Service {
+        id: 0,
+        vip,
+        port: number,
+        protocol: port.protocol,
+        backends: port.backends.clone(),
+        affinity: port.affinity,
+        node_port,
+    };
+    let node_port = node_ip.zip(port.node_port).map(|(ip, number)| service(ip, number, true));
+    std::iter::once(service(port.vip, port.port, false)).chain(node_port)
 }
 
 impl Reconciler {
-    pub fn sync(&mut self, datapath: &mut Datapath, desired: &[ServicePort]) -> Result<SyncStats, DatapathError> {
+    /// Programs `desired`, with NodePorts at `node_ip` (none without one).
+    pub fn sync(
+        &mut self,
+        datapath: &mut Datapath,
+        desired: &[ServicePort],
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<SyncStats, DatapathError> {
         let in_maps: HashMap<SvcKey, SvcValue> = datapath.programmed()?.into_iter().collect();
         let mut next_id = in_maps.values().map(|v| v.service_id).max().unwrap_or(0) + 1;
         let mut stats = SyncStats::default();
         let mut wanted = std::collections::HashSet::new();
         let mut programmed = HashMap::new();
-        for port in desired {
-            let key = map_key(port);
-            let id = match in_maps.get(&key) {
+        for (port, mut service) in desired.iter().flat_map(|p| entries(p, node_ip).map(move |s| (p, s))) {
+            let key = map_key(&service);
+            service.id = match in_maps.get(&key) {
                 Some(value) => value.service_id,
                 None => {
                     next_id += 1;
                     next_id - 1
                 }
-            };
-            let service = Service {
-                id,
-                vip: port.vip,
-                port: port.port,
-                protocol: port.protocol,
-                backends: port.backends.clone(),
-                affinity: port.affinity,
             };
             wanted.insert(key);
             match self.programmed.get(&key) {

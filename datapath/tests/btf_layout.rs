@@ -49,7 +49,7 @@ fn every_map_struct_matches_its_rust_twin() {
     let btf = btf_structs();
     let twins = [
         layout!("svc_key" => SvcKey { vip, port, proto, pad }),
-        layout!("svc_value" => SvcValue { service_id, backend_count, pad, affinity_timeout_s }),
+        layout!("svc_value" => SvcValue { service_id, backend_count, flags, affinity_timeout_s }),
         layout!("backend_key" => BackendKey { service_id, slot }),
         layout!("backend_value" => BackendValue { addr, port, pad }),
         layout!("backend_id" => BackendId { service_id, addr, port, pad }),

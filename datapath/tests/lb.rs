@@ -12,7 +12,7 @@ use nodeplane_testkit::{Bpffs, Node, Pod, RequestLoop, privileged, service_manif
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 fn service(id: u32, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)]) -> Service {
-    Service { id, vip: VIP, port, protocol, backends: backends.to_vec(), affinity: None }
+    Service { id, vip: VIP, port, protocol, backends: backends.to_vec(), affinity: None, node_port: false }
 }
 
 /// Loads the datapath in the node's namespace and attaches it to every pod.
@@ -285,7 +285,7 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     let sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
         let found = load_dir(dir.path());
         assert!(found.errors.is_empty(), "{:?}", found.errors);
-        reconciler.sync(datapath, &found.ports).unwrap()
+        reconciler.sync(datapath, &found.ports, None).unwrap()
     };
 
     std::fs::write(&manifest, service_manifest("web", VIP, &[b1.ip])).unwrap();
@@ -502,4 +502,59 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
     drop(first);
     // The layout now matches: a second load reuses every map.
     assert!(Datapath::load(bpffs.path()).unwrap().recreated_maps().is_empty());
+}
+
+#[test]
+fn node_ports_reach_a_local_backend_and_the_nodes_own_traffic_from_such_ports_keeps_its_replies() {
+    if !privileged("node_ports_reach_a_local_backend_and_the_nodes_own_traffic_from_such_ports_keeps_its_replies") {
+        return;
+    }
+    use std::net::{SocketAddr, TcpStream, UdpSocket};
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 13, 3)).unwrap();
+    let outside = node.add_external(NODE_IP, Ipv4Addr::new(192, 168, 77, 2)).unwrap();
+    let _servers = [backend.serve_tcp(8080, "np-tcp"), backend.serve_udp(8080, "np-udp")];
+    let mut datapath = load(&node, &bpffs, &[&backend, &outside]);
+    for (id, protocol) in [(15, Protocol::Tcp), (16, Protocol::Udp)] {
+        let entry = Service { vip: NODE_IP, node_port: true, ..service(id, 30080, protocol, &[(backend.ip, 8080)]) };
+        datapath.set_service(&entry).unwrap();
+    }
+
+    // From outside, to the node's IP on the NodePort: the local backend answers, from the NodePort.
+    for _ in 0..20 {
+        assert_eq!(outside.tcp_request(NODE_IP, 30080).unwrap(), "np-tcp");
+        let (reply, from) = outside.udp_request(NODE_IP, 30080).unwrap();
+        assert_eq!((reply.as_str(), from), ("np-udp", SocketAddr::from((NODE_IP, 30080))));
+    }
+
+    // The node's own connections from port 30080 (bound explicitly) get their replies.
+    let _outside_servers = [outside.serve_tcp(9000, "outside-tcp"), outside.serve_udp(9000, "outside-udp")];
+    let client_ip = outside.ip;
+    let (tcp, udp) = node.netns.run(move || {
+        use rustix::net::{AddressFamily, SocketType, bind, connect, ipproto, socket, sockopt};
+        let tcp = (|| -> std::io::Result<String> {
+            let socket = socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
+            sockopt::set_socket_reuseaddr(&socket, true)?;
+            bind(&socket, &SocketAddr::from((NODE_IP, 30080)))?;
+            connect(&socket, &SocketAddr::from((client_ip, 9000)))?;
+            let mut stream = TcpStream::from(socket);
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut reply = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut reply)?;
+            Ok(reply)
+        })();
+        let udp = (|| -> std::io::Result<String> {
+            let socket = UdpSocket::bind((NODE_IP, 30080))?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.send_to(b"hello", (client_ip, 9000))?;
+            let mut buffer = [0u8; 64];
+            let (n, _) = socket.recv_from(&mut buffer)?;
+            Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+        })();
+        (tcp, udp)
+    });
+    assert_eq!(tcp.unwrap(), "outside-tcp", "a TCP reply to port 30080 is not taken for NodePort traffic");
+    assert_eq!(udp.unwrap(), "outside-udp", "a UDP reply to port 30080 is not taken for NodePort traffic");
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Bumped when the way the base is made changes, so old caches are not reused.
-const BASE_RECIPE: u32 = 1;
+const BASE_RECIPE: u32 = 2;
 /// The partition names the image's fstab and boot entry refer to.
 pub const ROOT_LABEL: &str = "nodeplane-root";
 pub const STATE_LABEL: &str = "nodeplane-state";
@@ -146,9 +146,42 @@ fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
     for dir in ["usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt", "var/lib/apt/lists"] {
         run(&format!("trim /{dir}"), Command::new("rm").arg("-rf").arg(partial.join(dir)))?;
     }
+    trim_modules(&partial)?;
     std::fs::write(partial.join(".complete"), "").map_err(|e| e.to_string())?;
     std::fs::rename(&partial, &base).map_err(|e| format!("{}: {e}", base.display()))?;
+    // Bases of other package lists are not coming back: free their space.
+    for old in std::fs::read_dir(cache).map_err(|e| e.to_string())?.filter_map(|e| e.ok()) {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.starts_with("base-") && old.path() != base {
+            run(&format!("remove the old base {name}"), Command::new("rm").arg("-rf").arg(old.path()))?;
+        }
+    }
     Ok(base)
+}
+
+/// Kernel modules for hardware a server node does not have (sound, GPUs, cameras,
+/// radios, InfiniBand, sensors); `depmod` then forgets them.
+fn trim_modules(rootfs: &Path) -> Result<(), String> {
+    const UNNEEDED: &[&str] = &[
+        "sound",
+        "drivers/gpu",
+        "drivers/media",
+        "drivers/infiniband",
+        "drivers/iio",
+        "drivers/staging",
+        "drivers/isdn",
+        "drivers/bluetooth",
+        "drivers/net/wireless",
+        "net/wireless",
+        "net/mac80211",
+        "net/bluetooth",
+    ];
+    let version = kernel_version(rootfs)?;
+    let kernel = rootfs.join("usr/lib/modules").join(&version).join("kernel");
+    for dir in UNNEEDED {
+        run(&format!("trim kernel/{dir}"), Command::new("rm").arg("-rf").arg(kernel.join(dir)))?;
+    }
+    chroot(rootfs, "depmod", &["depmod", "-a", &version])
 }
 
 /// Lays nodeplane's binaries, units and the image's configuration over the base.

@@ -168,7 +168,7 @@ impl DatapathComponent {
             }
         };
         running.attach_errors =
-            attach_pod_interfaces(&mut running.datapath, &present, &self.config.pod_interface_prefix);
+            attach_interfaces(&mut running.datapath, &present, &self.config.pod_interface_prefix, self.config.node_ip);
         // A pod whose interface is gone (deleted while nodeplaned was down, or
         // without a CNI DEL) is no longer one.
         self.endpoints.retain(|id, endpoint| {
@@ -200,7 +200,7 @@ impl DatapathComponent {
                 tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
             }
             running.manifest_errors = found.errors.iter().map(ToString::to_string).collect();
-            match running.reconciler.sync(&mut running.datapath, &found.ports) {
+            match running.reconciler.sync(&mut running.datapath, &found.ports, self.config.node_ip) {
                 Ok(stats) => {
                     for failure in &stats.failed {
                         tracing::error!("programming a Service port failed: {failure}");
@@ -293,20 +293,63 @@ fn interfaces() -> std::io::Result<BTreeSet<String>> {
     Ok(dev.lines().skip(2).filter_map(|l| Some(l.split(':').next()?.trim().to_owned())).collect())
 }
 
-/// Attaches to every `present` interface whose name has the pod prefix, and
-/// forgets the records of ones that are gone. Returns the failures.
-fn attach_pod_interfaces(datapath: &mut Datapath, present: &BTreeSet<String>, prefix: &str) -> Vec<String> {
-    let present: BTreeSet<&String> = present.iter().filter(|n| n.starts_with(prefix)).collect();
+/// Attaches to every `present` interface whose name has the pod prefix, and to
+/// the one holding the node's IP (NodePorts); forgets the records of ones that
+/// are gone. Returns the failures.
+fn attach_interfaces(
+    datapath: &mut Datapath,
+    present: &BTreeSet<String>,
+    prefix: &str,
+    node_ip: Option<std::net::Ipv4Addr>,
+) -> Vec<String> {
+    let mut present: BTreeSet<String> = present.iter().filter(|n| n.starts_with(prefix)).cloned().collect();
+    match node_ip.map(interface_with).transpose() {
+        Ok(Some(Some(node_if))) => {
+            present.insert(node_if);
+        }
+        Ok(Some(None)) => tracing::debug!("no interface holds datapath.node_ip yet"),
+        Ok(None) => {}
+        Err(err) => return vec![format!("listing addresses: {err}")],
+    }
     let mut errors = Vec::new();
     for gone in datapath.attached_interfaces().unwrap_or_default().into_iter().filter(|n| !present.contains(n)) {
         if let Err(err) = datapath.forget_interface(&gone) {
             errors.push(format!("{gone}: {err}"));
         }
     }
-    for interface in present {
+    for interface in &present {
         if let Err(err) = datapath.attach_pod_interface(interface) {
             errors.push(format!("attaching to {interface}: {err}"));
         }
     }
     errors
+}
+
+/// The interface that holds `addr`, if one does.
+fn interface_with(addr: std::net::Ipv4Addr) -> std::io::Result<Option<String>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list that is freed below, once.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not freed yet; an
+        // AF_INET address is a sockaddr_in.
+        unsafe {
+            let address = (*entry).ifa_addr;
+            if !address.is_null() && i32::from((*address).sa_family) == libc::AF_INET {
+                let address = &*(address as *const libc::sockaddr_in);
+                if u32::from_be(address.sin_addr.s_addr) == u32::from(addr) {
+                    found = Some(std::ffi::CStr::from_ptr((*entry).ifa_name).to_string_lossy().into_owned());
+                    break;
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
 }

@@ -57,6 +57,7 @@ pub fn services(source: &Source, json_out: bool) -> ExitCode {
             .iter()
             .map(|s| {
                 json!({"vip": s.vip.to_string(), "port": s.port, "protocol": s.protocol, "service_id": s.service_id,
+                       "type": kind(s),
                        "affinity_timeout_s": s.affinity_timeout_s,
                        "backends": s.backends.iter().map(|(a, p)| format!("{a}:{p}")).collect::<Vec<_>>()})
             })
@@ -64,18 +65,23 @@ pub fn services(source: &Source, json_out: bool) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
         return ExitCode::SUCCESS;
     }
-    println!("{:22} {:5} {:>8}  BACKENDS", "SERVICE", "PROTO", "AFFINITY");
+    println!("{:22} {:5} {:9} {:>8}  BACKENDS", "SERVICE", "PROTO", "TYPE", "AFFINITY");
     for s in &services {
         let affinity = if s.affinity_timeout_s == 0 { "-".to_owned() } else { format!("{}s", s.affinity_timeout_s) };
         let backends: Vec<String> = s.backends.iter().map(|(a, p)| format!("{a}:{p}")).collect();
         println!(
-            "{:22} {:5} {affinity:>8}  {}",
+            "{:22} {:5} {:9} {affinity:>8}  {}",
             format!("{}:{}", s.vip, s.port),
             s.protocol,
+            kind(s),
             if backends.is_empty() { "(none)".into() } else { backends.join(" ") }
         );
     }
     ExitCode::SUCCESS
+}
+
+fn kind(service: &nodeplane_datapath::inspect::ServiceView) -> &'static str {
+    if service.node_port { "NodePort" } else { "ClusterIP" }
 }
 
 pub fn endpoints(source: &Source, json_out: bool) -> ExitCode {

@@ -81,3 +81,32 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     assert!(replies.iter().any(|r| r.as_deref() == Ok("b2")), "the restarted nodeplaned applied the new endpoints");
     drop(second);
 }
+
+#[test]
+fn a_node_port_from_the_manifests_is_reachable_from_outside_the_node() {
+    if !privileged("a_node_port_from_the_manifests_is_reachable_from_outside_the_node") {
+        return;
+    }
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 78, 1);
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 8, 3)).unwrap();
+    let outside = node.add_external(NODE_IP, Ipv4Addr::new(192, 168, 78, 2)).unwrap();
+    let _server = backend.serve_tcp(8080, "via-nodeport");
+    let manifests = tempfile::tempdir().unwrap();
+    let manifest = service_manifest("web", Ipv4Addr::new(10, 96, 7, 8), &[backend.ip])
+        .replace("spec:\n  clusterIP", "spec:\n  type: NodePort\n  clusterIP")
+        .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30095}");
+    assert!(manifest.contains("nodePort: 30095"), "{manifest}");
+    std::fs::write(manifests.path().join("web.yaml"), manifest).unwrap();
+    let bus = bus();
+    let _nodeplaned = start_in_with(&node, &bus, &bpffs, manifests.path(), &format!("node_ip = \"{NODE_IP}\""));
+
+    assert_eq!(outside.tcp_request(NODE_IP, 30095).unwrap(), "via-nodeport");
+    let root = format!("{}/nodeplane", bpffs.path().display());
+    let services = text(&ctl(&bus, &["services", "--bpffs-root", &root]).stdout);
+    assert!(
+        services.lines().any(|l| l.starts_with(&format!("{NODE_IP}:30095")) && l.contains("NodePort")),
+        "{services}"
+    );
+}

@@ -42,6 +42,7 @@ pub fn bench() -> Result<(), String> {
         protocol: Protocol::Tcp,
         backends: vec![(backend.ip, 8080)],
         affinity: None,
+        node_port: false,
     };
     let _datapath = node.netns.run(move || -> Result<Datapath, String> {
         let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;

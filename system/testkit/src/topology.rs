@@ -101,6 +101,18 @@ impl Node {
         // Hairpinned Service traffic leaves by the interface it came in on: no redirects.
         netns.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
         netns.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
+        // As on kube-proxy and Docker hosts: netfilter conntrack drops what it
+        // takes for INVALID. Every test on a node runs with these rules, so the
+        // datapath's translated flows must keep out of its way.
+        for chain in ["INPUT", "FORWARD", "OUTPUT"] {
+            let status = Command::new("ip")
+                .args(["netns", "exec", netns.name(), "iptables", "-A", chain])
+                .args(["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
+                .status()?;
+            if !status.success() {
+                return Err(io::Error::other(format!("iptables -A {chain} … INVALID -j DROP: {status}")));
+            }
+        }
         Ok(Node { netns, prefix, pods: 0 })
     }
 
@@ -121,6 +133,24 @@ impl Node {
         pod.ip(&["neigh", "add", GATEWAY, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
         self.netns.ip(&["neigh", "add", &ip.to_string(), "lladdr", &pod_mac, "dev", &host_if, "nud", "permanent"])?;
         Ok(Pod { netns: pod, ip, host_if })
+    }
+}
+
+impl Node {
+    /// A client outside the node: a namespace on a link of its own to the node,
+    /// whose end (the returned `host_if`) holds `node_ip`, where NodePorts are;
+    /// both ends in one /24.
+    pub fn add_external(&mut self, node_ip: Ipv4Addr, client_ip: Ipv4Addr) -> io::Result<Pod> {
+        let n = self.pods;
+        self.pods += 1;
+        let client = NamedNetns::new(format!("{}-ext{n}", self.prefix))?;
+        let node_if = format!("{}x{n}", self.prefix);
+        self.netns.ip(&["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", client.name()])?;
+        self.netns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", &node_if])?;
+        self.netns.ip(&["link", "set", &node_if, "up"])?;
+        client.ip(&["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"])?;
+        client.ip(&["link", "set", "eth0", "up"])?;
+        Ok(Pod { netns: client, ip: client_ip, host_if: node_if })
     }
 }
 

@@ -183,8 +183,19 @@ pub fn start_in(
     bpffs: &nodeplane_testkit::Bpffs,
     manifests: &Path,
 ) -> Nodeplaned {
+    start_in_with(node, bus, bpffs, manifests, "")
+}
+
+/// [`start_in`] with more `[datapath]` lines.
+pub fn start_in_with(
+    node: &nodeplane_testkit::Node,
+    bus: &DbusDaemon,
+    bpffs: &nodeplane_testkit::Bpffs,
+    manifests: &Path,
+    datapath: &str,
+) -> Nodeplaned {
     let config = format!(
-        "[datapath]\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
+        "[datapath]\n{datapath}\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
          sync_interval = \"200ms\"\n[ipam]\nenabled = false\n",
         bpffs.path().display(),
         bpffs.state_dir().display(),
