@@ -220,6 +220,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
             "nodeplane-config.service",
             "nodeplane-console-status.service",
             "containerd.service",
+            "systemd-networkd.service",
         ]),
     )?;
     Ok(())

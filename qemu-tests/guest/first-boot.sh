@@ -117,6 +117,25 @@ datapath() {
 	[ -e /sys/fs/bpf/nodeplane/np_conntrack ] && [ "$(ls /sys/fs/bpf/nodeplane/links | wc -l)" -ge 2 ]
 }
 
+node_port_listed() {
+	nodeplanectl services | grep -q '^10.0.2.15:30080 .*NodePort'
+}
+
+# The host connects to the NodePort through QEMU's network when asked to
+# (results/host-request), and answers in host-reply.
+node_port() {
+	"$G" manifest web 10.96.0.11 --node-port 30080 "$(pod_ip server)" >/etc/nodeplane/manifests/web.yaml
+	wait_for 30 node_port_listed || {
+		diagnose
+		return 1
+	}
+	nodeplanectl services
+	touch "$R/host-request"
+	wait_for 60 test -e "$S/host-reply" || return 1
+	echo "the host, through QEMU's network to 10.0.2.15:30080: $(cat "$S/host-reply")"
+	[ "$(cat "$S/host-reply")" = served ]
+}
+
 ipam() {
 	dir=/var/lib/cni/networks/nodeplane
 	printf 'gone-sandbox\r\neth0' >"$dir/10.244.0.200"
@@ -158,6 +177,7 @@ check mark-var mark_var
 check sysctls sysctls
 check dbus dbus
 check datapath datapath
+check node-port node_port
 check ipam ipam
 check resilience resilience
 finish

@@ -16,9 +16,12 @@ use nodeplane_qemu::{Boot, Console, Firmware, Image, Vm, copy_disk};
 /// One VM at a time: two cores, and TCG wants both.
 static BOOTS: Mutex<()> = Mutex::new(());
 
-/// The first boot's node.toml: quick re-checks and a short IPAM grace period.
+/// The first boot's node.toml: quick re-checks, a short IPAM grace period, and
+/// the node's IP on QEMU's user network (where NodePorts are).
 const GOOD_CONFIG: &str = "[sysctl]\ncheck_interval = \"1s\"\n\n[ipam]\ngrace_period = \"1m\"\ninterval = \"1h\"\n\n\
-                           [datapath]\npod_cidr = \"10.244.0.0/24\"\n";
+                           [datapath]\npod_cidr = \"10.244.0.0/24\"\nnode_ip = \"10.0.2.15\"\n";
+/// The NodePort the first boot's script programs.
+const NODE_PORT: u16 = 30080;
 /// Invalid: an ephemeral range overlapping the NodePorts (and an unknown key).
 const BAD_CONFIG: &str = "[sysctl]\nephemeral_range = \"20000-40000\"\ncheck_intervall = \"1s\"\n";
 
@@ -83,6 +86,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, config).unwrap();
     let console = dir.path().join("console.log");
+    let host_port = free_port();
     let boot = Boot {
         image: &image,
         firmware: Firmware::Direct { state: state.to_owned() },
@@ -90,13 +94,36 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
         config: Some(&config_file),
         share: Some(&share),
         kernel_args: nodeplane_qemu::run_from_share(script),
-        forward: Vec::new(),
+        forward: vec![(host_port, NODE_PORT)],
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
+    let host_share = share.clone();
+    std::thread::spawn(move || answer_host_request(&host_share, host_port));
     let failure = vm.wait_exit(Duration::from_secs(900)).err();
     let failure =
         failure.or_else(|| (!share.join("results/done").exists()).then(|| "the guest script did not finish".into()));
     Outcome { console: vm.console(), dir, failure }
+}
+
+/// A TCP port free on the host's loopback right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// When the guest asks (`results/host-request`), connects from the host through
+/// QEMU's user network to the forwarded NodePort and writes the reply, or the
+/// error, to `host-reply`, for the guest to record.
+fn answer_host_request(share: &Path, host_port: u16) {
+    let (request, reply) = (share.join("results/host-request"), share.join("host-reply"));
+    while !share.join("results/done").exists() {
+        if request.exists() {
+            let answer = nodeplane_testkit::tcp_request(std::net::Ipv4Addr::LOCALHOST, host_port)
+                .unwrap_or_else(|e| format!("error: {e}"));
+            let _ = std::fs::write(&reply, answer);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The state disk of the first boot, kept for the second.
@@ -164,6 +191,11 @@ fn health_is_served_over_dbus() {
 #[test]
 fn pods_made_through_the_cni_plugin_reach_each_other_and_a_service() {
     first_boot().check("datapath");
+}
+
+#[test]
+fn a_node_port_is_reachable_from_the_host_side_of_qemus_network() {
+    first_boot().check("node-port");
 }
 
 #[test]

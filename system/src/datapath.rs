@@ -51,7 +51,13 @@ impl Component for DatapathComponent {
         }
         let root = &component.config.bpffs_root;
         std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-        let mut datapath = Datapath::load_with(root, component.config.attach).map_err(|e| {
+        // Seconds of CPU under emulation (map allocation, the verifier): off the
+        // runtime's thread, so the bus connection goes on meanwhile.
+        let (pins, attach) = (root.clone(), component.config.attach);
+        let loaded = tokio::task::spawn_blocking(move || Datapath::load_with(&pins, attach))
+            .await
+            .map_err(|e| format!("loading the datapath: {e}"))?;
+        let mut datapath = loaded.map_err(|e| {
             format!("cannot load the datapath with its maps pinned in {} (a bpffs?): {e}", root.display())
         })?;
         datapath.set_hairpin_address(component.config.hairpin_address).map_err(|e| e.to_string())?;

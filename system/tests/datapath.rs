@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Bpffs, Node, RequestLoop, privileged, service_manifest};
+use nodeplane_testkit::{Bpffs, Node, RequestLoop, node_port_manifest, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
 
@@ -94,10 +94,7 @@ fn a_node_port_from_the_manifests_is_reachable_from_outside_the_node() {
     let outside = node.add_external(NODE_IP, Ipv4Addr::new(192, 168, 78, 2)).unwrap();
     let _server = backend.serve_tcp(8080, "via-nodeport");
     let manifests = tempfile::tempdir().unwrap();
-    let manifest = service_manifest("web", Ipv4Addr::new(10, 96, 7, 8), &[backend.ip])
-        .replace("spec:\n  clusterIP", "spec:\n  type: NodePort\n  clusterIP")
-        .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30095}");
-    assert!(manifest.contains("nodePort: 30095"), "{manifest}");
+    let manifest = node_port_manifest("web", Ipv4Addr::new(10, 96, 7, 8), 30095, &[backend.ip]);
     std::fs::write(manifests.path().join("web.yaml"), manifest).unwrap();
     let bus = bus();
     let _nodeplaned = start_in_with(&node, &bus, &bpffs, manifests.path(), &format!("node_ip = \"{NODE_IP}\""));

@@ -31,7 +31,10 @@ fn ready_comes_only_after_the_sysctls_are_applied() {
             .any(|l| l.starts_with("STATUS=healthy; ") && l.contains("; sysctl healthy: ephemeral ports 20000-29999")),
         "{ready}"
     );
-    assert!(messages.iter().any(|m| m.contains("STATUS=starting: applying sysctls")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("STATUS=starting: connecting to the system bus, applying sysctls")),
+        "{messages:?}"
+    );
 }
 
 #[test]

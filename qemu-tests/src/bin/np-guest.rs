@@ -8,7 +8,8 @@
 //! np-guest request IP PORT                 print the reply
 //! np-guest loop IP PORT STOPFILE           requests until STOPFILE exists; prints counts
 //! np-guest containers NAMESPACE ID...      create container records in containerd
-//! np-guest manifest NAME VIP BACKEND...    print a Service + EndpointSlice (port 80 → 8080)
+//! np-guest manifest NAME VIP [--node-port N] BACKEND...
+//!                                          print a Service + EndpointSlice (port 80 → 8080)
 //! ```
 
 use std::io::Write;
@@ -69,6 +70,11 @@ fn run(args: &[&str]) -> Result<(), String> {
                 ns,
                 &ids,
             ));
+            Ok(())
+        }
+        ["manifest", name, vip, "--node-port", node_port, backends @ ..] => {
+            let backends = backends.iter().map(|b| ip(b)).collect::<Result<Vec<_>, _>>()?;
+            print!("{}", nodeplane_testkit::node_port_manifest(name, ip(vip)?, port(node_port)?, &backends));
             Ok(())
         }
         ["manifest", name, vip, backends @ ..] => {

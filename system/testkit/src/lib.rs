@@ -19,7 +19,7 @@ pub use containerd::{Containerd, create_containers};
 pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
-pub use manifests::service_manifest;
+pub use manifests::{node_port_manifest, service_manifest};
 pub use netns::{in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};

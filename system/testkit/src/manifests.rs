@@ -10,3 +10,10 @@ pub fn service_manifest(name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> Str
          addressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{endpoints}"
     )
 }
+
+/// [`service_manifest`] as `type: NodePort`, also reachable on the node's IP at `node_port`.
+pub fn node_port_manifest(name: &str, vip: Ipv4Addr, node_port: u16, backends: &[Ipv4Addr]) -> String {
+    service_manifest(name, vip, backends)
+        .replace("spec:\n  clusterIP", "spec:\n  type: NodePort\n  clusterIP")
+        .replace("targetPort: 8080}", &format!("targetPort: 8080, nodePort: {node_port}}}"))
+}
