@@ -29,9 +29,15 @@ pub struct DatapathConfig {
     /// when its network configuration names no range.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
-    /// This node's IP (NodePorts, datapath II).
+    /// This node's IP: NodePorts are on it, at the interface that holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_ip: Option<Ipv4Addr>,
+    /// Masquerade pod traffic leaving `non_masquerade_cidrs` (needs `pod_cidr`).
+    pub masquerade: bool,
+    /// Destinations pods reach with their own address (ip-masq-agent's defaults).
+    pub non_masquerade_cidrs: Vec<String>,
+    /// Masquerade traffic to link-local 169.254.0.0/16 too (ip-masq-agent's masqLinkLocal).
+    pub masquerade_link_local: bool,
     /// How often manifests and interfaces are checked for changes.
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
@@ -62,6 +68,9 @@ impl Default for DatapathConfig {
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
             pod_cidr: None,
             node_ip: None,
+            masquerade: true,
+            non_masquerade_cidrs: crate::masquerade::DEFAULT_NON_MASQUERADE.iter().map(|c| c.to_string()).collect(),
+            masquerade_link_local: false,
             sync_interval: Duration::from_secs(1),
             gc_interval: Duration::from_secs(10),
             tcp_syn_timeout: timeouts.tcp_syn,
@@ -90,16 +99,17 @@ impl DatapathConfig {
                 return invalid(field, "must be at least 100ms");
             }
         }
-        if let Some(cidr) = &self.pod_cidr {
-            let valid = cidr.split_once('/').is_some_and(|(addr, len)| {
-                addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| (8..=30).contains(&l))
+        if let Some(cidr) = self.pod_cidr.as_ref().filter(|c| !is_subnet(c, 8..=30)) {
+            return Err(Invalid {
+                field: "pod_cidr",
+                message: format!("{cidr:?} is not an IPv4 subnet (ADDRESS/8..30, e.g. 10.244.1.0/24)"),
             });
-            if !valid {
-                return Err(Invalid {
-                    field: "pod_cidr",
-                    message: format!("{cidr:?} is not an IPv4 subnet (ADDRESS/8..30, e.g. 10.244.1.0/24)"),
-                });
-            }
+        }
+        if let Some(bad) = self.non_masquerade_cidrs.iter().find(|c| !is_subnet(c, 0..=32)) {
+            return Err(Invalid {
+                field: "non_masquerade_cidrs",
+                message: format!("{bad:?} is not an IPv4 subnet (ADDRESS/0..32, e.g. 10.0.0.0/8)"),
+            });
         }
         if self.pod_interface_prefix.is_empty() || self.pod_interface_prefix.len() > 10 {
             return invalid("pod_interface_prefix", "must be 1 to 10 characters (interface names have 15)");
@@ -112,6 +122,22 @@ impl DatapathConfig {
         Ok(())
     }
 
+    /// The masquerade rules this config asks for (none without a pod CIDR), with
+    /// source ports clear of `nodeports`.
+    pub fn masquerade_rules(&self, nodeports: (u16, u16)) -> Option<crate::masquerade::Masquerade> {
+        let pod_cidr = self.pod_cidr.clone().filter(|_| self.masquerade)?;
+        let mut non_masquerade = self.non_masquerade_cidrs.clone();
+        if !self.masquerade_link_local {
+            non_masquerade.push("169.254.0.0/16".into());
+        }
+        // Pods reach each other with their own addresses, whatever the list says.
+        non_masquerade.push(pod_cidr.clone());
+        non_masquerade.sort();
+        non_masquerade.dedup();
+        let ports = crate::masquerade::ports_clear_of(nodeports);
+        Some(crate::masquerade::Masquerade { pod_cidr, non_masquerade, ports })
+    }
+
     pub fn timeouts(&self) -> CtTimeouts {
         CtTimeouts {
             tcp_syn: self.tcp_syn_timeout,
@@ -120,4 +146,11 @@ impl DatapathConfig {
             udp: self.udp_timeout,
         }
     }
+}
+
+/// `ADDRESS/LEN` with an IPv4 address and a prefix length in `lengths`.
+fn is_subnet(cidr: &str, lengths: std::ops::RangeInclusive<u8>) -> bool {
+    cidr.split_once('/').is_some_and(|(addr, len)| {
+        addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| lengths.contains(&l))
+    })
 }

@@ -6,6 +6,7 @@ pub mod inspect;
 mod loader;
 pub mod manifests;
 pub mod maps;
+pub mod masquerade;
 mod reconcile;
 
 pub use config::{DatapathConfig, Invalid};

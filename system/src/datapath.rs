@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nodeplane_datapath::manifests::load_dir;
 use nodeplane_datapath::maps::CONNTRACK_CAPACITY;
+use nodeplane_datapath::masquerade;
 use nodeplane_datapath::{Datapath, DatapathConfig, GcStats, Reconciler, SyncStats};
 
 use crate::component::{Component, Fact, Facts, Reporter, State};
@@ -18,6 +19,8 @@ use crate::endpoints::{EndpointStore, check_container_id};
 
 pub struct DatapathComponent {
     config: DatapathConfig,
+    /// `[sysctl] nodeport_range`: masquerade keeps its source ports clear of it.
+    nodeports: (u16, u16),
     reporter: Reporter,
     running: Option<Running>,
     /// Pods registered by the CNI plugin, by container id; stored, so a restart
@@ -34,6 +37,8 @@ struct Running {
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     manifest_errors: Vec<String>,
     attach_errors: Vec<String>,
+    /// Why the masquerade rules could not be installed.
+    masquerade_error: Option<String>,
     last_gc: Instant,
     expired_total: u64,
     last_gc_stats: GcStats,
@@ -43,8 +48,10 @@ impl Component for DatapathComponent {
     const NAME: &'static str = "datapath";
 
     async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, String> {
+        let nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
         let config = config.datapath.clone();
-        let mut component = DatapathComponent { config, reporter, running: None, endpoints: Default::default() };
+        let mut component =
+            DatapathComponent { config, nodeports, reporter, running: None, endpoints: Default::default() };
         if !component.config.enabled {
             component.reporter.set(State::Healthy, "disabled (datapath.enabled = false)");
             return Ok(component);
@@ -78,10 +85,12 @@ impl Component for DatapathComponent {
             last_sync: None,
             manifest_errors: Vec::new(),
             attach_errors: unreadable,
+            masquerade_error: None,
             last_gc: Instant::now(),
             expired_total: 0,
             last_gc_stats: GcStats::default(),
         });
+        component.apply_masquerade();
         component.sync(true);
         Ok(component)
     }
@@ -99,9 +108,11 @@ impl Component for DatapathComponent {
                 (self.config.enabled, self.config.bpffs_root.clone(), self.config.attach);
         }
         self.config = new;
+        self.nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
         if let Some(running) = &mut self.running {
             running.datapath.set_hairpin_address(self.config.hairpin_address).map_err(|e| e.to_string())?;
         }
+        self.apply_masquerade();
         self.sync(true);
         Ok(())
     }
@@ -151,6 +162,27 @@ impl DatapathComponent {
         );
         self.endpoints.insert(endpoint.container_id.clone(), endpoint);
         Ok(())
+    }
+
+    /// Installs the masquerade rules the config asks for, or removes them.
+    fn apply_masquerade(&mut self) {
+        let Some(running) = &mut self.running else { return };
+        let result = match self.config.masquerade_rules(self.nodeports) {
+            Some(rules) => rules.apply().map(|()| {
+                tracing::info!(
+                    "masquerading {} beyond {} CIDR(s), source ports {}-{}",
+                    rules.pod_cidr,
+                    rules.non_masquerade.len(),
+                    rules.ports.0,
+                    rules.ports.1
+                )
+            }),
+            None => masquerade::remove(),
+        };
+        if let Err(err) = &result {
+            tracing::error!("masquerade: {err}");
+        }
+        running.masquerade_error = result.err();
     }
 
     fn unregister(&mut self, container_id: &str) -> Result<(), String> {
@@ -263,7 +295,8 @@ impl DatapathComponent {
         for (name, value) in running.datapath.counters().unwrap_or_default() {
             facts.insert(format!("count_{name}"), Fact::Count(value));
         }
-        let problems: Vec<&String> = running.manifest_errors.iter().chain(&running.attach_errors).collect();
+        let problems: Vec<&String> =
+            running.manifest_errors.iter().chain(&running.attach_errors).chain(&running.masquerade_error).collect();
         let (state, detail) = match problems.first() {
             Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
             None => (

@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libbpf-dev", "bpf_helpers.h and friends for the eBPF C programs"),
     ("bpftool", "inspecting pinned maps and programs; BTF dumps in tests"),
     ("iproute2", "network namespaces and veth pairs for the datapath tests"),
+    ("nftables", "nft: the egress masquerade rules nodeplaned installs, and their tests"),
     ("iptables", "netfilter rules dropping ctstate INVALID on every test node, as kube-proxy hosts have"),
     ("debootstrap", "the node image's Debian base"),
     ("erofs-utils", "mkfs.erofs: the image's read-only compressed root"),

@@ -179,6 +179,16 @@ impl Pod {
         })
     }
 
+    /// Serves TCP on `port`: each connection gets the address and port it came
+    /// from (`ip:port`), as this pod sees them.
+    pub fn serve_tcp_peer(&self, port: u16) -> Server {
+        self.serve_tcp_with(port, |mut stream| {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = stream.write_all(peer.to_string().as_bytes());
+            }
+        })
+    }
+
     /// Serves TCP on `port`: each connection gets `tag` and then an echo of every
     /// line it sends, for as long as it stays open.
     pub fn serve_tcp_echo(&self, port: u16, tag: &str) -> Server {
