@@ -356,3 +356,62 @@ int from_pod(struct __sk_buff *skb)
 	count(COUNTER_TRANSLATED);
 	return deliver(skb, &after);
 }
+
+/* Socket-level load balancing for the node's own processes (a cgroup v2
+ * subtree, the whole node by default): their connect() or sendmsg() to a VIP
+ * goes straight to a backend, so no packet of theirs needs translating. An
+ * unconnected UDP socket's replies are reported as coming from the VIP. The
+ * node is one client for sessionAffinity. */
+
+/* Rewrites the socket address of a VIP to one of its backends. */
+static __always_inline void balance_socket(struct bpf_sock_addr *ctx, int unconnected_udp)
+{
+	struct svc_key svc = { .vip = ctx->user_ip4, .port = (__be16)ctx->user_port, .proto = (__u8)ctx->protocol };
+	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
+	/* NodePorts are for traffic arriving at the node, not for its own sockets. */
+	if (!service || (service->flags & SVC_F_NODE_PORT))
+		return;
+	if (service->backend_count == 0) {
+		count(COUNTER_NO_BACKEND);
+		return;
+	}
+	struct backend_value *backend = pick_backend(service, 0, bpf_ktime_get_ns());
+	if (!backend)
+		return;
+	if (unconnected_udp) {
+		struct sock_revnat_key key = { .cookie = bpf_get_socket_cookie(ctx), .addr = backend->addr,
+					       .port = backend->port };
+		struct sock_revnat_value vip = { .vip = svc.vip, .port = svc.port };
+		bpf_map_update_elem(&np_sock_revnat, &key, &vip, BPF_ANY);
+	}
+	ctx->user_ip4 = backend->addr;
+	ctx->user_port = backend->port;
+	count(COUNTER_SOCK_BALANCED);
+}
+
+SEC("cgroup/connect4")
+int sock_connect(struct bpf_sock_addr *ctx)
+{
+	balance_socket(ctx, 0);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int sock_sendmsg(struct bpf_sock_addr *ctx)
+{
+	balance_socket(ctx, 1);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int sock_recvmsg(struct bpf_sock_addr *ctx)
+{
+	struct sock_revnat_key key = { .cookie = bpf_get_socket_cookie(ctx), .addr = ctx->user_ip4,
+				       .port = (__be16)ctx->user_port };
+	struct sock_revnat_value *vip = bpf_map_lookup_elem(&np_sock_revnat, &key);
+	if (vip) {
+		ctx->user_ip4 = vip->vip;
+		ctx->user_port = vip->port;
+	}
+	return 1;
+}

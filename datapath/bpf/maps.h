@@ -55,6 +55,21 @@ struct affinity_value {
 	__u64 last_seen_ns;
 };
 
+/* A host socket's unconnected UDP exchange with a backend it reached through a
+ * VIP: replies are reported as coming from the VIP. */
+struct sock_revnat_key {
+	__u64 cookie;       /* bpf_get_socket_cookie() */
+	__be32 addr;        /* the backend */
+	__be16 port;
+	__u16 pad;
+};
+
+struct sock_revnat_value {
+	__be32 vip;
+	__be16 port;
+	__u16 pad;
+};
+
 /* A flow as seen in one direction. */
 struct ct_key {
 	__be32 saddr;
@@ -108,12 +123,14 @@ enum counter {
 	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
 	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: passed on untranslated */
 	COUNTER_REDIRECTED,      /* a translated packet delivered past the host stack */
+	COUNTER_SOCK_BALANCED,   /* a host socket's connect/sendmsg to a VIP sent to a backend */
 	COUNTER_MAX,
 };
 
 #define NODEPLANE_MAX_SERVICES 65536
 #define NODEPLANE_MAX_BACKENDS 262144
 #define NODEPLANE_CT_ENTRIES 262144
+#define NODEPLANE_SOCK_REVNAT_ENTRIES 65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -154,6 +171,14 @@ struct {
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NODEPLANE_SOCK_REVNAT_ENTRIES);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct sock_revnat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_sock_revnat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -32,6 +32,10 @@ pub struct DatapathConfig {
     /// This node's IP: NodePorts are on it, at the interface that holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_ip: Option<Ipv4Addr>,
+    /// Balance the node's own processes' sockets to Service VIPs (cgroup programs).
+    pub socket_lb: bool,
+    /// The cgroup v2 whose processes (and their descendants') get socket LB.
+    pub socket_lb_cgroup: PathBuf,
     /// Masquerade pod traffic leaving `non_masquerade_cidrs` (needs `pod_cidr`).
     pub masquerade: bool,
     /// Destinations pods reach with their own address (ip-masq-agent's defaults).
@@ -68,6 +72,8 @@ impl Default for DatapathConfig {
             hairpin_address: Ipv4Addr::new(169, 254, 42, 1),
             pod_cidr: None,
             node_ip: None,
+            socket_lb: true,
+            socket_lb_cgroup: PathBuf::from("/sys/fs/cgroup"),
             masquerade: true,
             non_masquerade_cidrs: crate::masquerade::DEFAULT_NON_MASQUERADE.iter().map(|c| c.to_string()).collect(),
             masquerade_link_local: false,
@@ -114,7 +120,11 @@ impl DatapathConfig {
         if self.pod_interface_prefix.is_empty() || self.pod_interface_prefix.len() > 10 {
             return invalid("pod_interface_prefix", "must be 1 to 10 characters (interface names have 15)");
         }
-        for (field, path) in [("bpffs_root", &self.bpffs_root), ("manifests_dir", &self.manifests_dir)] {
+        for (field, path) in [
+            ("bpffs_root", &self.bpffs_root),
+            ("manifests_dir", &self.manifests_dir),
+            ("socket_lb_cgroup", &self.socket_lb_cgroup),
+        ] {
             if !path.is_absolute() {
                 return invalid(field, "must be an absolute path");
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::CgroupSockAddr;
+use aya::programs::links::{CgroupAttachMode, FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{self, SchedClassifier, SchedClassifierLink, TcAttachType, TcHandle};
 use aya::{Ebpf, EbpfLoader};
 
@@ -74,6 +75,10 @@ const PROGRAM: &str = "from_pod";
 const LINKS: &str = "links";
 /// Prefix of the directory marking a netlink attachment (bpffs holds no files).
 const NETLINK_MARK: &str = "netlink_";
+/// The sub-directory of the pin directory holding the cgroup attachments.
+const CGROUP_LINKS: &str = "cgroup";
+/// The socket load balancer's programs (`bpf/lb.c`), one per hook.
+const SOCKET_PROGRAMS: [&str; 3] = ["sock_connect", "sock_sendmsg", "sock_recvmsg"];
 /// Where a netlink filter sits: fixed, so a later instance finds it to replace its program.
 const NETLINK_PRIORITY: u16 = 1;
 const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 1);
@@ -113,6 +118,9 @@ impl Datapath {
         let recreated = unpin_changed_maps(pin_dir)?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::LB_OBJECT)?;
         program(&mut ebpf)?.load()?;
+        for name in SOCKET_PROGRAMS {
+            socket_program(&mut ebpf, name)?.load()?;
+        }
         let links = pin_dir.join(LINKS);
         std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
         Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated })
@@ -199,6 +207,53 @@ impl Datapath {
         if netlink {
             // Dropping a netlink link deletes its filter; a TCX link stays pinned.
             std::mem::forget(link);
+        }
+        Ok(())
+    }
+
+    /// Balances the sockets of the processes in the cgroup v2 at `cgroup` and
+    /// below (the whole node at the root): a connect or sendmsg to a VIP goes
+    /// straight to a backend. The links are pinned under `cgroup/`, so they
+    /// outlive this process; attaching again (a restart, an upgrade) puts this
+    /// instance's programs in place, make before break — for a moment both run,
+    /// and the second finds a backend's address rather than a VIP and leaves it.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = self.pin_dir.join(CGROUP_LINKS);
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Pin { path: dir.clone(), source })?;
+        let target =
+            std::fs::File::open(cgroup).map_err(|source| DatapathError::Pin { path: cgroup.into(), source })?;
+        for name in SOCKET_PROGRAMS {
+            let pin = dir.join(name);
+            let program = socket_program(&mut self.ebpf, name)?;
+            // A link (kernel 5.7+) takes no flags; links to one cgroup always stack.
+            let id = program.attach(&target, CgroupAttachMode::Single)?;
+            let link = FdLink::try_from(program.take_link(id)?)
+                .map_err(|e| DatapathError::Pin { path: pin.clone(), source: std::io::Error::other(e) })?;
+            let old = if pin.exists() {
+                Some(
+                    PinnedLink::from_pin(&pin)?
+                        .unpin()
+                        .map_err(|source| DatapathError::Pin { path: pin.clone(), source })?,
+                )
+            } else {
+                None
+            };
+            link.pin(&pin).map_err(|e| DatapathError::Pin { path: pin.clone(), source: std::io::Error::other(e) })?;
+            drop(old); // its last reference: the old program leaves the cgroup
+        }
+        Ok(())
+    }
+
+    /// Stops balancing host sockets: the pinned cgroup links go, and with them
+    /// the attachments.
+    pub fn detach_cgroup(&mut self) -> Result<(), DatapathError> {
+        for name in SOCKET_PROGRAMS {
+            let pin = self.pin_dir.join(CGROUP_LINKS).join(name);
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::Pin { path: pin, source }),
+            }
         }
         Ok(())
     }
@@ -460,6 +515,10 @@ fn conntrack(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, D
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
     Ok(ebpf.program_mut(PROGRAM).ok_or(DatapathError::Missing("program from_pod"))?.try_into()?)
+}
+
+fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, DatapathError> {
+    Ok(ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?.try_into()?)
 }
 
 fn services(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, SvcKey, SvcValue>, DatapathError> {

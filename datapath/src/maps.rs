@@ -60,6 +60,25 @@ pub struct AffinityValue {
     pub last_seen_ns: u64,
 }
 
+/// A host socket's unconnected UDP exchange with a backend it reached through a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevnatKey {
+    pub cookie: u64,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub pad: u16,
+}
+
+/// The VIP such a socket's replies are reported from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevnatValue {
+    pub vip: [u8; 4],
+    pub port: [u8; 2],
+    pub pad: u16,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -119,8 +138,17 @@ pub struct LbConfig {
 }
 
 /// Per-CPU counters (`enum counter`), in index order.
-pub const COUNTERS: &[&str] =
-    &["new_flow", "translated", "hairpin_flow", "no_backend", "ct_full", "rewrite_failed", "ct_clash", "redirected"];
+pub const COUNTERS: &[&str] = &[
+    "new_flow",
+    "translated",
+    "hairpin_flow",
+    "no_backend",
+    "ct_full",
+    "rewrite_failed",
+    "ct_clash",
+    "redirected",
+    "sock_balanced",
+];
 
 /// `SVC_F_NODE_PORT` in `bpf/maps.h`: the entry is a NodePort on the node's IP.
 pub const SVC_F_NODE_PORT: u16 = 1;
@@ -136,6 +164,8 @@ unsafe impl aya::Pod for LbConfig {}
 unsafe impl aya::Pod for BackendId {}
 unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityValue {}
+unsafe impl aya::Pod for SockRevnatKey {}
+unsafe impl aya::Pod for SockRevnatValue {}
 
 /// `NODEPLANE_CT_ENTRIES` in `bpf/maps.h`: the conntrack map's capacity.
 pub const CONNTRACK_CAPACITY: u64 = 262_144;
@@ -148,3 +178,4 @@ pub const CONFIG: &str = "np_config";
 pub const BACKEND_ALIVE: &str = "np_backend_alive";
 pub const AFFINITY: &str = "np_affinity";
 pub const COUNTER_MAP: &str = "np_counters";
+pub const SOCK_REVNAT: &str = "np_sock_revnat";

@@ -55,6 +55,8 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("backend_id" => BackendId { service_id, addr, port, pad }),
         layout!("affinity_key" => AffinityKey { service_id, client }),
         layout!("affinity_value" => AffinityValue { backend, last_seen_ns }),
+        layout!("sock_revnat_key" => SockRevnatKey { cookie, addr, port, pad }),
+        layout!("sock_revnat_value" => SockRevnatValue { vip, port, pad }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
         layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, last_seen_ns }),
         layout!("lb_config" => LbConfig { hairpin_addr, pad }),

@@ -117,6 +117,14 @@ datapath() {
 	[ -e /sys/fs/bpf/nodeplane/np_conntrack ] && [ "$(ls /sys/fs/bpf/nodeplane/links | wc -l)" -ge 2 ]
 }
 
+# The node's own processes reach a ClusterIP: their sockets are balanced.
+socket_lb() {
+	reply=$("$G" request 10.96.0.10 80) || return 1
+	echo "a process of the node itself to the Service VIP: $reply"
+	nodeplanectl status | grep -o 'count_sock_balanced=[0-9]*'
+	[ "$reply" = served ]
+}
+
 node_port_listed() {
 	nodeplanectl services | grep -q '^10.0.2.15:30080 .*NodePort'
 }
@@ -177,6 +185,7 @@ check mark-var mark_var
 check sysctls sysctls
 check dbus dbus
 check datapath datapath
+check socket-lb socket_lb
 check node-port node_port
 check ipam ipam
 check resilience resilience

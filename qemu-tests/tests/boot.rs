@@ -194,6 +194,12 @@ fn pods_made_through_the_cni_plugin_reach_each_other_and_a_service() {
 }
 
 #[test]
+fn the_nodes_own_processes_reach_a_cluster_ip_through_socket_load_balancing() {
+    let out = first_boot().check("socket-lb");
+    assert!(!out.contains("count_sock_balanced=0"), "{out}");
+}
+
+#[test]
 fn a_node_port_is_reachable_from_the_host_side_of_qemus_network() {
     first_boot().check("node-port");
 }

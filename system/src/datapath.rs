@@ -37,8 +37,8 @@ struct Running {
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     manifest_errors: Vec<String>,
     attach_errors: Vec<String>,
-    /// Why the masquerade rules could not be installed.
-    masquerade_error: Option<String>,
+    /// Why masquerade or socket load balancing could not be set up.
+    node_errors: Vec<String>,
     last_gc: Instant,
     expired_total: u64,
     last_gc_stats: GcStats,
@@ -85,12 +85,12 @@ impl Component for DatapathComponent {
             last_sync: None,
             manifest_errors: Vec::new(),
             attach_errors: unreadable,
-            masquerade_error: None,
+            node_errors: Vec::new(),
             last_gc: Instant::now(),
             expired_total: 0,
             last_gc_stats: GcStats::default(),
         });
-        component.apply_masquerade();
+        component.apply_node_setup();
         component.sync(true);
         Ok(component)
     }
@@ -112,7 +112,7 @@ impl Component for DatapathComponent {
         if let Some(running) = &mut self.running {
             running.datapath.set_hairpin_address(self.config.hairpin_address).map_err(|e| e.to_string())?;
         }
-        self.apply_masquerade();
+        self.apply_node_setup();
         self.sync(true);
         Ok(())
     }
@@ -164,9 +164,21 @@ impl DatapathComponent {
         Ok(())
     }
 
-    /// Installs the masquerade rules the config asks for, or removes them.
-    fn apply_masquerade(&mut self) {
+    /// Sets up (or removes) what the config asks for beyond pod interfaces:
+    /// socket load balancing for the node's processes, and masquerade.
+    fn apply_node_setup(&mut self) {
         let Some(running) = &mut self.running else { return };
+        running.node_errors.clear();
+        let socket_lb = if self.config.socket_lb {
+            is_cgroup2(&self.config.socket_lb_cgroup)
+                .and_then(|()| running.datapath.attach_cgroup(&self.config.socket_lb_cgroup).map_err(|e| e.to_string()))
+        } else {
+            running.datapath.detach_cgroup().map_err(|e| e.to_string())
+        };
+        if let Err(err) = socket_lb {
+            tracing::error!("socket load balancing: {err}");
+            running.node_errors.push(format!("socket load balancing: {err}"));
+        }
         let result = match self.config.masquerade_rules(self.nodeports) {
             Some(rules) => rules.apply().map(|()| {
                 tracing::info!(
@@ -179,10 +191,10 @@ impl DatapathComponent {
             }),
             None => masquerade::remove(),
         };
-        if let Err(err) = &result {
+        if let Err(err) = result {
             tracing::error!("masquerade: {err}");
+            running.node_errors.push(format!("masquerade: {err}"));
         }
-        running.masquerade_error = result.err();
     }
 
     fn unregister(&mut self, container_id: &str) -> Result<(), String> {
@@ -296,7 +308,7 @@ impl DatapathComponent {
             facts.insert(format!("count_{name}"), Fact::Count(value));
         }
         let problems: Vec<&String> =
-            running.manifest_errors.iter().chain(&running.attach_errors).chain(&running.masquerade_error).collect();
+            running.manifest_errors.iter().chain(&running.attach_errors).chain(&running.node_errors).collect();
         let (state, detail) = match problems.first() {
             Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
             None => (
@@ -391,4 +403,15 @@ fn interface_with(addr: std::net::Ipv4Addr) -> std::io::Result<Option<String>> {
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
+}
+
+/// Whether `path` is a cgroup v2 directory (socket load balancing attaches there).
+fn is_cgroup2(path: &std::path::Path) -> Result<(), String> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let stat = rustix::fs::statfs(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if stat.f_type as i64 == CGROUP2_SUPER_MAGIC {
+        Ok(())
+    } else {
+        Err(format!("{} is not a cgroup v2 directory (datapath.socket_lb_cgroup)", path.display()))
+    }
 }

@@ -195,7 +195,9 @@ pub fn start_in_with(
     datapath: &str,
 ) -> Nodeplaned {
     let config = format!(
-        "[datapath]\n{datapath}\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
+        // Socket LB attaches to a cgroup, which no network namespace confines:
+        // the node image's boot tests cover it through nodeplaned.
+        "[datapath]\n{datapath}\nsocket_lb = false\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
          sync_interval = \"200ms\"\n[ipam]\nenabled = false\n",
         bpffs.path().display(),
         bpffs.state_dir().display(),
