@@ -117,10 +117,16 @@ datapath() {
 	[ -e /sys/fs/bpf/nodeplane/np_conntrack ] && [ "$(ls /sys/fs/bpf/nodeplane/links | wc -l)" -ge 2 ]
 }
 
+sock_balanced_counted() {
+	nodeplanectl status | grep -q 'count_sock_balanced=[1-9]'
+}
+
 # The node's own processes reach a ClusterIP: their sockets are balanced.
 socket_lb() {
 	reply=$("$G" request 10.96.0.10 80) || return 1
 	echo "a process of the node itself to the Service VIP: $reply"
+	# The counter reaches the status at the next sync.
+	wait_for 10 sock_balanced_counted
 	nodeplanectl status | grep -o 'count_sock_balanced=[0-9]*'
 	[ "$reply" = served ]
 }
