@@ -1,93 +1,323 @@
-//! `cargo xtask bench datapath`: connect+request+close rate and latency from a
-//! pod to a backend pod, directly by pod IP and through a Service VIP on the
-//! eBPF datapath, in one run: variants interleaved, five rounds, medians, the
-//! VIP path reported as a ratio of the direct one.
+//! `cargo xtask bench datapath`: Service access through nodeplane against what
+//! users run today, in one run. Four node namespaces, each with a client pod and
+//! four backend pods: (a) direct to a backend's pod IP on a bare node, (b) a VIP
+//! on nodeplane's eBPF datapath, (c) a VIP through kube-proxy-style iptables DNAT
+//! rules (`KUBE-SERVICES` → `KUBE-SVC-*` with statistic → `KUBE-SEP-*`, the probed
+//! VIP last), (d) a VIP through kube-proxy-style nftables rules (a verdict map of
+//! Services, a numgen map of endpoints). At 1, 1,000 and 10,000 Services of four
+//! endpoints each: connect+request+close rate and p50/p99 latency, variants
+//! interleaved, rounds repeated, medians, ratios against (a). Also the time to
+//! program 10,000 Services with 40,000 endpoints and one Service update at that
+//! scale, for nodeplane (map updates) and iptables (`iptables-legacy-restore`;
+//! Debian's nft-backed `iptables-restore` takes minutes at this size, see
+//! ENVIRONMENT.md) and nftables (`nft -f`). Writes `target/bench/datapath.json`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodeplane_datapath::{Datapath, Protocol, Service};
-use nodeplane_testkit::{Bpffs, Node};
+use nodeplane_testkit::{Bpffs, Node, Pod};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 3;
 const SAMPLE: Duration = Duration::from_secs(2);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const SIZES: [usize; 3] = [1, 1_000, 10_000];
+const ENDPOINTS: usize = 4;
 
+#[derive(Clone, Copy)]
 struct Sample {
     rate: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
+/// A node namespace with a client pod and the probed Service's backend pods.
+struct Site {
+    node: Node,
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<nodeplane_testkit::Server>,
+}
+
+impl Site {
+    fn new(subnet: u8) -> Result<Self, String> {
+        let mut node = Node::new().map_err(|e| e.to_string())?;
+        let client = node.add_pod(Ipv4Addr::new(10, 201, subnet, 2)).map_err(|e| e.to_string())?;
+        let mut backends = Vec::new();
+        for i in 0..ENDPOINTS as u8 {
+            backends.push(node.add_pod(Ipv4Addr::new(10, 201, subnet, 10 + i)).map_err(|e| e.to_string())?);
+        }
+        // Short connections: no TIME_WAIT pile-up limiting the rate (see ENVIRONMENT.md).
+        for backend in &backends {
+            backend.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0").map_err(|e| e.to_string())?;
+        }
+        client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1").map_err(|e| e.to_string())?;
+        client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").map_err(|e| e.to_string())?;
+        let servers = backends.iter().map(|b| b.serve_tcp(8080, "ok")).collect();
+        Ok(Site { node, client, backends, _servers: servers })
+    }
+
+    fn endpoints(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(|b| b.ip).collect()
+    }
+}
+
+/// Service `i`'s VIP in a variant's range, and the endpoints of an unprobed Service.
+fn vip(range: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, range, (i >> 8) as u8, i as u8)
+}
+
+fn filler(i: usize, e: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, (i >> 6) as u8, ((i & 63) * 4 + e) as u8)
+}
+
+/// The endpoints of Service `i` of `n`: the last one (probed) has the real backends.
+fn endpoints_of(site: &Site, i: usize, n: usize) -> Vec<Ipv4Addr> {
+    if i == n - 1 { site.endpoints() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
+}
+
 pub fn bench() -> Result<(), String> {
     crate::packages::ensure()?;
     if !nodeplane_testkit::is_root() {
-        return Err("the benchmark needs root (network namespaces, eBPF)".into());
+        return Err("the benchmark needs root (network namespaces, eBPF, netfilter)".into());
     }
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
-    let mut node = Node::new().map_err(|e| e.to_string())?;
-    let client = node.add_pod(Ipv4Addr::new(10, 201, 0, 2)).map_err(|e| e.to_string())?;
-    let backend = node.add_pod(Ipv4Addr::new(10, 201, 0, 3)).map_err(|e| e.to_string())?;
-    // Short connections: no TIME_WAIT pile-up limiting the rate (see ENVIRONMENT.md).
-    backend.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0").map_err(|e| e.to_string())?;
-    client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1").map_err(|e| e.to_string())?;
-    client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").map_err(|e| e.to_string())?;
-    let _server = backend.serve_tcp(8080, "ok");
-    let (pin, interfaces) = (bpffs.path().to_owned(), [client.host_if.clone(), backend.host_if.clone()]);
-    let service = Service {
-        id: 1,
-        vip: VIP,
-        port: 80,
-        protocol: Protocol::Tcp,
-        backends: vec![(backend.ip, 8080)],
-        affinity: None,
-        node_port: false,
-    };
-    let _datapath = node.netns.run(move || -> Result<Datapath, String> {
+    let (bare, ebpf, iptables, nft) = (Site::new(1)?, Site::new(2)?, Site::new(3)?, Site::new(4)?);
+    let (pin, interfaces) = (
+        bpffs.path().to_owned(),
+        std::iter::once(&ebpf.client).chain(&ebpf.backends).map(|p| p.host_if.clone()).collect::<Vec<_>>(),
+    );
+    let mut datapath = ebpf.node.netns.run(move || -> Result<Datapath, String> {
         let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).map_err(|e| e.to_string())?;
         }
-        datapath.set_service(&service).map_err(|e| e.to_string())?;
         Ok(datapath)
     })?;
 
-    let (mut direct, mut vip) = (Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
-        eprint!("\r==> round {round}/{ROUNDS}: direct, then through the VIP");
-        let (ip, port) = (backend.ip, 8080);
-        direct.push(client.netns.run(move || measure(ip, port))?);
-        vip.push(client.netns.run(move || measure(VIP, 80))?);
+    let mut results = Vec::new();
+    let mut programming = serde_json::Map::new();
+    for &n in &SIZES {
+        eprintln!("==> {n} Service(s) of {ENDPOINTS} endpoints each");
+        let took = program_nodeplane(&mut datapath, &ebpf, n)?;
+        eprintln!("    nodeplane programmed them in {:.1} ms", took.as_secs_f64() * 1e3);
+        let iptables_took = load(&iptables, "iptables-legacy-restore", &[], &iptables_rules(&iptables, n))?;
+        eprintln!("    iptables-legacy-restore: {:.1} ms", iptables_took.as_secs_f64() * 1e3);
+        let nft_took = load(&nft, "nft", &["-f", "-"], &nft_rules(&nft, n))?;
+        eprintln!("    nft -f: {:.1} ms", nft_took.as_secs_f64() * 1e3);
+        if n == *SIZES.last().expect("sizes") {
+            let update = update_nodeplane(&mut datapath, n)?;
+            let iptables_update = load(&iptables, "iptables-legacy-restore", &["--noflush"], &iptables_update(n))?;
+            let nft_update = load(&nft, "nft", &["-f", "-"], &nft_update(n))?;
+            programming = serde_json::json!({
+                "services": n, "endpoints": n * ENDPOINTS,
+                "program_ms": { "nodeplane": ms(took), "iptables_legacy_restore": ms(iptables_took), "nft": ms(nft_took) },
+                "one_update_ms": { "nodeplane": ms(update), "iptables_legacy_restore_noflush": ms(iptables_update), "nft": ms(nft_update) },
+            })
+            .as_object()
+            .expect("an object")
+            .clone();
+        }
+        let probed = (vip(96, n - 1), vip(97, n - 1), vip(98, n - 1));
+        let mut samples: [Vec<Sample>; 4] = Default::default();
+        for round in 1..=ROUNDS {
+            eprint!("\r    round {round}/{ROUNDS}: direct, nodeplane, iptables, nftables");
+            let direct = bare.backends[0].ip;
+            samples[0].push(bare.client.netns.run(move || measure(direct, 8080))?);
+            samples[1].push(ebpf.client.netns.run(move || measure(probed.0, 80))?);
+            samples[2].push(iptables.client.netns.run(move || measure(probed.1, 80))?);
+            samples[3].push(nft.client.netns.run(move || measure(probed.2, 80))?);
+        }
+        eprintln!();
+        results.push((n, samples.map(|s| median(&s))));
     }
-    eprintln!();
-    let median = |samples: &mut Vec<Sample>, f: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = samples.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let rows = [("direct (pod IP)", &mut direct), ("Service VIP (nodeplane)", &mut vip)];
-    let mut table = Vec::new();
-    for (name, samples) in rows {
-        table.push((name, median(samples, |s| s.rate), median(samples, |s| s.p50_us), median(samples, |s| s.p99_us)));
+
+    println!("\nconnect+request+close from a pod, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians");
+    println!("| Services | path | conn/s | × direct | p50 µs | p99 µs |");
+    println!("|---|---|---|---|---|---|");
+    let names = ["direct (pod IP)", "nodeplane VIP", "iptables VIP", "nftables VIP"];
+    let mut json_sizes = Vec::new();
+    for (n, medians) in &results {
+        let base = medians[0].rate;
+        let mut variants = serde_json::Map::new();
+        for (name, sample) in names.iter().zip(medians) {
+            println!(
+                "| {n} | {name} | {:.0} | {:.2} | {:.0} | {:.0} |",
+                sample.rate,
+                sample.rate / base,
+                sample.p50_us,
+                sample.p99_us
+            );
+            variants.insert(
+                name.to_string(),
+                serde_json::json!({"rate": sample.rate, "ratio": sample.rate / base, "p50_us": sample.p50_us, "p99_us": sample.p99_us}),
+            );
+        }
+        json_sizes.push(serde_json::json!({"services": n, "variants": variants}));
     }
-    let base = table[0].1;
-    println!("\nconnect+request+close, one client, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians");
-    println!("{:26} {:>12} {:>8} {:>9} {:>9}", "", "conn/s", "× direct", "p50 µs", "p99 µs");
-    for (name, rate, p50, p99) in &table {
-        println!("{name:26} {rate:>12.0} {:>8.2} {p50:>9.0} {p99:>9.0}", rate / base);
-    }
-    let json = serde_json::json!({
-        "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(),
-        "direct": { "rate": table[0].1, "p50_us": table[0].2, "p99_us": table[0].3 },
-        "vip": { "rate": table[1].1, "p50_us": table[1].2, "p99_us": table[1].3, "ratio": table[1].1 / base },
-    });
+    println!(
+        "\nprogramming at {} Services / {} endpoints: {}",
+        SIZES[2],
+        SIZES[2] * ENDPOINTS,
+        serde_json::Value::Object(programming.clone())
+    );
+    let json = serde_json::json!({ "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes, "programming": programming });
     let out = crate::target_dir().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let path = out.join("datapath.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON")).map_err(|e| e.to_string())?;
     println!("written to {}", path.display());
     Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(samples: &[Sample]) -> Sample {
+    let pick = |f: fn(&Sample) -> f64| {
+        let mut values: Vec<f64> = samples.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Sample { rate: pick(|s| s.rate), p50_us: pick(|s| s.p50_us), p99_us: pick(|s| s.p99_us) }
+}
+
+/// Programs `n` Services (replacing the previous size's) with nodeplane's loader.
+fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<Duration, String> {
+    for key in datapath.programmed().map_err(|e| e.to_string())?.iter().map(|(k, _)| *k) {
+        datapath.remove_service(&key).map_err(|e| e.to_string())?;
+    }
+    let services: Vec<Service> = (0..n)
+        .map(|i| Service {
+            id: i as u32 + 1,
+            vip: vip(96, i),
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends: endpoints_of(site, i, n).into_iter().map(|a| (a, 8080)).collect(),
+            affinity: None,
+            node_port: false,
+        })
+        .collect();
+    let started = Instant::now();
+    for service in &services {
+        datapath.set_service(service).map_err(|e| e.to_string())?;
+    }
+    Ok(started.elapsed())
+}
+
+/// One Service's endpoints change (the first, unprobed one).
+fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, String> {
+    let service = Service {
+        id: 1,
+        vip: vip(96, 0),
+        port: 80,
+        protocol: Protocol::Tcp,
+        backends: (0..ENDPOINTS).map(|e| (filler(n + 1, e), 8080)).collect(),
+        affinity: None,
+        node_port: false,
+    };
+    let started = Instant::now();
+    datapath.set_service(&service).map_err(|e| e.to_string())?;
+    Ok(started.elapsed())
+}
+
+fn iptables_service(i: usize, endpoints: &[Ipv4Addr], chains: &mut String, rules: &mut String) {
+    chains.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
+    for (e, _) in endpoints.iter().enumerate() {
+        chains.push_str(&format!(":KUBE-SEP-{i}-{e} - [0:0]\n"));
+    }
+    rules.push_str(&format!("-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n", vip(97, i)));
+    for (e, endpoint) in endpoints.iter().enumerate() {
+        let left = endpoints.len() - e;
+        let statistic = if left > 1 {
+            format!("-m statistic --mode random --probability {:.11} ", 1.0 / left as f64)
+        } else {
+            String::new()
+        };
+        rules.push_str(&format!("-A KUBE-SVC-{i} {statistic}-j KUBE-SEP-{i}-{e}\n"));
+        rules.push_str(&format!("-A KUBE-SEP-{i}-{e} -p tcp -m tcp -j DNAT --to-destination {endpoint}:8080\n"));
+    }
+}
+
+/// kube-proxy's iptables mode for `n` Services, the probed one last in KUBE-SERVICES.
+fn iptables_rules(site: &Site, n: usize) -> String {
+    let (mut chains, mut rules) = (String::from("*nat\n:KUBE-SERVICES - [0:0]\n"), String::new());
+    rules.push_str("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
+    for i in 0..n {
+        iptables_service(i, &endpoints_of(site, i, n), &mut chains, &mut rules);
+    }
+    format!("{chains}{rules}COMMIT\n")
+}
+
+/// The first Service's endpoints change: its chains rewritten, as kube-proxy does.
+fn iptables_update(n: usize) -> String {
+    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 1, e)).collect();
+    let mut chains = String::from("*nat\n");
+    let mut rules = String::new();
+    for e in 0..ENDPOINTS {
+        chains.push_str(&format!(":KUBE-SEP-0-{e} - [0:0]\n"));
+    }
+    chains.push_str(":KUBE-SVC-0 - [0:0]\n");
+    for (e, endpoint) in endpoints.iter().enumerate() {
+        let left = endpoints.len() - e;
+        let statistic = if left > 1 {
+            format!("-m statistic --mode random --probability {:.11} ", 1.0 / left as f64)
+        } else {
+            String::new()
+        };
+        rules.push_str(&format!("-A KUBE-SVC-0 {statistic}-j KUBE-SEP-0-{e}\n"));
+        rules.push_str(&format!("-A KUBE-SEP-0-{e} -p tcp -m tcp -j DNAT --to-destination {endpoint}:8080\n"));
+    }
+    format!("{chains}{rules}COMMIT\n")
+}
+
+fn nft_service(i: usize, endpoints: &[Ipv4Addr]) -> String {
+    let map: Vec<String> = endpoints.iter().enumerate().map(|(e, a)| format!("{e} : {a} . 8080")).collect();
+    format!(
+        "\tchain svc-{i} {{\n\t\tdnat ip to numgen random mod {} map {{ {} }}\n\t}}\n",
+        endpoints.len(),
+        map.join(", ")
+    )
+}
+
+/// kube-proxy's nftables mode, in its spirit: a verdict map from VIP, protocol
+/// and port to a chain per Service that picks an endpoint with numgen.
+fn nft_rules(site: &Site, n: usize) -> String {
+    let mut script = String::from("table ip bench\ndelete table ip bench\ntable ip bench {\n");
+    let elements: Vec<String> = (0..n).map(|i| format!("{} . tcp . 80 : goto svc-{i}", vip(98, i))).collect();
+    script.push_str("\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n");
+    script.push_str(&format!("\t\telements = {{ {} }}\n\t}}\n", elements.join(", ")));
+    for i in 0..n {
+        script.push_str(&nft_service(i, &endpoints_of(site, i, n)));
+    }
+    script.push_str("\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n");
+    script.push_str("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n}\n");
+    script
+}
+
+fn nft_update(n: usize) -> String {
+    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 1, e)).collect();
+    format!("flush chain ip bench svc-0\ntable ip bench {{\n{}}}\n", nft_service(0, &endpoints))
+}
+
+/// Feeds `input` to `tool args` in the site's node namespace; how long it took.
+fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", site.node.netns.name(), tool])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{tool}: {e}"))?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| format!("{tool}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("{tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(started.elapsed())
 }
 
 /// Connects, reads the reply and closes, again and again for [`SAMPLE`].
