@@ -276,7 +276,7 @@ fn iptables_update(n: usize) -> String {
 fn nft_service(i: usize, endpoints: &[Ipv4Addr]) -> String {
     let map: Vec<String> = endpoints.iter().enumerate().map(|(e, a)| format!("{e} : {a} . 8080")).collect();
     format!(
-        "\tchain svc-{i} {{\n\t\tdnat ip to numgen random mod {} map {{ {} }}\n\t}}\n",
+        "\tchain svc-{i} {{\n\t\tmeta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}\n\t}}\n",
         endpoints.len(),
         map.join(", ")
     )
