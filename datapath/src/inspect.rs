@@ -85,3 +85,24 @@ pub fn conntrack(root: &Path, timeouts: CtTimeouts) -> Result<Vec<FlowView>, Dat
     flows.sort_by_key(|f| (f.key.proto, f.key.saddr, f.key.sport, f.key.daddr, f.key.dport));
     Ok(flows)
 }
+
+/// Socket-level load balancing for the node's processes, as pinned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketLbView {
+    /// The hooks with a pinned cgroup link (`sock_connect`, …).
+    pub hooks: Vec<String>,
+    /// Unconnected UDP sockets' backends whose replies are reported from a VIP.
+    pub udp_reverse_entries: usize,
+}
+
+pub fn socket_lb(root: &Path) -> Result<SocketLbView, DatapathError> {
+    let links = root.join(crate::loader::CGROUP_LINKS);
+    let mut hooks: Vec<String> = match std::fs::read_dir(&links) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(DatapathError::Pin { path: links, source }),
+    };
+    hooks.sort();
+    let reverse: HashMap<MapData, maps::SockRevnatKey, maps::SockRevnatValue> = pinned(root, maps::SOCK_REVNAT)?;
+    Ok(SocketLbView { hooks, udp_reverse_entries: reverse.keys().count() })
+}

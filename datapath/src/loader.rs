@@ -76,7 +76,7 @@ const LINKS: &str = "links";
 /// Prefix of the directory marking a netlink attachment (bpffs holds no files).
 const NETLINK_MARK: &str = "netlink_";
 /// The sub-directory of the pin directory holding the cgroup attachments.
-const CGROUP_LINKS: &str = "cgroup";
+pub(crate) const CGROUP_LINKS: &str = "cgroup";
 /// The socket load balancer's programs (`bpf/lb.c`), one per hook.
 const SOCKET_PROGRAMS: [&str; 3] = ["sock_connect", "sock_sendmsg", "sock_recvmsg"];
 /// Where a netlink filter sits: fixed, so a later instance finds it to replace its program.

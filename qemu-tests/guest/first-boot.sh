@@ -128,7 +128,8 @@ socket_lb() {
 	# The counter reaches the status at the next sync.
 	wait_for 10 sock_balanced_counted
 	nodeplanectl status | grep -o 'count_sock_balanced=[0-9]*'
-	[ "$reply" = served ]
+	nodeplanectl services | tail -1
+	nodeplanectl services | grep -q 'sock_connect, sock_recvmsg, sock_sendmsg attached' && [ "$reply" = served ]
 }
 
 node_port_listed() {

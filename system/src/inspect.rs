@@ -77,6 +77,17 @@ pub fn services(source: &Source, json_out: bool) -> ExitCode {
             if backends.is_empty() { "(none)".into() } else { backends.join(" ") }
         );
     }
+    if let Ok((root, _)) = source.load() {
+        match inspect::socket_lb(&root) {
+            Ok(lb) if lb.hooks.is_empty() => println!("\nsocket load balancing (the node's processes): off"),
+            Ok(lb) => println!(
+                "\nsocket load balancing (the node's processes): {} attached; {} UDP reply mapping(s)",
+                lb.hooks.join(", "),
+                lb.udp_reverse_entries
+            ),
+            Err(err) => println!("\nsocket load balancing (the node's processes): unknown ({err})"),
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -106,4 +106,5 @@ fn a_node_port_from_the_manifests_is_reachable_from_outside_the_node() {
         services.lines().any(|l| l.starts_with(&format!("{NODE_IP}:30095")) && l.contains("NodePort")),
         "{services}"
     );
+    assert!(services.contains("socket load balancing (the node's processes): off"), "{services}");
 }
