@@ -223,13 +223,11 @@ fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, Strin
     Ok(started.elapsed())
 }
 
-fn iptables_service(i: usize, endpoints: &[Ipv4Addr], chains: &mut String, rules: &mut String) {
+/// The KUBE-SVC chain of Service `i` (random choice among its endpoints) and its KUBE-SEP chains.
+fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], chains: &mut String, rules: &mut String) {
     chains.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
-    for (e, _) in endpoints.iter().enumerate() {
-        chains.push_str(&format!(":KUBE-SEP-{i}-{e} - [0:0]\n"));
-    }
-    rules.push_str(&format!("-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n", vip(97, i)));
     for (e, endpoint) in endpoints.iter().enumerate() {
+        chains.push_str(&format!(":KUBE-SEP-{i}-{e} - [0:0]\n"));
         let left = endpoints.len() - e;
         let statistic = if left > 1 {
             format!("-m statistic --mode random --probability {:.11} ", 1.0 / left as f64)
@@ -246,30 +244,18 @@ fn iptables_rules(site: &Site, n: usize) -> String {
     let (mut chains, mut rules) = (String::from("*nat\n:KUBE-SERVICES - [0:0]\n"), String::new());
     rules.push_str("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
     for i in 0..n {
-        iptables_service(i, &endpoints_of(site, i, n), &mut chains, &mut rules);
+        rules.push_str(&format!("-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n", vip(97, i)));
+        iptables_endpoint_rules(i, &endpoints_of(site, i, n), &mut chains, &mut rules);
     }
     format!("{chains}{rules}COMMIT\n")
 }
 
-/// The first Service's endpoints change: its chains rewritten, as kube-proxy does.
+/// The first Service's endpoints change: its chains rewritten (a restore
+/// flushes the chains it declares), as kube-proxy does.
 fn iptables_update(n: usize) -> String {
     let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 1, e)).collect();
-    let mut chains = String::from("*nat\n");
-    let mut rules = String::new();
-    for e in 0..ENDPOINTS {
-        chains.push_str(&format!(":KUBE-SEP-0-{e} - [0:0]\n"));
-    }
-    chains.push_str(":KUBE-SVC-0 - [0:0]\n");
-    for (e, endpoint) in endpoints.iter().enumerate() {
-        let left = endpoints.len() - e;
-        let statistic = if left > 1 {
-            format!("-m statistic --mode random --probability {:.11} ", 1.0 / left as f64)
-        } else {
-            String::new()
-        };
-        rules.push_str(&format!("-A KUBE-SVC-0 {statistic}-j KUBE-SEP-0-{e}\n"));
-        rules.push_str(&format!("-A KUBE-SEP-0-{e} -p tcp -m tcp -j DNAT --to-destination {endpoint}:8080\n"));
-    }
+    let (mut chains, mut rules) = (String::from("*nat\n"), String::new());
+    iptables_endpoint_rules(0, &endpoints, &mut chains, &mut rules);
     format!("{chains}{rules}COMMIT\n")
 }
 
