@@ -6,11 +6,12 @@
 //! VIP last), (d) a VIP through kube-proxy-style nftables rules (a verdict map of
 //! Services, a numgen map of endpoints). At 1, 1,000 and 10,000 Services of four
 //! endpoints each: connect+request+close rate and p50/p99 latency, variants
-//! interleaved, rounds repeated, medians, ratios against (a). Also the time to
-//! program 10,000 Services with 40,000 endpoints and one Service update at that
-//! scale, for nodeplane (map updates) and iptables (`iptables-legacy-restore`;
-//! Debian's nft-backed `iptables-restore` takes minutes at this size, see
-//! ENVIRONMENT.md) and nftables (`nft -f`). Writes `target/bench/datapath.json`.
+//! interleaved, rounds repeated, medians, ratios against (a), everything on one
+//! core. Also the time to program 10,000 Services with 40,000 endpoints and one
+//! Service update at that scale, for nodeplane (map updates), iptables
+//! (`iptables-legacy-restore`; Debian's nft-backed `iptables-restore` takes
+//! minutes at this size, see ENVIRONMENT.md) and nftables (`nft -f`). Writes
+//! `target/bench/datapath.json`.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -82,6 +83,11 @@ pub fn bench() -> Result<(), String> {
     if !nodeplane_testkit::is_root() {
         return Err("the benchmark needs root (network namespaces, eBPF, netfilter)".into());
     }
+    // Client and servers all on one core (threads inherit it), as ENVIRONMENT.md's
+    // baselines were measured: far steadier than letting the scheduler move them.
+    let mut one_core = rustix::thread::CpuSet::new();
+    one_core.set(0);
+    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))?;
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
     let (bare, ebpf, iptables, nft) = (Site::new(1)?, Site::new(2)?, Site::new(3)?, Site::new(4)?);
     let (pin, interfaces) = (
