@@ -7,6 +7,7 @@ mod loader;
 pub mod manifests;
 pub mod maps;
 pub mod masquerade;
+pub mod policy;
 mod reconcile;
 
 pub use config::{DatapathConfig, Invalid};
