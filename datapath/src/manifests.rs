@@ -1,15 +1,19 @@
 //! Desired state from a directory of Kubernetes manifests: multi-document YAML
-//! (or JSON) Services and EndpointSlices, parsed with the Kubernetes API types.
-//! A bad document is reported — file, document, field — and skipped; the rest
-//! applies. Other kinds are ignored.
+//! (or JSON) Services and EndpointSlices, and the Namespaces, Pods and
+//! NetworkPolicies that policy enforcement works from, parsed with the
+//! Kubernetes API types. A bad document is reported — file, document, field —
+//! and skipped; the rest applies. Other kinds are ignored.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::policy::{Labels, NamedPort, PodManifest, Policy, Proto};
 
 use crate::Protocol;
 
@@ -71,6 +75,11 @@ impl fmt::Display for ManifestError {
 #[derive(Debug, Default)]
 pub struct Manifests {
     pub ports: Vec<ServicePort>,
+    /// Namespace → its labels.
+    pub namespaces: std::collections::BTreeMap<String, Labels>,
+    /// Pods as policies see them (their IPs come from the CNI registrations).
+    pub pods: Vec<PodManifest>,
+    pub policies: Vec<Policy>,
     pub errors: Vec<ManifestError>,
 }
 
@@ -120,6 +129,20 @@ pub fn load_dir(dir: &Path) -> Manifests {
             match parse_document(document, &origin) {
                 Ok(Some(Object::Service(service))) => services.push((origin, *service)),
                 Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, *slice)),
+                Ok(Some(Object::Namespace(namespace))) => match namespace.metadata.name.clone() {
+                    Some(name) => {
+                        found.namespaces.insert(name, namespace.metadata.labels.clone().unwrap_or_default());
+                    }
+                    None => found.errors.push(origin.error("metadata.name", "missing")),
+                },
+                Ok(Some(Object::Pod(pod))) => match pod_manifest(&pod, &origin) {
+                    Ok(pod) => found.pods.push(pod),
+                    Err(err) => found.errors.push(err),
+                },
+                Ok(Some(Object::NetworkPolicy(policy))) => match Policy::from_k8s(&policy) {
+                    Ok(policy) => found.policies.push(policy),
+                    Err(err) => found.errors.push(origin.error(err.field, err.message)),
+                },
                 Ok(None) => {}
                 Err(err) => found.errors.push(err),
             }
@@ -157,6 +180,9 @@ fn is_manifest(path: &Path) -> bool {
 enum Object {
     Service(Box<K8sService>),
     EndpointSlice(Box<EndpointSlice>),
+    Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 /// The documents of a YAML stream, split at `---` lines, so that a syntax error
@@ -189,6 +215,11 @@ fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, M
         "Service" => serde_path_to_error::deserialize(value).map(|s| Some(Object::Service(Box::new(s)))).map_err(typed),
         "EndpointSlice" => {
             serde_path_to_error::deserialize(value).map(|s| Some(Object::EndpointSlice(s))).map_err(typed)
+        }
+        "Namespace" => serde_path_to_error::deserialize(value).map(|n| Some(Object::Namespace(n))).map_err(typed),
+        "Pod" => serde_path_to_error::deserialize(value).map(|p| Some(Object::Pod(p))).map_err(typed),
+        "NetworkPolicy" => {
+            serde_path_to_error::deserialize(value).map(|p| Some(Object::NetworkPolicy(p))).map_err(typed)
         }
         "" => Err(origin.error("kind", "missing")),
         _ => Ok(None),
@@ -290,4 +321,29 @@ fn service_ports(
         });
     }
     Ok(ports)
+}
+
+/// A Pod's namespace, name, labels and named container ports.
+fn pod_manifest(pod: &Pod, origin: &Origin) -> Result<PodManifest, ManifestError> {
+    let name = pod.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
+    let mut ports = Vec::new();
+    let containers = pod.spec.iter().flat_map(|spec| spec.containers.iter().enumerate());
+    for (c, container) in containers {
+        for (i, port) in container.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{c}].ports[{i}]");
+            let Some(port_name) = port.name.clone() else { continue };
+            let number = u16::try_from(port.container_port).ok().filter(|p| *p != 0).ok_or_else(|| {
+                origin.error(format!("{field}.containerPort"), format!("{} is not a port number", port.container_port))
+            })?;
+            let protocol =
+                Proto::parse(port.protocol.as_deref()).map_err(|m| origin.error(format!("{field}.protocol"), m))?;
+            ports.push(NamedPort { name: port_name, port: number, protocol });
+        }
+    }
+    Ok(PodManifest {
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ports,
+    })
 }

@@ -35,7 +35,8 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn parse(name: Option<&str>) -> Result<Self, String> {
+    /// A Kubernetes protocol name; absent is TCP.
+    pub fn parse(name: Option<&str>) -> Result<Self, String> {
         match name.unwrap_or("TCP") {
             "TCP" => Ok(Proto::Tcp),
             "UDP" => Ok(Proto::Udp),
@@ -51,6 +52,21 @@ pub struct NamedPort {
     pub name: String,
     pub port: u16,
     pub protocol: Proto,
+}
+
+/// A pod as its manifest describes it; the CNI registration adds its IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodManifest {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodManifest {
+    pub fn with_ip(self, ip: Ipv4Addr) -> PodView {
+        PodView { namespace: self.namespace, name: self.name, labels: self.labels, ip, ports: self.ports }
+    }
 }
 
 /// A pod as policies see it.

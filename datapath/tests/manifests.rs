@@ -105,3 +105,61 @@ fn each_bad_document_is_reported_and_the_rest_applies() {
     let names: Vec<String> = found.ports.iter().map(|p| p.name.to_string()).collect();
     assert_eq!(names, ["default/fine", "shop/web:dns", "shop/web:http"]);
 }
+
+const POLICY_INPUTS: &str = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec:
+  containers:
+  - name: server
+    image: example
+    ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9090, protocol: UDP}, {containerPort: 7070}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}, {port: 30000, endPort: 30010}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: http, endPort: 90}]}]
+"#;
+
+#[test]
+fn namespaces_pods_and_network_policies_are_read_and_a_bad_policy_is_reported() {
+    use nodeplane_datapath::policy::{NamedPort, Proto};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY_INPUTS).unwrap();
+    let found = load_dir(dir.path());
+    assert_eq!(found.namespaces["shop"].get("team").map(String::as_str), Some("web"));
+    assert_eq!(found.pods.len(), 1);
+    let pod = &found.pods[0];
+    assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("shop", "web-0"));
+    assert_eq!(
+        pod.ports,
+        [
+            NamedPort { name: "http".into(), port: 8080, protocol: Proto::Tcp },
+            NamedPort { name: "metrics".into(), port: 9090, protocol: Proto::Udp },
+        ],
+        "only named ports"
+    );
+    assert_eq!(found.policies.len(), 1);
+    assert_eq!(found.policies[0].name, "web");
+    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].ends_with(
+            "policy.yaml: document 4: spec.ingress[0].ports[0].endPort: needs a numeric port, not a named one"
+        ),
+        "{errors:?}"
+    );
+}
