@@ -250,6 +250,14 @@ impl DatapathComponent {
                 tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
             }
             running.manifest_errors = found.errors.iter().map(ToString::to_string).collect();
+            // Never a silent security gap: policies are read, not yet enforced.
+            if !found.policies.is_empty() {
+                running.manifest_errors.push(format!(
+                    "{} NetworkPolicy object(s) in {}: NetworkPolicy is not enforced by this nodeplane yet",
+                    found.policies.len(),
+                    self.config.manifests_dir.display()
+                ));
+            }
             match running.reconciler.sync(&mut running.datapath, &found.ports, self.config.node_ip) {
                 Ok(stats) => {
                     for failure in &stats.failed {
