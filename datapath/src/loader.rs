@@ -27,6 +27,8 @@ pub enum DatapathError {
     Link(#[from] LinkError),
     #[error("parsing the embedded eBPF object: {0}")]
     Object(String),
+    #[error("{0} is not a cgroup v2 directory (socket load balancing attaches there)")]
+    NotCgroup2(PathBuf),
     #[error("adding the clsact qdisc to {interface}: {source}")]
     Clsact { interface: String, source: tc::TcError },
     #[error("pinning at {path}: {source}")]
@@ -222,6 +224,13 @@ impl Datapath {
         std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Pin { path: dir.clone(), source })?;
         let target =
             std::fs::File::open(cgroup).map_err(|source| DatapathError::Pin { path: cgroup.into(), source })?;
+        // A cgroup v1 hierarchy (or any other directory) would fail with a bare EBADF.
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        let fs =
+            rustix::fs::fstatfs(&target).map_err(|e| DatapathError::Pin { path: cgroup.into(), source: e.into() })?;
+        if fs.f_type as i64 != CGROUP2_SUPER_MAGIC {
+            return Err(DatapathError::NotCgroup2(cgroup.into()));
+        }
         for name in SOCKET_PROGRAMS {
             let pin = dir.join(name);
             let program = socket_program(&mut self.ebpf, name)?;

@@ -240,22 +240,15 @@ impl Policy {
                 }
             }
         }
-        let ingress = if affects_ingress {
-            let rules = spec.ingress.iter().flatten().enumerate().map(|(i, rule)| {
-                Rule::parse(rule.from.as_deref(), rule.ports.as_deref(), &format!("spec.ingress[{i}]"), "from")
-            });
-            Some(rules.collect::<Result<_, _>>()?)
-        } else {
-            None
-        };
-        let egress = if affects_egress {
-            let rules = spec.egress.iter().flatten().enumerate().map(|(i, rule)| {
-                Rule::parse(rule.to.as_deref(), rule.ports.as_deref(), &format!("spec.egress[{i}]"), "to")
-            });
-            Some(rules.collect::<Result<_, _>>()?)
-        } else {
-            None
-        };
+        let ingress = spec.ingress.iter().flatten().enumerate().map(|(i, rule)| {
+            Rule::parse(rule.from.as_deref(), rule.ports.as_deref(), &format!("spec.ingress[{i}]"), "from")
+        });
+        let egress = spec.egress.iter().flatten().enumerate().map(|(i, rule)| {
+            Rule::parse(rule.to.as_deref(), rule.ports.as_deref(), &format!("spec.egress[{i}]"), "to")
+        });
+        // Rules of a type the policy does not affect are not parsed (nor refused).
+        let ingress = affects_ingress.then(|| ingress.collect::<Result<Vec<_>, _>>()).transpose()?;
+        let egress = affects_egress.then(|| egress.collect::<Result<Vec<_>, _>>()).transpose()?;
         Ok(Policy { namespace, name, pod_selector, ingress, egress })
     }
 

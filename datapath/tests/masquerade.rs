@@ -19,6 +19,9 @@ fn ten_thousand_masqueraded_connections_never_use_a_node_port() {
     let mut node = Node::new().unwrap();
     let pod = node.add_pod(Ipv4Addr::new(10, 200, 15, 2)).unwrap();
     let outside = node.add_external(NODE_IP, OUTSIDE).unwrap();
+    // The pod's own source ports overlap the NodePorts (as with many distributions'
+    // tuning): masquerade keeping a flow's port, or choosing among all, would show.
+    pod.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").unwrap();
     let _server = outside.serve_tcp_peer(9000);
     // The outside address is private, like the test's: only the pods' own subnet stays unmasqueraded.
     let config = DatapathConfig {

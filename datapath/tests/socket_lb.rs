@@ -134,6 +134,9 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
         node.netns.run(|| (0..20).map(|_| tcp_get(SocketAddr::from((VIP, 80))).unwrap().0).collect());
     assert!(replies.iter().all(|r| r == &replies[0]), "{replies:?}");
 
+    let refused = datapath.attach_cgroup(Path::new("/tmp")).unwrap_err().to_string();
+    assert!(refused.contains("is not a cgroup v2 directory"), "{refused}");
+
     // Detached: the VIP is no longer translated for host sockets.
     datapath.detach_cgroup().unwrap();
     let refused = node.netns.run(|| tcp_get(SocketAddr::from((VIP, 80))));

@@ -35,6 +35,12 @@ pub fn run_from_share(script: &str) -> Vec<String> {
     args
 }
 
+/// The number of a `key=value` line in what a guest script reported (the guest's
+/// times are microseconds since its kernel started).
+pub fn reported(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.trim().parse().ok())
+}
+
 /// How the VM boots.
 pub enum Firmware {
     /// `-kernel`/`-initrd` with the erofs root as the first disk and `state` (a
@@ -173,11 +179,6 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    /// Time since QEMU started.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 

@@ -151,10 +151,7 @@ fn second_boot() -> &'static Outcome {
 
 /// Microseconds of a `key=value` line in a check's output.
 fn figure(out: &str, key: &str) -> u64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+    nodeplane_qemu::reported(out, key).unwrap_or_else(|| panic!("no {key} in:\n{out}"))
 }
 
 #[test]

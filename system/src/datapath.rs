@@ -170,8 +170,7 @@ impl DatapathComponent {
         let Some(running) = &mut self.running else { return };
         running.node_errors.clear();
         let socket_lb = if self.config.socket_lb {
-            is_cgroup2(&self.config.socket_lb_cgroup)
-                .and_then(|()| running.datapath.attach_cgroup(&self.config.socket_lb_cgroup).map_err(|e| e.to_string()))
+            running.datapath.attach_cgroup(&self.config.socket_lb_cgroup).map_err(|e| e.to_string())
         } else {
             running.datapath.detach_cgroup().map_err(|e| e.to_string())
         };
@@ -411,15 +410,4 @@ fn interface_with(addr: std::net::Ipv4Addr) -> std::io::Result<Option<String>> {
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(list) };
     Ok(found)
-}
-
-/// Whether `path` is a cgroup v2 directory (socket load balancing attaches there).
-fn is_cgroup2(path: &std::path::Path) -> Result<(), String> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let stat = rustix::fs::statfs(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if stat.f_type as i64 == CGROUP2_SUPER_MAGIC {
-        Ok(())
-    } else {
-        Err(format!("{} is not a cgroup v2 directory (datapath.socket_lb_cgroup)", path.display()))
-    }
 }

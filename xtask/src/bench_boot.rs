@@ -97,11 +97,7 @@ fn boot_direct(image: &nodeplane_qemu::Image, masked: bool) -> Result<Times, Str
     vm.wait_exit(Duration::from_secs(600))?;
     let text = std::fs::read_to_string(share.join("times")).map_err(|e| format!("the guest wrote no times: {e}"))?;
     let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|us| us / 1e6)
-            .ok_or_else(|| format!("no {key} in {text:?}"))
+        nodeplane_qemu::reported(&text, key).map(|us| us as f64 / 1e6).ok_or_else(|| format!("no {key} in {text:?}"))
     };
     Ok(Times {
         userspace: value("userspace_us")?,
