@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* nodeplane's Service load balancer, attached to tc ingress of every pod's
- * host-side veth and of the node's own interface (for NodePorts). A readable pipeline: parse -> conntrack -> service lookup ->
- * NAT -> deliver.
+/* nodeplane's datapath: the Service load balancer and NetworkPolicy, attached
+ * to tc ingress (from_pod) and egress (to_pod) of every pod's host-side veth and
+ * of the node's own interface (for NodePorts). A readable pipeline: parse ->
+ * conntrack -> service lookup -> policy -> NAT -> deliver.
  *
  * Each flow has two conntrack entries, one per direction, each saying what to
  * rewrite in its packets. A pod reaching itself through a Service (hairpin) gets
@@ -10,7 +11,14 @@
  * straight to the interface its new destination is routed through, past the
  * host's netfilter: that sees the two directions of a translated flow under
  * different tuples and, where rules drop `ctstate INVALID` (kube-proxy and
- * Docker install them), would drop the replies. */
+ * Docker install them), would drop the replies.
+ *
+ * Every connection from or to a pod of this node is decided by policy once, at
+ * its first packet, and recorded in conntrack (untranslated ones too), so its
+ * later packets and its replies only hit conntrack. from_pod decides what pods
+ * and the node's interface send; to_pod records what the node itself sends to a
+ * pod (always allowed) and decides what arrives by an interface nodeplane does
+ * not watch. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -21,7 +29,9 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "maps.h"
+#include "policy.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -40,13 +50,6 @@ struct packet {
 	__u64 csum_flags; /* UDP: a zero checksum stays "none" */
 	__u8 syn, ack, fin, rst;
 };
-
-static __always_inline void count(enum counter counter)
-{
-	__u64 *value = bpf_map_lookup_elem(&np_counters, &counter);
-	if (value)
-		*value += 1;
-}
 
 static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 {
@@ -193,12 +196,23 @@ static __always_inline int may_open(struct __sk_buff *skb, const struct packet *
 	return !(service->flags & SVC_F_NODE_PORT) || !local_udp_socket(skb, pkt);
 }
 
-/* A new flow to a Service: pick a backend, record both directions. */
-static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct packet *pkt)
+/* What open_flow made of a packet it opened no flow for. */
+enum unopened {
+	NOT_A_SERVICE = 0,
+	SERVICE_UNSERVED, /* a Service, but no backend or not a packet that opens one */
+	POLICY_DENIED,
+};
+
+/* A new flow to a Service: pick a backend, ask policy, record both directions.
+ * When it opens none, `*why` says why. */
+static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct packet *pkt, enum unopened *why)
 {
 	struct svc_key svc = { .vip = pkt->flow.daddr, .port = pkt->flow.dport, .proto = pkt->flow.proto };
 	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
-	if (!service || !may_open(skb, pkt, service))
+	if (!service)
+		return NULL;
+	*why = SERVICE_UNSERVED;
+	if (!may_open(skb, pkt, service))
 		return NULL;
 	if (service->backend_count == 0) {
 		count(COUNTER_NO_BACKEND);
@@ -208,6 +222,15 @@ static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct 
 	struct backend_value *backend = pick_backend(service, pkt->flow.saddr, now);
 	if (!backend)
 		return NULL;
+	/* The client is the pod itself for a hairpin too: its own policies decide. */
+	int reason = policy_verdict(pkt->flow.saddr, backend->addr, backend->port, pkt->flow.proto);
+	if (reason) {
+		struct ct_key tried = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
+					.dport = backend->port, .proto = pkt->flow.proto };
+		report_denial(&tried, svc.vip, svc.port, reason);
+		*why = POLICY_DENIED;
+		return NULL;
+	}
 
 	struct ct_value original = {
 		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST,
@@ -275,6 +298,43 @@ static __always_inline void track_teardown(struct packet *pkt, struct ct_value *
 	mark_both(ct, after, seen);
 }
 
+/* Records a connection that is not translated, both ways: its packets and
+ * replies then hit conntrack only. A live Service flow's entry is never taken
+ * over. */
+static __always_inline void track_plain(const struct ct_key *flow)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_value original = { .last_seen_ns = now };
+	struct ct_value reply = { .reply = 1, .last_seen_ns = now };
+	struct ct_key back = reversed(flow);
+	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
+	if (existing && existing->service_id && !closed(existing))
+		return;
+	if (bpf_map_update_elem(&np_conntrack, flow, &original, BPF_ANY) ||
+	    bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY)) {
+		count(COUNTER_CT_FULL);
+		return;
+	}
+	count(COUNTER_FLOW_TRACKED);
+}
+
+/* A new connection without translation: when it is a pod's of this node,
+ * policy decides, and an allowed one is recorded. Returns the reason to drop it,
+ * or 0. */
+static __always_inline int open_plain_flow(const struct packet *pkt)
+{
+	const struct ct_key *flow = &pkt->flow;
+	if (!is_local_pod(flow->saddr) && !is_local_pod(flow->daddr))
+		return 0;
+	int reason = policy_verdict(flow->saddr, flow->daddr, flow->dport, flow->proto);
+	if (reason) {
+		report_denial(flow, 0, 0, reason);
+		return reason;
+	}
+	track_plain(flow);
+	return 0;
+}
+
 /* A new direct connection whose replies would match the reply entry of a closed
  * Service flow on the same tuple (the pod reused its source port, say, to reach
  * the backend by its own IP): drop that entry, or those replies would be taken
@@ -328,19 +388,29 @@ int from_pod(struct __sk_buff *skb)
 
 	struct ct_value *ct = bpf_map_lookup_elem(&np_conntrack, &pkt.flow);
 	/* A new connection on the tuple of a closed flow, or of one whose backend is
-	 * gone, is a new flow; so is any UDP packet of a flow whose backend is gone. */
-	if (ct && !ct->reply) {
+	 * gone, is a new flow; so is any UDP packet of a flow whose backend is gone.
+	 * A Service flow's reply entry is left to forget_stale_reply. */
+	if (ct) {
 		int syn = pkt.syn && !pkt.ack;
+		int service = ct->service_id != 0;
 		/* Only a SYN or a UDP packet pays for the backend lookup. */
-		if ((syn && closed(ct)) ||
-		    ((syn || pkt.flow.proto == IPPROTO_UDP) && !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port)))
+		if ((syn && closed(ct) && !(service && ct->reply)) ||
+		    (service && !ct->reply && (syn || pkt.flow.proto == IPPROTO_UDP) &&
+		     !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port)))
 			ct = NULL;
 	}
-	if (!ct)
-		ct = open_flow(skb, &pkt);
+	if (!ct) {
+		enum unopened why = NOT_A_SERVICE;
+		ct = open_flow(skb, &pkt, &why);
+		if (!ct && why == POLICY_DENIED)
+			return TC_ACT_SHOT;
+		/* Not recorded: a UDP flow must be balanced once backends appear. */
+		if (!ct && why == SERVICE_UNSERVED)
+			return TC_ACT_OK;
+	}
 	if (!ct) {
 		forget_stale_reply(&pkt);
-		return TC_ACT_OK; /* not Service traffic */
+		return open_plain_flow(&pkt) ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	ct->last_seen_ns = bpf_ktime_get_ns();
 
@@ -353,8 +423,32 @@ int from_pod(struct __sk_buff *skb)
 		mark_both(ct, &after, CT_SEEN_REPLY);
 	if (pkt.fin || pkt.rst)
 		track_teardown(&pkt, ct, &after);
+	if (!ct->rewrite)
+		return TC_ACT_OK; /* a recorded untranslated connection */
 	count(COUNTER_TRANSLATED);
 	return deliver(skb, &after);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct packet pkt = {};
+	if (parse(skb, &pkt))
+		return TC_ACT_OK;
+	/* Both ends of every flow from_pod recorded: the other direction's entry is
+	 * keyed by this packet's tuple reversed. */
+	struct ct_key back = reversed(&pkt.flow);
+	if (bpf_map_lookup_elem(&np_conntrack, &back))
+		return TC_ACT_OK;
+	/* The node's own traffic (kubelet probes): always allowed, recorded so the
+	 * pod's replies are known to from_pod. */
+	if (!skb->ingress_ifindex) {
+		if (is_local_pod(pkt.flow.daddr))
+			track_plain(&pkt.flow);
+		return TC_ACT_OK;
+	}
+	/* Forwarded from an interface without from_pod: decided here. */
+	return open_plain_flow(&pkt) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* Socket-level load balancing for the node's own processes (a cgroup v2

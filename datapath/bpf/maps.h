@@ -107,6 +107,77 @@ struct ct_value {
 	__u64 last_seen_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 };
 
+/* NetworkPolicy, compiled by nodeplaned (datapath/src/policy_maps.rs) and
+ * consulted once per new connection; established flows hit conntrack only. */
+
+/* A pod on this node, by IP: which directions its policies isolate. Pods not
+ * isolated in a direction are open in it. */
+#define ENDPOINT_F_ISOLATED_INGRESS 1
+#define ENDPOINT_F_ISOLATED_EGRESS 2
+
+struct endpoint_value {
+	__u32 flags; /* ENDPOINT_F_* */
+};
+
+enum policy_direction {
+	POLICY_INGRESS = 0,
+	POLICY_EGRESS = 1,
+};
+
+/* The data of an np_policy key: a pod, a direction, and the peer's address. */
+struct policy_peer {
+	__be32 pod;
+	__u8 direction; /* enum policy_direction */
+	__u8 pad[3];
+	__be32 peer;
+};
+
+/* Longest-prefix match over policy_peer: prefixlen is 64 + the peer's prefix length. */
+struct policy_key {
+	__u32 prefixlen;
+	struct policy_peer data;
+};
+
+/* The ports a pod may use with the peers of one np_policy prefix. */
+struct policy_value {
+	__u32 port_set; /* 0: none */
+};
+
+/* The data of an np_policy_ports key: a port set, a protocol, a port. */
+struct port_match {
+	__u32 port_set;
+	__u8 proto;
+	__u8 pad;
+	__be16 port;
+};
+
+/* Longest-prefix match over port_match: prefixlen is 48 + the port's prefix
+ * length, so a port range is a handful of prefixes, never one entry per port. */
+struct port_key {
+	__u32 prefixlen;
+	struct port_match data;
+};
+
+/* Why a new connection was dropped. */
+enum policy_reason {
+	POLICY_DENIED_EGRESS_PEER = 1,  /* the client's egress allows nothing to this peer */
+	POLICY_DENIED_EGRESS_PORT = 2,  /* ... allows this peer, not this port and protocol */
+	POLICY_DENIED_INGRESS_PEER = 3, /* the server's ingress allows nothing from this peer */
+	POLICY_DENIED_INGRESS_PORT = 4, /* ... allows this peer, not this port and protocol */
+};
+
+/* A dropped connection attempt, as sent to nodeplaned through np_policy_events. */
+struct policy_event {
+	__be32 saddr;
+	__be32 daddr;    /* the server: a pod, after Service translation */
+	__be16 sport;
+	__be16 dport;
+	__be32 vip;      /* the Service address the client dialled; 0 for none */
+	__be16 vip_port;
+	__u8 proto;
+	__u8 reason;     /* enum policy_reason */
+};
+
 /* Settings nodeplaned writes once: slot 0 of np_config. */
 struct lb_config {
 	__be32 hairpin_addr; /* source for a pod reaching itself through a VIP */
@@ -124,6 +195,12 @@ enum counter {
 	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: passed on untranslated */
 	COUNTER_REDIRECTED,      /* a translated packet delivered past the host stack */
 	COUNTER_SOCK_BALANCED,   /* a host socket's connect/sendmsg to a VIP sent to a backend */
+	COUNTER_POLICY_DENIED_EGRESS_PEER,  /* drops by enum policy_reason, in its order */
+	COUNTER_POLICY_DENIED_EGRESS_PORT,
+	COUNTER_POLICY_DENIED_INGRESS_PEER,
+	COUNTER_POLICY_DENIED_INGRESS_PORT,
+	COUNTER_POLICY_EVENT_LOST, /* a drop np_policy_events had no room for */
+	COUNTER_FLOW_TRACKED,    /* a pod's connection without translation recorded in conntrack */
 	COUNTER_MAX,
 };
 
@@ -131,6 +208,9 @@ enum counter {
 #define NODEPLANE_MAX_BACKENDS 262144
 #define NODEPLANE_CT_ENTRIES 262144
 #define NODEPLANE_SOCK_REVNAT_ENTRIES 65536
+#define NODEPLANE_MAX_ENDPOINTS 65536
+#define NODEPLANE_POLICY_ENTRIES 1048576
+#define NODEPLANE_POLICY_EVENTS_BYTES (256 * 1024)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -179,6 +259,38 @@ struct {
 	__type(value, struct sock_revnat_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_sock_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__type(key, __be32);
+	__type(value, struct endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NODEPLANE_POLICY_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, NODEPLANE_POLICY_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct port_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_policy_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NODEPLANE_POLICY_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_policy_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -1,5 +1,6 @@
 //! nodeplane's eBPF datapath: Service load balancing with connection tracking
-//! and NAT, in tc programs written in C (`bpf/`), loaded with aya.
+//! and NAT, and NetworkPolicy, in tc programs written in C (`bpf/`), loaded
+//! with aya.
 
 mod config;
 pub mod inspect;
@@ -8,6 +9,7 @@ pub mod manifests;
 pub mod maps;
 pub mod masquerade;
 pub mod policy;
+pub mod policy_maps;
 mod reconcile;
 
 pub use config::{DatapathConfig, Invalid};

@@ -72,9 +72,24 @@ impl Protocol {
     }
 }
 
-const PROGRAM: &str = "from_pod";
-/// The sub-directory of the pin directory holding attachments.
-const LINKS: &str = "links";
+/// A tc program and where it is attached on each interface.
+#[derive(Clone, Copy)]
+struct Hook {
+    program: &'static str,
+    direction: TcAttachType,
+    /// The sub-directory of the pin directory holding its attachments.
+    links: &'static str,
+}
+
+/// What leaves pods (and enters the node's interface): balancing and policy.
+const FROM_POD: Hook = Hook { program: "from_pod", direction: TcAttachType::Ingress, links: "links" };
+/// What the node delivers to a pod: the node's own connections, and policy for
+/// what arrives where from_pod does not run.
+const TO_POD: Hook = Hook { program: "to_pod", direction: TcAttachType::Egress, links: "links-egress" };
+const HOOKS: [Hook; 2] = [FROM_POD, TO_POD];
+/// The sub-directory of the pin directory holding attachments (of from_pod:
+/// the record of which interfaces are attached).
+const LINKS: &str = FROM_POD.links;
 /// Prefix of the directory marking a netlink attachment (bpffs holds no files).
 const NETLINK_MARK: &str = "netlink_";
 /// The sub-directory of the pin directory holding the cgroup attachments.
@@ -119,18 +134,26 @@ impl Datapath {
     pub fn load_with(pin_dir: &Path, attach: AttachMode) -> Result<Self, DatapathError> {
         let recreated = unpin_changed_maps(pin_dir)?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(crate::LB_OBJECT)?;
-        program(&mut ebpf)?.load()?;
+        for hook in HOOKS {
+            program(&mut ebpf, hook)?.load()?;
+            let links = pin_dir.join(hook.links);
+            std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
+        }
         for name in SOCKET_PROGRAMS {
             socket_program(&mut ebpf, name)?.load()?;
         }
-        let links = pin_dir.join(LINKS);
-        std::fs::create_dir_all(&links).map_err(|source| DatapathError::Pin { path: links, source })?;
         Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated })
     }
 
-    /// The kernel's id of this instance's program (what its attachments run).
+    /// The kernel's id of this instance's from_pod program (what its ingress
+    /// attachments run).
     pub fn program_id(&mut self) -> Result<u32, DatapathError> {
-        Ok(program(&mut self.ebpf)?.info()?.id())
+        Ok(program(&mut self.ebpf, FROM_POD)?.info()?.id())
+    }
+
+    /// A map of the loaded object.
+    pub(crate) fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
     }
 
     /// The pinned maps that an upgrade changed the layout of: they were
@@ -139,26 +162,32 @@ impl Datapath {
         &self.recreated
     }
 
-    /// Attaches the load balancer to tc ingress of `interface` (a pod's host-side
-    /// veth): TCX on kernels that have it, else netlink clsact. The attachment
-    /// outlives this process — a TCX link is pinned under `links/`, a netlink filter
-    /// stays on its qdisc — so traffic keeps flowing while nodeplaned restarts. An
-    /// interface a previous instance attached is moved to this instance's program
-    /// in one atomic step (an upgrade takes effect without a gap).
+    /// Attaches the datapath to tc ingress (from_pod) and egress (to_pod) of
+    /// `interface` (a pod's host-side veth): TCX on kernels that have it, else
+    /// netlink clsact. The attachments outlive this process — a TCX link is pinned
+    /// under `links/`, a netlink filter stays on its qdisc — so traffic keeps
+    /// flowing while nodeplaned restarts. An interface a previous instance attached
+    /// is moved to this instance's programs in one atomic step each (an upgrade
+    /// takes effect without a gap).
     pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
         if self.current.contains(interface) {
             return Ok(());
         }
-        let (tcx_pin, netlink_mark) = self.link_paths(interface);
+        for hook in HOOKS {
+            self.attach_hook(interface, hook)?;
+        }
+        self.current.insert(interface.to_owned());
+        Ok(())
+    }
+
+    fn attach_hook(&mut self, interface: &str, hook: Hook) -> Result<(), DatapathError> {
+        let (tcx_pin, netlink_mark) = self.link_paths(interface, hook);
         if tcx_pin.exists() || netlink_mark.exists() {
-            match self.replace_program(interface, &tcx_pin, netlink_mark.exists()) {
-                Ok(()) => {
-                    self.current.insert(interface.to_owned());
-                    return Ok(());
-                }
+            match self.replace_program(interface, hook, &tcx_pin, netlink_mark.exists()) {
+                Ok(()) => return Ok(()),
                 // The recorded attachment is gone (the interface was re-created,
                 // someone deleted the filter): attach afresh.
-                Err(_) => self.forget_interface(interface)?,
+                Err(_) => self.forget_hook(interface, hook)?,
             }
         }
         // Netlink attachment (kernels before 6.6) needs the qdisc; TCX ignores it.
@@ -168,16 +197,16 @@ impl Datapath {
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {}
             Err(source) => return Err(DatapathError::Clsact { interface: interface.to_owned(), source }),
         }
-        let program = program(&mut self.ebpf)?;
+        let program = program(&mut self.ebpf, hook)?;
         let id = match self.attach {
-            AttachMode::Auto => program.attach(interface, TcAttachType::Ingress)?,
+            AttachMode::Auto => program.attach(interface, hook.direction)?,
             AttachMode::Netlink => {
                 let options = tc::TcAttachOptions::Netlink(tc::NlOptions {
                     priority: NETLINK_PRIORITY,
                     handle: NETLINK_HANDLE,
                     classid: None,
                 });
-                program.attach_with_options(interface, TcAttachType::Ingress, options)?
+                program.attach_with_options(interface, hook.direction, options)?
             }
         };
         let link = program.take_link(id)?;
@@ -190,20 +219,25 @@ impl Datapath {
             std::mem::forget(link);
             std::fs::create_dir(&netlink_mark).map_err(|source| DatapathError::Pin { path: netlink_mark, source })?;
         }
-        self.current.insert(interface.to_owned());
         Ok(())
     }
 
     /// Swaps the program of an existing attachment for this instance's: a TCX
     /// link update, or a netlink filter replaced in place.
-    fn replace_program(&mut self, interface: &str, tcx_pin: &Path, netlink: bool) -> Result<(), DatapathError> {
+    fn replace_program(
+        &mut self,
+        interface: &str,
+        hook: Hook,
+        tcx_pin: &Path,
+        netlink: bool,
+    ) -> Result<(), DatapathError> {
         let link = if netlink {
-            SchedClassifierLink::attached(interface, TcAttachType::Ingress, NETLINK_PRIORITY, NETLINK_HANDLE, None)
+            SchedClassifierLink::attached(interface, hook.direction, NETLINK_PRIORITY, NETLINK_HANDLE, None)
                 .map_err(|source| DatapathError::Pin { path: tcx_pin.to_owned(), source })?
         } else {
             SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(tcx_pin)?))?
         };
-        let program = program(&mut self.ebpf)?;
+        let program = program(&mut self.ebpf, hook)?;
         let id = program.attach_to_link(link)?;
         let link = program.take_link(id)?;
         if netlink {
@@ -271,7 +305,11 @@ impl Datapath {
     /// dropped the attachment with it), so a new interface of that name is attached.
     pub fn forget_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
         self.current.remove(interface);
-        let (tcx_pin, netlink_mark) = self.link_paths(interface);
+        HOOKS.into_iter().try_for_each(|hook| self.forget_hook(interface, hook))
+    }
+
+    fn forget_hook(&mut self, interface: &str, hook: Hook) -> Result<(), DatapathError> {
+        let (tcx_pin, netlink_mark) = self.link_paths(interface, hook);
         for (path, result) in
             [(&tcx_pin, std::fs::remove_file(&tcx_pin)), (&netlink_mark, std::fs::remove_dir(&netlink_mark))]
         {
@@ -301,8 +339,8 @@ impl Datapath {
 
     /// Where an interface's attachment is recorded: a pinned TCX link, or (bpffs
     /// holds no plain files) a directory marking a netlink filter.
-    fn link_paths(&self, interface: &str) -> (PathBuf, PathBuf) {
-        let links = self.pin_dir.join(LINKS);
+    fn link_paths(&self, interface: &str, hook: Hook) -> (PathBuf, PathBuf) {
+        let links = self.pin_dir.join(hook.links);
         // bpffs refuses names with dots (VLAN interfaces have them).
         let name = interface.replace('.', "_");
         (links.join(&name), links.join(format!("{NETLINK_MARK}{name}")))
@@ -522,8 +560,8 @@ fn conntrack(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, CtKey, CtValue>, D
     Ok(HashMap::try_from(ebpf.map_mut(maps::CONNTRACK).ok_or(DatapathError::Missing("map np_conntrack"))?)?)
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
-    Ok(ebpf.program_mut(PROGRAM).ok_or(DatapathError::Missing("program from_pod"))?.try_into()?)
+fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
+    Ok(ebpf.program_mut(hook.program).ok_or(DatapathError::Missing(hook.program))?.try_into()?)
 }
 
 fn socket_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, DatapathError> {

@@ -130,6 +130,72 @@ impl CtValue {
     }
 }
 
+/// `ENDPOINT_F_*`: the directions a pod's policies isolate.
+pub const ENDPOINT_F_ISOLATED_INGRESS: u32 = 1;
+pub const ENDPOINT_F_ISOLATED_EGRESS: u32 = 2;
+
+/// A pod of this node (keyed by its IP in `np_endpoints`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    pub flags: u32,
+}
+
+/// `enum policy_direction`.
+pub const POLICY_INGRESS: u8 = 0;
+pub const POLICY_EGRESS: u8 = 1;
+
+/// The data of an `np_policy` key (`struct policy_peer`); the trie's prefix
+/// length is [`POLICY_PEER_BITS`] plus the peer's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyPeer {
+    pub pod: [u8; 4],
+    pub direction: u8,
+    pub pad: [u8; 3],
+    pub peer: [u8; 4],
+}
+
+pub const POLICY_PEER_BITS: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// 0: no port at all.
+    pub port_set: u32,
+}
+
+/// The data of an `np_policy_ports` key (`struct port_match`); the trie's
+/// prefix length is [`PORT_MATCH_BITS`] plus the port's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMatch {
+    pub port_set: u32,
+    pub proto: u8,
+    pub pad: u8,
+    pub port: [u8; 2],
+}
+
+pub const PORT_MATCH_BITS: u32 = 48;
+
+/// `enum policy_reason`, by value (index 0 unused).
+pub const POLICY_REASONS: &[&str] =
+    &["", "egress-denied-peer", "egress-denied-port", "ingress-denied-peer", "ingress-denied-port"];
+
+/// A dropped connection attempt (`struct policy_event`), from `np_policy_events`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEvent {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub vip: [u8; 4],
+    pub vip_port: [u8; 2],
+    pub proto: u8,
+    pub reason: u8,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbConfig {
@@ -148,6 +214,12 @@ pub const COUNTERS: &[&str] = &[
     "ct_clash",
     "redirected",
     "sock_balanced",
+    "policy_denied_egress_peer",
+    "policy_denied_egress_port",
+    "policy_denied_ingress_peer",
+    "policy_denied_ingress_port",
+    "policy_event_lost",
+    "flow_tracked",
 ];
 
 /// `SVC_F_NODE_PORT` in `bpf/maps.h`: the entry is a NodePort on the node's IP.
@@ -166,6 +238,10 @@ unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityValue {}
 unsafe impl aya::Pod for SockRevnatKey {}
 unsafe impl aya::Pod for SockRevnatValue {}
+unsafe impl aya::Pod for EndpointValue {}
+unsafe impl aya::Pod for PolicyPeer {}
+unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for PortMatch {}
 
 /// `NODEPLANE_CT_ENTRIES` in `bpf/maps.h`: the conntrack map's capacity.
 pub const CONNTRACK_CAPACITY: u64 = 262_144;
@@ -179,3 +255,7 @@ pub const BACKEND_ALIVE: &str = "np_backend_alive";
 pub const AFFINITY: &str = "np_affinity";
 pub const COUNTER_MAP: &str = "np_counters";
 pub const SOCK_REVNAT: &str = "np_sock_revnat";
+pub const ENDPOINTS: &str = "np_endpoints";
+pub const POLICY: &str = "np_policy";
+pub const POLICY_PORTS: &str = "np_policy_ports";
+pub const POLICY_EVENTS: &str = "np_policy_events";

@@ -35,6 +35,23 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+        }
+    }
+
     /// A Kubernetes protocol name; absent is TCP.
     pub fn parse(name: Option<&str>) -> Result<Self, String> {
         match name.unwrap_or("TCP") {
@@ -159,8 +176,8 @@ impl Selector {
 /// An IPv4 subnet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
-    network: u32,
-    mask: u32,
+    pub(crate) network: u32,
+    pub(crate) mask: u32,
 }
 
 impl Cidr {
@@ -177,19 +194,27 @@ impl Cidr {
         u32::from(addr) & self.mask == self.network
     }
 
-    fn covers(&self, other: &Cidr) -> bool {
+    pub(crate) fn host(addr: Ipv4Addr) -> Self {
+        Cidr { network: u32::from(addr), mask: u32::MAX }
+    }
+
+    pub(crate) fn prefix_len(&self) -> u32 {
+        self.mask.count_ones()
+    }
+
+    pub(crate) fn covers(&self, other: &Cidr) -> bool {
         other.mask >= self.mask && other.network & self.mask == self.network
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Peer {
+pub(crate) enum Peer {
     Pods { namespaces: Option<Selector>, pods: Selector },
     Block { cidr: Cidr, except: Vec<Cidr> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum PortMatch {
+pub(crate) enum PortMatch {
     Any(Proto),
     Range(Proto, u16, u16),
     Named(Proto, String),
@@ -198,9 +223,9 @@ enum PortMatch {
 /// One rule: any of its peers (all, when none are listed) on any of its ports
 /// (all, when none are listed).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Rule {
-    peers: Vec<Peer>,
-    ports: Vec<PortMatch>,
+pub(crate) struct Rule {
+    pub(crate) peers: Vec<Peer>,
+    pub(crate) ports: Vec<PortMatch>,
 }
 
 /// A validated NetworkPolicy.
@@ -210,8 +235,8 @@ pub struct Policy {
     pub name: String,
     pod_selector: Selector,
     /// The rules of each type the policy affects (`None`: it does not).
-    ingress: Option<Vec<Rule>>,
-    egress: Option<Vec<Rule>>,
+    pub(crate) ingress: Option<Vec<Rule>>,
+    pub(crate) egress: Option<Vec<Rule>>,
 }
 
 impl Policy {
@@ -252,7 +277,7 @@ impl Policy {
         Ok(Policy { namespace, name, pod_selector, ingress, egress })
     }
 
-    fn selects(&self, pod: &PodView) -> bool {
+    pub(crate) fn selects(&self, pod: &PodView) -> bool {
         pod.namespace == self.namespace && self.pod_selector.matches(&pod.labels)
     }
 }
@@ -409,17 +434,19 @@ impl Cluster {
             (Peer::Block { cidr, except }, _) => {
                 address.is_some_and(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)))
             }
-            (Peer::Pods { namespaces, pods }, Endpoint::Pod(pod)) => {
-                let namespace_ok = match namespaces {
-                    None => pod.namespace == policy.namespace,
-                    Some(selector) => {
-                        self.namespaces.get(&pod.namespace).is_some_and(|labels| selector.matches(labels))
-                    }
-                };
-                namespace_ok && pods.matches(&pod.labels)
-            }
+            (Peer::Pods { .. }, Endpoint::Pod(pod)) => self.peer_selects(policy, peer, pod),
             (Peer::Pods { .. }, _) => false,
         })
+    }
+
+    /// Whether a pod-selecting peer of `policy` selects `pod`.
+    pub(crate) fn peer_selects(&self, policy: &Policy, peer: &Peer, pod: &PodView) -> bool {
+        let Peer::Pods { namespaces, pods } = peer else { return false };
+        let namespace_ok = match namespaces {
+            None => pod.namespace == policy.namespace,
+            Some(selector) => self.namespaces.get(&pod.namespace).is_some_and(|labels| selector.matches(labels)),
+        };
+        namespace_ok && pods.matches(&pod.labels)
     }
 }
 

@@ -60,6 +60,11 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
         layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, last_seen_ns }),
         layout!("lb_config" => LbConfig { hairpin_addr, pad }),
+        layout!("endpoint_value" => EndpointValue { flags }),
+        layout!("policy_peer" => PolicyPeer { pod, direction, pad, peer }),
+        layout!("policy_value" => PolicyValue { port_set }),
+        layout!("port_match" => PortMatch { port_set, proto, pad, port }),
+        layout!("policy_event" => PolicyEvent { saddr, daddr, sport, dport, vip, vip_port, proto, reason }),
     ];
     for (name, size, fields) in twins {
         let (btf_size, btf_fields) =
@@ -68,4 +73,8 @@ fn every_map_struct_matches_its_rust_twin() {
         let rust: BTreeMap<String, usize> = fields.into_iter().map(|(f, o)| (f.to_owned(), o)).collect();
         assert_eq!(&rust, btf_fields, "fields and offsets of {name}");
     }
+    // The LPM keys: a prefix length, then the data above (aya's `Key`).
+    use aya::maps::lpm_trie::Key;
+    assert_eq!(size_of::<Key<PolicyPeer>>(), btf["policy_key"].0, "size of policy_key");
+    assert_eq!(size_of::<Key<PortMatch>>(), btf["port_key"].0, "size of port_key");
 }

@@ -1,0 +1,76 @@
+/* NetworkPolicy verdicts on new connections, from the maps nodeplaned compiles
+ * (datapath/src/policy_maps.rs): a pod isolated in a direction talks only to
+ * the peers and ports some policy allows. Port ranges are prefixes in an LPM
+ * trie; a peer is the longest prefix holding its address. */
+#ifndef NODEPLANE_POLICY_H
+#define NODEPLANE_POLICY_H
+
+#include "counters.h"
+#include "maps.h"
+
+#define POLICY_PEER_BITS 64 /* pod and direction: matched whole */
+#define PORT_MATCH_BITS 48  /* port set, protocol and padding: matched whole */
+
+/* Whether `pod`'s rules of `direction` allow `peer` on `port`/`proto`: 0, or
+ * why not (enum policy_reason). */
+static __always_inline int policy_check(__be32 pod, __u8 direction, __be32 peer, __be16 port, __u8 proto)
+{
+	int egress = direction == POLICY_EGRESS;
+	struct policy_key key = { .prefixlen = POLICY_PEER_BITS + 32,
+				  .data = { .pod = pod, .direction = direction, .peer = peer } };
+	struct policy_value *allowed = bpf_map_lookup_elem(&np_policy, &key);
+	if (!allowed || !allowed->port_set)
+		return egress ? POLICY_DENIED_EGRESS_PEER : POLICY_DENIED_INGRESS_PEER;
+	struct port_key ports = { .prefixlen = PORT_MATCH_BITS + 16,
+				  .data = { .port_set = allowed->port_set, .proto = proto, .port = port } };
+	if (!bpf_map_lookup_elem(&np_policy_ports, &ports))
+		return egress ? POLICY_DENIED_EGRESS_PORT : POLICY_DENIED_INGRESS_PORT;
+	return 0;
+}
+
+/* Whether `addr` is isolated for `flag` (ENDPOINT_F_*): a pod of this node
+ * that policies of that direction select. */
+static __always_inline int isolated(__be32 addr, __u32 flag)
+{
+	struct endpoint_value *endpoint = bpf_map_lookup_elem(&np_endpoints, &addr);
+	return endpoint && (endpoint->flags & flag);
+}
+
+static __always_inline int is_local_pod(__be32 addr)
+{
+	return bpf_map_lookup_elem(&np_endpoints, &addr) != NULL;
+}
+
+/* The verdict on a new connection from `client` to `server` (after Service
+ * translation: the backend) on `port`/`proto`: the client's egress, then the
+ * server's ingress. 0 allows; else the reason. */
+static __always_inline int policy_verdict(__be32 client, __be32 server, __be16 port, __u8 proto)
+{
+	int reason = 0;
+	if (isolated(client, ENDPOINT_F_ISOLATED_EGRESS))
+		reason = policy_check(client, POLICY_EGRESS, server, port, proto);
+	if (!reason && isolated(server, ENDPOINT_F_ISOLATED_INGRESS))
+		reason = policy_check(server, POLICY_INGRESS, client, port, proto);
+	return reason;
+}
+
+/* Sends a drop to nodeplaned. Not inlined: drops are rare, and a function's
+ * BTF carries the event's layout for the layout test. */
+static __noinline void send_event(const struct policy_event *event)
+{
+	if (bpf_ringbuf_output(&np_policy_events, (void *)event, sizeof(*event), 0))
+		count(COUNTER_POLICY_EVENT_LOST);
+}
+
+/* Counts a dropped connection attempt by reason and tells nodeplaned about it. */
+static __always_inline void report_denial(const struct ct_key *flow, __be32 vip, __be16 vip_port, int reason)
+{
+	count((enum counter)(COUNTER_POLICY_DENIED_EGRESS_PEER + reason - 1));
+	struct policy_event event = {
+		.saddr = flow->saddr, .daddr = flow->daddr, .sport = flow->sport, .dport = flow->dport,
+		.vip = vip, .vip_port = vip_port, .proto = flow->proto, .reason = reason,
+	};
+	send_event(&event);
+}
+
+#endif
