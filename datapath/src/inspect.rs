@@ -42,6 +42,7 @@ pub fn protocol_name(number: u8) -> &'static str {
     match number {
         6 => "tcp",
         17 => "udp",
+        132 => "sctp",
         _ => "other",
     }
 }
@@ -105,4 +106,39 @@ pub fn socket_lb(root: &Path) -> Result<SocketLbView, DatapathError> {
     hooks.sort();
     let reverse: HashMap<MapData, maps::SockRevnatKey, maps::SockRevnatValue> = pinned(root, maps::SOCK_REVNAT)?;
     Ok(SocketLbView { hooks, udp_reverse_entries: reverse.keys().count() })
+}
+
+/// The datapath's policy drops, read from the pinned ring buffer. It has one
+/// reader: nodeplaned, which forwards them (`nodeplanectl monitor`). Poll its
+/// descriptor for readability, then [`drain`](Self::drain).
+pub struct PolicyEvents {
+    ring: aya::maps::RingBuf<MapData>,
+}
+
+impl PolicyEvents {
+    /// The events waiting, oldest first.
+    pub fn drain(&mut self) -> Vec<maps::PolicyEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<maps::PolicyEvent>() {
+                // SAFETY: the program writes a whole struct policy_event (checked
+                // against this twin's layout by the BTF test); read unaligned.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<maps::PolicyEvent>()) });
+            }
+        }
+        events
+    }
+}
+
+impl std::os::fd::AsRawFd for PolicyEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// Opens the pinned policy event ring under `root`.
+pub fn policy_events(root: &Path) -> Result<PolicyEvents, DatapathError> {
+    let data = MapData::from_pin(root.join(maps::POLICY_EVENTS))?;
+    let ring = aya::maps::RingBuf::try_from(Map::from_map_data(data)?)?;
+    Ok(PolicyEvents { ring })
 }

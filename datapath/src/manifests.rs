@@ -80,6 +80,9 @@ pub struct Manifests {
     /// Pods as policies see them (their IPs come from the CNI registrations).
     pub pods: Vec<PodManifest>,
     pub policies: Vec<Policy>,
+    /// A document that is or may be a NetworkPolicy (a YAML error, an unreadable
+    /// file) could not be used: `policies` may lack one.
+    pub policies_incomplete: bool,
     pub errors: Vec<ManifestError>,
 }
 
@@ -105,6 +108,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_manifest(p)).collect(),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return found,
         Err(err) => {
+            found.policies_incomplete = true;
             found.errors.push(ManifestError {
                 file: dir.to_owned(),
                 document: 0,
@@ -120,6 +124,7 @@ pub fn load_dir(dir: &Path) -> Manifests {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(err) => {
+                found.policies_incomplete = true;
                 found.errors.push(ManifestError { file, document: 0, field: String::new(), message: err.to_string() });
                 continue;
             }
@@ -141,10 +146,16 @@ pub fn load_dir(dir: &Path) -> Manifests {
                 },
                 Ok(Some(Object::NetworkPolicy(policy))) => match Policy::from_k8s(&policy) {
                     Ok(policy) => found.policies.push(policy),
-                    Err(err) => found.errors.push(origin.error(err.field, err.message)),
+                    Err(err) => {
+                        found.policies_incomplete = true;
+                        found.errors.push(origin.error(err.field, err.message))
+                    }
                 },
                 Ok(None) => {}
-                Err(err) => found.errors.push(err),
+                Err((kind, err)) => {
+                    found.policies_incomplete |= kind.is_none_or(|k| k == "NetworkPolicy");
+                    found.errors.push(err)
+                }
             }
         }
     }
@@ -201,15 +212,18 @@ fn documents(text: &str) -> impl Iterator<Item = String> + '_ {
     documents.into_iter().skip(skip)
 }
 
-fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, ManifestError> {
+/// A document's object; a failure comes with the document's kind when known.
+fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, (Option<String>, ManifestError)> {
     let value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&document).map_err(|e| origin.error("", e.to_string()))?;
+        serde_yaml_ng::from_str(&document).map_err(|e| (None, origin.error("", e.to_string())))?;
     if value.is_null() {
         return Ok(None); // an empty document (`---` at the end)
     }
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
     let typed = |field_error: serde_path_to_error::Error<serde_yaml_ng::Error>| {
-        origin.error(field_error.path().to_string().trim_start_matches('.'), field_error.inner().to_string())
+        let error =
+            origin.error(field_error.path().to_string().trim_start_matches('.'), field_error.inner().to_string());
+        (Some(kind.clone()), error)
     };
     match kind.as_str() {
         "Service" => serde_path_to_error::deserialize(value).map(|s| Some(Object::Service(Box::new(s)))).map_err(typed),
@@ -221,7 +235,7 @@ fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, M
         "NetworkPolicy" => {
             serde_path_to_error::deserialize(value).map(|p| Some(Object::NetworkPolicy(p))).map_err(typed)
         }
-        "" => Err(origin.error("kind", "missing")),
+        "" => Err((None, origin.error("kind", "missing"))),
         _ => Ok(None),
     }
 }

@@ -10,7 +10,10 @@
 //!   → a(sss)` (network, IP, owner of each freed reservation; root only).
 //! - `org.nodeplane.Datapath1` at `/org/nodeplane/Node1/datapath`: methods
 //!   `RegisterEndpoint(container id, netns, host interface, IPs, pod namespace, pod
-//!   name)` and `UnregisterEndpoint(container id)` for the CNI plugin (root only).
+//!   name)` and `UnregisterEndpoint(container id)` for the CNI plugin (root only);
+//!   `PodPolicy(s namespace/name) → (s ip, (b isolated, a(ss) peer and ports)
+//!   ingress, (b, a(ss)) egress)`; signal `PolicyDrop(s from, s to, q port, s
+//!   protocol, s direction, s reason, s service)`, received by root only.
 //!
 //! Every property emits `PropertiesChanged` when it changes.
 
@@ -105,7 +108,26 @@ pub trait Datapath {
     ) -> zbus::Result<()>;
 
     fn unregister_endpoint(&self, container_id: &str) -> zbus::Result<()>;
+
+    #[allow(clippy::type_complexity)]
+    fn pod_policy(&self, pod: &str) -> zbus::Result<(String, PolicyRows, PolicyRows)>;
+
+    #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
+    fn policy_drop(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+        direction: &str,
+        reason: &str,
+        service: &str,
+    ) -> zbus::Result<()>;
 }
+
+/// A pod's rules of one direction: isolated, then (peer, ports) rows.
+pub type PolicyRows = (bool, Vec<(String, String)>);
 
 #[zbus::proxy(interface = "org.nodeplane.Component1", default_service = "org.nodeplane.Node1")]
 pub trait Component {

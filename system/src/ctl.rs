@@ -56,6 +56,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// What a pod may receive and send under the NetworkPolicies in force, as the datapath holds it
+    Policy {
+        /// The pod, as NAMESPACE/NAME
+        pod: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream the connection attempts NetworkPolicy drops, as they happen (root only; Ctrl-C ends)
+    Monitor {
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +115,8 @@ pub fn main() -> ExitCode {
             Command::Status { json } => status(&connection, json).await,
             Command::Reload => reload(&connection).await,
             Command::Sweep { dry_run } => sweep(&connection, dry_run).await,
+            Command::Policy { pod, json } => pod_policy(&connection, &pod, json).await,
+            Command::Monitor { json } => monitor(&connection, json).await,
             Command::CheckConfig { .. }
             | Command::Services { .. }
             | Command::Endpoints { .. }
@@ -277,6 +293,113 @@ async fn sweep(connection: &Connection, dry_run: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+#[derive(Serialize)]
+struct PolicyDirection {
+    /// False: no policy selects the pod for this direction; everything is allowed.
+    isolated: bool,
+    /// Peers (the longest prefix holding an address decides) and the ports allowed with them.
+    allowed: Vec<PolicyRow>,
+}
+
+#[derive(Serialize)]
+struct PolicyRow {
+    peer: String,
+    ports: String,
+}
+
+async fn pod_policy(connection: &Connection, pod: &str, json: bool) -> ExitCode {
+    let result = match bus::DatapathProxy::new(connection).await {
+        Ok(datapath) => datapath.pod_policy(pod).await,
+        Err(err) => Err(err),
+    };
+    let (ip, ingress, egress) = match result {
+        Ok(answer) => answer,
+        Err(zbus::Error::MethodError(_, message, _)) => {
+            eprintln!("nodeplanectl: {}", message.unwrap_or_default());
+            return ExitCode::FAILURE;
+        }
+        Err(err) => return method_failed("policy", err),
+    };
+    let direction = |(isolated, rows): bus::PolicyRows| PolicyDirection {
+        isolated,
+        allowed: rows.into_iter().map(|(peer, ports)| PolicyRow { peer, ports }).collect(),
+    };
+    let (ingress, egress) = (direction(ingress), direction(egress));
+    if json {
+        let value = serde_json::json!({"pod": pod, "ip": ip, "ingress": ingress, "egress": egress});
+        println!("{value:#}");
+        return ExitCode::SUCCESS;
+    }
+    println!("{pod} ({ip})");
+    for (title, peer_word, rules) in [("receives", "from", &ingress), ("sends", "to", &egress)] {
+        if !rules.isolated {
+            println!(
+                "  {title}: everything (no NetworkPolicy selects it for {})",
+                if title == "receives" { "ingress" } else { "egress" }
+            );
+            continue;
+        }
+        let allowed: Vec<&PolicyRow> = rules.allowed.iter().filter(|r| r.ports != "none").collect();
+        if allowed.is_empty() {
+            println!("  {title}: nothing (selected, and no rule allows any peer)");
+            continue;
+        }
+        println!("  {title} only:");
+        for row in &rules.allowed {
+            if row.ports == "none" {
+                println!("    not {peer_word} {} (an except range)", row.peer);
+            } else {
+                println!("    {peer_word} {}: {}", row.peer, row.ports);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn monitor(connection: &Connection, json: bool) -> ExitCode {
+    use zbus::export::futures_core::Stream;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("nodeplanectl: monitor is for root only (policy drops name pods and addresses)");
+        return ExitCode::FAILURE;
+    }
+    let stream = match bus::DatapathProxy::new(connection).await {
+        Ok(datapath) => datapath.receive_policy_drop().await,
+        Err(err) => Err(err),
+    };
+    let mut stream = match stream {
+        Ok(stream) => stream,
+        Err(err) => return method_failed("monitor", err),
+    };
+    if !json {
+        eprintln!("watching NetworkPolicy drops (Ctrl-C ends)");
+    }
+    while let Some(signal) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await {
+        let Ok(args) = signal.args() else { continue };
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if json {
+            let value = serde_json::json!({
+                "time": time, "from": args.from, "to": args.to, "port": args.port, "protocol": args.protocol,
+                "direction": args.direction, "reason": args.reason, "service": args.service,
+            });
+            println!("{value}");
+        } else {
+            let service =
+                if args.service.is_empty() { String::new() } else { format!(" via Service {}", args.service) };
+            println!(
+                "{} DROP {} {} -> {}{service}: {} ({})",
+                time.get(11..23).unwrap_or(&time),
+                args.protocol,
+                args.from,
+                args.to,
+                args.reason,
+                args.direction
+            );
+        }
+    }
+    eprintln!("nodeplanectl: nodeplaned went away");
+    ExitCode::from(UNREACHABLE)
 }
 
 /// Reports a failed state-changing call: exit 1, or 3 when nodeplaned is gone.

@@ -91,7 +91,8 @@ async fn run(args: Args) -> Result<(), String> {
     });
     let ((sysctl, _), (datapath, endpoints), (ipam, sweeps)) = started?;
     let bus = bus.map_err(bus_error)?;
-    server::serve_datapath(&bus, endpoints).await.map_err(bus_error)?;
+    let pins = config.datapath.enabled.then(|| config.datapath.bpffs_root.clone());
+    server::serve_datapath(&bus, endpoints, pins).await.map_err(bus_error)?;
     server::serve_ipam(&bus, sweeps).await.map_err(bus_error)?;
     let components = vec![sysctl, datapath, ipam];
     server::add_component_objects(&bus, &registry).await.map_err(bus_error)?;

@@ -1,15 +1,19 @@
 //! The eBPF datapath as a supervisor component: loads it at start (READY waits),
 //! attaches it to pod interfaces as they appear, applies the manifests directory
-//! whenever it changes, collects expired conntrack entries, and reports fill
-//! levels, sync times and counters.
+//! whenever it changes — Services, and NetworkPolicies for the registered pods —
+//! collects expired conntrack entries, and reports fill levels, sync times and
+//! counters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodeplane_datapath::manifests::load_dir;
-use nodeplane_datapath::maps::CONNTRACK_CAPACITY;
+use nodeplane_datapath::maps::{CONNTRACK_CAPACITY, PolicyEvent};
 use nodeplane_datapath::masquerade;
+use nodeplane_datapath::policy::{Cluster, Labels, PodManifest, Policy};
+use nodeplane_datapath::policy_maps::{CompiledPolicy, PodRules};
 use nodeplane_datapath::{Datapath, DatapathConfig, GcStats, Reconciler, SyncStats};
 
 use crate::component::{Component, Fact, Facts, Reporter, State};
@@ -36,6 +40,14 @@ struct Running {
     fingerprint: Vec<(PathBuf, u64, SystemTime)>,
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     manifest_errors: Vec<String>,
+    /// Namespaces (labels), Pods and NetworkPolicies from the last manifests read.
+    namespaces: BTreeMap<String, Labels>,
+    pods: Vec<PodManifest>,
+    policies: Vec<Policy>,
+    /// What the policy maps hold (`None`: what an earlier instance left; the
+    /// first apply rewrites it), and why they could not be programmed.
+    compiled: Option<CompiledPolicy>,
+    policy_error: Option<String>,
     attach_errors: Vec<String>,
     /// Why masquerade or socket load balancing could not be set up.
     node_errors: Vec<String>,
@@ -84,6 +96,11 @@ impl Component for DatapathComponent {
             fingerprint: Vec::new(),
             last_sync: None,
             manifest_errors: Vec::new(),
+            namespaces: BTreeMap::new(),
+            pods: Vec::new(),
+            policies: Vec::new(),
+            compiled: None,
+            policy_error: None,
             attach_errors: unreadable,
             node_errors: Vec::new(),
             last_gc: Instant::now(),
@@ -125,15 +142,25 @@ impl Component for DatapathComponent {
         self.sync(false);
     }
 
-    type Command = EndpointRequest;
+    type Command = DatapathRequest;
 
-    async fn command(&mut self, request: EndpointRequest) {
-        let result = match request.change {
-            EndpointChange::Register(endpoint) => self.register(endpoint),
-            EndpointChange::Unregister(container_id) => self.unregister(&container_id),
-        };
-        self.publish();
-        let _ = request.reply.send(result);
+    async fn command(&mut self, request: DatapathRequest) {
+        match request {
+            DatapathRequest::Endpoint { change, reply } => {
+                let result = match change {
+                    EndpointChange::Register(endpoint) => self.register(endpoint),
+                    EndpointChange::Unregister(container_id) => self.unregister(&container_id),
+                };
+                self.publish();
+                let _ = reply.send(result);
+            }
+            DatapathRequest::PodPolicy { pod, reply } => {
+                let _ = reply.send(self.pod_policy(&pod));
+            }
+            DatapathRequest::Describe { events, reply } => {
+                let _ = reply.send(events.iter().map(|e| self.describe(e)).collect());
+            }
+        }
     }
 }
 
@@ -142,10 +169,40 @@ pub enum EndpointChange {
     Unregister(String),
 }
 
-/// A registration asked for over D-Bus, with the way to answer it.
-pub struct EndpointRequest {
-    pub change: EndpointChange,
-    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+/// What D-Bus asks of the datapath component, with the way to answer.
+pub enum DatapathRequest {
+    /// A registration (the CNI plugin).
+    Endpoint { change: EndpointChange, reply: Reply<Result<(), String>> },
+    /// What a pod (`namespace/name`) may send and receive.
+    PodPolicy { pod: String, reply: Reply<Result<PodPolicy, String>> },
+    /// Policy drops, told in pod names where the addresses are pods'.
+    Describe { events: Vec<PolicyEvent>, reply: Reply<Vec<PolicyDrop>> },
+}
+
+/// A pod's policy as the maps hold it: per direction, `None` when the pod is
+/// open that way, else (peer, ports) rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPolicy {
+    pub ip: Ipv4Addr,
+    pub ingress: Option<Vec<(String, String)>>,
+    pub egress: Option<Vec<(String, String)>>,
+}
+
+/// A dropped connection attempt, for the bus and the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyDrop {
+    /// `ns/pod (ip:port)` or `ip:port`.
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: String,
+    /// `egress` (the client's policies) or `ingress` (the server's).
+    pub direction: String,
+    pub reason: String,
+    /// The Service address dialled, `vip:port`; empty for a direct connection.
+    pub service: String,
 }
 
 impl DatapathComponent {
@@ -155,12 +212,15 @@ impl DatapathComponent {
         let Some(running) = &mut self.running else { return Err("the datapath is disabled on this node".into()) };
         running.datapath.attach_pod_interface(&endpoint.host_interface).map_err(|e| e.to_string())?;
         running.store.save(&endpoint)?;
+        self.endpoints.insert(endpoint.container_id.clone(), endpoint.clone());
+        // The pod's policies are in force before the CNI plugin returns: it never
+        // runs unprotected.
+        self.apply_policy();
         tracing::info!(
             datapath_pod = %format!("{}/{}", endpoint.pod_namespace, endpoint.pod_name),
             datapath_interface = %endpoint.host_interface,
             "pod {}/{} registered on {} ({})", endpoint.pod_namespace, endpoint.pod_name, endpoint.host_interface, endpoint.ips.join(", ")
         );
-        self.endpoints.insert(endpoint.container_id.clone(), endpoint);
         Ok(())
     }
 
@@ -202,7 +262,122 @@ impl DatapathComponent {
             running.store.remove(container_id)?;
         }
         self.endpoints.remove(container_id);
+        self.apply_policy();
         Ok(())
+    }
+
+    /// The pods of this node as policies see them: each registration's IP, with
+    /// the labels and named ports of its Pod manifest (none without one).
+    fn cluster(&self) -> Cluster {
+        let Some(running) = &self.running else { return Cluster::default() };
+        let pods = self
+            .endpoints
+            .values()
+            .flat_map(|endpoint| {
+                let manifest = running
+                    .pods
+                    .iter()
+                    .find(|p| p.namespace == endpoint.pod_namespace && p.name == endpoint.pod_name)
+                    .cloned()
+                    .unwrap_or_else(|| PodManifest {
+                        namespace: endpoint.pod_namespace.clone(),
+                        name: endpoint.pod_name.clone(),
+                        labels: Labels::new(),
+                        ports: Vec::new(),
+                    });
+                endpoint.ips.iter().filter_map(|ip| ip.parse().ok()).map(move |ip| manifest.clone().with_ip(ip))
+            })
+            .collect();
+        Cluster { namespaces: running.namespaces.clone(), pods, policies: running.policies.clone() }
+    }
+
+    /// Compiles the policies for the registered pods and programs the maps.
+    fn apply_policy(&mut self) {
+        let cluster = self.cluster();
+        let Some(running) = &mut self.running else { return };
+        let started = Instant::now();
+        let compiled = CompiledPolicy::compile(&cluster);
+        if running.compiled.as_ref() == Some(&compiled) && running.policy_error.is_none() {
+            return;
+        }
+        match running.datapath.apply_policy(&compiled) {
+            Ok(stats) => {
+                tracing::info!(
+                    datapath_policies = cluster.policies.len(),
+                    datapath_policy_rules = compiled.rule_count(),
+                    datapath_policy_written = stats.written,
+                    datapath_policy_removed = stats.removed,
+                    "applied {} NetworkPolicy object(s) to {} pod(s) in {:?}",
+                    cluster.policies.len(),
+                    cluster.pods.len(),
+                    started.elapsed()
+                );
+                running.compiled = Some(compiled);
+                running.policy_error = None;
+            }
+            Err(err) => {
+                tracing::error!("programming the policy maps: {err}");
+                running.policy_error = Some(format!("programming the policy maps: {err}"));
+            }
+        }
+    }
+
+    fn pod_name(&self, ip: Ipv4Addr) -> Option<String> {
+        let ip = ip.to_string();
+        self.endpoints.values().find(|e| e.ips.contains(&ip)).map(|e| format!("{}/{}", e.pod_namespace, e.pod_name))
+    }
+
+    fn pod_policy(&self, pod: &str) -> Result<PodPolicy, String> {
+        let Some(running) = &self.running else { return Err("the datapath is disabled on this node".into()) };
+        let (namespace, name) =
+            pod.split_once('/').ok_or_else(|| format!("{pod:?} is not NAMESPACE/NAME (e.g. default/web-0)"))?;
+        let ip = self
+            .endpoints
+            .values()
+            .find(|e| e.pod_namespace == namespace && e.pod_name == name)
+            .and_then(|e| e.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()))
+            .ok_or_else(|| format!("no pod {pod} is registered on this node"))?;
+        let rules = running.compiled.as_ref().and_then(|c| c.pods.get(&ip)).cloned().unwrap_or_default();
+        let rows = |peers: Option<&BTreeMap<(Ipv4Addr, u8), Vec<(u8, u16, u16)>>>| {
+            peers.map(|peers| {
+                peers
+                    .iter()
+                    .map(|((addr, length), ports)| {
+                        let peer = match (length, self.pod_name(*addr)) {
+                            (32, Some(name)) => format!("{name} ({addr})"),
+                            _ => format!("{addr}/{length}"),
+                        };
+                        (peer, describe_ports(ports))
+                    })
+                    .collect()
+            })
+        };
+        let PodRules { ingress, egress } = &rules;
+        Ok(PodPolicy { ip, ingress: rows(ingress.as_ref()), egress: rows(egress.as_ref()) })
+    }
+
+    fn describe(&self, event: &PolicyEvent) -> PolicyDrop {
+        let end = |addr: [u8; 4], port: [u8; 2]| {
+            let (addr, port) = (Ipv4Addr::from(addr), u16::from_be_bytes(port));
+            match self.pod_name(addr) {
+                Some(name) => format!("{name} ({addr}:{port})"),
+                None => format!("{addr}:{port}"),
+            }
+        };
+        let reason = nodeplane_datapath::maps::POLICY_REASONS.get(usize::from(event.reason)).copied().unwrap_or("");
+        PolicyDrop {
+            from: end(event.saddr, event.sport),
+            to: end(event.daddr, event.dport),
+            port: u16::from_be_bytes(event.dport),
+            protocol: nodeplane_datapath::inspect::protocol_name(event.proto).to_uppercase(),
+            direction: reason.split('-').next().unwrap_or_default().to_owned(),
+            reason: reason.to_owned(),
+            service: if event.vip == [0; 4] {
+                String::new()
+            } else {
+                format!("{}:{}", Ipv4Addr::from(event.vip), u16::from_be_bytes(event.vip_port))
+            },
+        }
     }
 
     /// Attaches new pod interfaces, applies changed manifests (or all, `force`d),
@@ -220,6 +395,7 @@ impl DatapathComponent {
             attach_interfaces(&mut running.datapath, &present, &self.config.pod_interface_prefix, self.config.node_ip);
         // A pod whose interface is gone (deleted while nodeplaned was down, or
         // without a CNI DEL) is no longer one.
+        let registered = self.endpoints.len();
         self.endpoints.retain(|id, endpoint| {
             let here = present.contains(&endpoint.host_interface);
             if !here {
@@ -235,6 +411,7 @@ impl DatapathComponent {
             }
             here
         });
+        let mut policy_inputs_changed = self.endpoints.len() != registered;
         let fingerprint = fingerprint(&self.config.manifests_dir);
         if !self.config.manifests_dir.is_dir() {
             // A missing directory (a late mount, a typo) must not wipe every Service.
@@ -249,14 +426,19 @@ impl DatapathComponent {
                 tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
             }
             running.manifest_errors = found.errors.iter().map(ToString::to_string).collect();
-            // Never a silent security gap: policies are read, not yet enforced.
-            if !found.policies.is_empty() {
+            // A policy that could not be read might be the one isolating a pod:
+            // the policies in force stay until every one reads.
+            if found.policies_incomplete {
                 running.manifest_errors.push(format!(
-                    "{} NetworkPolicy object(s) in {}: NetworkPolicy is not enforced by this nodeplane yet",
-                    found.policies.len(),
-                    self.config.manifests_dir.display()
+                    "NetworkPolicies not updated: a document in {} that may be one could not be read; {} policies stay in force",
+                    self.config.manifests_dir.display(),
+                    running.policies.len()
                 ));
+            } else {
+                running.policies = found.policies.clone();
             }
+            (running.namespaces, running.pods) = (found.namespaces.clone(), found.pods.clone());
+            policy_inputs_changed = true;
             match running.reconciler.sync(&mut running.datapath, &found.ports, self.config.node_ip) {
                 Ok(stats) => {
                     for failure in &stats.failed {
@@ -289,6 +471,9 @@ impl DatapathComponent {
                 Err(err) => running.attach_errors.push(format!("conntrack GC: {err}")),
             }
         }
+        if policy_inputs_changed || running.policy_error.is_some() {
+            self.apply_policy();
+        }
         self.publish();
     }
 
@@ -314,22 +499,57 @@ impl DatapathComponent {
         for (name, value) in running.datapath.counters().unwrap_or_default() {
             facts.insert(format!("count_{name}"), Fact::Count(value));
         }
-        let problems: Vec<&String> =
-            running.manifest_errors.iter().chain(&running.attach_errors).chain(&running.node_errors).collect();
+        facts.insert("policies".into(), Fact::Count(running.policies.len() as u64));
+        let compiled = running.compiled.clone().unwrap_or_default();
+        facts.insert("policy_rules".into(), Fact::Count(compiled.rule_count() as u64));
+        let isolated = compiled.pods.values().filter(|p| p.ingress.is_some() || p.egress.is_some()).count();
+        facts.insert("policy_isolated_pods".into(), Fact::Count(isolated as u64));
+        let problems: Vec<&String> = running
+            .manifest_errors
+            .iter()
+            .chain(&running.attach_errors)
+            .chain(&running.node_errors)
+            .chain(&running.policy_error)
+            .collect();
         let (state, detail) = match problems.first() {
             Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
             None => (
                 State::Healthy,
                 format!(
-                    "{} Service port(s), {} pod interface(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
+                    "{} Service port(s), {} pod interface(s), {} NetworkPolicy object(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
                     programmed.len(),
-                    attached.len()
+                    attached.len(),
+                    running.policies.len()
                 ),
             ),
         };
         self.reporter.set(state, detail);
         self.reporter.set_facts(facts);
     }
+}
+
+/// Port ranges as a person reads them: `TCP 80, UDP 1000-2000`; `all ports`
+/// for every port of every protocol; `none`.
+fn describe_ports(ranges: &[(u8, u16, u16)]) -> String {
+    if ranges.is_empty() {
+        return "none".into();
+    }
+    let every = [6, 17, 132].iter().all(|p| ranges.contains(&(*p, 0, u16::MAX)));
+    if every && ranges.len() == 3 {
+        return "all ports".into();
+    }
+    let names: Vec<String> = ranges
+        .iter()
+        .map(|(proto, low, high)| {
+            let proto = nodeplane_datapath::inspect::protocol_name(*proto).to_uppercase();
+            match (*low, *high) {
+                (0, u16::MAX) => format!("{proto} (all ports)"),
+                _ if low == high => format!("{proto} {low}"),
+                _ => format!("{proto} {low}-{high}"),
+            }
+        })
+        .collect();
+    names.join(", ")
 }
 
 fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, SystemTime)> {

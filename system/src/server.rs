@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 use zbus::OwnedVariant;
 use zbus::message::Header;
 use zbus::{Connection, fdo};
 
-use crate::bus::{self, ComponentRow};
+use crate::bus::{self, ComponentRow, PolicyRows};
 use crate::component::{Registry, Snapshot, State, Status};
-use crate::datapath::{Endpoint, EndpointChange, EndpointRequest};
+use crate::datapath::{DatapathRequest, Endpoint, EndpointChange, PodPolicy, PolicyDrop};
 use crate::ipam::SweepRequest;
 use nodeplane_ipam::Freed;
 
@@ -44,6 +45,7 @@ enum NodeError {
     ReloadFailed(String),
     SweepFailed(String),
     EndpointFailed(String),
+    NoSuchPod(String),
 }
 
 impl From<fdo::Error> for NodeError {
@@ -189,7 +191,7 @@ impl IpamObject {
 }
 
 struct DatapathObject {
-    requests: mpsc::Sender<EndpointRequest>,
+    requests: mpsc::Sender<DatapathRequest>,
 }
 
 #[zbus::interface(name = "org.nodeplane.Datapath1")]
@@ -222,23 +224,135 @@ impl DatapathObject {
         require_root(connection, &header).await?;
         self.ask(EndpointChange::Unregister(container_id)).await
     }
+
+    /// What a pod (`namespace/name`) may receive and send, as the maps hold it:
+    /// its IP, then ingress and egress, each (isolated, rows of peer and ports).
+    async fn pod_policy(&self, pod: String) -> Result<(String, PolicyRows, PolicyRows), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = DatapathRequest::PodPolicy { pod, reply };
+        self.requests.send(request).await.map_err(|_| NodeError::NoSuchPod("the datapath is not running".into()))?;
+        let policy: PodPolicy =
+            answer.await.map_err(|_| NodeError::NoSuchPod("dropped".into()))?.map_err(NodeError::NoSuchPod)?;
+        let rows = |rules: Option<Vec<(String, String)>>| (rules.is_some(), rules.unwrap_or_default());
+        Ok((policy.ip.to_string(), rows(policy.ingress), rows(policy.egress)))
+    }
+
+    /// A connection attempt NetworkPolicy dropped: client and server (`ns/pod
+    /// (ip:port)` or `ip:port`), the server's port and protocol, the direction
+    /// whose policies dropped it, the reason, and the Service dialled (or "").
+    #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
+    async fn policy_drop(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: &str,
+        direction: &str,
+        reason: &str,
+        service: &str,
+    ) -> zbus::Result<()>;
 }
 
 impl DatapathObject {
     async fn ask(&self, change: EndpointChange) -> Result<(), NodeError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(EndpointRequest { change, reply })
+            .send(DatapathRequest::Endpoint { change, reply })
             .await
             .map_err(|_| NodeError::EndpointFailed("the datapath component is not running".into()))?;
         answer.await.map_err(|_| NodeError::EndpointFailed("dropped".into()))?.map_err(NodeError::EndpointFailed)
     }
 }
 
-/// Serves `org.nodeplane.Datapath1` beside the datapath component's status object.
-pub async fn serve_datapath(connection: &Connection, requests: mpsc::Sender<EndpointRequest>) -> zbus::Result<()> {
-    connection.object_server().at(bus::component_path("datapath"), DatapathObject { requests }).await?;
+/// Serves `org.nodeplane.Datapath1` beside the datapath component's status
+/// object, and, when the datapath runs (its maps pinned at `bpffs_root`),
+/// forwards its policy drops as `PolicyDrop` signals and to the journal.
+pub async fn serve_datapath(
+    connection: &Connection,
+    requests: mpsc::Sender<DatapathRequest>,
+    bpffs_root: Option<std::path::PathBuf>,
+) -> zbus::Result<()> {
+    let path = bus::component_path("datapath");
+    connection.object_server().at(path.as_str(), DatapathObject { requests: requests.clone() }).await?;
+    if let Some(root) = bpffs_root {
+        let emitter = zbus::object_server::SignalEmitter::new(connection, path)?.into_owned();
+        tokio::spawn(async move {
+            if let Err(err) = forward_policy_drops(&root, requests, emitter).await {
+                tracing::error!("policy drop events stopped: {err}");
+            }
+        });
+    }
     Ok(())
+}
+
+/// At most this many drops a second are written to the journal (the counters
+/// and the bus signals carry them all).
+const DROPS_LOGGED_PER_SECOND: u32 = 20;
+
+/// Reads the datapath's policy drops as they come, has the datapath component
+/// name their pods, and sends each as a signal.
+async fn forward_policy_drops(
+    root: &std::path::Path,
+    requests: mpsc::Sender<DatapathRequest>,
+    emitter: zbus::object_server::SignalEmitter<'static>,
+) -> Result<(), String> {
+    let events = nodeplane_datapath::inspect::policy_events(root).map_err(|e| e.to_string())?;
+    // SAFETY: the ring's descriptor is its map's, owned by `events`, which the
+    // AsyncFd owns until it is dropped; it never changes.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(events, Interest::READABLE) };
+    let mut events = registered.map_err(|e| e.to_string())?;
+    let mut logged = (std::time::Instant::now(), 0u32, 0u64);
+    loop {
+        let mut ready = events.readable_mut().await.map_err(|e| e.to_string())?;
+        let batch = ready.get_inner_mut().drain();
+        ready.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        if requests.send(DatapathRequest::Describe { events: batch, reply }).await.is_err() {
+            return Ok(()); // shutting down
+        }
+        let Ok(drops) = answer.await else { return Ok(()) };
+        for drop in drops {
+            log_drop(&drop, &mut logged);
+            let PolicyDrop { from, to, port, protocol, direction, reason, service } = &drop;
+            if let Err(err) =
+                DatapathObject::policy_drop(&emitter, from, to, *port, protocol, direction, reason, service).await
+            {
+                tracing::warn!("D-Bus: cannot send a PolicyDrop signal: {err}");
+            }
+        }
+    }
+}
+
+/// Logs a drop, but no more than [`DROPS_LOGGED_PER_SECOND`]; says how many
+/// went unlogged when the next second starts.
+fn log_drop(drop: &PolicyDrop, (second, count, unlogged): &mut (std::time::Instant, u32, u64)) {
+    if second.elapsed() >= std::time::Duration::from_secs(1) {
+        if *unlogged > 0 {
+            tracing::warn!("{unlogged} more policy drop(s) not logged (see nodeplanectl monitor and the counters)");
+        }
+        (*second, *count, *unlogged) = (std::time::Instant::now(), 0, 0);
+    }
+    if *count >= DROPS_LOGGED_PER_SECOND {
+        *unlogged += 1;
+        return;
+    }
+    *count += 1;
+    tracing::info!(
+        datapath_policy_from = %drop.from,
+        datapath_policy_to = %drop.to,
+        datapath_policy_protocol = %drop.protocol,
+        datapath_policy_reason = %drop.reason,
+        "policy dropped {} {} -> {}{}: {}",
+        drop.protocol,
+        drop.from,
+        drop.to,
+        if drop.service.is_empty() { String::new() } else { format!(" (Service {})", drop.service) },
+        drop.reason
+    );
 }
 
 /// Serves `org.nodeplane.Ipam1` beside the IPAM component's status object.
