@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::policy::{Labels, NamedPort, PodManifest, Policy, Proto};
 
@@ -50,6 +51,24 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+/// A Service with a selector, as written: what a tool that stands up its pods
+/// (the reachability probe) needs to write its EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorService {
+    pub namespace: String,
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub selector: Labels,
+    /// (port name, protocol, port, target: a number or a container port name).
+    pub ports: Vec<(String, Proto, u16, TargetPort)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
 /// A manifest the node could not use, and where the problem is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
@@ -75,6 +94,8 @@ impl fmt::Display for ManifestError {
 #[derive(Debug, Default)]
 pub struct Manifests {
     pub ports: Vec<ServicePort>,
+    /// Services that select pods by label (their ports read without errors).
+    pub selector_services: Vec<SelectorService>,
     /// Namespace → its labels.
     pub namespaces: std::collections::BTreeMap<String, Labels>,
     /// Pods as policies see them (their IPs come from the CNI registrations).
@@ -161,7 +182,10 @@ pub fn load_dir(dir: &Path) -> Manifests {
     }
     for (origin, service) in &services {
         match service_ports(service, origin, &slices) {
-            Ok(ports) => found.ports.extend(ports),
+            Ok(ports) => {
+                found.selector_services.extend(selector_service(service, &ports));
+                found.ports.extend(ports)
+            }
             Err(err) => found.errors.push(err),
         }
     }
@@ -335,6 +359,35 @@ fn service_ports(
         });
     }
     Ok(ports)
+}
+
+/// The selector and target ports of a Service whose `ports` read well.
+fn selector_service(service: &K8sService, ports: &[ServicePort]) -> Option<SelectorService> {
+    let spec = service.spec.as_ref()?;
+    let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
+    let first = ports.first()?;
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .zip(ports)
+        .map(|(written, port)| {
+            let target = match &written.target_port {
+                Some(IntOrString::String(name)) => TargetPort::Name(name.clone()),
+                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).unwrap_or(port.port)),
+                None => TargetPort::Number(port.port),
+            };
+            let protocol = if port.protocol == Protocol::Udp { Proto::Udp } else { Proto::Tcp };
+            (port.name.port.clone(), protocol, port.port, target)
+        })
+        .collect();
+    Some(SelectorService {
+        namespace: first.name.namespace.clone(),
+        name: first.name.service.clone(),
+        vip: first.vip,
+        selector,
+        ports,
+    })
 }
 
 /// A Pod's namespace, name, labels and named container ports.

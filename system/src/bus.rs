@@ -11,6 +11,8 @@
 //! - `org.nodeplane.Datapath1` at `/org/nodeplane/Node1/datapath`: methods
 //!   `RegisterEndpoint(container id, netns, host interface, IPs, pod namespace, pod
 //!   name)` and `UnregisterEndpoint(container id)` for the CNI plugin (root only);
+//!   `Sync() → as` applies the manifests directory now, answering with its
+//!   problems (root only);
 //!   `PodPolicy(s namespace/name) → (s ip, (b isolated, a(ss) peer and ports)
 //!   ingress, (b, a(ss)) egress)`; signal `PolicyDrop(s from, s to, q port, s
 //!   protocol, s direction, s reason, s service)`, received by root only.
@@ -108,6 +110,8 @@ pub trait Datapath {
     ) -> zbus::Result<()>;
 
     fn unregister_endpoint(&self, container_id: &str) -> zbus::Result<()>;
+
+    fn sync(&self) -> zbus::Result<Vec<String>>;
 
     #[allow(clippy::type_complexity)]
     fn pod_policy(&self, pod: &str) -> zbus::Result<(String, PolicyRows, PolicyRows)>;

@@ -64,6 +64,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stand up the Namespaces and Pods of the manifests in DIR on this machine (through nodeplane-cni and a
+    /// nodeplaned of their own, with DIR's Services and NetworkPolicies), probe every pod pair on every
+    /// declared port and protocol, and print the truth table; everything is removed afterwards (root only)
+    Probe {
+        /// A directory of manifests: Namespaces, Pods (with container ports), Services, NetworkPolicies
+        dir: PathBuf,
+        /// Print one JSON array of {"from", "to", "port", "protocol", "connected"} instead of tables
+        #[arg(long)]
+        json: bool,
+        /// Also probe from every pod to every Service port (Services with a selector and a clusterIP)
+        #[arg(long)]
+        services: bool,
+        /// Only these ports (comma-separated)
+        #[arg(long, value_delimiter = ',', value_name = "PORT,...")]
+        ports: Option<Vec<u16>>,
+        /// Only these protocols (comma-separated: TCP, UDP)
+        #[arg(long, value_delimiter = ',', value_name = "PROTOCOL,...", value_parser = parse_protocol)]
+        protocols: Option<Vec<nodeplane_datapath::policy::Proto>>,
+        /// How long a connection may take before it counts as blocked
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Stream the connection attempts NetworkPolicy drops, as they happen (root only; Ctrl-C ends)
     Monitor {
         /// One JSON object per line instead of text
@@ -100,6 +122,11 @@ pub fn main() -> ExitCode {
         Command::Services { maps } => return crate::inspect::services(&maps.source(), maps.json),
         Command::Endpoints { maps } => return crate::inspect::endpoints(&maps.source(), maps.json),
         Command::Conntrack { maps } => return crate::inspect::conntrack(&maps.source(), maps.json),
+        Command::Probe { dir, json, services, ports, protocols, timeout } => {
+            let selection =
+                nodeplane_probe::Selection { services: *services, ports: ports.clone(), protocols: protocols.clone() };
+            return probe(dir, &selection, *json, *timeout);
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
@@ -120,7 +147,8 @@ pub fn main() -> ExitCode {
             Command::CheckConfig { .. }
             | Command::Services { .. }
             | Command::Endpoints { .. }
-            | Command::Conntrack { .. } => {
+            | Command::Conntrack { .. }
+            | Command::Probe { .. } => {
                 unreachable!("handled without the bus")
             }
         }
@@ -293,6 +321,50 @@ async fn sweep(connection: &Connection, dry_run: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+fn parse_protocol(text: &str) -> Result<nodeplane_datapath::policy::Proto, String> {
+    nodeplane_datapath::policy::Proto::parse(Some(&text.to_uppercase()))
+}
+
+fn probe(
+    dir: &std::path::Path,
+    selection: &nodeplane_probe::Selection,
+    json: bool,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("nodeplanectl: probe is for root only (it makes network namespaces and mounts a bpffs)");
+        return ExitCode::FAILURE;
+    }
+    let run = || -> Result<Vec<nodeplane_probe::Outcome>, nodeplane_probe::ProbeError> {
+        let binaries = nodeplane_probe::Binaries::beside_current_exe()?;
+        let stage = nodeplane_probe::Stage::new(dir, &binaries, &|step| eprintln!("probe: {step}"))?;
+        let targets = stage.targets(selection);
+        eprintln!(
+            "probe: {} connection(s) from {} pod(s), {:?} each at most",
+            targets.len(),
+            stage.pods.len(),
+            timeout
+        );
+        let outcomes = stage.probe(&targets, timeout)?;
+        eprintln!("probe: removing the pods and the node");
+        Ok(outcomes)
+    };
+    match run() {
+        Ok(outcomes) if json => {
+            println!("{}", nodeplane_probe::json(&outcomes));
+            ExitCode::SUCCESS
+        }
+        Ok(outcomes) => {
+            print!("{}", nodeplane_probe::table(&outcomes));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("nodeplanectl: probe: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Serialize)]

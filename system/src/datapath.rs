@@ -13,7 +13,7 @@ use nodeplane_datapath::manifests::load_dir;
 use nodeplane_datapath::maps::{CONNTRACK_CAPACITY, PolicyEvent};
 use nodeplane_datapath::masquerade;
 use nodeplane_datapath::policy::{Cluster, Labels, PodManifest, Policy};
-use nodeplane_datapath::policy_maps::{CompiledPolicy, PodRules};
+use nodeplane_datapath::policy_maps::{CompiledPolicy, PeerRules, PodRules};
 use nodeplane_datapath::{Datapath, DatapathConfig, GcStats, Reconciler, SyncStats};
 
 use crate::component::{Component, Fact, Facts, Reporter, State};
@@ -154,6 +154,11 @@ impl Component for DatapathComponent {
                 self.publish();
                 let _ = reply.send(result);
             }
+            DatapathRequest::Sync { reply } => {
+                self.sync(true);
+                let problems = self.running.as_ref().map(|r| r.manifest_errors.clone()).unwrap_or_default();
+                let _ = reply.send(problems);
+            }
             DatapathRequest::PodPolicy { pod, reply } => {
                 let _ = reply.send(self.pod_policy(&pod));
             }
@@ -175,6 +180,8 @@ type Reply<T> = tokio::sync::oneshot::Sender<T>;
 pub enum DatapathRequest {
     /// A registration (the CNI plugin).
     Endpoint { change: EndpointChange, reply: Reply<Result<(), String>> },
+    /// Read the manifests and apply them now; answers with the manifest problems.
+    Sync { reply: Reply<Vec<String>> },
     /// What a pod (`namespace/name`) may send and receive.
     PodPolicy { pod: String, reply: Reply<Result<PodPolicy, String>> },
     /// Policy drops, told in pod names where the addresses are pods'.
@@ -338,7 +345,7 @@ impl DatapathComponent {
             .and_then(|e| e.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()))
             .ok_or_else(|| format!("no pod {pod} is registered on this node"))?;
         let rules = running.compiled.as_ref().and_then(|c| c.pods.get(&ip)).cloned().unwrap_or_default();
-        let rows = |peers: Option<&BTreeMap<(Ipv4Addr, u8), Vec<(u8, u16, u16)>>>| {
+        let rows = |peers: Option<&PeerRules>| {
             peers.map(|peers| {
                 peers
                     .iter()

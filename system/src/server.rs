@@ -194,6 +194,8 @@ struct DatapathObject {
     requests: mpsc::Sender<DatapathRequest>,
 }
 
+// The PolicyDrop signal carries one argument per field.
+#[allow(clippy::too_many_arguments)]
 #[zbus::interface(name = "org.nodeplane.Datapath1")]
 impl DatapathObject {
     /// Registers a pod's endpoint (the CNI plugin's ADD): its interface is attached at once. Root only.
@@ -223,6 +225,24 @@ impl DatapathObject {
     ) -> Result<(), NodeError> {
         require_root(connection, &header).await?;
         self.ask(EndpointChange::Unregister(container_id)).await
+    }
+
+    /// Reads the manifests directory and applies it now, rather than at the next
+    /// sync; returns once applied, with the problems found (none: all applied).
+    /// Root only.
+    async fn sync(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<String>, NodeError> {
+        require_root(connection, &header).await?;
+        let (reply, answer) = oneshot::channel();
+        let request = DatapathRequest::Sync { reply };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| NodeError::EndpointFailed("the datapath is not running".into()))?;
+        answer.await.map_err(|_| NodeError::EndpointFailed("dropped".into()))
     }
 
     /// What a pod (`namespace/name`) may receive and send, as the maps hold it:

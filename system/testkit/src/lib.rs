@@ -6,24 +6,21 @@
 //! kernel's, and the notify socket receives what `sd_notify(3)` sends.
 
 mod containerd;
-mod dbus;
 mod hostlocal;
 mod ipam;
 mod manifests;
-mod netns;
 mod notify;
 mod process;
 mod topology;
 
 pub use containerd::{Containerd, create_containers};
-pub use dbus::DbusDaemon;
 pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
 pub use manifests::{node_port_manifest, service_manifest};
-pub use netns::{in_netns_at, in_netns_of, in_new_netns};
+pub use nodeplane_probe::{Bpffs, DbusDaemon, NamedNetns, in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
-pub use topology::{Bpffs, NamedNetns, Node, Pod, RequestLoop, Server, tcp_request};
+pub use topology::{Node, Pod, RequestLoop, Server, tcp_request};
 
 use std::io::Write;
 

@@ -28,7 +28,7 @@ pub fn in_netns_at<T: Send + 'static>(path: impl AsRef<Path>, f: impl FnOnce() -
 }
 
 /// `f`, to be run on a fresh thread, after moving that thread into the netns at `path`.
-pub(crate) fn enter_then<T>(path: PathBuf, f: impl FnOnce() -> T) -> impl FnOnce() -> T {
+pub fn enter_then<T>(path: PathBuf, f: impl FnOnce() -> T) -> impl FnOnce() -> T {
     move || {
         let ns = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(LinkNameSpaceType::Network))

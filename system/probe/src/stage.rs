@@ -1,0 +1,500 @@
+//! A node stood up on this machine from a directory of manifests: a network
+//! namespace for the node, a private D-Bus daemon, a fresh bpffs, a real
+//! `nodeplaned` with that directory's Services and NetworkPolicies, and one
+//! network namespace per Pod manifest, attached through the real
+//! `nodeplane-cni` (and host-local IPAM), serving TCP and UDP on the pod's
+//! declared container ports. Everything is removed on drop — also after an
+//! interrupt, which [`Stage::interrupted`] reports.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nodeplane_datapath::manifests::{Manifests, SelectorService, TargetPort, load_dir};
+use nodeplane_datapath::policy::{Labels, NamedPort, Proto};
+
+use crate::fixtures::{Bpffs, NamedNetns};
+use crate::netns::in_netns_at;
+use crate::{DbusDaemon, ProbeError};
+
+/// The programs a stage runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub nodeplaned: PathBuf,
+    pub cni: PathBuf,
+    /// Directories holding the CNI IPAM plugins (host-local), as `CNI_PATH`.
+    pub cni_path: String,
+}
+
+/// Where CNI plugins live on Debian (containernetworking-plugins) and elsewhere.
+const CNI_DIRS: [&str; 2] = ["/usr/lib/cni", "/opt/cni/bin"];
+
+impl Binaries {
+    /// `nodeplaned` beside this program, `nodeplane-cni` there or in a CNI
+    /// directory (the node image has it in /usr/lib/cni), host-local from the
+    /// CNI directories.
+    pub fn beside_current_exe() -> Result<Self, ProbeError> {
+        let exe = std::env::current_exe().map_err(|e| ProbeError::Setup(format!("finding this program: {e}")))?;
+        let dir = exe.parent().unwrap_or(Path::new("/"));
+        Self::in_dir(dir)
+    }
+
+    /// `nodeplaned` in `dir`, `nodeplane-cni` there or in a CNI directory.
+    pub fn in_dir(dir: &Path) -> Result<Self, ProbeError> {
+        let find = |name: &str| {
+            let mut places =
+                std::iter::once(dir).chain(CNI_DIRS.iter().map(Path::new).filter(|_| name.ends_with("-cni")));
+            places.find_map(|d| Some(d.join(name)).filter(|p| p.is_file())).ok_or_else(|| {
+                ProbeError::Setup(format!("{name} is not in {} (nor in the CNI directories)", dir.display()))
+            })
+        };
+        let cni_path =
+            CNI_DIRS.iter().filter(|d| Path::new(d).join("host-local").is_file()).copied().collect::<Vec<_>>();
+        if cni_path.is_empty() {
+            return Err(ProbeError::Setup(format!(
+                "the CNI host-local plugin is in none of {} (package containernetworking-plugins)",
+                CNI_DIRS.join(", ")
+            )));
+        }
+        Ok(Binaries { nodeplaned: find("nodeplaned")?, cni: find("nodeplane-cni")?, cni_path: cni_path.join(":") })
+    }
+}
+
+/// A pod of the stage.
+pub struct StagedPod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
+    netns: NamedNetns,
+}
+
+impl StagedPod {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The stood-up node. Field order is teardown order.
+pub struct Stage {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub pods: Vec<StagedPod>,
+    nodeplaned: Option<Child>,
+    node: NamedNetns,
+    bus: DbusDaemon,
+    bpffs: Bpffs,
+    dir: tempfile::TempDir,
+    pub services: Vec<SelectorService>,
+    interrupted: Arc<AtomicBool>,
+    /// The next UDP source port a probe binds: every probe is a new flow.
+    pub(crate) next_port: AtomicU32,
+    /// The subnet pods get addresses from.
+    subnet: String,
+}
+
+/// The subnet pods get their addresses from (only inside the stage's node).
+pub const DEFAULT_SUBNET: &str = "10.244.0.0/24";
+const BUS_POLICY: &str = r#"<busconfig>
+  <policy user="root">
+    <allow own="org.nodeplane.Node1"/>
+    <allow send_destination="org.nodeplane.Node1"/>
+  </policy>
+</busconfig>
+"#;
+/// How long nodeplaned may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Stage {
+    /// Stands up the Namespaces and Pods that the manifests in `dir` describe,
+    /// with its Services and NetworkPolicies applied. `progress` hears each step.
+    pub fn new(dir: &Path, binaries: &Binaries, progress: &dyn Fn(&str)) -> Result<Stage, ProbeError> {
+        let found = load_dir(dir);
+        if !found.errors.is_empty() {
+            let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+            return Err(ProbeError::Manifests(errors));
+        }
+        if found.pods.is_empty() {
+            return Err(ProbeError::Manifests(vec![format!("{}: no Pod manifests: nothing to probe", dir.display())]));
+        }
+        // Threads of its own: the pods' servers and the signal watch run while
+        // this thread waits for the CNI plugin.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| ProbeError::Setup(format!("a runtime: {e}")))?;
+        let interrupted = Arc::new(AtomicBool::new(false));
+        watch_signals(&runtime, interrupted.clone())?;
+        let work = tempfile::Builder::new().prefix("nodeplane-probe-").tempdir().map_err(setup("a work directory"))?;
+        for sub in ["manifests", "ipam", "state"] {
+            std::fs::create_dir(work.path().join(sub)).map_err(setup("a work directory"))?;
+        }
+        progress("starting a node: network namespace, D-Bus daemon, bpffs, nodeplaned");
+        let bpffs = Bpffs::mount().map_err(setup("mounting a bpffs"))?;
+        // Only root is on this bus: nodeplaned, the CNI plugin and the probe.
+        let policy = work.path().join("bus-policy.conf");
+        std::fs::write(&policy, BUS_POLICY).map_err(setup("a bus policy"))?;
+        let bus = DbusDaemon::start(&[&policy]).map_err(setup("starting dbus-daemon"))?;
+        let node = NamedNetns::new(format!("npprobe{}-node", std::process::id())).map_err(setup("a netns"))?;
+        node.sysctl("net.ipv4.ip_forward", "1").map_err(setup("ip_forward"))?;
+        let mut stage = Stage {
+            runtime,
+            pods: Vec::new(),
+            nodeplaned: None,
+            node,
+            bus,
+            bpffs,
+            dir: work,
+            services: found.selector_services.clone(),
+            interrupted,
+            next_port: AtomicU32::new(0),
+            subnet: DEFAULT_SUBNET.to_owned(),
+        };
+        stage.start_nodeplaned(binaries)?;
+        for (i, pod) in found.pods.iter().enumerate() {
+            stage.check_interrupt()?;
+            progress(&format!("pod {}/{} ({} of {})", pod.namespace, pod.name, i + 1, found.pods.len()));
+            let netns = NamedNetns::new(format!("npprobe{}-p{i}", std::process::id())).map_err(setup("a pod netns"))?;
+            let ip = stage.cni_add(binaries, &netns, &pod.namespace, &pod.name, i)?;
+            stage.pods.push(StagedPod {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                ip,
+                labels: pod.labels.clone(),
+                ports: pod.ports.clone(),
+                netns,
+            });
+        }
+        progress("applying the Services and NetworkPolicies");
+        stage.copy_manifests(dir, &found)?;
+        stage.sync()?;
+        progress("starting the pods' servers");
+        stage.serve()?;
+        Ok(stage)
+    }
+
+    /// The bus nodeplaned is on, and the bpffs its maps are pinned in.
+    pub fn bus_address(&self) -> &str {
+        self.bus.address()
+    }
+
+    pub fn bpffs_root(&self) -> PathBuf {
+        self.bpffs.path().join("nodeplane")
+    }
+
+    /// Whether SIGINT, SIGTERM or SIGHUP came; the caller should stop, and
+    /// dropping the stage cleans up.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn check_interrupt(&self) -> Result<(), ProbeError> {
+        if self.interrupted() { Err(ProbeError::Interrupted) } else { Ok(()) }
+    }
+
+    fn start_nodeplaned(&mut self, binaries: &Binaries) -> Result<(), ProbeError> {
+        let config = self.dir.path().join("node.toml");
+        let text = format!(
+            "[ipam]\nenabled = false\n[datapath]\nbpffs_root = \"{}\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\n\
+             socket_lb = false\nmasquerade = false\n",
+            self.bpffs_root().display(),
+            self.dir.path().join("state").display(),
+            self.manifests_dir().display()
+        );
+        std::fs::write(&config, text).map_err(setup("writing node.toml"))?;
+        let log = std::fs::File::create(self.dir.path().join("nodeplaned.log")).map_err(setup("a log file"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node.path().display()))
+            .arg("--")
+            .arg(&binaries.nodeplaned)
+            .arg("--config")
+            .arg(&config)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ProbeError::Setup(format!("starting {}: {e}", binaries.nodeplaned.display())))?;
+        self.nodeplaned = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_interrupt()?;
+            match self.sync() {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() > deadline => {
+                    return Err(ProbeError::Setup(format!(
+                        "nodeplaned did not come up within {START_TIMEOUT:?}: {err}\n{}",
+                        self.nodeplaned_log()
+                    )));
+                }
+                Err(_) => {
+                    if let Some(Ok(Some(status))) = self.nodeplaned.as_mut().map(Child::try_wait) {
+                        return Err(ProbeError::Setup(format!(
+                            "nodeplaned exited ({status}):\n{}",
+                            self.nodeplaned_log()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// What nodeplaned has logged.
+    pub fn nodeplaned_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nodeplaned.log")).unwrap_or_default()
+    }
+
+    /// The node's nodeplaned process, while running.
+    pub fn nodeplaned_pid(&self) -> Option<u32> {
+        self.nodeplaned.as_ref().map(Child::id)
+    }
+
+    /// Kills nodeplaned (SIGKILL) and starts it again, as systemd would after a
+    /// crash; returns once the new one has applied the manifests.
+    pub fn restart_nodeplaned(&mut self, binaries: &Binaries) -> Result<(), ProbeError> {
+        if let Some(mut child) = self.nodeplaned.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.start_nodeplaned(binaries)
+    }
+
+    fn manifests_dir(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// Runs `nodeplane-cni ADD` for a pod, as a container runtime on the node
+    /// would; returns the pod's address.
+    fn cni_add(
+        &self,
+        binaries: &Binaries,
+        netns: &NamedNetns,
+        namespace: &str,
+        name: &str,
+        index: usize,
+    ) -> Result<Ipv4Addr, ProbeError> {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "probe",
+            "type": "nodeplane-cni",
+            "ipam": {"type": "host-local", "dataDir": self.dir.path().join("ipam"), "ranges": [[{"subnet": self.subnet}]]},
+        });
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node.path().display()))
+            .arg("--")
+            .arg(&binaries.cni)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("probe{}x{index}", std::process::id()))
+            .env("CNI_NETNS", netns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"))
+            .env("CNI_PATH", &binaries.cni_path)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ProbeError::Setup(format!("starting {}: {e}", binaries.cni.display())))?;
+        child.stdin.take().expect("piped").write_all(conf.to_string().as_bytes()).map_err(setup("CNI stdin"))?;
+        let out = child.wait_with_output().map_err(setup("nodeplane-cni"))?;
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ip = result["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+        match ip {
+            Some(ip) if out.status.success() => Ok(ip),
+            _ => Err(ProbeError::Setup(format!(
+                "nodeplane-cni ADD for {namespace}/{name} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))),
+        }
+    }
+
+    /// Copies the manifests in `dir`, and writes the EndpointSlices of the
+    /// Services that select pods (the endpoints controller's work).
+    fn copy_manifests(&self, dir: &Path, found: &Manifests) -> Result<(), ProbeError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| ProbeError::Setup(format!("{}: {e}", dir.display())))?;
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) && path.is_file() {
+                let target = self.manifests_dir().join(path.file_name().expect("a file name"));
+                std::fs::copy(&path, target).map_err(|e| ProbeError::Setup(format!("{}: {e}", path.display())))?;
+            }
+        }
+        // JSON is YAML: one document per slice.
+        let slices: Vec<String> = found.selector_services.iter().map(|s| self.endpoint_slice(s).to_string()).collect();
+        std::fs::write(self.manifests_dir().join("zz-probe-endpointslices.yaml"), slices.join("\n---\n"))
+            .map_err(setup("writing EndpointSlices"))
+    }
+
+    /// The EndpointSlice of a Service: the stage's pods its selector selects,
+    /// with each port's target resolved (a name through the pod's container ports).
+    fn endpoint_slice(&self, service: &SelectorService) -> serde_json::Value {
+        let selected: Vec<&StagedPod> = self
+            .pods
+            .iter()
+            .filter(|p| p.namespace == service.namespace)
+            .filter(|p| service.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .collect();
+        let ports: Vec<serde_json::Value> = service
+            .ports
+            .iter()
+            .filter_map(|(name, protocol, _, target)| {
+                let number = match target {
+                    TargetPort::Number(n) => Some(*n),
+                    TargetPort::Name(wanted) => selected
+                        .iter()
+                        .find_map(|p| p.ports.iter().find(|n| n.name == *wanted && n.protocol == *protocol))
+                        .map(|n| n.port),
+                }?;
+                Some(serde_json::json!({"name": name, "protocol": protocol.name(), "port": number}))
+            })
+            .collect();
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{}-probe", service.name),
+                "namespace": service.namespace,
+                "labels": {"kubernetes.io/service-name": service.name},
+            },
+            "addressType": "IPv4",
+            "endpoints": selected.iter().map(|p| serde_json::json!({"addresses": [p.ip.to_string()], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+            "ports": ports,
+        })
+    }
+
+    /// Writes (or, with `None`, removes) a manifest file in the node's manifests
+    /// directory and has nodeplaned apply the directory now.
+    pub fn set_manifest(&self, file: &str, text: Option<&str>) -> Result<(), ProbeError> {
+        let path = self.manifests_dir().join(file);
+        match text {
+            Some(text) => std::fs::write(&path, text).map_err(setup("writing a manifest"))?,
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ProbeError::Setup(format!("{}: {e}", path.display()))),
+            },
+        }
+        self.sync()
+    }
+
+    /// Asks nodeplaned to apply the manifests directory now (`Datapath1.Sync`);
+    /// any problem it reports is an error.
+    pub fn sync(&self) -> Result<(), ProbeError> {
+        let address = self.bus.address().to_owned();
+        let problems: Vec<String> = self
+            .runtime
+            .block_on(async move {
+                let connection = zbus::connection::Builder::address(address.as_str()).build().await?;
+                let reply = connection
+                    .call_method(
+                        Some("org.nodeplane.Node1"),
+                        "/org/nodeplane/Node1/datapath",
+                        Some("org.nodeplane.Datapath1"),
+                        "Sync",
+                        &(),
+                    )
+                    .await?;
+                reply.body().deserialize::<Vec<String>>()
+            })
+            .map_err(|e| ProbeError::Setup(format!("nodeplaned's Sync(): {e}")))?;
+        if problems.is_empty() { Ok(()) } else { Err(ProbeError::Manifests(problems)) }
+    }
+
+    /// Serves, in every pod, TCP and UDP on its declared container ports: each
+    /// connection or datagram is answered with the pod's `namespace/name`.
+    fn serve(&self) -> Result<(), ProbeError> {
+        for pod in &self.pods {
+            let declared: BTreeSet<(u16, Proto)> = pod.ports.iter().map(|p| (p.port, p.protocol)).collect();
+            for (port, protocol) in declared {
+                let reply = pod.id().into_bytes();
+                let addr = SocketAddr::from(([0, 0, 0, 0], port));
+                let _guard = self.runtime.enter();
+                match protocol {
+                    Proto::Tcp => {
+                        let listener = in_netns_at(pod.netns.path(), move || {
+                            let listener = std::net::TcpListener::bind(addr)?;
+                            listener.set_nonblocking(true)?;
+                            Ok::<_, std::io::Error>(listener)
+                        })
+                        .map_err(setup("a TCP server"))?;
+                        let listener = tokio::net::TcpListener::from_std(listener).map_err(setup("a TCP server"))?;
+                        self.runtime.spawn(async move {
+                            while let Ok((mut stream, _)) = listener.accept().await {
+                                let reply = reply.clone();
+                                tokio::spawn(async move {
+                                    use tokio::io::AsyncWriteExt;
+                                    let _ = stream.write_all(&reply).await;
+                                    let _ = stream.shutdown().await;
+                                });
+                            }
+                        });
+                    }
+                    Proto::Udp => {
+                        let socket = in_netns_at(pod.netns.path(), move || {
+                            let socket = std::net::UdpSocket::bind(addr)?;
+                            socket.set_nonblocking(true)?;
+                            Ok::<_, std::io::Error>(socket)
+                        })
+                        .map_err(setup("a UDP server"))?;
+                        let socket = tokio::net::UdpSocket::from_std(socket).map_err(setup("a UDP server"))?;
+                        self.runtime.spawn(async move {
+                            let mut buffer = [0u8; 512];
+                            while let Ok((_, peer)) = socket.recv_from(&mut buffer).await {
+                                let _ = socket.send_to(&reply, peer).await;
+                            }
+                        });
+                    }
+                    // SCTP: not probed (see `probe`); nothing to serve.
+                    Proto::Sctp => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pod_netns(&self, index: usize) -> PathBuf {
+        self.pods[index].netns.path()
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nodeplaned.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn setup(what: &'static str) -> impl Fn(std::io::Error) -> ProbeError {
+    move |e| ProbeError::Setup(format!("{what}: {e}"))
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into a flag the stage's work checks, so
+/// that an interrupt unwinds through the stage's cleanup instead of killing the
+/// process with namespaces and mounts left behind.
+fn watch_signals(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) -> Result<(), ProbeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = runtime.enter();
+    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()] {
+        let mut stream = signal(kind).map_err(setup("a signal handler"))?;
+        let flag = flag.clone();
+        runtime.spawn(async move {
+            while stream.recv().await.is_some() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    Ok(())
+}
