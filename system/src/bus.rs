@@ -15,7 +15,7 @@
 //!   problems (root only);
 //!   `PodPolicy(s namespace/name) → (s ip, (b isolated, a(ss) peer and ports)
 //!   ingress, (b, a(ss)) egress)`; signal `PolicyDrop(s from, s to, q port, s
-//!   protocol, s direction, s reason, s service)`, received by root only.
+//!   protocol, s reason, s service)`, received by root only.
 //!
 //! Every property emits `PropertiesChanged` when it changes.
 
@@ -117,14 +117,12 @@ pub trait Datapath {
     fn pod_policy(&self, pod: &str) -> zbus::Result<(String, PolicyRows, PolicyRows)>;
 
     #[zbus(signal)]
-    #[allow(clippy::too_many_arguments)]
     fn policy_drop(
         &self,
         from: &str,
         to: &str,
         port: u16,
         protocol: &str,
-        direction: &str,
         reason: &str,
         service: &str,
     ) -> zbus::Result<()>;

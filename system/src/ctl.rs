@@ -453,20 +453,19 @@ async fn monitor(connection: &Connection, json: bool) -> ExitCode {
         if json {
             let value = serde_json::json!({
                 "time": time, "from": args.from, "to": args.to, "port": args.port, "protocol": args.protocol,
-                "direction": args.direction, "reason": args.reason, "service": args.service,
+                "reason": args.reason, "service": args.service,
             });
             println!("{value}");
         } else {
             let service =
                 if args.service.is_empty() { String::new() } else { format!(" via Service {}", args.service) };
             println!(
-                "{} DROP {} {} -> {}{service}: {} ({})",
+                "{} DROP {} {} -> {}{service}: {}",
                 time.get(11..23).unwrap_or(&time),
                 args.protocol,
                 args.from,
                 args.to,
-                args.reason,
-                args.direction
+                args.reason
             );
         }
     }

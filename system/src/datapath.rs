@@ -205,8 +205,6 @@ pub struct PolicyDrop {
     pub to: String,
     pub port: u16,
     pub protocol: String,
-    /// `egress` (the client's policies) or `ingress` (the server's).
-    pub direction: String,
     pub reason: String,
     /// The Service address dialled, `vip:port`; empty for a direct connection.
     pub service: String,
@@ -377,7 +375,6 @@ impl DatapathComponent {
             to: end(event.daddr, event.dport),
             port: u16::from_be_bytes(event.dport),
             protocol: nodeplane_datapath::inspect::protocol_name(event.proto).to_uppercase(),
-            direction: reason.split('-').next().unwrap_or_default().to_owned(),
             reason: reason.to_owned(),
             service: if event.vip == [0; 4] {
                 String::new()

@@ -194,8 +194,6 @@ struct DatapathObject {
     requests: mpsc::Sender<DatapathRequest>,
 }
 
-// The PolicyDrop signal carries one argument per field.
-#[allow(clippy::too_many_arguments)]
 #[zbus::interface(name = "org.nodeplane.Datapath1")]
 impl DatapathObject {
     /// Registers a pod's endpoint (the CNI plugin's ADD): its interface is attached at once. Root only.
@@ -258,17 +256,16 @@ impl DatapathObject {
     }
 
     /// A connection attempt NetworkPolicy dropped: client and server (`ns/pod
-    /// (ip:port)` or `ip:port`), the server's port and protocol, the direction
-    /// whose policies dropped it, the reason, and the Service dialled (or "").
+    /// (ip:port)` or `ip:port`), the server's port and protocol, the reason
+    /// (`egress-…`: the client's policies; `ingress-…`: the server's), and the
+    /// Service dialled (or "").
     #[zbus(signal)]
-    #[allow(clippy::too_many_arguments)]
     async fn policy_drop(
         emitter: &zbus::object_server::SignalEmitter<'_>,
         from: &str,
         to: &str,
         port: u16,
         protocol: &str,
-        direction: &str,
         reason: &str,
         service: &str,
     ) -> zbus::Result<()>;
@@ -337,10 +334,8 @@ async fn forward_policy_drops(
         let Ok(drops) = answer.await else { return Ok(()) };
         for drop in drops {
             log_drop(&drop, &mut logged);
-            let PolicyDrop { from, to, port, protocol, direction, reason, service } = &drop;
-            if let Err(err) =
-                DatapathObject::policy_drop(&emitter, from, to, *port, protocol, direction, reason, service).await
-            {
+            let PolicyDrop { from, to, port, protocol, reason, service } = &drop;
+            if let Err(err) = DatapathObject::policy_drop(&emitter, from, to, *port, protocol, reason, service).await {
                 tracing::warn!("D-Bus: cannot send a PolicyDrop signal: {err}");
             }
         }

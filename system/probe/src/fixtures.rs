@@ -77,7 +77,7 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn mount() -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("nodeplane-bpffs-").tempdir()?;
+        let dir = tempfile::Builder::new().prefix(&format!("nodeplane-bpffs-{}-", std::process::id())).tempdir()?;
         let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir.path()).status()?;
         if !status.success() {
             return Err(io::Error::other("mount -t bpf failed"));

@@ -97,6 +97,8 @@ pub struct Stage {
     pub(crate) next_port: AtomicU32,
     /// The subnet pods get addresses from.
     subnet: String,
+    /// What its namespaces' names start with.
+    name: String,
 }
 
 /// The subnet pods get their addresses from (only inside the stage's node).
@@ -142,7 +144,10 @@ impl Stage {
         let policy = work.path().join("bus-policy.conf");
         std::fs::write(&policy, BUS_POLICY).map_err(setup("a bus policy"))?;
         let bus = DbusDaemon::start(&[&policy]).map_err(setup("starting dbus-daemon"))?;
-        let node = NamedNetns::new(format!("npprobe{}-node", std::process::id())).map_err(setup("a netns"))?;
+        // Unique per stage of this process: `npprobe<pid>s<n>-…`.
+        static STAGES: AtomicU32 = AtomicU32::new(0);
+        let name = format!("npprobe{}s{}", std::process::id(), STAGES.fetch_add(1, Ordering::SeqCst));
+        let node = NamedNetns::new(format!("{name}-node")).map_err(setup("a netns"))?;
         node.sysctl("net.ipv4.ip_forward", "1").map_err(setup("ip_forward"))?;
         let mut stage = Stage {
             runtime,
@@ -156,12 +161,13 @@ impl Stage {
             interrupted,
             next_port: AtomicU32::new(0),
             subnet: DEFAULT_SUBNET.to_owned(),
+            name,
         };
         stage.start_nodeplaned(binaries)?;
         for (i, pod) in found.pods.iter().enumerate() {
             stage.check_interrupt()?;
             progress(&format!("pod {}/{} ({} of {})", pod.namespace, pod.name, i + 1, found.pods.len()));
-            let netns = NamedNetns::new(format!("npprobe{}-p{i}", std::process::id())).map_err(setup("a pod netns"))?;
+            let netns = NamedNetns::new(format!("{}-p{i}", stage.name)).map_err(setup("a pod netns"))?;
             let ip = stage.cni_add(binaries, &netns, &pod.namespace, &pod.name, i)?;
             stage.pods.push(StagedPod {
                 namespace: pod.namespace.clone(),
@@ -259,13 +265,18 @@ impl Stage {
         self.nodeplaned.as_ref().map(Child::id)
     }
 
-    /// Kills nodeplaned (SIGKILL) and starts it again, as systemd would after a
-    /// crash; returns once the new one has applied the manifests.
-    pub fn restart_nodeplaned(&mut self, binaries: &Binaries) -> Result<(), ProbeError> {
+    /// Kills nodeplaned (SIGKILL), as a crash would; the datapath stays.
+    pub fn kill_nodeplaned(&mut self) {
         if let Some(mut child) = self.nodeplaned.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills nodeplaned and starts it again, as systemd would after a crash;
+    /// returns once the new one has applied the manifests.
+    pub fn restart_nodeplaned(&mut self, binaries: &Binaries) -> Result<(), ProbeError> {
+        self.kill_nodeplaned();
         self.start_nodeplaned(binaries)
     }
 
@@ -294,7 +305,7 @@ impl Stage {
             .arg("--")
             .arg(&binaries.cni)
             .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("probe{}x{index}", std::process::id()))
+            .env("CNI_CONTAINERID", format!("{}x{index}", self.name))
             .env("CNI_NETNS", netns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"))
@@ -463,17 +474,15 @@ impl Stage {
         Ok(())
     }
 
-    pub(crate) fn pod_netns(&self, index: usize) -> PathBuf {
+    /// The network namespace of pod number `index` (`/var/run/netns/…`).
+    pub fn pod_netns(&self, index: usize) -> PathBuf {
         self.pods[index].netns.path()
     }
 }
 
 impl Drop for Stage {
     fn drop(&mut self) {
-        if let Some(mut child) = self.nodeplaned.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_nodeplaned();
     }
 }
 
