@@ -433,7 +433,8 @@ impl DatapathComponent {
             // A policy that could not be read might be the one isolating a pod:
             // the policies in force stay until every one reads.
             if found.policies_incomplete {
-                running.manifest_errors.push(format!(
+                // First: the status line shows the first problem.
+                running.manifest_errors.insert(0, format!(
                     "NetworkPolicies not updated: a document in {} that may be one could not be read; {} policies stay in force",
                     self.config.manifests_dir.display(),
                     running.policies.len()

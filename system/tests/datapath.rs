@@ -108,15 +108,27 @@ fn a_node_port_from_the_manifests_is_reachable_from_outside_the_node() {
     );
     assert!(services.contains("socket load balancing (the node's processes): off"), "{services}");
 
-    // A NetworkPolicy is read but not enforced yet: said, never silently ignored.
+    // A policy that cannot be read might be the one isolating a pod: the
+    // policies in force stay, and the node says so.
+    let datapath = || {
+        let status: serde_json::Value = serde_json::from_slice(&ctl(&bus, &["status", "--json"]).stdout).unwrap();
+        status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone()
+    };
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\n\
                   spec: {podSelector: {}, policyTypes: [Ingress]}\n";
     std::fs::write(manifests.path().join("policy.yaml"), policy).unwrap();
-    assert!(eventually(Duration::from_secs(10), || {
-        let status: serde_json::Value = serde_json::from_slice(&ctl(&bus, &["status", "--json"]).stdout).unwrap();
-        let datapath =
-            status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone();
-        datapath["state"] == "degraded"
-            && datapath["detail"].as_str().unwrap().contains("not enforced by this nodeplane yet")
-    }));
+    assert!(eventually(Duration::from_secs(10), || datapath()["facts"]["policies"] == 1), "{}", datapath());
+    let broken = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open, namespace: default}\n\
+                  spec: {podSelector: {}, policyTypes: [Sideways]}\n";
+    std::fs::write(manifests.path().join("policy.yaml"), broken).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let datapath = datapath();
+            datapath["state"] == "degraded"
+                && datapath["detail"].as_str().unwrap().contains("NetworkPolicies not updated")
+                && datapath["facts"]["policies"] == 1
+        }),
+        "{}",
+        datapath()
+    );
 }
