@@ -27,10 +27,20 @@ const SIZES: [usize; 3] = [1, 1_000, 10_000];
 const ENDPOINTS: usize = 4;
 
 #[derive(Clone, Copy)]
-struct Sample {
-    rate: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Sample {
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Sample {
+    /// The rate and percentiles of operations that took `latencies` within `elapsed`.
+    pub(crate) fn from_latencies(mut latencies: Vec<Duration>, elapsed: Duration) -> Sample {
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
+        Sample { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50_us: at(0.5), p99_us: at(0.99) }
+    }
 }
 
 /// A node namespace with a client pod and the probed Service's backend pods.
@@ -177,11 +187,11 @@ pub fn bench() -> Result<(), String> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn median(samples: &[Sample]) -> Sample {
+pub(crate) fn median(samples: &[Sample]) -> Sample {
     let pick = |f: fn(&Sample) -> f64| {
         let mut values: Vec<f64> = samples.iter().map(f).collect();
         values.sort_by(f64::total_cmp);
@@ -313,7 +323,7 @@ fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration,
 }
 
 /// Connects, reads the reply and closes, again and again for [`SAMPLE`].
-fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
+pub(crate) fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
     let mut latencies = Vec::new();
     let started = Instant::now();
     while started.elapsed() < SAMPLE {
@@ -323,8 +333,5 @@ fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
         stream.read_to_end(&mut reply).map_err(|e| e.to_string())?;
         latencies.push(one.elapsed());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
-    Ok(Sample { rate: latencies.len() as f64 / elapsed, p50_us: at(0.5), p99_us: at(0.99) })
+    Ok(Sample::from_latencies(latencies, started.elapsed()))
 }

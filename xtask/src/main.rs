@@ -12,10 +12,15 @@
 //!   (see `bench_boot.rs`).
 //! - `bench datapath`: connection rate through a Service VIP against the direct
 //!   pod-IP path (see `bench_datapath.rs`).
+//! - `bench policy`: connection rates through a pod selected by 0, 100 and
+//!   1,000 NetworkPolicy rules, and the time to program 1,000 policies (see
+//!   `bench_policy.rs`).
+//! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root).
 
 mod bench;
 mod bench_boot;
 mod bench_datapath;
+mod bench_policy;
 mod image;
 mod packages;
 mod run;
@@ -25,7 +30,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str =
-    "usage: cargo xtask <setup | image | run [--headless] | test | bench ipam | bench datapath | bench boot>";
+    "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam | bench datapath | bench policy | bench boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
         ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
         ["bench", "datapath"] => bench_datapath::bench(),
+        ["bench", "policy"] => bench_policy::bench(),
+        ["probe", options @ ..] if !options.is_empty() => probe(options),
         ["bench", "boot"] => bench_boot::bench(),
         ["bench", what] => bench::bench(what),
         _ => Err(USAGE.to_owned()),
@@ -48,6 +55,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Builds nodeplane and runs `nodeplanectl probe` with `options`.
+fn probe(options: &[&str]) -> Result<(), String> {
+    packages::ensure()?;
+    step("build", cargo().args(["build", "--bins", "-p", "nodeplane"]))?;
+    let status = Command::new(target_dir().join("debug/nodeplanectl"))
+        .arg("probe")
+        .args(options)
+        .status()
+        .map_err(|e| format!("nodeplanectl: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("nodeplanectl probe: {status}")) }
 }
 
 /// The workspace root.
