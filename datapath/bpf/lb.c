@@ -36,6 +36,15 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define AF_INET 2 /* for the FIB lookup; the socket headers do not build for BPF */
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+/* The start of an SCTP common header: ports where TCP and UDP have them. */
+struct sctp_ports {
+	__be16 source;
+	__be16 dest;
+};
 
 #define IP_OFF ETH_HLEN
 #define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
@@ -87,6 +96,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 		pkt->flow.dport = udp->dest;
 		pkt->l4_csum_off = pkt->l4_off + offsetof(struct udphdr, check);
 		pkt->csum_flags = BPF_F_MARK_MANGLED_0;
+		return 0;
+	}
+	/* SCTP: for policy only (no Service is SCTP, and nothing rewrites it). */
+	if (ip->protocol == IPPROTO_SCTP) {
+		struct sctp_ports *sctp = data + pkt->l4_off;
+		if ((void *)(sctp + 1) > data_end)
+			return -1;
+		pkt->flow.sport = sctp->source;
+		pkt->flow.dport = sctp->dest;
 		return 0;
 	}
 	return -1;

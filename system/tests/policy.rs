@@ -683,3 +683,58 @@ fn nodeplanectl_probe_prints_json_and_leaves_nothing_behind() {
     let bpffs: Vec<&str> = mounts.lines().filter(|l| l.contains(&format!("nodeplane-bpffs-{pid}-"))).collect();
     assert!(bpffs.is_empty(), "bpffs mounts left: {bpffs:?}");
 }
+
+/// SCTP packets (IP protocol 132) from `from` to `to`:80, sent and caught with
+/// raw sockets (the kernel here has no SCTP module; the datapath only reads the
+/// ports); whether one arrived.
+fn sctp_arrives(stage: &Stage, from: &str, to: &str) -> bool {
+    use rustix::net::{AddressFamily, SocketType, ipproto};
+    let index = |pod: &str| stage.pods.iter().position(|p| p.id() == pod).unwrap();
+    let raw = || {
+        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::SCTP)).unwrap();
+        rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_millis(500)),
+        )
+        .unwrap();
+        socket
+    };
+    let receiver = nodeplane_probe::in_netns_at(stage.pod_netns(index(to)), raw);
+    let destination = ip(stage, to);
+    let sender = nodeplane_probe::in_netns_at(stage.pod_netns(index(from)), raw);
+    // A source port of its own (a new flow), destination 80, verification tag
+    // and checksum zero.
+    static SOURCE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(5000);
+    let source = SOURCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_be_bytes();
+    let header = [source[0], source[1], 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0];
+    let to_addr = std::net::SocketAddrV4::new(destination, 0);
+    for _ in 0..3 {
+        rustix::net::sendto(&sender, &header, rustix::net::SendFlags::empty(), &to_addr).unwrap();
+        let mut buffer = [0u8; 256];
+        // An IP header (20 bytes) precedes what was sent.
+        while let Ok((n, _, _)) = rustix::net::recvfrom(&receiver, &mut buffer, rustix::net::RecvFlags::empty()) {
+            if n >= 24 && buffer[20..24] == header[..4] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn sctp_follows_the_policies_too() {
+    if !privileged("sctp_follows_the_policies_too") {
+        return;
+    }
+    let stage = stage();
+    assert!(sctp_arrives(&stage, "y/a", "x/a"), "no policy: SCTP arrives");
+    stage
+        .set_manifest("policies.yaml", Some(&documents(&[ingress_x(port(json!({"port": 80, "protocol": "TCP"})))])))
+        .unwrap();
+    assert!(!sctp_arrives(&stage, "y/a", "x/a"), "x accepts TCP 80 only: SCTP is dropped");
+    stage
+        .set_manifest("policies.yaml", Some(&documents(&[ingress_x(port(json!({"port": 80, "protocol": "SCTP"})))])))
+        .unwrap();
+    assert!(sctp_arrives(&stage, "y/a", "x/a"), "x accepts SCTP 80");
+}

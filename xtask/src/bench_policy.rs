@@ -125,7 +125,9 @@ pub fn bench() -> Result<(), String> {
         }
     }
     eprintln!();
-    println!("\nthrough a pod selected by N policy rules, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians, one core");
+    println!(
+        "\nthrough a pod selected by N policy rules, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians, one core"
+    );
     println!("| rules | traffic | per s | × 0 rules | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
@@ -133,7 +135,10 @@ pub fn bench() -> Result<(), String> {
         let medians: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
         for (n, sample) in RULES.iter().zip(&medians) {
             let ratio = sample.rate / medians[0].rate;
-            println!("| {n} | {kind} | {:.0} | {ratio:.2} | {:.0} | {:.0} |", sample.rate, sample.p50_us, sample.p99_us);
+            println!(
+                "| {n} | {kind} | {:.0} | {ratio:.2} | {:.0} | {:.0} |",
+                sample.rate, sample.p50_us, sample.p99_us
+            );
             rows.push(serde_json::json!({"rules": n, "traffic": kind, "rate": sample.rate, "ratio": ratio, "p50_us": sample.p50_us, "p99_us": sample.p99_us}));
         }
     }

@@ -29,8 +29,7 @@ mod test;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-const USAGE: &str =
-    "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam | bench datapath | bench policy | bench boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam | bench datapath | bench policy | bench boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
