@@ -88,16 +88,22 @@ fn endpoints_of(site: &Site, i: usize, n: usize) -> Vec<Ipv4Addr> {
     if i == n - 1 { site.endpoints() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
 }
 
-pub fn bench() -> Result<(), String> {
+/// What every datapath benchmark starts with: the packages, root, and this
+/// thread (and the threads it starts: client and servers) on one core, as
+/// ENVIRONMENT.md's baselines were measured: far steadier than letting the
+/// scheduler move them.
+pub(crate) fn prepare() -> Result<(), String> {
     crate::packages::ensure()?;
     if !nodeplane_testkit::is_root() {
         return Err("the benchmark needs root (network namespaces, eBPF, netfilter)".into());
     }
-    // Client and servers all on one core (threads inherit it), as ENVIRONMENT.md's
-    // baselines were measured: far steadier than letting the scheduler move them.
     let mut one_core = rustix::thread::CpuSet::new();
     one_core.set(0);
-    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))?;
+    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))
+}
+
+pub fn bench() -> Result<(), String> {
+    prepare()?;
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
     let (bare, ebpf, iptables, nft) = (Site::new(1)?, Site::new(2)?, Site::new(3)?, Site::new(4)?);
     let (pin, interfaces) = (

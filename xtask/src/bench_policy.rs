@@ -67,13 +67,7 @@ fn cluster(policies: Vec<Policy>) -> Cluster {
 }
 
 pub fn bench() -> Result<(), String> {
-    crate::packages::ensure()?;
-    if !nodeplane_testkit::is_root() {
-        return Err("the benchmark needs root (network namespaces, eBPF)".into());
-    }
-    let mut one_core = rustix::thread::CpuSet::new();
-    one_core.set(0);
-    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))?;
+    crate::bench_datapath::prepare()?;
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
     let mut node = Node::new().map_err(|e| e.to_string())?;
     let client = node.add_pod(CLIENT).map_err(|e| e.to_string())?;
