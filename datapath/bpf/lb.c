@@ -469,15 +469,28 @@ int to_pod(struct __sk_buff *skb)
 	return open_plain_flow(&pkt) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-/* Socket-level load balancing for the node's own processes (a cgroup v2
- * subtree, the whole node by default): their connect() or sendmsg() to a VIP
+/* Socket-level load balancing for the node's own processes (sockets of the
+ * node's network namespace in a cgroup v2 subtree, the whole node by default):
+ * their connect() or sendmsg() to a VIP
  * goes straight to a backend, so no packet of theirs needs translating. An
  * unconnected UDP socket's replies are reported as coming from the VIP. The
  * node is one client for sessionAffinity. */
 
+/* Whether the socket is the node's own: pods' processes live in cgroups below
+ * the node's too, but their sockets are in their own network namespaces, and
+ * their traffic goes through from_pod (NetworkPolicy included). */
+static __always_inline int node_socket(struct bpf_sock_addr *ctx)
+{
+	__u32 zero = 0;
+	struct lb_config *config = bpf_map_lookup_elem(&np_config, &zero);
+	return config && config->node_netns && bpf_get_netns_cookie(ctx) == config->node_netns;
+}
+
 /* Rewrites the socket address of a VIP to one of its backends. */
 static __always_inline void balance_socket(struct bpf_sock_addr *ctx, int unconnected_udp)
 {
+	if (!node_socket(ctx))
+		return;
 	struct svc_key svc = { .vip = ctx->user_ip4, .port = (__be16)ctx->user_port, .proto = (__u8)ctx->protocol };
 	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
 	/* NodePorts are for traffic arriving at the node, not for its own sockets. */

@@ -182,6 +182,7 @@ struct policy_event {
 struct lb_config {
 	__be32 hairpin_addr; /* source for a pod reaching itself through a VIP */
 	__u32 pad;
+	__u64 node_netns;    /* the node's network namespace (its cookie): socket LB is for its sockets only */
 };
 
 /* Per-CPU counters, indexed by enum counter. */

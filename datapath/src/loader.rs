@@ -265,6 +265,9 @@ impl Datapath {
         if fs.f_type as i64 != CGROUP2_SUPER_MAGIC {
             return Err(DatapathError::NotCgroup2(cgroup.into()));
         }
+        // Only this network namespace's sockets are the node's.
+        let cookie = netns_cookie().map_err(|source| DatapathError::Pin { path: cgroup.into(), source })?;
+        self.update_config(|config| config.node_netns = cookie)?;
         for name in SOCKET_PROGRAMS {
             let pin = dir.join(name);
             let program = socket_program(&mut self.ebpf, name)?;
@@ -466,9 +469,15 @@ pub struct GcStats {
 impl Datapath {
     /// The source address a pod's hairpin flows (to itself through a Service) get.
     pub fn set_hairpin_address(&mut self, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        self.update_config(|config| config.hairpin_addr = addr.octets())
+    }
+
+    fn update_config(&mut self, change: impl FnOnce(&mut LbConfig)) -> Result<(), DatapathError> {
         let map = self.ebpf.map_mut(maps::CONFIG).ok_or(DatapathError::Missing("map np_config"))?;
         let mut config: Array<&mut MapData, LbConfig> = Array::try_from(map)?;
-        config.set(0, LbConfig { hairpin_addr: addr.octets(), pad: 0 }, 0)?;
+        let mut value = config.get(&0, 0)?;
+        change(&mut value);
+        config.set(0, value, 0)?;
         Ok(())
     }
 
@@ -512,6 +521,28 @@ impl Datapath {
         }
         Ok(stats)
     }
+}
+
+/// The cookie of this thread's network namespace, as `bpf_get_netns_cookie()`
+/// returns it (`SO_NETNS_COOKIE`, Linux 5.14+; rustix does not wrap it).
+fn netns_cookie() -> std::io::Result<u64> {
+    let socket = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+    let mut cookie: u64 = 0;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket; `cookie` and `length` are live and sized for the option.
+    let status = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut length,
+        )
+    };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Now on the clock `bpf_ktime_get_ns()` reads: CLOCK_MONOTONIC, in ns.

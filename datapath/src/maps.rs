@@ -201,6 +201,9 @@ pub struct PolicyEvent {
 pub struct LbConfig {
     pub hairpin_addr: [u8; 4],
     pub pad: u32,
+    /// The node's network namespace cookie (`SO_NETNS_COOKIE`): socket LB
+    /// balances only its sockets.
+    pub node_netns: u64,
 }
 
 /// Per-CPU counters (`enum counter`), in index order.

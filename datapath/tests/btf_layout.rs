@@ -59,7 +59,7 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("sock_revnat_value" => SockRevnatValue { vip, port, pad }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
         layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, last_seen_ns }),
-        layout!("lb_config" => LbConfig { hairpin_addr, pad }),
+        layout!("lb_config" => LbConfig { hairpin_addr, pad, node_netns }),
         layout!("endpoint_value" => EndpointValue { flags }),
         layout!("policy_peer" => PolicyPeer { pod, direction, pad, peer }),
         layout!("policy_value" => PolicyValue { port_set }),

@@ -70,13 +70,15 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
     let mut node = Node::new().unwrap();
     let b1 = node.add_pod(Ipv4Addr::new(10, 200, 16, 3)).unwrap();
     let b2 = node.add_pod(Ipv4Addr::new(10, 200, 16, 4)).unwrap();
+    // A pod's process: in the same cgroup here, but in the pod's network namespace.
+    let pod = node.add_pod(Ipv4Addr::new(10, 200, 16, 5)).unwrap();
     // The node's own address (its uplink), which its sockets speak from.
     let _uplink = node.add_external(Ipv4Addr::new(192, 168, 80, 1), Ipv4Addr::new(192, 168, 80, 2)).unwrap();
     let _servers =
         [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(8053, "u1"), b2.serve_udp(8053, "u2")];
     let cgroup = OwnCgroup::enter();
     let (pin, target, interfaces) =
-        (bpffs.path().to_owned(), cgroup.path.clone(), [b1.host_if.clone(), b2.host_if.clone()]);
+        (bpffs.path().to_owned(), cgroup.path.clone(), [b1.host_if.clone(), b2.host_if.clone(), pod.host_if.clone()]);
     let backends = |port| vec![(b1.ip, port), (b2.ip, port)];
     let (tcp_service, udp_service) = (
         Service {
@@ -117,6 +119,11 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
         assert_eq!(peer, &SocketAddr::from((expected, 8080)), "connected straight to the backend");
     }
     assert!(replies.iter().any(|(r, _)| r == "b1") && replies.iter().any(|(r, _)| r == "b2"), "{replies:?}");
+
+    // A pod's socket is left to the tc datapath (and its NetworkPolicy): it stays
+    // connected to the VIP, whose packets are translated.
+    let (reply, peer) = pod.netns.run(|| tcp_get(SocketAddr::from((VIP, 80))).unwrap());
+    assert_eq!(peer, SocketAddr::from((VIP, 80)), "a pod's socket is not balanced at connect() (reply {reply})");
 
     // Unconnected UDP: sendto the VIP reaches a backend, and the reply is reported from the VIP.
     let exchanges: Vec<(String, SocketAddr)> = node.netns.run(|| {

@@ -188,7 +188,8 @@ fn trim_modules(rootfs: &Path) -> Result<(), String> {
 fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
     eprintln!("==> install nodeplane");
     let repo = &inputs.repo;
-    let files: [(PathBuf, &str, u32); 8] = [
+    let examples = repo.join("system/probe/examples/xyz");
+    let files: [(PathBuf, &str, u32); 11] = [
         (inputs.binaries.join("nodeplaned"), "usr/bin/nodeplaned", 0o755),
         (inputs.binaries.join("nodeplanectl"), "usr/bin/nodeplanectl", 0o755),
         (inputs.binaries.join("nodeplane-cni"), "usr/lib/cni/nodeplane-cni", 0o755),
@@ -197,6 +198,10 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
         (repo.join("units/nodeplane-tmpfiles.conf"), "usr/lib/tmpfiles.d/nodeplane.conf", 0o644),
         (repo.join("sysctl/80-nodeplane.conf"), "usr/lib/sysctl.d/80-nodeplane.conf", 0o644),
         (repo.join("README.md"), "usr/share/doc/nodeplane/README.md", 0o644),
+        // For `nodeplanectl probe /usr/share/doc/nodeplane/examples/xyz`.
+        (examples.join("pods.yaml"), "usr/share/doc/nodeplane/examples/xyz/pods.yaml", 0o644),
+        (examples.join("policy.yaml"), "usr/share/doc/nodeplane/examples/xyz/policy.yaml", 0o644),
+        (examples.join("service.yaml"), "usr/share/doc/nodeplane/examples/xyz/service.yaml", 0o644),
     ];
     for (from, to, mode) in files {
         let to = rootfs.join(to);

@@ -184,6 +184,80 @@ resilience() {
 	grep -q ' failed=0$' /run/loop.out
 }
 
+# Applies the manifests directory now (rather than at the next sync).
+apply_manifests() {
+	busctl call org.nodeplane.Node1 /org/nodeplane/Node1/datapath org.nodeplane.Datapath1 Sync
+}
+
+# Pod manifests for the two pods: their labels and named ports.
+pod_manifests() {
+	cat >/etc/nodeplane/manifests/pods.yaml <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {role: client}}
+spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: default, labels: {role: server}}
+spec: {containers: [{name: s, ports: [{name: http, containerPort: 8080}]}]}
+EOF
+}
+
+# server_policy ROLE: the server accepts only pods labelled ROLE, on its port "http".
+server_policy() {
+	cat >/etc/nodeplane/manifests/policy.yaml <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-in, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: server}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: $1}}}]
+    ports: [{port: http}]
+EOF
+	apply_manifests
+}
+
+network_policy() {
+	server_ip=$(pod_ip server)
+	pod_manifests
+	nodeplanectl monitor --json >/run/monitor.out 2>&1 &
+	monitor=$!
+	sleep 1
+	server_policy friend || return 1
+	if ip netns exec client "$G" request "$server_ip" 8080 || ip netns exec client "$G" request 10.96.0.10 80; then
+		echo "the client reached the server although only role=friend may"
+		return 1
+	fi
+	echo "role=friend only: the client is blocked, directly and through the VIP"
+	nodeplanectl policy default/server
+	server_policy client || return 1
+	direct=$(ip netns exec client "$G" request "$server_ip" 8080)
+	via=$(ip netns exec client "$G" request 10.96.0.10 80)
+	echo "role=client allowed: directly '$direct', through the VIP '$via'"
+	nodeplanectl policy default/server
+	sleep 1
+	kill "$monitor"
+	echo "nodeplanectl monitor saw:"
+	cat /run/monitor.out
+	nodeplanectl status | grep -o 'count_policy_denied_ingress_peer=[0-9]*'
+	rm /etc/nodeplane/manifests/policy.yaml /etc/nodeplane/manifests/pods.yaml
+	apply_manifests
+	[ "$direct" = served ] && [ "$via" = served ] && grep -q '"reason":"ingress-denied-peer"' /run/monitor.out &&
+		grep -q '"service":"10.96.0.10:80"' /run/monitor.out
+}
+
+# The reachability probe, on the node, over the netpol e2e example it carries.
+probe() {
+	nodeplanectl probe /usr/share/doc/nodeplane/examples/xyz --ports 80 --protocols tcp --json >"$R/probe.json"
+	rc=$?
+	echo "nodeplanectl probe: exit $rc"
+	left=$(ip netns list | grep npprobe)
+	echo "namespaces left: ${left:-none}"
+	[ "$rc" -eq 0 ] && [ -z "$left" ]
+}
+
 check ready ready
 check no-failed-units no_failed_units
 check root-read-only root_read_only
@@ -196,4 +270,6 @@ check socket-lb socket_lb
 check node-port node_port
 check ipam ipam
 check resilience resilience
+check network-policy network_policy
+check probe probe
 finish

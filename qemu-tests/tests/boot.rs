@@ -197,6 +197,30 @@ fn the_nodes_own_processes_reach_a_cluster_ip_through_socket_load_balancing() {
 }
 
 #[test]
+fn network_policy_blocks_and_allows_in_the_nodes_datapath_and_drops_are_monitored() {
+    let out = first_boot().check("network-policy");
+    assert!(out.contains("receives: nothing"), "only role=friend, and no pod has it:\n{out}");
+    assert!(out.contains("from default/client ("), "then role=client:\n{out}");
+}
+
+#[test]
+fn the_reachability_probe_runs_on_the_node_and_cleans_up() {
+    let out = first_boot().check("probe");
+    let json = std::fs::read_to_string(first_boot().results().join("probe.json")).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}\n{out}"));
+    assert_eq!(rows.len(), 81, "9 pods × 9 on TCP 80");
+    let connected = |from: &str, to: &str| {
+        rows.iter().find(|r| r["from"] == from && r["to"] == to).unwrap_or_else(|| panic!("{from} -> {to}"))["connected"]
+            .clone()
+    };
+    // examples/xyz/policy.yaml: x accepts y on TCP 80, and x/b on anything.
+    assert_eq!(connected("y/c", "x/a"), true, "{json}");
+    assert_eq!(connected("z/a", "x/b"), false, "{json}");
+    assert_eq!(connected("x/b", "x/c"), true, "{json}");
+    assert_eq!(connected("x/a", "z/c"), true, "{json}");
+}
+
+#[test]
 fn a_node_port_is_reachable_from_the_host_side_of_qemus_network() {
     first_boot().check("node-port");
 }
