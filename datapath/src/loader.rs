@@ -33,6 +33,8 @@ pub enum DatapathError {
     Clsact { interface: String, source: tc::TcError },
     #[error("pinning at {path}: {source}")]
     Pin { path: PathBuf, source: std::io::Error },
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): {0}")]
+    NetnsCookie(std::io::Error),
     #[error("the object has no {0}")]
     Missing(&'static str),
     #[error("a Service may have at most {max} backends, not {count}")]
@@ -266,7 +268,7 @@ impl Datapath {
             return Err(DatapathError::NotCgroup2(cgroup.into()));
         }
         // Only this network namespace's sockets are the node's.
-        let cookie = netns_cookie().map_err(|source| DatapathError::Pin { path: cgroup.into(), source })?;
+        let cookie = netns_cookie().map_err(DatapathError::NetnsCookie)?;
         self.update_config(|config| config.node_netns = cookie)?;
         for name in SOCKET_PROGRAMS {
             let pin = dir.join(name);
@@ -524,9 +526,10 @@ impl Datapath {
 }
 
 /// The cookie of this thread's network namespace, as `bpf_get_netns_cookie()`
-/// returns it (`SO_NETNS_COOKIE`, Linux 5.14+; rustix does not wrap it).
+/// returns it (`SO_NETNS_COOKIE`, Linux 5.14+; rustix does not wrap it). Asked
+/// of a Unix socket: nodeplaned's unit allows no inet sockets.
 fn netns_cookie() -> std::io::Result<u64> {
-    let socket = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+    let socket = rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::DGRAM, None)?;
     let mut cookie: u64 = 0;
     let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket; `cookie` and `length` are live and sized for the option.
