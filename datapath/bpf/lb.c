@@ -407,14 +407,18 @@ int from_pod(struct __sk_buff *skb)
 	struct ct_value *ct = bpf_map_lookup_elem(&np_conntrack, &pkt.flow);
 	/* A new connection on the tuple of a closed flow, or of one whose backend is
 	 * gone, is a new flow; so is any UDP packet of a flow whose backend is gone.
-	 * A Service flow's reply entry is left to forget_stale_reply. */
+	 * A Service flow's reply entry is left to forget_stale_reply. An untranslated
+	 * flow no reply has come back for is decided again by each packet that can
+	 * open one: its destination may have become a Service since (or its policy
+	 * changed); once answered, it is established and hits conntrack only. */
 	if (ct) {
 		int syn = pkt.syn && !pkt.ack;
 		int service = ct->service_id != 0;
-		/* Only a SYN or a UDP packet pays for the backend lookup. */
+		int opening = syn || pkt.flow.proto != IPPROTO_TCP;
+		/* Only a packet that can open a flow pays for the backend lookup. */
 		if ((syn && closed(ct) && !(service && ct->reply)) ||
-		    (service && !ct->reply && (syn || pkt.flow.proto == IPPROTO_UDP) &&
-		     !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port)))
+		    (service && !ct->reply && opening && !backend_alive(ct->service_id, ct->dst_addr, ct->dst_port)) ||
+		    (!service && !ct->reply && opening && !(ct->seen & CT_SEEN_REPLY)))
 			ct = NULL;
 	}
 	if (!ct) {

@@ -181,6 +181,8 @@ resilience() {
 	wait "$loop"
 	cat /run/loop.out
 	nodeplanectl status
+	echo "untranslated entries towards the VIP:"
+	nodeplanectl conntrack | grep '10.96.0.10:80' | grep -v 'dst→' | head -20
 	grep -q ' failed=0$' /run/loop.out
 }
 

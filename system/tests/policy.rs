@@ -738,3 +738,33 @@ fn sctp_follows_the_policies_too() {
         .unwrap();
     assert!(sctp_arrives(&stage, "y/a", "x/a"), "x accepts SCTP 80");
 }
+
+/// A TCP request from `pod`'s `source` port to `addr`:`port`; its reply.
+fn request_from(stage: &Stage, pod: &str, source: u16, addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    let index = stage.pods.iter().position(|p| p.id() == pod).unwrap();
+    nodeplane_probe::in_netns_at(stage.pod_netns(index), move || {
+        use rustix::net::{AddressFamily, SocketType};
+        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+        rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+        rustix::net::bind(&fd, &std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source))?;
+        rustix::net::connect(&fd, &std::net::SocketAddrV4::new(addr, port))?;
+        let mut stream = std::net::TcpStream::from(fd);
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut reply)?;
+        Ok(reply)
+    })
+}
+
+#[test]
+fn a_connection_tried_before_its_service_existed_does_not_hide_the_service() {
+    if !privileged("a_connection_tried_before_its_service_existed_does_not_hide_the_service") {
+        return;
+    }
+    let stage = stage();
+    // No Service yet: the VIP is no address; the attempt is an ordinary flow.
+    assert!(request_from(&stage, "x/b", 41000, VIP, 8080).is_err());
+    stage.set_manifest("service.yaml", Some(&service(&stage, &["x/a"]))).unwrap();
+    // The same source port again (the client's ports wrap around): translated.
+    assert_eq!(request_from(&stage, "x/b", 41000, VIP, 8080).unwrap(), "x/a");
+}
