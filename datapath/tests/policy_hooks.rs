@@ -1,0 +1,69 @@
+//! The policy datapath's two hooks through the real kernel: `to_pod` decides
+//! what reaches a pod from an interface `from_pod` does not watch, and lets the
+//! node's own connections (kubelet probes) through whatever the policies say;
+//! in both cases the pod's replies get back.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use nodeplane_datapath::Datapath;
+use nodeplane_datapath::policy::{Cluster, PodView, Policy};
+use nodeplane_datapath::policy_maps::CompiledPolicy;
+use nodeplane_testkit::{Bpffs, Node, privileged, tcp_request};
+
+const POD: Ipv4Addr = Ipv4Addr::new(10, 200, 30, 2);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 90, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 90, 2);
+
+/// The pod, and a policy that lets only `allowed` in and the pod start
+/// nothing itself: what gets back out are replies only.
+fn cluster(allowed: &str) -> Cluster {
+    let yaml = format!(
+        "metadata: {{name: only, namespace: default}}\n\
+         spec: {{podSelector: {{}}, policyTypes: [Ingress, Egress], ingress: [{{from: [{{ipBlock: {{cidr: {allowed}}}}}]}}]}}\n"
+    );
+    let policy: NetworkPolicy = serde_yaml_ng::from_str(&yaml).unwrap();
+    Cluster {
+        namespaces: Default::default(),
+        pods: vec![PodView {
+            namespace: "default".into(),
+            name: "web".into(),
+            labels: Default::default(),
+            ip: POD,
+            ports: Vec::new(),
+        }],
+        policies: vec![Policy::from_k8s(&policy).unwrap()],
+    }
+}
+
+#[test]
+fn to_pod_decides_unwatched_interfaces_and_lets_the_node_through() {
+    if !privileged("to_pod_decides_unwatched_interfaces_and_lets_the_node_through") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let pod = node.add_pod(POD).unwrap();
+    // A link the datapath is not attached to (no node_ip here), routed to pods.
+    let outside = node.add_external(NODE_IP, OUTSIDE).unwrap();
+    outside.netns.ip(&["route", "add", "10.200.30.0/24", "via", &NODE_IP.to_string()]).unwrap();
+    let _server = pod.serve_tcp(8080, "web");
+    let (pin, interface) = (bpffs.path().to_owned(), pod.host_if.clone());
+    let mut datapath = node.netns.run(move || {
+        let mut datapath = Datapath::load(&pin).unwrap();
+        datapath.attach_pod_interface(&interface).unwrap();
+        datapath
+    });
+    assert_eq!(outside.tcp_request(POD, 8080).unwrap(), "web", "no policy yet");
+
+    datapath.apply_policy(&CompiledPolicy::compile(&cluster("192.168.90.3/32"))).unwrap();
+    assert!(outside.tcp_request(POD, 8080).is_err(), "a peer the policy does not name is dropped");
+    let counters = datapath.counters().unwrap();
+    let denied = counters.iter().find(|(name, _)| *name == "policy_denied_ingress_peer").unwrap().1;
+    assert!(denied >= 1, "{counters:?}");
+    // The node itself: allowed whatever the policies, and its replies come back.
+    assert_eq!(node.netns.run(|| tcp_request(POD, 8080)).unwrap(), "web", "the node reaches its pod");
+
+    datapath.apply_policy(&CompiledPolicy::compile(&cluster("192.168.90.2/32"))).unwrap();
+    assert_eq!(outside.tcp_request(POD, 8080).unwrap(), "web", "the named peer gets in, and the replies out");
+}
