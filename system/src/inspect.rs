@@ -145,7 +145,8 @@ pub fn conntrack(source: &Source, json_out: bool) -> ExitCode {
                 "destination": format!("{}:{}", Ipv4Addr::from(k.daddr), u16::from_be_bytes(k.dport)),
                 "direction": if v.reply != 0 { "reply" } else { "original" },
                 "state": if k.proto == 6 { if v.closed() { "closed" } else { "open" } } else { "-" },
-                "rewrite": rewrite.join(" "),
+                // An untranslated connection, recorded for NetworkPolicy.
+                "rewrite": if rewrite.is_empty() { "none".to_owned() } else { rewrite.join(" ") },
                 "remaining_s": f.remaining.as_secs(),
             })
         })
