@@ -21,7 +21,7 @@ use nodeplane_testkit::{Bpffs, Node};
 
 use crate::bench_datapath::{Sample, measure, median, ms};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SAMPLE: Duration = Duration::from_secs(2);
 const RULES: [usize; 3] = [0, 100, 1_000];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
