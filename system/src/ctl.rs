@@ -450,17 +450,19 @@ async fn monitor(connection: &Connection, json: bool) -> ExitCode {
     while let Some(signal) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await {
         let Ok(args) = signal.args() else { continue };
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        // Whose policies dropped it: the client's (egress) or the server's (ingress).
+        let direction = args.reason.split('-').next().unwrap_or_default();
         if json {
             let value = serde_json::json!({
                 "time": time, "from": args.from, "to": args.to, "port": args.port, "protocol": args.protocol,
-                "reason": args.reason, "service": args.service,
+                "direction": direction, "reason": args.reason, "service": args.service,
             });
             println!("{value}");
         } else {
             let service =
                 if args.service.is_empty() { String::new() } else { format!(" via Service {}", args.service) };
             println!(
-                "{} DROP {} {} -> {}{service}: {}",
+                "{} DROP {} {} -> {}{service}: {direction}: {}",
                 time.get(11..23).unwrap_or(&time),
                 args.protocol,
                 args.from,

@@ -613,6 +613,7 @@ fn drops_are_counted_reported_on_the_bus_and_explained_per_pod() {
     assert_eq!(event["to"], format!("x/a ({}:80)", ip(&stage, "x/a")), "{event}");
     assert_eq!((event["port"].as_u64(), event["protocol"].as_str()), (Some(80), Some("TCP")), "{event}");
     assert_eq!(event["reason"], "ingress-denied-peer", "{event}");
+    assert_eq!(event["direction"], "ingress", "{event}");
 
     let status = ctl(&["status", "--json"]).wait_with_output().unwrap();
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
