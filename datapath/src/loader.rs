@@ -112,6 +112,8 @@ pub struct Datapath {
     current: HashSet<String>,
     /// Pinned maps whose layout differed from the program's, recreated empty.
     recreated: Vec<String>,
+    /// What this instance last wrote to the policy maps (`None`: read them back).
+    pub(crate) policy: Option<crate::policy_maps::ProgrammedPolicy>,
 }
 
 /// How the program is attached to interfaces.
@@ -144,7 +146,7 @@ impl Datapath {
         for name in SOCKET_PROGRAMS {
             socket_program(&mut ebpf, name)?.load()?;
         }
-        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated })
+        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated, policy: None })
     }
 
     /// The kernel's id of this instance's from_pod program (what its ingress

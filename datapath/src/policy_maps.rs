@@ -258,6 +258,29 @@ pub struct PolicyStats {
     pub port_sets: u64,
 }
 
+/// What the policy maps hold, as an instance last programmed them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProgrammedPolicy {
+    /// Port set id → its trie entries.
+    sets: BTreeMap<u32, PortEntries>,
+    /// (prefix length, peer key) → port set id.
+    rules: BTreeMap<(u32, PolicyPeer), u32>,
+    /// Pod IP → isolation flags.
+    endpoints: BTreeMap<[u8; 4], u32>,
+}
+
+fn port_key(set: u32, proto: u8, port: u16, length: u8) -> Key<PortMatch> {
+    Key::new(PORT_MATCH_BITS + u32::from(length), PortMatch { port_set: set, proto, pad: 0, port: port.to_be_bytes() })
+}
+
+/// Removing an entry that is already gone (someone else's cleanup) is done.
+fn remove_entry(result: Result<(), aya::maps::MapError>) -> Result<(), DatapathError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 type PeerTrie<'a> = LpmTrie<&'a mut MapData, PolicyPeer, PolicyValue>;
 type PortTrie<'a> = LpmTrie<&'a mut MapData, PortMatch, u8>;
 
@@ -266,17 +289,16 @@ impl Datapath {
     /// an order that never opens a gap: new port sets, then peer rules, then the
     /// pods' isolation flags; what is no longer wanted goes in reverse order.
     pub fn apply_policy(&mut self, compiled: &CompiledPolicy) -> Result<PolicyStats, DatapathError> {
+        // What the maps hold: as this instance last left them, else read back (the
+        // first apply, an earlier instance's maps, or after a failed apply).
+        let present = match self.policy.take() {
+            Some(state) => state,
+            None => self.read_policy()?,
+        };
         let mut stats = PolicyStats::default();
-        // Port sets in the maps, by content, so unchanged ones keep their ids.
-        let mut sets: BTreeMap<u32, PortEntries> = BTreeMap::new();
-        for entry in self.port_trie()?.iter() {
-            let (key, _) = entry?;
-            let data = key.data();
-            let length = (key.prefix_len() - PORT_MATCH_BITS) as u8;
-            sets.entry(data.port_set).or_default().insert((data.proto, u16::from_be_bytes(data.port), length));
-        }
-        let mut ids: BTreeMap<PortEntries, u32> = sets.iter().map(|(id, e)| (e.clone(), *id)).collect();
-        let mut next_id = sets.keys().max().copied().unwrap_or(0) + 1;
+        // Port sets by content, so unchanged ones keep their ids.
+        let mut ids: BTreeMap<PortEntries, u32> = present.sets.iter().map(|(id, e)| (e.clone(), *id)).collect();
+        let mut next_id = present.sets.keys().max().copied().unwrap_or(0) + 1;
         let mut wanted_rules: BTreeMap<(u32, PolicyPeer), u32> = BTreeMap::new();
         let mut wanted_endpoints: BTreeMap<[u8; 4], u32> = BTreeMap::new();
         for (ip, rules) in &compiled.pods {
@@ -298,8 +320,7 @@ impl Datapath {
                         next_id += 1;
                         let mut trie = self.port_trie()?;
                         for (proto, port, port_length) in &entries {
-                            let data = PortMatch { port_set: id, proto: *proto, pad: 0, port: port.to_be_bytes() };
-                            trie.insert(&Key::new(PORT_MATCH_BITS + u32::from(*port_length), data), 1, 0)?;
+                            trie.insert(&port_key(id, *proto, *port, *port_length), 1, 0)?;
                         }
                         stats.port_sets += 1;
                         ids.insert(entries, id);
@@ -318,41 +339,58 @@ impl Datapath {
         }
 
         let mut trie = self.peer_trie()?;
-        let present: BTreeMap<(u32, PolicyPeer), u32> =
-            trie.iter().map(|e| e.map(|(k, v)| ((k.prefix_len(), k.data()), v.port_set))).collect::<Result<_, _>>()?;
         for (&(length, data), &port_set) in &wanted_rules {
-            if present.get(&(length, data)) != Some(&port_set) {
+            if present.rules.get(&(length, data)) != Some(&port_set) {
                 trie.insert(&Key::new(length, data), PolicyValue { port_set }, 0)?;
                 stats.written += 1;
             }
         }
         let mut endpoints = self.endpoints_map()?;
-        let present_endpoints: BTreeMap<[u8; 4], u32> =
-            endpoints.iter().map(|e| e.map(|(k, v)| (k, v.flags))).collect::<Result<_, _>>()?;
         for (&ip, &flags) in &wanted_endpoints {
-            if present_endpoints.get(&ip) != Some(&flags) {
+            if present.endpoints.get(&ip) != Some(&flags) {
                 endpoints.insert(ip, EndpointValue { flags }, 0)?;
                 stats.written += 1;
             }
         }
-        for ip in present_endpoints.keys().filter(|ip| !wanted_endpoints.contains_key(*ip)) {
-            endpoints.remove(ip)?;
+        for ip in present.endpoints.keys().filter(|ip| !wanted_endpoints.contains_key(*ip)) {
+            remove_entry(endpoints.remove(ip))?;
             stats.removed += 1;
         }
         let mut trie = self.peer_trie()?;
-        for (length, data) in present.keys().filter(|k| !wanted_rules.contains_key(*k)) {
-            trie.remove(&Key::new(*length, *data))?;
+        for (length, data) in present.rules.keys().filter(|k| !wanted_rules.contains_key(*k)) {
+            remove_entry(trie.remove(&Key::new(*length, *data)))?;
             stats.removed += 1;
         }
         let used: BTreeSet<u32> = wanted_rules.values().copied().collect();
         let mut trie = self.port_trie()?;
-        for (id, entries) in sets.iter().filter(|(id, _)| !used.contains(id)) {
+        for (id, entries) in present.sets.iter().filter(|(id, _)| !used.contains(id)) {
             for (proto, port, port_length) in entries {
-                let data = PortMatch { port_set: *id, proto: *proto, pad: 0, port: port.to_be_bytes() };
-                trie.remove(&Key::new(PORT_MATCH_BITS + u32::from(*port_length), data))?;
+                remove_entry(trie.remove(&port_key(*id, *proto, *port, *port_length)))?;
             }
         }
+        let sets = ids.into_iter().filter(|(_, id)| used.contains(id)).map(|(entries, id)| (id, entries)).collect();
+        self.policy = Some(ProgrammedPolicy { sets, rules: wanted_rules, endpoints: wanted_endpoints });
         Ok(stats)
+    }
+
+    /// The policy maps' contents, read back.
+    fn read_policy(&mut self) -> Result<ProgrammedPolicy, DatapathError> {
+        let mut state = ProgrammedPolicy::default();
+        for entry in self.port_trie()?.iter() {
+            let (key, _) = entry?;
+            let data = key.data();
+            let length = (key.prefix_len() - PORT_MATCH_BITS) as u8;
+            state.sets.entry(data.port_set).or_default().insert((data.proto, u16::from_be_bytes(data.port), length));
+        }
+        for entry in self.peer_trie()?.iter() {
+            let (key, value) = entry?;
+            state.rules.insert((key.prefix_len(), key.data()), value.port_set);
+        }
+        for entry in self.endpoints_map()?.iter() {
+            let (ip, value) = entry?;
+            state.endpoints.insert(ip, value.flags);
+        }
+        Ok(state)
     }
 
     fn peer_trie(&mut self) -> Result<PeerTrie<'_>, DatapathError> {

@@ -67,3 +67,36 @@ fn to_pod_decides_unwatched_interfaces_and_lets_the_node_through() {
     datapath.apply_policy(&CompiledPolicy::compile(&cluster("192.168.90.2/32"))).unwrap();
     assert_eq!(outside.tcp_request(POD, 8080).unwrap(), "web", "the named peer gets in, and the replies out");
 }
+
+#[test]
+fn incremental_policy_updates_leave_the_maps_as_a_fresh_apply_would() {
+    if !privileged("incremental_policy_updates_leave_the_maps_as_a_fresh_apply_would") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let with_ports = |spec: &str| {
+        let mut cluster = cluster("10.0.0.0/8");
+        let yaml = format!("metadata: {{name: more, namespace: default}}\nspec: {spec}\n");
+        let policy: NetworkPolicy = serde_yaml_ng::from_str(&yaml).unwrap();
+        cluster.policies.push(Policy::from_k8s(&policy).unwrap());
+        CompiledPolicy::compile(&cluster)
+    };
+    let first =
+        with_ports("{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 90}, {port: 53, protocol: UDP}]}]}");
+    let second = with_ports(
+        "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.1.2.0/24]}}], ports: [{port: 1000, endPort: 2000}]}]}",
+    );
+    for (before, after) in [(&first, &second), (&second, &first)] {
+        let mut datapath = Datapath::load(bpffs.path()).unwrap();
+        datapath.apply_policy(before).unwrap();
+        datapath.apply_policy(after).unwrap();
+        drop(datapath);
+        // A new instance reads the maps back: they hold `after`, nothing to write,
+        // and nothing more (emptying them removes its rules and pod, no other).
+        let mut fresh = Datapath::load(bpffs.path()).unwrap();
+        let stats = fresh.apply_policy(after).unwrap();
+        assert_eq!((stats.written, stats.removed, stats.port_sets), (0, 0, 0), "{stats:?}");
+        let emptied = fresh.apply_policy(&CompiledPolicy::default()).unwrap();
+        assert_eq!(emptied.removed as usize, after.rule_count() + after.pods.len(), "{emptied:?}");
+    }
+}
