@@ -619,7 +619,12 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<&mut MapData, K, V>,
     key: &K,
 ) -> Result<(), DatapathError> {
-    match map.remove(key) {
+    removed(map.remove(key))
+}
+
+/// A removal's result, where the entry being gone already is as good as removed.
+pub(crate) fn removed(result: Result<(), aya::maps::MapError>) -> Result<(), DatapathError> {
+    match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(err) => Err(err.into()),
     }

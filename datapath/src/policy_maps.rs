@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
 
+use crate::loader::removed;
 use crate::maps::{
     self, ENDPOINT_F_ISOLATED_EGRESS, ENDPOINT_F_ISOLATED_INGRESS, EndpointValue, POLICY_EGRESS, POLICY_INGRESS,
     POLICY_PEER_BITS, PORT_MATCH_BITS, PolicyPeer, PolicyValue, PortMatch,
@@ -273,14 +274,6 @@ fn port_key(set: u32, proto: u8, port: u16, length: u8) -> Key<PortMatch> {
     Key::new(PORT_MATCH_BITS + u32::from(length), PortMatch { port_set: set, proto, pad: 0, port: port.to_be_bytes() })
 }
 
-/// Removing an entry that is already gone (someone else's cleanup) is done.
-fn remove_entry(result: Result<(), aya::maps::MapError>) -> Result<(), DatapathError> {
-    match result {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
 type PeerTrie<'a> = LpmTrie<&'a mut MapData, PolicyPeer, PolicyValue>;
 type PortTrie<'a> = LpmTrie<&'a mut MapData, PortMatch, u8>;
 
@@ -353,19 +346,19 @@ impl Datapath {
             }
         }
         for ip in present.endpoints.keys().filter(|ip| !wanted_endpoints.contains_key(*ip)) {
-            remove_entry(endpoints.remove(ip))?;
+            removed(endpoints.remove(ip))?;
             stats.removed += 1;
         }
         let mut trie = self.peer_trie()?;
         for (length, data) in present.rules.keys().filter(|k| !wanted_rules.contains_key(*k)) {
-            remove_entry(trie.remove(&Key::new(*length, *data)))?;
+            removed(trie.remove(&Key::new(*length, *data)))?;
             stats.removed += 1;
         }
         let used: BTreeSet<u32> = wanted_rules.values().copied().collect();
         let mut trie = self.port_trie()?;
         for (id, entries) in present.sets.iter().filter(|(id, _)| !used.contains(id)) {
             for (proto, port, port_length) in entries {
-                remove_entry(trie.remove(&port_key(*id, *proto, *port, *port_length)))?;
+                removed(trie.remove(&port_key(*id, *proto, *port, *port_length)))?;
             }
         }
         let sets = ids.into_iter().filter(|(_, id)| used.contains(id)).map(|(entries, id)| (id, entries)).collect();
