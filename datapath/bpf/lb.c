@@ -40,6 +40,19 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_SCTP 132
 #endif
 
+/* An ICMP echo request or reply (linux/icmp.h pulls in socket headers that do
+ * not build for BPF). */
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+
 /* The start of an SCTP common header: ports where TCP and UDP have them. */
 struct sctp_ports {
 	__be16 source;
@@ -96,6 +109,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 		pkt->flow.dport = udp->dest;
 		pkt->l4_csum_off = pkt->l4_off + offsetof(struct udphdr, check);
 		pkt->csum_flags = BPF_F_MARK_MANGLED_0;
+		return 0;
+	}
+	/* ICMP echo, for policy only: a request and its reply are one flow, the
+	 * echo identifier standing for both ports. Other ICMP (errors) passes. */
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmp_echo *icmp = data + pkt->l4_off;
+		if ((void *)(icmp + 1) > data_end || (icmp->type != ICMP_ECHO && icmp->type != ICMP_ECHOREPLY))
+			return -1;
+		pkt->flow.sport = icmp->id;
+		pkt->flow.dport = icmp->id;
 		return 0;
 	}
 	/* SCTP: for policy only (no Service is SCTP, and nothing rewrites it). */

@@ -40,6 +40,7 @@ fn pinned<K: aya::Pod, V: aya::Pod>(root: &Path, name: &'static str) -> Result<H
 
 pub fn protocol_name(number: u8) -> &'static str {
     match number {
+        1 => "icmp",
         6 => "tcp",
         17 => "udp",
         132 => "sctp",

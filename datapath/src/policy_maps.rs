@@ -114,6 +114,9 @@ struct Grant {
 }
 
 const ALL_PROTOCOLS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Sctp];
+/// ICMP (echo, by its identifier): a rule without ports allows it, as it allows
+/// every protocol; a rule with ports never does.
+pub const ICMP: u8 = 1;
 
 /// The grants of every policy that selects `pod` for `direction`; `None` when
 /// none does (the pod is open that way).
@@ -152,6 +155,7 @@ fn grants(cluster: &Cluster, pod: &PodView, direction: Direction) -> Option<Vec<
             let mut named = Vec::new();
             if rule.ports.is_empty() {
                 ports.extend(ALL_PROTOCOLS.iter().map(|p| (p.number(), 0, u16::MAX)));
+                ports.push((ICMP, 0, u16::MAX));
             }
             for port in &rule.ports {
                 match port {

@@ -539,8 +539,8 @@ fn describe_ports(ranges: &[(u8, u16, u16)]) -> String {
     if ranges.is_empty() {
         return "none".into();
     }
-    let every = [6, 17, 132].iter().all(|p| ranges.contains(&(*p, 0, u16::MAX)));
-    if every && ranges.len() == 3 {
+    let every = [1, 6, 17, 132].iter().all(|p| ranges.contains(&(*p, 0, u16::MAX)));
+    if every && ranges.len() == 4 {
         return "all ports".into();
     }
     let names: Vec<String> = ranges

@@ -769,3 +769,59 @@ fn a_connection_tried_before_its_service_existed_does_not_hide_the_service() {
     // The same source port again (the client's ports wrap around): translated.
     assert_eq!(request_from(&stage, "x/b", 41000, VIP, 8080).unwrap(), "x/a");
 }
+
+/// An ICMP echo request from `from` to `to` over a raw socket (a fresh echo
+/// identifier: a new flow); whether the reply came.
+fn echo_answered(stage: &Stage, from: &str, to: &str) -> bool {
+    use rustix::net::{AddressFamily, SocketType, ipproto};
+    static ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0x4e50);
+    let id = ID.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_be_bytes();
+    let index = stage.pods.iter().position(|p| p.id() == from).unwrap();
+    let destination = ip(stage, to);
+    nodeplane_probe::in_netns_at(stage.pod_netns(index), move || {
+        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::ICMP)).unwrap();
+        rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_millis(500)),
+        )
+        .unwrap();
+        // Echo request: type 8, code 0, checksum, identifier, sequence 1.
+        let mut request = [8u8, 0, 0, 0, id[0], id[1], 0, 1];
+        let sum = request.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+        let checksum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        request[2..4].copy_from_slice(&checksum.to_be_bytes());
+        let to_addr = std::net::SocketAddrV4::new(destination, 0);
+        for _ in 0..3 {
+            rustix::net::sendto(&socket, &request, rustix::net::SendFlags::empty(), &to_addr).unwrap();
+            let mut buffer = [0u8; 256];
+            // An IP header (20 bytes), then the reply: type 0, our identifier.
+            while let Ok((n, _, _)) = rustix::net::recvfrom(&socket, &mut buffer, rustix::net::RecvFlags::empty()) {
+                if n >= 28 && buffer[20] == 0 && buffer[24..26] == id && buffer[12..16] == destination.octets() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+#[test]
+fn ping_follows_the_policies_too() {
+    if !privileged("ping_follows_the_policies_too") {
+        return;
+    }
+    let stage = stage();
+    assert!(echo_answered(&stage, "y/a", "x/a"), "no policy: answered");
+    let deny = documents(&[netpol("x", "deny", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))]);
+    stage.set_manifest("policies.yaml", Some(&deny)).unwrap();
+    assert!(!echo_answered(&stage, "y/a", "x/a"), "default deny ingress: dropped");
+    assert!(echo_answered(&stage, "x/a", "y/a"), "x's pods may still ping out, and get the replies");
+    let from_y = documents(&[ingress_x(json!([{"from": [from_ns("y")]}]))]);
+    stage.set_manifest("policies.yaml", Some(&from_y)).unwrap();
+    assert!(echo_answered(&stage, "y/a", "x/a"), "a rule without ports allows every protocol");
+    assert!(!echo_answered(&stage, "z/a", "x/a"), "but only from y");
+    let tcp_only = documents(&[ingress_x(json!([{"from": [from_ns("y")], "ports": [{"port": 80}]}]))]);
+    stage.set_manifest("policies.yaml", Some(&tcp_only)).unwrap();
+    assert!(!echo_answered(&stage, "y/a", "x/a"), "a rule with ports allows only those");
+}
