@@ -1,7 +1,6 @@
-//! Kubernetes NetworkPolicy semantics (`networking.k8s.io/v1`), as a model the
-//! datapath's policy maps are to be compiled from: which connections between
-//! pods, and between pods and addresses outside them, the policies in force
-//! allow. It follows the API's definitions:
+//! Kubernetes NetworkPolicy (`networking.k8s.io/v1`), validated, and the pods
+//! and namespaces it applies to: what `policy_maps` compiles into the
+//! datapath's maps. The semantics are the API's:
 //!
 //! - A pod selected by no policy of a type (Ingress, Egress) is open for that
 //!   type; once selected, only what some selecting policy allows is allowed (the
@@ -94,16 +93,6 @@ pub struct PodView {
     pub labels: Labels,
     pub ip: Ipv4Addr,
     pub ports: Vec<NamedPort>,
-}
-
-/// One end of a connection.
-#[derive(Clone, Copy, Debug)]
-pub enum Endpoint<'a> {
-    Pod(&'a PodView),
-    /// This node itself (its processes, kubelet).
-    Node,
-    /// An address that is no pod's.
-    Outside(Ipv4Addr),
 }
 
 /// Why a NetworkPolicy is refused, and where.
@@ -374,71 +363,6 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Whether a connection from `from` to `to` on `port`/`protocol` is allowed:
-    /// `from`'s egress and `to`'s ingress both.
-    pub fn allows(&self, from: Endpoint<'_>, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool {
-        self.egress_allows(from, to, port, protocol) && self.ingress_allows(from, to, port, protocol)
-    }
-
-    fn egress_allows(&self, from: Endpoint<'_>, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool {
-        let Endpoint::Pod(client) = from else { return true };
-        self.decide(
-            client,
-            |policy| policy.egress.as_deref(),
-            |policy, rule| self.peer_matches(policy, rule, to) && port_matches(rule, to, port, protocol),
-        )
-    }
-
-    fn ingress_allows(&self, from: Endpoint<'_>, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool {
-        let Endpoint::Pod(server) = to else { return true };
-        if matches!(from, Endpoint::Node) {
-            return true;
-        }
-        self.decide(
-            server,
-            |policy| policy.ingress.as_deref(),
-            |policy, rule| self.peer_matches(policy, rule, from) && port_matches(rule, to, port, protocol),
-        )
-    }
-
-    /// Open when no policy selecting `pod` affects this direction; else allowed
-    /// when a rule of one of them allows.
-    fn decide<'p>(
-        &'p self,
-        pod: &PodView,
-        rules_of: impl Fn(&'p Policy) -> Option<&'p [Rule]>,
-        allows: impl Fn(&Policy, &Rule) -> bool,
-    ) -> bool {
-        let mut selected = false;
-        for policy in self.policies.iter().filter(|p| p.selects(pod)) {
-            if let Some(rules) = rules_of(policy) {
-                selected = true;
-                if rules.iter().any(|rule| allows(policy, rule)) {
-                    return true;
-                }
-            }
-        }
-        !selected
-    }
-
-    fn peer_matches(&self, policy: &Policy, rule: &Rule, other: Endpoint<'_>) -> bool {
-        if rule.peers.is_empty() {
-            return true;
-        }
-        let address = match other {
-            Endpoint::Pod(pod) => Some(pod.ip),
-            Endpoint::Outside(ip) => Some(ip),
-            Endpoint::Node => None,
-        };
-        rule.peers.iter().any(|peer| match (peer, other) {
-            (Peer::Block { cidr, except }, _) => {
-                address.is_some_and(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)))
-            }
-            (Peer::Pods { .. }, Endpoint::Pod(pod)) => self.peer_selects(policy, peer, pod),
-            (Peer::Pods { .. }, _) => false,
-        })
-    }
-
     /// Whether a pod-selecting peer of `policy` selects `pod`.
     pub(crate) fn peer_selects(&self, policy: &Policy, peer: &Peer, pod: &PodView) -> bool {
         let Peer::Pods { namespaces, pods } = peer else { return false };
@@ -448,18 +372,4 @@ impl Cluster {
         };
         namespace_ok && pods.matches(&pod.labels)
     }
-}
-
-/// Whether `port`/`protocol` towards `to` is one of the rule's ports; a named
-/// port is the destination pod's container port of that name.
-fn port_matches(rule: &Rule, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool {
-    rule.ports.is_empty()
-        || rule.ports.iter().any(|p| match p {
-            PortMatch::Any(proto) => *proto == protocol,
-            PortMatch::Range(proto, low, high) => *proto == protocol && (*low..=*high).contains(&port),
-            PortMatch::Named(proto, name) => {
-                *proto == protocol
-                    && matches!(to, Endpoint::Pod(pod) if pod.ports.iter().any(|n| n.name == *name && n.port == port && n.protocol == protocol))
-            }
-        })
 }

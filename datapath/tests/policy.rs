@@ -1,13 +1,64 @@
-//! NetworkPolicy semantics, in the style of the Kubernetes netpol e2e tests:
-//! namespaces x, y, z with pods a, b, c each, ports 80 and 81, and per scenario
-//! the expected reachability written out by hand from the API's definitions
-//! (not from the implementation).
+//! NetworkPolicy compiled for the datapath, in the style of the Kubernetes
+//! netpol e2e tests: namespaces x, y, z with pods a, b, c each, ports 80 and
+//! 81, and per scenario the expected reachability written out by hand from the
+//! API's definitions (not from the implementation). Verdicts are read from the
+//! compiled maps' contents with the lookups `bpf/policy.h` makes; the real
+//! kernel runs them in `system/tests/policy.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use nodeplane_datapath::policy::{Cluster, Endpoint, NamedPort, PodView, Policy, Proto};
+use nodeplane_datapath::policy::{Cluster, NamedPort, PodView, Policy, Proto};
+use nodeplane_datapath::policy_maps::{CompiledPolicy, PeerRules};
+
+/// One end of a connection.
+#[derive(Clone, Copy)]
+enum Endpoint<'a> {
+    Pod(&'a PodView),
+    /// This node itself (kubelet).
+    Node,
+    /// An address that is no pod's.
+    Outside(Ipv4Addr),
+}
+
+/// Whether one direction's rules let `peer` use `port`/`protocol`: open when
+/// not isolated, else the longest prefix holding `peer` must list the port.
+fn permits(rules: Option<&PeerRules>, peer: Ipv4Addr, port: u16, protocol: Proto) -> bool {
+    let Some(rules) = rules else { return true };
+    let holds = |net: &Ipv4Addr, len: &u8| u64::from(u32::from(peer) ^ u32::from(*net)) >> (32 - u32::from(*len)) == 0;
+    rules.iter().filter(|((net, len), _)| holds(net, len)).max_by_key(|((_, len), _)| *len).is_some_and(|(_, ports)| {
+        ports.iter().any(|(p, low, high)| *p == protocol.number() && (*low..=*high).contains(&port))
+    })
+}
+
+trait Verdict {
+    /// The client's egress, then the server's ingress, as the datapath decides.
+    fn allows(&self, from: Endpoint<'_>, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool;
+}
+
+impl Verdict for Cluster {
+    fn allows(&self, from: Endpoint<'_>, to: Endpoint<'_>, port: u16, protocol: Proto) -> bool {
+        let compiled = CompiledPolicy::compile(self);
+        let address = |end: Endpoint<'_>| match end {
+            Endpoint::Pod(pod) => pod.ip,
+            Endpoint::Outside(ip) => ip,
+            Endpoint::Node => unimplemented!("the node as a destination is not asked"),
+        };
+        let egress = match from {
+            Endpoint::Pod(client) => permits(compiled.pods[&client.ip].egress.as_ref(), address(to), port, protocol),
+            _ => true,
+        };
+        let ingress = match (from, to) {
+            (Endpoint::Node, _) => true,
+            (_, Endpoint::Pod(server)) => {
+                permits(compiled.pods[&server.ip].ingress.as_ref(), address(from), port, protocol)
+            }
+            _ => true,
+        };
+        egress && ingress
+    }
+}
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
