@@ -44,8 +44,12 @@ fn stage() -> Stage {
     Stage::new(dir.path(), &binaries(), &|_| {}).unwrap_or_else(|e| panic!("standing up x, y, z: {e}"))
 }
 
+fn index(stage: &Stage, pod: &str) -> usize {
+    stage.pods.iter().position(|p| p.id() == pod).unwrap_or_else(|| panic!("no pod {pod}"))
+}
+
 fn ip(stage: &Stage, pod: &str) -> Ipv4Addr {
-    stage.pods.iter().find(|p| p.id() == pod).unwrap_or_else(|| panic!("no pod {pod}")).ip
+    stage.pods[index(stage, pod)].ip
 }
 
 fn netpol(namespace: &str, name: &str, spec: Value) -> Value {
@@ -469,7 +473,7 @@ fn service(stage: &Stage, backends: &[&str]) -> String {
 
 /// `count` new TCP connections from x/a to the VIP, at once; how many connected.
 fn through_vip(stage: &Stage, count: usize) -> usize {
-    let from = stage.pods.iter().position(|p| p.id() == "x/a").unwrap();
+    let from = index(stage, "x/a");
     let to = Destination::Service { id: "x/self".into(), vip: VIP };
     let targets = vec![Target { from, to, port: 8080, protocol: Proto::Tcp }; count];
     stage.probe(&targets, Duration::from_secs(3)).unwrap().iter().filter(|o| o.connected).count()
@@ -543,7 +547,7 @@ fn an_open_flow_keeps_going_after_a_policy_change_and_new_ones_follow_it() {
         return;
     }
     let stage = stage();
-    let (client, server) = (stage.pods.iter().position(|p| p.id() == "x/b").unwrap(), ip(&stage, "x/a"));
+    let (client, server) = (index(&stage, "x/b"), ip(&stage, "x/a"));
     let udp = |socket: &std::net::UdpSocket| {
         socket.send_to(b"hello", (server, 80)).unwrap();
         let mut buffer = [0u8; 64];
@@ -600,8 +604,8 @@ fn drops_are_counted_reported_on_the_bus_and_explained_per_pod() {
 
     let mut monitor = ctl(&["monitor", "--json"]);
     std::thread::sleep(Duration::from_millis(500)); // subscribed
-    let from = stage.pods.iter().position(|p| p.id() == "z/b").unwrap();
-    let to = Destination::Pod(stage.pods.iter().position(|p| p.id() == "x/a").unwrap());
+    let from = index(&stage, "z/b");
+    let to = Destination::Pod(index(&stage, "x/a"));
     let outcome = stage.probe(&[Target { from, to, port: 80, protocol: Proto::Tcp }], TIMEOUT).unwrap();
     assert!(!outcome[0].connected);
     let mut line = String::new();
@@ -685,42 +689,48 @@ fn nodeplanectl_probe_prints_json_and_leaves_nothing_behind() {
     assert!(bpffs.is_empty(), "bpffs mounts left: {bpffs:?}");
 }
 
-/// SCTP packets (IP protocol 132) from `from` to `to`:80, sent and caught with
-/// raw sockets (the kernel here has no SCTP module; the datapath only reads the
-/// ports); whether one arrived.
-fn sctp_arrives(stage: &Stage, from: &str, to: &str) -> bool {
-    use rustix::net::{AddressFamily, SocketType, ipproto};
-    let index = |pod: &str| stage.pods.iter().position(|p| p.id() == pod).unwrap();
-    let raw = || {
-        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::SCTP)).unwrap();
-        rustix::net::sockopt::set_socket_timeout(
-            &socket,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_millis(500)),
-        )
-        .unwrap();
+/// Sends `packet` (IP protocol `protocol`) from `from` to `to` over a raw
+/// socket, up to three times, while a raw socket in `watcher`'s namespace looks
+/// for a packet `expected` recognizes (an IP header, then the payload); whether
+/// one came. The kernel here has no SCTP module: raw sockets still carry it.
+fn raw_seen(
+    stage: &Stage,
+    (from, to, watcher): (&str, &str, &str),
+    protocol: rustix::net::Protocol,
+    packet: &[u8],
+    expected: impl Fn(&[u8]) -> bool,
+) -> bool {
+    use rustix::net::{AddressFamily, SocketType};
+    let raw = move || {
+        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(protocol)).unwrap();
+        let timeout = Some(Duration::from_millis(500));
+        rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, timeout).unwrap();
         socket
     };
-    let receiver = nodeplane_probe::in_netns_at(stage.pod_netns(index(to)), raw);
-    let destination = ip(stage, to);
-    let sender = nodeplane_probe::in_netns_at(stage.pod_netns(index(from)), raw);
-    // A source port of its own (a new flow), destination 80, verification tag
-    // and checksum zero.
-    static SOURCE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(5000);
-    let source = SOURCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_be_bytes();
-    let header = [source[0], source[1], 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0];
-    let to_addr = std::net::SocketAddrV4::new(destination, 0);
+    let receiver = nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, watcher)), raw);
+    let sender = nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, from)), raw);
+    let to_addr = std::net::SocketAddrV4::new(ip(stage, to), 0);
     for _ in 0..3 {
-        rustix::net::sendto(&sender, &header, rustix::net::SendFlags::empty(), &to_addr).unwrap();
+        rustix::net::sendto(&sender, packet, rustix::net::SendFlags::empty(), &to_addr).unwrap();
         let mut buffer = [0u8; 256];
-        // An IP header (20 bytes) precedes what was sent.
         while let Ok((n, _, _)) = rustix::net::recvfrom(&receiver, &mut buffer, rustix::net::RecvFlags::empty()) {
-            if n >= 24 && buffer[20..24] == header[..4] {
+            if expected(&buffer[..n]) {
                 return true;
             }
         }
     }
     false
+}
+
+/// An SCTP packet from `from` to `to`:80 (a source port of its own: a new
+/// flow); whether it arrived.
+fn sctp_arrives(stage: &Stage, from: &str, to: &str) -> bool {
+    static SOURCE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(5000);
+    let source = SOURCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_be_bytes();
+    // Ports, verification tag and checksum zero.
+    let header = [source[0], source[1], 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0];
+    let arrived = |packet: &[u8]| packet.len() >= 24 && packet[20..24] == header[..4];
+    raw_seen(stage, (from, to, to), rustix::net::ipproto::SCTP, &header, arrived)
 }
 
 #[test]
@@ -742,18 +752,8 @@ fn sctp_follows_the_policies_too() {
 
 /// A TCP request from `pod`'s `source` port to `addr`:`port`; its reply.
 fn request_from(stage: &Stage, pod: &str, source: u16, addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    let index = stage.pods.iter().position(|p| p.id() == pod).unwrap();
-    nodeplane_probe::in_netns_at(stage.pod_netns(index), move || {
-        use rustix::net::{AddressFamily, SocketType};
-        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
-        rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-        rustix::net::bind(&fd, &std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, source))?;
-        rustix::net::connect(&fd, &std::net::SocketAddrV4::new(addr, port))?;
-        let mut stream = std::net::TcpStream::from(fd);
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut reply = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut reply)?;
-        Ok(reply)
+    nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, pod)), move || {
+        nodeplane_testkit::tcp_request_from(source, addr, port)
     })
 }
 
@@ -770,40 +770,19 @@ fn a_connection_tried_before_its_service_existed_does_not_hide_the_service() {
     assert_eq!(request_from(&stage, "x/b", 41000, VIP, 8080).unwrap(), "x/a");
 }
 
-/// An ICMP echo request from `from` to `to` over a raw socket (a fresh echo
-/// identifier: a new flow); whether the reply came.
+/// An ICMP echo request from `from` to `to` (a fresh echo identifier: a new
+/// flow); whether `to`'s reply came back.
 fn echo_answered(stage: &Stage, from: &str, to: &str) -> bool {
-    use rustix::net::{AddressFamily, SocketType, ipproto};
     static ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0x4e50);
     let id = ID.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_be_bytes();
-    let index = stage.pods.iter().position(|p| p.id() == from).unwrap();
-    let destination = ip(stage, to);
-    nodeplane_probe::in_netns_at(stage.pod_netns(index), move || {
-        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::ICMP)).unwrap();
-        rustix::net::sockopt::set_socket_timeout(
-            &socket,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_millis(500)),
-        )
-        .unwrap();
-        // Echo request: type 8, code 0, checksum, identifier, sequence 1.
-        let mut request = [8u8, 0, 0, 0, id[0], id[1], 0, 1];
-        let sum = request.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
-        let checksum = !((sum & 0xffff) + (sum >> 16)) as u16;
-        request[2..4].copy_from_slice(&checksum.to_be_bytes());
-        let to_addr = std::net::SocketAddrV4::new(destination, 0);
-        for _ in 0..3 {
-            rustix::net::sendto(&socket, &request, rustix::net::SendFlags::empty(), &to_addr).unwrap();
-            let mut buffer = [0u8; 256];
-            // An IP header (20 bytes), then the reply: type 0, our identifier.
-            while let Ok((n, _, _)) = rustix::net::recvfrom(&socket, &mut buffer, rustix::net::RecvFlags::empty()) {
-                if n >= 28 && buffer[20] == 0 && buffer[24..26] == id && buffer[12..16] == destination.octets() {
-                    return true;
-                }
-            }
-        }
-        false
-    })
+    // Type 8, code 0, checksum, identifier, sequence 1.
+    let mut request = [8u8, 0, 0, 0, id[0], id[1], 0, 1];
+    let sum = request.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    request[2..4].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+    let server = ip(stage, to).octets();
+    let reply =
+        |packet: &[u8]| packet.len() >= 28 && packet[12..16] == server && packet[20] == 0 && packet[24..26] == id;
+    raw_seen(stage, (from, to, from), rustix::net::ipproto::ICMP, &request, reply)
 }
 
 #[test]

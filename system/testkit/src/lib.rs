@@ -20,7 +20,7 @@ pub use manifests::{node_port_manifest, service_manifest};
 pub use nodeplane_probe::{Bpffs, DbusDaemon, NamedNetns, in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
-pub use topology::{Node, Pod, RequestLoop, Server, tcp_request};
+pub use topology::{Node, Pod, RequestLoop, Server, tcp_request, tcp_request_from};
 
 use std::io::Write;
 

@@ -205,32 +205,9 @@ impl Pod {
         self.netns.run(move || tcp_request(addr, port))
     }
 
-    /// Like [`tcp_request`](Self::tcp_request), from a fixed local port (reusable
-    /// at once: the server closes first, so the TIME_WAIT is on its side).
+    /// Like [`tcp_request`](Self::tcp_request), from a fixed local port.
     pub fn tcp_request_from(&self, local_port: u16, addr: Ipv4Addr, port: u16) -> io::Result<String> {
-        use rustix::net::{AddressFamily, SocketType, ipproto};
-        self.netns.run(move || {
-            // The previous connection on this 4-tuple may still be closing (LAST_ACK)
-            // for a moment on a busy machine: wait for it rather than fail.
-            let mut attempts = 0;
-            let socket = loop {
-                let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
-                rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
-                rustix::net::bind(&socket, &std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)))?;
-                match rustix::net::connect(&socket, &std::net::SocketAddr::from((addr, port))) {
-                    Err(rustix::io::Errno::ADDRNOTAVAIL) if attempts < 100 => {
-                        attempts += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    result => break result.map(|()| socket)?,
-                }
-            };
-            let mut stream = std::net::TcpStream::from(socket);
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply)?;
-            Ok(reply)
-        })
+        self.netns.run(move || tcp_request_from(local_port, addr, port))
     }
 
     /// Sends one UDP datagram from this pod; returns the reply and who sent it.
@@ -256,6 +233,33 @@ impl Drop for Server {
 }
 
 /// A bpffs mounted on a temporary directory, unmounted on drop.
+/// Connects from `local_port` to `addr:port` in this network namespace and
+/// reads the reply to its end (reusable at once: the server closes first, so the
+/// TIME_WAIT is on its side).
+pub fn tcp_request_from(local_port: u16, addr: Ipv4Addr, port: u16) -> io::Result<String> {
+    use rustix::net::{AddressFamily, SocketType, ipproto};
+    // The previous connection on this 4-tuple may still be closing (LAST_ACK)
+    // for a moment on a busy machine: wait for it rather than fail.
+    let mut attempts = 0;
+    let socket = loop {
+        let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;
+        rustix::net::sockopt::set_socket_reuseaddr(&socket, true)?;
+        rustix::net::bind(&socket, &std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, local_port)))?;
+        match rustix::net::connect(&socket, &std::net::SocketAddr::from((addr, port))) {
+            Err(rustix::io::Errno::ADDRNOTAVAIL) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => break result.map(|()| socket)?,
+        }
+    };
+    let mut stream = std::net::TcpStream::from(socket);
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
 /// Connects to `addr:port` from this network namespace and reads the reply to
 /// its end (2 s timeouts).
 pub fn tcp_request(addr: Ipv4Addr, port: u16) -> io::Result<String> {
