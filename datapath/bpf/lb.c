@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* nodeplane's datapath: the Service load balancer and NetworkPolicy, attached
- * to tc ingress (from_pod) and egress (to_pod) of every pod's host-side veth and
- * of the node's own interface (for NodePorts). A readable pipeline: parse ->
+ * to tc ingress (from_pod) and egress (to_pod) of every pod's host-side veth,
+ * and to tc ingress of the node's own interface (NodePorts, outside traffic to
+ * pods). A readable pipeline: parse ->
  * conntrack -> service lookup -> policy -> NAT -> deliver.
  *
  * Each flow has two conntrack entries, one per direction, each saying what to

@@ -174,11 +174,22 @@ impl Datapath {
     /// is moved to this instance's programs in one atomic step each (an upgrade
     /// takes effect without a gap).
     pub fn attach_pod_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_hooks(interface, &HOOKS)
+    }
+
+    /// Attaches from_pod alone to the node's own interface (where NodePorts and
+    /// outside traffic to pods arrive): to_pod there would only look at every
+    /// packet the node sends.
+    pub fn attach_node_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
+        self.attach_hooks(interface, &[FROM_POD])
+    }
+
+    fn attach_hooks(&mut self, interface: &str, hooks: &[Hook]) -> Result<(), DatapathError> {
         if self.current.contains(interface) {
             return Ok(());
         }
-        for hook in HOOKS {
-            self.attach_hook(interface, hook)?;
+        for hook in hooks {
+            self.attach_hook(interface, *hook)?;
         }
         self.current.insert(interface.to_owned());
         Ok(())

@@ -179,10 +179,6 @@ impl Cidr {
         Ok(Cidr { network: u32::from(addr) & mask, mask })
     }
 
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & self.mask == self.network
-    }
-
     pub(crate) fn host(addr: Ipv4Addr) -> Self {
         Cidr { network: u32::from(addr), mask: u32::MAX }
     }

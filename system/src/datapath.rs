@@ -505,9 +505,10 @@ impl DatapathComponent {
             facts.insert(format!("count_{name}"), Fact::Count(value));
         }
         facts.insert("policies".into(), Fact::Count(running.policies.len() as u64));
-        let compiled = running.compiled.clone().unwrap_or_default();
-        facts.insert("policy_rules".into(), Fact::Count(compiled.rule_count() as u64));
-        let isolated = compiled.pods.values().filter(|p| p.ingress.is_some() || p.egress.is_some()).count();
+        let compiled = running.compiled.as_ref();
+        facts.insert("policy_rules".into(), Fact::Count(compiled.map_or(0, CompiledPolicy::rule_count) as u64));
+        let isolated =
+            compiled.map_or(0, |c| c.pods.values().filter(|p| p.ingress.is_some() || p.egress.is_some()).count());
         facts.insert("policy_isolated_pods".into(), Fact::Count(isolated as u64));
         let problems: Vec<&String> = running
             .manifest_errors
@@ -586,14 +587,16 @@ fn attach_interfaces(
     node_ip: Option<std::net::Ipv4Addr>,
 ) -> Vec<String> {
     let mut present: BTreeSet<String> = present.iter().filter(|n| n.starts_with(prefix)).cloned().collect();
-    match node_ip.map(interface_with).transpose() {
-        Ok(Some(Some(node_if))) => {
-            present.insert(node_if);
+    let node_if = match node_ip.map(interface_with).transpose() {
+        Ok(Some(Some(node_if))) => Some(node_if),
+        Ok(Some(None)) => {
+            tracing::debug!("no interface holds datapath.node_ip yet");
+            None
         }
-        Ok(Some(None)) => tracing::debug!("no interface holds datapath.node_ip yet"),
-        Ok(None) => {}
+        Ok(None) => None,
         Err(err) => return vec![format!("listing addresses: {err}")],
-    }
+    };
+    present.extend(node_if.clone());
     let mut errors = Vec::new();
     for gone in datapath.attached_interfaces().unwrap_or_default().into_iter().filter(|n| !present.contains(n)) {
         if let Err(err) = datapath.forget_interface(&gone) {
@@ -601,7 +604,12 @@ fn attach_interfaces(
         }
     }
     for interface in &present {
-        if let Err(err) = datapath.attach_pod_interface(interface) {
+        let attached = if node_if.as_ref() == Some(interface) {
+            datapath.attach_node_interface(interface)
+        } else {
+            datapath.attach_pod_interface(interface)
+        };
+        if let Err(err) = attached {
             errors.push(format!("attaching to {interface}: {err}"));
         }
     }
