@@ -12,6 +12,23 @@ use std::time::{Duration, Instant};
 
 pub use nodeplane_image::Image;
 
+/// The image `cargo xtask image` built: in `NODEPLANE_IMAGE_DIR` when set (as
+/// `cargo xtask test` and `bench boot` set it), else `target/image`.
+pub fn built_image() -> Result<Image, String> {
+    let dir = std::env::var_os("NODEPLANE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("image")
+    });
+    let image = Image::at(&dir);
+    if image.complete() {
+        Ok(image)
+    } else {
+        Err(format!("no node image in {}: build it with `cargo xtask image`", dir.display()))
+    }
+}
+
 /// The 9p mount tag of a test's shared directory.
 pub const SHARE_TAG: &str = "nptest";
 

@@ -26,15 +26,16 @@ const NODE_PORT: u16 = 30080;
 const BAD_CONFIG: &str = "[sysctl]\nephemeral_range = \"20000-40000\"\ncheck_intervall = \"1s\"\n";
 
 fn image() -> Image {
-    let dir = std::env::var_os("NODEPLANE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        target.join("image")
-    });
-    let image = Image::at(&dir);
-    assert!(image.complete(), "no node image in {}: build it with `cargo xtask image`", dir.display());
-    image
+    nodeplane_qemu::built_image().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The guest helper, built by `cargo test` as this package's example.
+fn np_guest() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/boot-<hash> → target/<profile>/examples/np-guest
+    let guest = exe.ancestors().nth(2).unwrap().join("examples/np-guest");
+    assert!(guest.is_file(), "{} is missing: `cargo test` builds it (the np-guest example)", guest.display());
+    guest
 }
 
 /// What a boot left: the guest's results and the console.
@@ -82,7 +83,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     for file in ["lib.sh", script] {
         std::fs::copy(guest.join(file), share.join(file)).unwrap();
     }
-    std::fs::copy(env!("CARGO_BIN_EXE_np-guest"), share.join("np-guest")).unwrap();
+    std::fs::copy(np_guest(), share.join("np-guest")).unwrap();
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, config).unwrap();
     let console = dir.path().join("console.log");

@@ -23,7 +23,7 @@ pub fn out_dir() -> PathBuf {
 /// Builds the image (the base comes from the cache when the package list is unchanged).
 pub fn build() -> Result<Image, String> {
     crate::packages::ensure()?;
-    if !nodeplane_testkit::is_root() {
+    if !crate::is_root() {
         return Err("building the image needs root (debootstrap, chroot)".into());
     }
     let started = Instant::now();

@@ -7,20 +7,14 @@
 //!   `--headless`, exiting then).
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, the QEMU boot tests, and a `run --headless` smoke run.
-//! - `bench ipam`: the IPAM sweeper at node scale (see `bench.rs`).
-//! - `bench boot`: the image's boot time under QEMU, with and without nodeplaned
-//!   (see `bench_boot.rs`).
-//! - `bench datapath`: connection rate through a Service VIP against the direct
-//!   pod-IP path (see `bench_datapath.rs`).
-//! - `bench policy`: connection rates through a pod selected by 0, 100 and
-//!   1,000 NetworkPolicy rules, and the time to program 1,000 policies (see
-//!   `bench_policy.rs`).
+//! - `bench ipam|datapath|policy|boot`: set up, then the `cargo bench` target
+//!   of that name (see [`BENCHES`]).
 //! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root).
+//!
+//! xtask itself builds with nothing but the Rust toolchain (no crate in its
+//! graph compiles C or runs protoc): it is what installs those tools. All it
+//! needs from the heavier crates it gets by running cargo after setup.
 
-mod bench;
-mod bench_boot;
-mod bench_datapath;
-mod bench_policy;
 mod image;
 mod packages;
 mod run;
@@ -28,8 +22,9 @@ mod test;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam | bench datapath | bench policy | bench boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam|datapath|policy|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,11 +35,8 @@ fn main() -> ExitCode {
         ["run"] => run::run(false),
         ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
-        ["bench", "datapath"] => bench_datapath::bench(),
-        ["bench", "policy"] => bench_policy::bench(),
+        ["bench", what] => bench(what),
         ["probe", options @ ..] if !options.is_empty() => probe(options),
-        ["bench", "boot"] => bench_boot::bench(),
-        ["bench", what] => bench::bench(what),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -54,6 +46,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Benchmark → (package, what it measures). Each is a `harness = false`
+/// `cargo bench` target of its package, built with the release profile.
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("ipam", "nodeplane", "the IPAM sweeper at node scale, in the real nodeplaned"),
+    ("datapath", "nodeplane-datapath", "Service connections: nodeplane's VIP against direct, iptables and nftables"),
+    ("policy", "nodeplane-datapath", "connections through a pod selected by 0, 100 and 1,000 NetworkPolicy rules"),
+    ("boot", "nodeplane-qemu", "the image's boot under QEMU with and without nodeplaned"),
+];
+
+/// `cargo xtask bench WHAT`: packages, the image for `boot`, then the benchmark.
+fn bench(what: &str) -> Result<(), String> {
+    let Some((name, package, about)) = BENCHES.iter().find(|(name, ..)| *name == what) else {
+        let names: Vec<&str> = BENCHES.iter().map(|(name, ..)| *name).collect();
+        return Err(format!("unknown benchmark {what:?}; available: {}", names.join(", ")));
+    };
+    packages::ensure()?;
+    if !is_root() {
+        return Err("the benchmarks need root (network namespaces, eBPF, containerd, QEMU)".into());
+    }
+    let mut command = cargo();
+    if *name == "boot" {
+        command.env("NODEPLANE_IMAGE_DIR", image::build()?.dir);
+    }
+    step(&format!("bench {name}: {about}"), command.args(["bench", "-p", package, "--bench", name]))
 }
 
 /// Builds nodeplane and runs `nodeplanectl probe` with `options`.
@@ -73,11 +91,27 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
-/// Runs `command` in the workspace root, failing with its description.
+/// Runs `command` in the workspace root, failing with its description; says
+/// what it starts and how long it took.
 fn step(what: &str, command: &mut Command) -> Result<(), String> {
+    timed(what, || {
+        let status = command.current_dir(root()).status().map_err(|e| format!("{what}: cannot start: {e}"))?;
+        if status.success() { Ok(()) } else { Err(format!("{what}: failed ({status})")) }
+    })
+}
+
+/// Runs one step of a task between a `==> what` line and a `<== what: N s` line.
+fn timed<T>(what: &str, body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     eprintln!("==> {what}");
-    let status = command.current_dir(root()).status().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{what}: failed ({status})")) }
+    let started = Instant::now();
+    let result = body();
+    let outcome = if result.is_ok() { "done" } else { "FAILED" };
+    eprintln!("<== {what}: {outcome} in {:.1} s", started.elapsed().as_secs_f64());
+    result
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// Where cargo puts build output (`CARGO_TARGET_DIR` if set).

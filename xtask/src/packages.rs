@@ -27,21 +27,29 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots the node image (TCG)"),
 ];
 
+/// Installs what is missing: the toolchain's rustfmt and clippy (rustup), then
+/// the Debian packages (apt-get, as root). Quiet when nothing is missing.
 pub fn ensure() -> Result<(), String> {
-    for tool in ["fmt", "clippy"] {
-        let present = crate::cargo().args([tool, "--version"]).output().is_ok_and(|out| out.status.success());
-        if !present {
-            return Err(format!("cargo {tool} is missing; install it with: rustup component add {}", component(tool)));
-        }
+    let components: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(tool, _)| !crate::cargo().args([tool, "--version"]).output().is_ok_and(|out| out.status.success()))
+        .map(|(_, component)| component)
+        .collect();
+    if !components.is_empty() {
+        crate::step(
+            &format!("rustup component add {}", components.join(" ")),
+            Command::new("rustup").args(["component", "add"]).args(&components),
+        )
+        .map_err(|e| format!("{e} (cargo fmt and cargo clippy are needed by `cargo xtask test`)"))?;
     }
     let missing: Vec<&str> = PACKAGES.iter().map(|(name, _)| *name).filter(|name| !installed(name)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     for (name, why) in PACKAGES.iter().filter(|(name, _)| missing.contains(name)) {
-        eprintln!("==> missing package {name}: {why}");
+        eprintln!("    missing package {name}: {why}");
     }
-    if !nodeplane_testkit::is_root() {
+    if !crate::is_root() {
         return Err(format!("missing packages; as root run: apt-get install -y {}", missing.join(" ")));
     }
     let apt = |args: &[&str]| {
@@ -69,8 +77,4 @@ fn installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
-}
-
-fn component(tool: &str) -> &str {
-    if tool == "fmt" { "rustfmt" } else { tool }
 }

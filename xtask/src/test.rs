@@ -10,8 +10,8 @@ pub fn test() -> Result<(), String> {
     crate::step("lints", crate::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The boot tests need the node image.
     let image = crate::image::build()?;
-    let tally = cargo_test(&image.dir)?;
-    let smoke = if nodeplane_testkit::is_root() {
+    let tally = crate::timed("tests (cargo test --workspace)", || cargo_test(&image.dir))?;
+    let smoke = if crate::is_root() {
         Some(crate::step(
             "smoke run (cargo xtask run --headless)",
             Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--headless"]),
@@ -42,7 +42,6 @@ struct Tally {
 
 /// `cargo test --workspace`, echoing its output and adding up the result lines.
 fn cargo_test(image: &std::path::Path) -> Result<Tally, String> {
-    eprintln!("==> tests");
     let mut child = crate::cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("NODEPLANE_IMAGE_DIR", image)

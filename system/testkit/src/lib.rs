@@ -5,6 +5,7 @@
 //! Nothing here fakes a component: the daemon is `dbus-daemon`, namespaces are the
 //! kernel's, and the notify socket receives what `sd_notify(3)` sends.
 
+pub mod bench;
 mod containerd;
 mod hostlocal;
 mod ipam;

@@ -1,4 +1,5 @@
-//! `cargo xtask bench boot`: how long the node image takes to boot under QEMU
+//! `cargo xtask bench boot` (`cargo bench -p nodeplane-qemu --bench boot`, after
+//! `cargo xtask image`): how long the node image takes to boot under QEMU
 //! (TCG), and nodeplane's share of it. Direct kernel boots with and without
 //! nodeplaned (`systemd.mask=nodeplaned.service`) alternate for three rounds;
 //! the guest reports its own times (monotonic since the kernel started). One UEFI
@@ -10,7 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use nodeplane_qemu::{Boot, Console, Firmware, Vm, copy_disk};
+use nodeplane_qemu::{Boot, Console, Firmware, Image, Vm, copy_disk};
+use nodeplane_testkit::bench::run_bench;
 
 const ROUNDS: usize = 3;
 
@@ -32,8 +34,12 @@ struct Times {
     ready: f64,
 }
 
-pub fn bench() -> Result<(), String> {
-    let image = crate::image::build()?;
+fn main() -> std::process::ExitCode {
+    run_bench("boot", bench)
+}
+
+fn bench() -> Result<(), String> {
+    let image = nodeplane_qemu::built_image()?;
     let mut with = Vec::new();
     let mut without = Vec::new();
     for round in 1..=ROUNDS {
@@ -73,7 +79,7 @@ pub fn bench() -> Result<(), String> {
     Ok(())
 }
 
-fn boot_direct(image: &nodeplane_qemu::Image, masked: bool) -> Result<Times, String> {
+fn boot_direct(image: &Image, masked: bool) -> Result<Times, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let share = dir.path().join("share");
     std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
@@ -106,7 +112,7 @@ fn boot_direct(image: &nodeplane_qemu::Image, masked: bool) -> Result<Times, Str
     })
 }
 
-fn boot_uefi(image: &nodeplane_qemu::Image) -> Result<f64, String> {
+fn boot_uefi(image: &Image) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let disk = dir.path().join("nodeplane.img");
     copy_disk(&image.disk(), &disk).map_err(|e| e.to_string())?;
@@ -127,8 +133,10 @@ fn boot_uefi(image: &nodeplane_qemu::Image) -> Result<f64, String> {
 /// nodeplaned's start on this host, spawn to READY, five times.
 fn native_ready() -> Result<Vec<f64>, String> {
     use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, Nodeplaned};
-    let policy = crate::root().join("units/org.nodeplane.Node1.conf");
-    let binary = crate::target_dir().join("release/nodeplaned");
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf");
+    // The release build the image carries: beside this benchmark's own directory.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let binary = exe.ancestors().nth(2).ok_or("the benchmark is not in a target directory")?.join("nodeplaned");
     let mut times = Vec::new();
     for _ in 0..5 {
         let bus = DbusDaemon::start(&[&policy]).map_err(|e| format!("private bus: {e}"))?;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench policy`: what NetworkPolicy costs in nodeplane's
+//! `cargo xtask bench policy` (`cargo bench -p nodeplane-datapath --bench policy`): what NetworkPolicy costs in nodeplane's
 //! datapath. A client pod and a server pod on one node namespace; the server
 //! is selected by 0 (open), 100 or 1,000 policy rules (one ingress rule each:
 //! an address block and a port range, one of them the rule that lets the
@@ -11,18 +11,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nodeplane_datapath::Datapath;
 use nodeplane_datapath::manifests::load_dir;
 use nodeplane_datapath::policy::{Cluster, NamedPort, PodView, Policy};
 use nodeplane_datapath::policy_maps::CompiledPolicy;
+use nodeplane_testkit::bench::{SAMPLE, Sample, measure, median, ms, pin_to_one_core, run_bench, write_results};
 use nodeplane_testkit::{Bpffs, Node};
 
-use crate::bench_datapath::{Sample, measure, median, ms};
-
 const ROUNDS: usize = 5;
-const SAMPLE: Duration = Duration::from_secs(2);
 const RULES: [usize; 3] = [0, 100, 1_000];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 10);
@@ -66,8 +64,12 @@ fn cluster(policies: Vec<Policy>) -> Cluster {
     Cluster { namespaces: Default::default(), pods: vec![pod("client", CLIENT), pod("server", SERVER)], policies }
 }
 
-pub fn bench() -> Result<(), String> {
-    crate::bench_datapath::prepare()?;
+fn main() -> std::process::ExitCode {
+    run_bench("policy", bench)
+}
+
+fn bench() -> Result<(), String> {
+    pin_to_one_core()?;
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
     let mut node = Node::new().map_err(|e| e.to_string())?;
     let client = node.add_pod(CLIENT).map_err(|e| e.to_string())?;
@@ -140,12 +142,7 @@ pub fn bench() -> Result<(), String> {
         "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "results": rows,
         "thousand_policies": {"compile_ms": ms(compile), "program_ms": ms(program), "entries_written": stats.written, "one_change_ms": ms(one_change)},
     });
-    let out = crate::target_dir().join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let path = out.join("policy.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON")).map_err(|e| e.to_string())?;
-    println!("written to {}", path.display());
-    Ok(())
+    write_results("policy", &json)
 }
 
 /// Request/response (a line echoed) on one open connection, for [`SAMPLE`].

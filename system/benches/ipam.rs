@@ -1,4 +1,4 @@
-//! `cargo xtask bench ipam`: the IPAM sweeper at node scale — 50,000 reservation
+//! `cargo xtask bench ipam` (`cargo bench -p nodeplane --bench ipam`): the IPAM sweeper at node scale — 50,000 reservation
 //! files across 10 networks, 5,000 live containers in a private containerd — run
 //! inside the real (release) `nodeplaned`. Reports per-sweep wall time against a
 //! baseline measured in the same run (reading every file once, the least any
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use nodeplane_testkit::bench::{run_bench, write_results};
 use nodeplane_testkit::{Containerd, DbusDaemon, Launch, Nodeplaned};
 
 const NETWORKS: usize = 10;
@@ -20,16 +21,15 @@ const ROUNDS: usize = 5;
 /// Each real sweep needs the 45,000 leaked files written anew, so fewer rounds.
 const REAL_ROUNDS: usize = 3;
 
-pub fn bench(what: &str) -> Result<(), String> {
-    if what != "ipam" {
-        return Err(format!("unknown benchmark {what:?}; available: ipam, datapath"));
-    }
-    crate::packages::ensure()?;
+fn main() -> std::process::ExitCode {
+    run_bench("ipam", bench)
+}
+
+fn bench() -> Result<(), String> {
     if !nodeplane_testkit::is_root() {
         return Err("the benchmark needs root (network namespace, containerd, D-Bus policy)".into());
     }
-    crate::step("build (release)", crate::cargo().args(["build", "--release", "--bins"]))?;
-    let bin = crate::target_dir().join("release");
+    let nodeplaned = Path::new(env!("CARGO_BIN_EXE_nodeplaned"));
 
     eprintln!("==> containerd with {LIVE_CONTAINERS} containers");
     let ctrd = Containerd::start().map_err(|e| e.to_string())?;
@@ -43,7 +43,8 @@ pub fn bench(what: &str) -> Result<(), String> {
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
     let leaked = write_reservations(data.path(), &live).map_err(|e| e.to_string())?;
 
-    let bus = DbusDaemon::start(&[&crate::root().join("units/org.nodeplane.Node1.conf")]).map_err(|e| e.to_string())?;
+    let bus = DbusDaemon::start(&[&Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf")])
+        .map_err(|e| e.to_string())?;
     let config = |interval: &str, dry_run: bool| {
         format!(
             "[datapath]\nenabled = false\n[ipam]\ninterval = \"{interval}\"\ndry_run = {dry_run}\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
@@ -53,7 +54,7 @@ pub fn bench(what: &str) -> Result<(), String> {
     };
     let start = |config: &str| -> Result<Nodeplaned, String> {
         let launch = Launch {
-            binary: &bin.join("nodeplaned"),
+            binary: nodeplaned,
             config,
             preset: &[],
             env: &[],
@@ -167,12 +168,7 @@ pub fn bench(what: &str) -> Result<(), String> {
         "periodic_real": { "sweep_ms": secs(real) * 1e3, "ratio": ratio(real), "peak_rss_kib": real_rss },
         "containerd_calls_dry": calls, "containerd_calls_real": real_calls,
     });
-    let out = crate::target_dir().join("bench");
-    fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let path = out.join("ipam.json");
-    fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON")).map_err(|e| e.to_string())?;
-    println!("written to {}", path.display());
-    Ok(())
+    write_results("ipam", &json)
 }
 
 fn expect(facts: &BTreeMap<String, u64>, name: &str, value: usize) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench datapath`: Service access through nodeplane against what
+//! `cargo xtask bench datapath` (`cargo bench -p nodeplane-datapath --bench datapath`): Service access through nodeplane against what
 //! users run today, in one run. Four node namespaces, each with a client pod and
 //! four backend pods: (a) direct to a backend's pod IP on a bare node, (b) a VIP
 //! on nodeplane's eBPF datapath, (c) a VIP through kube-proxy-style iptables DNAT
@@ -13,35 +13,18 @@
 //! minutes at this size, see ENVIRONMENT.md) and nftables (`nft -f`). Writes
 //! `target/bench/datapath.json`.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodeplane_datapath::{Datapath, Protocol, Service};
+use nodeplane_testkit::bench::{SAMPLE, Sample, measure, median, ms, pin_to_one_core, run_bench, write_results};
 use nodeplane_testkit::{Bpffs, Node, Pod};
 
 const ROUNDS: usize = 3;
-const SAMPLE: Duration = Duration::from_secs(2);
 const SIZES: [usize; 3] = [1, 1_000, 10_000];
 const ENDPOINTS: usize = 4;
-
-#[derive(Clone, Copy)]
-pub(crate) struct Sample {
-    pub rate: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-}
-
-impl Sample {
-    /// The rate and percentiles of operations that took `latencies` within `elapsed`.
-    pub(crate) fn from_latencies(mut latencies: Vec<Duration>, elapsed: Duration) -> Sample {
-        latencies.sort();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
-        Sample { rate: latencies.len() as f64 / elapsed.as_secs_f64(), p50_us: at(0.5), p99_us: at(0.99) }
-    }
-}
 
 /// A node namespace with a client pod and the probed Service's backend pods.
 struct Site {
@@ -88,22 +71,12 @@ fn endpoints_of(site: &Site, i: usize, n: usize) -> Vec<Ipv4Addr> {
     if i == n - 1 { site.endpoints() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
 }
 
-/// What every datapath benchmark starts with: the packages, root, and this
-/// thread (and the threads it starts: client and servers) on one core, as
-/// ENVIRONMENT.md's baselines were measured: far steadier than letting the
-/// scheduler move them.
-pub(crate) fn prepare() -> Result<(), String> {
-    crate::packages::ensure()?;
-    if !nodeplane_testkit::is_root() {
-        return Err("the benchmark needs root (network namespaces, eBPF, netfilter)".into());
-    }
-    let mut one_core = rustix::thread::CpuSet::new();
-    one_core.set(0);
-    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))
+fn main() -> std::process::ExitCode {
+    run_bench("datapath", bench)
 }
 
-pub fn bench() -> Result<(), String> {
-    prepare()?;
+fn bench() -> Result<(), String> {
+    pin_to_one_core()?;
     let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
     let (bare, ebpf, iptables, nft) = (Site::new(1)?, Site::new(2)?, Site::new(3)?, Site::new(4)?);
     let (pin, interfaces) = (
@@ -185,25 +158,7 @@ pub fn bench() -> Result<(), String> {
         serde_json::Value::Object(programming.clone())
     );
     let json = serde_json::json!({ "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes, "programming": programming });
-    let out = crate::target_dir().join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let path = out.join("datapath.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON")).map_err(|e| e.to_string())?;
-    println!("written to {}", path.display());
-    Ok(())
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-pub(crate) fn median(samples: &[Sample]) -> Sample {
-    let pick = |f: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = samples.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    Sample { rate: pick(|s| s.rate), p50_us: pick(|s| s.p50_us), p99_us: pick(|s| s.p99_us) }
+    write_results("datapath", &json)
 }
 
 /// Programs `n` Services (replacing the previous size's) with nodeplane's loader.
@@ -326,18 +281,4 @@ fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration,
         return Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
     }
     Ok(started.elapsed())
-}
-
-/// Connects, reads the reply and closes, again and again for [`SAMPLE`].
-pub(crate) fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
-    let mut latencies = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < SAMPLE {
-        let one = Instant::now();
-        let mut stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).map_err(|e| e.to_string())?;
-        latencies.push(one.elapsed());
-    }
-    Ok(Sample::from_latencies(latencies, started.elapsed()))
 }
