@@ -2,7 +2,7 @@
 //! one `N passed, N failed` line over all test binaries.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 pub fn test() -> Result<(), String> {
     crate::packages::ensure()?;
@@ -12,10 +12,8 @@ pub fn test() -> Result<(), String> {
     let image = crate::image::build()?;
     let tally = crate::timed("tests (cargo test --workspace)", || cargo_test(&image.dir))?;
     let smoke = if crate::is_root() {
-        Some(crate::step(
-            "smoke run (cargo xtask run --headless)",
-            Command::new(std::env::current_exe().map_err(|e| e.to_string())?).args(["run", "--headless"]),
-        ))
+        // In this process: `cargo test` may have rebuilt (replaced) this very binary.
+        Some(crate::timed("smoke run (cargo xtask run --headless)", || crate::run::run(true)))
     } else {
         eprintln!("==> not root: privileged tests (counted as passed by cargo) and the smoke run were SKIPPED");
         None
