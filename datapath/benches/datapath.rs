@@ -18,7 +18,8 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nodeplane_datapath::{Datapath, Protocol, Service};
+use nodeplane_datapath::{Datapath, Service};
+use nodeplane_model::Protocol;
 use nodeplane_testkit::bench::{SAMPLE, Sample, measure, median, ms, pin_to_one_core, run_bench, write_results};
 use nodeplane_testkit::{Bpffs, Node, Pod};
 
@@ -83,7 +84,7 @@ fn bench() -> Result<(), String> {
         bpffs.path().to_owned(),
         std::iter::once(&ebpf.client).chain(&ebpf.backends).map(|p| p.host_if.clone()).collect::<Vec<_>>(),
     );
-    let mut datapath = ebpf.node.netns.run(move || -> Result<Datapath, String> {
+    let mut datapath = ebpf.node.run(move || -> Result<Datapath, String> {
         let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).map_err(|e| e.to_string())?;
@@ -119,10 +120,10 @@ fn bench() -> Result<(), String> {
         for round in 1..=ROUNDS {
             eprint!("\r    round {round}/{ROUNDS}: direct, nodeplane, iptables, nftables");
             let direct = bare.backends[0].ip;
-            samples[0].push(bare.client.netns.run(move || measure(direct, 8080))?);
-            samples[1].push(ebpf.client.netns.run(move || measure(probed.0, 80))?);
-            samples[2].push(iptables.client.netns.run(move || measure(probed.1, 80))?);
-            samples[3].push(nft.client.netns.run(move || measure(probed.2, 80))?);
+            samples[0].push(bare.client.run(move || measure(direct, 8080))?);
+            samples[1].push(ebpf.client.run(move || measure(probed.0, 80))?);
+            samples[2].push(iptables.client.run(move || measure(probed.1, 80))?);
+            samples[3].push(nft.client.run(move || measure(probed.2, 80))?);
         }
         eprintln!();
         results.push((n, samples.map(|s| median(&s))));
@@ -163,8 +164,8 @@ fn bench() -> Result<(), String> {
 
 /// Programs `n` Services (replacing the previous size's) with nodeplane's loader.
 fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<Duration, String> {
-    for key in datapath.programmed().map_err(|e| e.to_string())?.iter().map(|(k, _)| *k) {
-        datapath.remove_service(&key).map_err(|e| e.to_string())?;
+    for key in datapath.services().programmed().map_err(|e| e.to_string())?.iter().map(|(k, _)| *k) {
+        datapath.services().remove(&key).map_err(|e| e.to_string())?;
     }
     let services: Vec<Service> = (0..n)
         .map(|i| Service {
@@ -179,7 +180,7 @@ fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<D
         .collect();
     let started = Instant::now();
     for service in &services {
-        datapath.set_service(service).map_err(|e| e.to_string())?;
+        datapath.services().set(service).map_err(|e| e.to_string())?;
     }
     Ok(started.elapsed())
 }
@@ -196,7 +197,7 @@ fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, Strin
         node_port: false,
     };
     let started = Instant::now();
-    datapath.set_service(&service).map_err(|e| e.to_string())?;
+    datapath.services().set(&service).map_err(|e| e.to_string())?;
     Ok(started.elapsed())
 }
 

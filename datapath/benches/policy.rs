@@ -14,9 +14,9 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::time::Instant;
 
 use nodeplane_datapath::Datapath;
-use nodeplane_datapath::manifests::load_dir;
-use nodeplane_datapath::policy::{Cluster, NamedPort, PodView, Policy};
-use nodeplane_datapath::policy_maps::CompiledPolicy;
+use nodeplane_model::compile::CompiledPolicy;
+use nodeplane_model::manifests::load_dir;
+use nodeplane_model::policy::{Cluster, NamedPort, PodView, Policy};
 use nodeplane_testkit::bench::{SAMPLE, Sample, measure, median, ms, pin_to_one_core, run_bench, write_results};
 use nodeplane_testkit::{Bpffs, Node};
 
@@ -79,7 +79,7 @@ fn bench() -> Result<(), String> {
     client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").map_err(|e| e.to_string())?;
     let _servers = [server.serve_tcp(8080, "ok"), server.serve_tcp_echo(8081, "echo")];
     let (pin, interfaces) = (bpffs.path().to_owned(), [client.host_if.clone(), server.host_if.clone()]);
-    let mut datapath = node.netns.run(move || -> Result<Datapath, String> {
+    let mut datapath = node.run(move || -> Result<Datapath, String> {
         let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).map_err(|e| e.to_string())?;
@@ -92,12 +92,12 @@ fn bench() -> Result<(), String> {
     let started = Instant::now();
     let compiled = CompiledPolicy::compile(&cluster(thousand.clone()));
     let compile = started.elapsed();
-    let stats = datapath.apply_policy(&compiled).map_err(|e| e.to_string())?;
+    let stats = datapath.policy().apply(&compiled).map_err(|e| e.to_string())?;
     let program = started.elapsed() - compile;
     let mut changed = thousand.clone();
     changed.swap_remove(0);
     let started = Instant::now();
-    datapath.apply_policy(&CompiledPolicy::compile(&cluster(changed))).map_err(|e| e.to_string())?;
+    datapath.policy().apply(&CompiledPolicy::compile(&cluster(changed))).map_err(|e| e.to_string())?;
     let one_change = started.elapsed();
     eprintln!(
         "==> 1,000 policies: compiled in {:.1} ms, programmed in {:.1} ms ({} map entries written, {} port sets); one removed: {:.1} ms",
@@ -115,9 +115,9 @@ fn bench() -> Result<(), String> {
     for round in 1..=ROUNDS {
         for (i, n) in RULES.iter().enumerate() {
             eprint!("\r    round {round}/{ROUNDS}: {n} rule(s)     ");
-            datapath.apply_policy(&compiled[i]).map_err(|e| e.to_string())?;
-            new[i].push(client.netns.run(|| measure(SERVER, 8080))?);
-            established[i].push(client.netns.run(|| measure_established(SERVER, 8081))?);
+            datapath.policy().apply(&compiled[i]).map_err(|e| e.to_string())?;
+            new[i].push(client.run(|| measure(SERVER, 8080))?);
+            established[i].push(client.run(|| measure_established(SERVER, 8081))?);
         }
     }
     eprintln!();

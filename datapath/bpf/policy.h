@@ -1,15 +1,13 @@
 /* NetworkPolicy verdicts on new connections, from the maps nodeplaned compiles
- * (datapath/src/policy_maps.rs): a pod isolated in a direction talks only to
+ * (datapath/model compiles them, datapath/src/policy_maps.rs writes them): a pod isolated in a direction talks only to
  * the peers and ports some policy allows. Port ranges are prefixes in an LPM
  * trie; a peer is the longest prefix holding its address. */
 #ifndef NODEPLANE_POLICY_H
 #define NODEPLANE_POLICY_H
 
+#include "conntrack.h"
 #include "counters.h"
 #include "maps.h"
-
-#define POLICY_PEER_BITS 64 /* pod and direction: matched whole */
-#define PORT_MATCH_BITS 48  /* port set, protocol and padding: matched whole */
 
 /* Whether `pod`'s rules of `direction` allow `peer` on `port`/`proto`: 0, or
  * why not (enum policy_reason). */
@@ -71,6 +69,23 @@ static __always_inline void report_denial(const struct ct_key *flow, __be32 vip,
 		.vip = vip, .vip_port = vip_port, .proto = flow->proto, .reason = reason,
 	};
 	send_event(&event);
+}
+
+/* A new connection without translation: when it is a pod's of this node,
+ * policy decides, and an allowed one is recorded. Returns the reason to drop it,
+ * or 0. */
+static __always_inline int open_plain_flow(const struct packet *pkt)
+{
+	const struct ct_key *flow = &pkt->flow;
+	if (!is_local_pod(flow->saddr) && !is_local_pod(flow->daddr))
+		return 0;
+	int reason = policy_verdict(flow->saddr, flow->daddr, flow->dport, flow->proto);
+	if (reason) {
+		report_denial(flow, 0, 0, reason);
+		return reason;
+	}
+	track_plain(flow);
+	return 0;
 }
 
 #endif

@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
+use nodeplane_datapath_abi::{self as abi, BackendKey, BackendValue, CtKey, CtValue, SvcKey, SvcValue};
+use nodeplane_model::ip_protocol_name;
 
-use crate::maps::{self, BackendKey, BackendValue, CtKey, CtValue, SvcKey, SvcValue};
+use crate::conntrack::{lifetime, monotonic_ns};
 use crate::{CtTimeouts, DatapathError};
 
 /// A programmed Service port and its backends.
@@ -38,20 +40,10 @@ fn pinned<K: aya::Pod, V: aya::Pod>(root: &Path, name: &'static str) -> Result<H
     Ok(HashMap::try_from(Map::from_map_data(data)?)?)
 }
 
-pub fn protocol_name(number: u8) -> &'static str {
-    match number {
-        1 => "icmp",
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        _ => "other",
-    }
-}
-
 /// Every programmed Service port, sorted by VIP, port and protocol.
 pub fn services(root: &Path) -> Result<Vec<ServiceView>, DatapathError> {
-    let services: HashMap<MapData, SvcKey, SvcValue> = pinned(root, maps::SERVICES)?;
-    let backends: HashMap<MapData, BackendKey, BackendValue> = pinned(root, maps::BACKENDS)?;
+    let services: HashMap<MapData, SvcKey, SvcValue> = pinned(root, abi::SERVICES)?;
+    let backends: HashMap<MapData, BackendKey, BackendValue> = pinned(root, abi::BACKENDS)?;
     let mut views = Vec::new();
     for entry in services.iter() {
         let (key, value) = entry?;
@@ -62,11 +54,11 @@ pub fn services(root: &Path) -> Result<Vec<ServiceView>, DatapathError> {
         views.push(ServiceView {
             vip: Ipv4Addr::from(key.vip),
             port: u16::from_be_bytes(key.port),
-            protocol: protocol_name(key.proto),
+            protocol: ip_protocol_name(key.proto),
             service_id: value.service_id,
             affinity_timeout_s: value.affinity_timeout_s,
             backends,
-            node_port: value.flags & maps::SVC_F_NODE_PORT != 0,
+            node_port: value.flags & abi::SVC_F_NODE_PORT != 0,
         });
     }
     views.sort_by_key(|v| (v.vip, v.port, v.protocol));
@@ -75,12 +67,12 @@ pub fn services(root: &Path) -> Result<Vec<ServiceView>, DatapathError> {
 
 /// Every conntrack entry with its remaining lifetime under `timeouts`.
 pub fn conntrack(root: &Path, timeouts: CtTimeouts) -> Result<Vec<FlowView>, DatapathError> {
-    let map: HashMap<MapData, CtKey, CtValue> = pinned(root, maps::CONNTRACK)?;
-    let now = crate::loader::monotonic_ns();
+    let map: HashMap<MapData, CtKey, CtValue> = pinned(root, abi::CONNTRACK)?;
+    let now = monotonic_ns();
     let mut flows = Vec::new();
     for entry in map.iter() {
         let (key, value) = entry?;
-        let lifetime = crate::loader::lifetime(&key, &value, timeouts);
+        let lifetime = lifetime(&key, &value, timeouts);
         let age = Duration::from_nanos(now.saturating_sub(value.last_seen_ns));
         flows.push(FlowView { key, value, remaining: lifetime.saturating_sub(age) });
     }
@@ -98,14 +90,8 @@ pub struct SocketLbView {
 }
 
 pub fn socket_lb(root: &Path) -> Result<SocketLbView, DatapathError> {
-    let links = root.join(crate::loader::CGROUP_LINKS);
-    let mut hooks: Vec<String> = match std::fs::read_dir(&links) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(DatapathError::Pin { path: links, source }),
-    };
-    hooks.sort();
-    let reverse: HashMap<MapData, maps::SockRevnatKey, maps::SockRevnatValue> = pinned(root, maps::SOCK_REVNAT)?;
+    let hooks = crate::pins::cgroup_hooks(root)?;
+    let reverse: HashMap<MapData, abi::SockRevnatKey, abi::SockRevnatValue> = pinned(root, abi::SOCK_REVNAT)?;
     Ok(SocketLbView { hooks, udp_reverse_entries: reverse.keys().count() })
 }
 
@@ -118,13 +104,13 @@ pub struct PolicyEvents {
 
 impl PolicyEvents {
     /// The events waiting, oldest first.
-    pub fn drain(&mut self) -> Vec<maps::PolicyEvent> {
+    pub fn drain(&mut self) -> Vec<abi::PolicyEvent> {
         let mut events = Vec::new();
         while let Some(item) = self.ring.next() {
-            if item.len() >= std::mem::size_of::<maps::PolicyEvent>() {
+            if item.len() >= std::mem::size_of::<abi::PolicyEvent>() {
                 // SAFETY: the program writes a whole struct policy_event (checked
                 // against this twin's layout by the BTF test); read unaligned.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<maps::PolicyEvent>()) });
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<abi::PolicyEvent>()) });
             }
         }
         events
@@ -139,7 +125,7 @@ impl std::os::fd::AsRawFd for PolicyEvents {
 
 /// Opens the pinned policy event ring under `root`.
 pub fn policy_events(root: &Path) -> Result<PolicyEvents, DatapathError> {
-    let data = MapData::from_pin(root.join(maps::POLICY_EVENTS))?;
+    let data = MapData::from_pin(root.join(abi::POLICY_EVENTS))?;
     let ring = aya::maps::RingBuf::try_from(Map::from_map_data(data)?)?;
     Ok(PolicyEvents { ring })
 }

@@ -1,20 +1,21 @@
-//! nodeplane's eBPF datapath: Service load balancing with connection tracking
-//! and NAT, and NetworkPolicy, in tc programs written in C (`bpf/`), loaded
-//! with aya.
+//! nodeplane's eBPF datapath as userspace drives it, with aya: loading the
+//! programs of `nodeplane-datapath-abi` with their maps pinned on a bpffs,
+//! attaching them (tc on pod and node interfaces, cgroup hooks for socket load
+//! balancing), programming Service ports and NetworkPolicy into the maps,
+//! collecting expired conntrack entries, and reading the pinned maps back
+//! ([`inspect`]) while no supervisor runs.
 
-mod config;
+mod conntrack;
+mod error;
 pub mod inspect;
 mod loader;
-pub mod manifests;
-pub mod maps;
-pub mod masquerade;
-pub mod policy;
-pub mod policy_maps;
-mod reconcile;
+mod maps;
+mod pins;
+mod policy_maps;
+mod services;
 
-pub use config::{DatapathConfig, Invalid};
-pub use loader::{AttachMode, CtTimeouts, Datapath, DatapathError, GcStats, Protocol, Service};
-pub use reconcile::{Reconciler, SyncStats};
-
-/// The compiled load balancer object (`bpf/lb.c`).
-pub const LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
+pub use conntrack::{Conntrack, CtTimeouts, GcStats};
+pub use error::DatapathError;
+pub use loader::{AttachMode, Datapath};
+pub use policy_maps::{PolicyMaps, PolicyStats};
+pub use services::{Reconciler, Service, ServiceMaps, SyncStats};

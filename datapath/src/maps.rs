@@ -1,264 +1,28 @@
-//! The Rust twins of the map keys and values in `bpf/maps.h`: same fields, same
-//! order, explicit padding, checked against the object's BTF by a test.
+//! Typed handles on the loaded object's maps, shared by the concerns that
+//! program them.
 
-/// A Service port: virtual IP, port, protocol (network byte order, as in packets).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SvcKey {
-    pub vip: [u8; 4],
-    pub port: [u8; 2],
-    pub proto: u8,
-    pub pad: u8,
+use aya::Ebpf;
+use aya::maps::{HashMap, MapData, MapError};
+
+use crate::DatapathError;
+
+/// The hash map `name` of the object, with key and value twins `K` and `V`.
+pub(crate) fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>, DatapathError> {
+    Ok(HashMap::try_from(map(ebpf, name)?)?)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SvcValue {
-    pub service_id: u32,
-    pub backend_count: u16,
-    /// `SVC_F_*` bits.
-    pub flags: u16,
-    /// sessionAffinity: ClientIP timeout in seconds; 0 for none.
-    pub affinity_timeout_s: u32,
+/// The map `name` of the object.
+pub(crate) fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, DatapathError> {
+    ebpf.map_mut(name).ok_or(DatapathError::Missing(name))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct BackendKey {
-    pub service_id: u32,
-    pub slot: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendValue {
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
-    pub pad: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct BackendId {
-    pub service_id: u32,
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
-    pub pad: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AffinityKey {
-    pub service_id: u32,
-    pub client: [u8; 4],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AffinityValue {
-    pub backend: BackendValue,
-    pub last_seen_ns: u64,
-}
-
-/// A host socket's unconnected UDP exchange with a backend it reached through a VIP.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockRevnatKey {
-    pub cookie: u64,
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
-    pub pad: u16,
-}
-
-/// The VIP such a socket's replies are reported from.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockRevnatValue {
-    pub vip: [u8; 4],
-    pub port: [u8; 2],
-    pub pad: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub proto: u8,
-    pub pad: [u8; 3],
-}
-
-/// What a conntrack entry rewrites (`enum ct_rewrite`).
-pub const CT_REWRITE_SRC: u8 = 1;
-pub const CT_REWRITE_DST: u8 = 2;
-/// TCP teardown seen on the flow (`enum ct_seen`).
-pub const CT_SEEN_FIN_ORIGINAL: u32 = 1;
-pub const CT_SEEN_FIN_REPLY: u32 = 2;
-pub const CT_SEEN_RST: u32 = 4;
-/// A packet in the reply direction: the flow is established.
-pub const CT_SEEN_REPLY: u32 = 8;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtValue {
-    pub src_addr: [u8; 4],
-    pub dst_addr: [u8; 4],
-    pub src_port: [u8; 2],
-    pub dst_port: [u8; 2],
-    pub rewrite: u8,
-    pub reply: u8,
-    pub pad: u16,
-    /// `CT_SEEN_*` bits.
-    pub seen: u32,
-    pub service_id: u32,
-    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
-    pub last_seen_ns: u64,
-}
-
-impl CtValue {
-    /// Both FINs or a RST: the flow is over.
-    pub fn closed(&self) -> bool {
-        self.seen & CT_SEEN_RST != 0
-            || self.seen & (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY) == (CT_SEEN_FIN_ORIGINAL | CT_SEEN_FIN_REPLY)
-    }
-
-    /// A reply came back: the flow got established.
-    pub fn established(&self) -> bool {
-        self.seen & CT_SEEN_REPLY != 0
+/// A removal's result, where the entry being gone already is as good as removed.
+pub(crate) fn removed(result: Result<(), MapError>) -> Result<(), DatapathError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
-
-/// `ENDPOINT_F_*`: the directions a pod's policies isolate.
-pub const ENDPOINT_F_ISOLATED_INGRESS: u32 = 1;
-pub const ENDPOINT_F_ISOLATED_EGRESS: u32 = 2;
-
-/// A pod of this node (keyed by its IP in `np_endpoints`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointValue {
-    pub flags: u32,
-}
-
-/// `enum policy_direction`.
-pub const POLICY_INGRESS: u8 = 0;
-pub const POLICY_EGRESS: u8 = 1;
-
-/// The data of an `np_policy` key (`struct policy_peer`); the trie's prefix
-/// length is [`POLICY_PEER_BITS`] plus the peer's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PolicyPeer {
-    pub pod: [u8; 4],
-    pub direction: u8,
-    pub pad: [u8; 3],
-    pub peer: [u8; 4],
-}
-
-pub const POLICY_PEER_BITS: u32 = 64;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PolicyValue {
-    /// 0: no port at all.
-    pub port_set: u32,
-}
-
-/// The data of an `np_policy_ports` key (`struct port_match`); the trie's
-/// prefix length is [`PORT_MATCH_BITS`] plus the port's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortMatch {
-    pub port_set: u32,
-    pub proto: u8,
-    pub pad: u8,
-    pub port: [u8; 2],
-}
-
-pub const PORT_MATCH_BITS: u32 = 48;
-
-/// `enum policy_reason`, by value (index 0 unused).
-pub const POLICY_REASONS: &[&str] =
-    &["", "egress-denied-peer", "egress-denied-port", "ingress-denied-peer", "ingress-denied-port"];
-
-/// A dropped connection attempt (`struct policy_event`), from `np_policy_events`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PolicyEvent {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub vip: [u8; 4],
-    pub vip_port: [u8; 2],
-    pub proto: u8,
-    pub reason: u8,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LbConfig {
-    pub hairpin_addr: [u8; 4],
-    pub pad: u32,
-    /// The node's network namespace cookie (`SO_NETNS_COOKIE`): socket LB
-    /// balances only its sockets.
-    pub node_netns: u64,
-}
-
-/// Per-CPU counters (`enum counter`), in index order.
-pub const COUNTERS: &[&str] = &[
-    "new_flow",
-    "translated",
-    "hairpin_flow",
-    "no_backend",
-    "ct_full",
-    "rewrite_failed",
-    "ct_clash",
-    "redirected",
-    "sock_balanced",
-    "policy_denied_egress_peer",
-    "policy_denied_egress_port",
-    "policy_denied_ingress_peer",
-    "policy_denied_ingress_port",
-    "policy_event_lost",
-    "flow_tracked",
-];
-
-/// `SVC_F_NODE_PORT` in `bpf/maps.h`: the entry is a NodePort on the node's IP.
-pub const SVC_F_NODE_PORT: u16 = 1;
-
-// SAFETY: plain old data — integers and byte arrays, no implicit padding.
-unsafe impl aya::Pod for SvcKey {}
-unsafe impl aya::Pod for SvcValue {}
-unsafe impl aya::Pod for BackendKey {}
-unsafe impl aya::Pod for BackendValue {}
-unsafe impl aya::Pod for CtKey {}
-unsafe impl aya::Pod for CtValue {}
-unsafe impl aya::Pod for LbConfig {}
-unsafe impl aya::Pod for BackendId {}
-unsafe impl aya::Pod for AffinityKey {}
-unsafe impl aya::Pod for AffinityValue {}
-unsafe impl aya::Pod for SockRevnatKey {}
-unsafe impl aya::Pod for SockRevnatValue {}
-unsafe impl aya::Pod for EndpointValue {}
-unsafe impl aya::Pod for PolicyPeer {}
-unsafe impl aya::Pod for PolicyValue {}
-unsafe impl aya::Pod for PortMatch {}
-
-/// `NODEPLANE_CT_ENTRIES` in `bpf/maps.h`: the conntrack map's capacity.
-pub const CONNTRACK_CAPACITY: u64 = 262_144;
-
-/// Map names, as in `bpf/maps.h` (and their pin file names).
-pub const SERVICES: &str = "np_services";
-pub const BACKENDS: &str = "np_backends";
-pub const CONNTRACK: &str = "np_conntrack";
-pub const CONFIG: &str = "np_config";
-pub const BACKEND_ALIVE: &str = "np_backend_alive";
-pub const AFFINITY: &str = "np_affinity";
-pub const COUNTER_MAP: &str = "np_counters";
-pub const SOCK_REVNAT: &str = "np_sock_revnat";
-pub const ENDPOINTS: &str = "np_endpoints";
-pub const POLICY: &str = "np_policy";
-pub const POLICY_PORTS: &str = "np_policy_ports";
-pub const POLICY_EVENTS: &str = "np_policy_events";

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nodeplane_datapath::manifests::load_dir;
-use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Protocol, Reconciler, Service, SyncStats};
+use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Reconciler, Service, SyncStats};
+use nodeplane_model::Protocol;
+use nodeplane_model::manifests::load_dir;
 use nodeplane_testkit::{Bpffs, Node, Pod, RequestLoop, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -19,7 +20,7 @@ fn service(id: u32, port: u16, protocol: Protocol, backends: &[(Ipv4Addr, u16)])
 fn load(node: &Node, bpffs: &Bpffs, pods: &[&Pod]) -> Datapath {
     let pin = bpffs.path().to_owned();
     let interfaces: Vec<String> = pods.iter().map(|p| p.host_if.clone()).collect();
-    node.netns.run(move || {
+    node.run(move || {
         let mut datapath = Datapath::load(&pin).expect("load the datapath");
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).expect("attach");
@@ -41,8 +42,8 @@ fn cluster_ip_tcp_and_udp_reach_every_backend_and_replies_come_from_the_vip() {
     let _servers =
         [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(5353, "b1"), b2.serve_udp(5353, "b2")];
     let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
-    datapath.set_service(&service(1, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
-    datapath.set_service(&service(2, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
+    datapath.services().set(&service(1, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    datapath.services().set(&service(2, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
 
     let mut tcp: BTreeMap<String, u32> = BTreeMap::new();
     for n in 0..100 {
@@ -76,7 +77,7 @@ fn hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout() {
     let _server = pod.serve_tcp(8080, "myself");
     let mut datapath = load(&node, &bpffs, &[&pod]);
     datapath.set_hairpin_address(HAIRPIN).unwrap();
-    datapath.set_service(&service(7, 80, Protocol::Tcp, &[(pod.ip, 8080)])).unwrap();
+    datapath.services().set(&service(7, 80, Protocol::Tcp, &[(pod.ip, 8080)])).unwrap();
 
     for n in 0..1000 {
         let reply = pod.tcp_request(VIP, 80).unwrap_or_else(|e| panic!("hairpin connection {n}: {e}"));
@@ -93,7 +94,7 @@ fn hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout() {
     assert_eq!(counters["rewrite_failed"], 0);
 
     // Every entry these flows made is closed; after the close timeout GC takes them all.
-    let entries = datapath.conntrack().unwrap();
+    let entries = datapath.conntrack().entries().unwrap();
     assert!(!entries.is_empty());
     assert!(
         entries.iter().all(|(_, v)| v.closed()),
@@ -102,9 +103,9 @@ fn hairpin_works_every_time_and_leaves_no_entry_after_the_close_timeout() {
     );
     let timeouts = CtTimeouts { tcp_closed: Duration::from_millis(500), ..CtTimeouts::default() };
     std::thread::sleep(Duration::from_millis(700));
-    let stats = datapath.gc(timeouts).unwrap();
+    let stats = datapath.conntrack().gc(timeouts).unwrap();
     assert_eq!(stats.expired, stats.entries);
-    assert!(datapath.conntrack().unwrap().is_empty());
+    assert!(datapath.conntrack().entries().unwrap().is_empty());
 }
 
 #[test]
@@ -120,7 +121,7 @@ fn a_pod_reaches_itself_through_a_vip_with_one_and_with_two_backends() {
     let mut datapath = load(&node, &bpffs, &[&pod, &other]);
     datapath.set_hairpin_address(HAIRPIN).unwrap();
     for backends in [vec![(pod.ip, 8080)], vec![(pod.ip, 8080), (other.ip, 8080)]] {
-        datapath.set_service(&service(9, 80, Protocol::Tcp, &backends)).unwrap();
+        datapath.services().set(&service(9, 80, Protocol::Tcp, &backends)).unwrap();
         let mut seen: BTreeMap<String, u32> = BTreeMap::new();
         for n in 0..200 {
             let reply = pod
@@ -146,12 +147,12 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
     let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
     let mut first = load(&node, &bpffs, &[&client, &b1, &b2]);
     first.set_hairpin_address(HAIRPIN).unwrap();
-    first.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080)])).unwrap();
+    first.services().set(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080)])).unwrap();
 
     // A request loop through the VIP for the whole test.
     let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
-    let before: Vec<_> = first.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
+    let before: Vec<_> = first.conntrack().entries().unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(!before.is_empty());
 
     // The loader goes away, as when nodeplaned is killed: its fds close.
@@ -160,16 +161,17 @@ fn traffic_and_conntrack_survive_the_loader_going_away_and_coming_back() {
 
     // And comes back: pinned maps reused, the attachments found, not doubled.
     let mut second = load(&node, &bpffs, &[&client, &b1, &b2]);
-    let entries: std::collections::HashSet<_> = second.conntrack().unwrap().into_iter().map(|(k, _)| k).collect();
+    let entries: std::collections::HashSet<_> =
+        second.conntrack().entries().unwrap().into_iter().map(|(k, _)| k).collect();
     assert!(before.iter().all(|k| entries.contains(k)), "conntrack entries were lost");
     let iface = client.host_if.clone();
-    let attached = node.netns.run(move || {
+    let attached = node.run(move || {
         aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress)
             .map(|(_, p)| p.iter().map(|p| p.id()).collect::<Vec<_>>())
     });
     let current = second.program_id().unwrap();
     assert_eq!(attached.unwrap(), [current], "one program on the interface, the new loader's (an upgrade applies)");
-    second.set_service(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    second.services().set(&service(3, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
     let replies: Vec<_> = looping.finish().into_iter().map(|(_, reply)| reply).collect();
@@ -200,12 +202,12 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
     let backends = [(b1.ip, 8080), (b2.ip, 8080)];
     let sticky = Service { affinity: Some(Duration::from_secs(10800)), ..service(4, 80, Protocol::Tcp, &backends) };
-    datapath.set_service(&sticky).unwrap();
+    datapath.services().set(&sticky).unwrap();
     let udp = Service {
         affinity: Some(Duration::from_secs(10800)),
         ..service(5, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])
     };
-    datapath.set_service(&udp).unwrap();
+    datapath.services().set(&udp).unwrap();
     let tcp_replies: std::collections::BTreeSet<String> =
         (0..60).map(|_| client.tcp_request(VIP, 80).unwrap()).collect();
     assert_eq!(tcp_replies.len(), 1, "one backend for the client: {tcp_replies:?}");
@@ -216,7 +218,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     // Its backend removed, the client moves to the other one and stays there.
     let kept = tcp_replies.into_iter().next().unwrap();
     let remaining = if kept == "b1" { (b2.ip, 8080) } else { (b1.ip, 8080) };
-    datapath.set_service(&Service { backends: vec![remaining], ..sticky }).unwrap();
+    datapath.services().set(&Service { backends: vec![remaining], ..sticky }).unwrap();
     let after: std::collections::BTreeSet<String> = (0..20).map(|_| client.tcp_request(VIP, 80).unwrap()).collect();
     assert_eq!(after.len(), 1);
     assert_ne!(after.into_iter().next().unwrap(), kept);
@@ -235,11 +237,11 @@ fn a_removed_backend_gets_no_new_flow_and_its_udp_flows_move() {
     let _servers =
         [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b1.serve_udp(5353, "b1"), b2.serve_udp(5353, "b2")];
     let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
-    datapath.set_service(&service(6, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
-    datapath.set_service(&service(8, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
+    datapath.services().set(&service(6, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    datapath.services().set(&service(8, 53, Protocol::Udp, &[(b1.ip, 5353), (b2.ip, 5353)])).unwrap();
 
     // One UDP flow (one source port) for the whole test, pinned to a backend.
-    let udp = client.netns.run(|| {
+    let udp = client.run(|| {
         let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         socket
@@ -255,8 +257,8 @@ fn a_removed_backend_gets_no_new_flow_and_its_udp_flows_move() {
 
     // Remove that backend: new TCP flows and the UDP flow go to the other one.
     let (gone, live) = if first == "b1" { ("b1", (b2.ip, 8080)) } else { ("b2", (b1.ip, 8080)) };
-    datapath.set_service(&service(6, 80, Protocol::Tcp, &[live])).unwrap();
-    datapath.set_service(&service(8, 53, Protocol::Udp, &[(live.0, 5353)])).unwrap();
+    datapath.services().set(&service(6, 80, Protocol::Tcp, &[live])).unwrap();
+    datapath.services().set(&service(8, 53, Protocol::Udp, &[(live.0, 5353)])).unwrap();
     for n in 0..50 {
         assert_ne!(client.tcp_request(VIP, 80).unwrap(), gone, "new flow {n} reached the removed backend");
     }
@@ -285,7 +287,7 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     let sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
         let found = load_dir(dir.path());
         assert!(found.errors.is_empty(), "{:?}", found.errors);
-        reconciler.sync(datapath, &found.ports, None).unwrap()
+        reconciler.sync(&mut datapath.services(), &found.ports, None).unwrap()
     };
 
     std::fs::write(&manifest, service_manifest("web", VIP, &[b1.ip])).unwrap();
@@ -306,7 +308,7 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     std::fs::remove_file(&manifest).unwrap();
     assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { updated: 1, removed: 1, ..Default::default() });
     assert!(client.tcp_request(VIP, 80).is_err(), "a removed Service no longer answers");
-    assert_eq!(datapath.programmed().unwrap().len(), 1);
+    assert_eq!(datapath.services().programmed().unwrap().len(), 1);
 }
 
 #[test]
@@ -320,7 +322,7 @@ fn a_direct_connection_on_the_tuple_of_a_closed_service_flow_gets_its_replies() 
     let backend = node.add_pod(Ipv4Addr::new(10, 200, 8, 3)).unwrap();
     let _server = backend.serve_tcp(8080, "b");
     let mut datapath = load(&node, &bpffs, &[&client, &backend]);
-    datapath.set_service(&service(10, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
+    datapath.services().set(&service(10, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
     // Through the VIP, then straight to the backend, from the same source port:
     // the backend's replies must not be taken for the closed Service flow's.
     // (A fresh port each round: a direct flow and a later Service flow on one
@@ -346,13 +348,13 @@ fn backends_removed_and_added_under_a_running_request_loop() {
     let b3 = node.add_pod(Ipv4Addr::new(10, 200, 9, 5)).unwrap();
     let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2"), b3.serve_tcp(8080, "b3")];
     let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2, &b3]);
-    datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    datapath.services().set(&service(11, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
 
     // Each request records when it started and which backend answered.
     let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
     // Remove b1, add b3, while requests are in flight.
-    datapath.set_service(&service(11, 80, Protocol::Tcp, &[(b2.ip, 8080), (b3.ip, 8080)])).unwrap();
+    datapath.services().set(&service(11, 80, Protocol::Tcp, &[(b2.ip, 8080), (b3.ip, 8080)])).unwrap();
     let updated = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let replies = looping.finish();
@@ -379,7 +381,7 @@ fn each_connection_on_a_reused_source_port_picks_its_backend_anew() {
     let _servers = [pod.serve_tcp(8080, "self"), other.serve_tcp(8080, "other")];
     let mut datapath = load(&node, &bpffs, &[&pod, &other]);
     datapath.set_hairpin_address(HAIRPIN).unwrap();
-    datapath.set_service(&service(12, 80, Protocol::Tcp, &[(pod.ip, 8080), (other.ip, 8080)])).unwrap();
+    datapath.services().set(&service(12, 80, Protocol::Tcp, &[(pod.ip, 8080), (other.ip, 8080)])).unwrap();
     // Were the closed flow's entry reused, every connection would go where the first did.
     let replies: std::collections::BTreeSet<String> = (0..40)
         .map(|n| pod.tcp_request_from(40500, VIP, 80).unwrap_or_else(|e| panic!("connection {n}: {e}")))
@@ -399,7 +401,7 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
     let _server = backend.serve_tcp(8080, "b");
     let load_netlink = || {
         let (pin, interfaces) = (bpffs.path().to_owned(), vec![client.host_if.clone(), backend.host_if.clone()]);
-        node.netns.run(move || {
+        node.run(move || {
             let mut datapath = Datapath::load_with(&pin, AttachMode::Netlink).expect("load");
             for interface in &interfaces {
                 datapath.attach_pod_interface(interface).expect("attach over netlink");
@@ -408,10 +410,10 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
         })
     };
     let mut first = load_netlink();
-    first.set_service(&service(13, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
+    first.services().set(&service(13, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
     assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b");
     let iface = client.host_if.clone();
-    let tcx = node.netns.run(move || {
+    let tcx = node.run(move || {
         aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
     });
     assert_eq!(tcx.unwrap_or(0), 0, "attached by netlink, not TCX");
@@ -422,7 +424,7 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
     assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b");
     let current = format!(" id {} ", second.program_id().unwrap());
     let iface = client.host_if.clone();
-    let shown = node.netns.run(move || {
+    let shown = node.run(move || {
         std::process::Command::new("tc").args(["filter", "show", "dev", &iface, "ingress"]).output().unwrap()
     });
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
@@ -443,11 +445,11 @@ fn a_long_lived_connection_keeps_its_backend_while_the_loader_restarts() {
     let b2 = node.add_pod(Ipv4Addr::new(10, 200, 12, 4)).unwrap();
     let _servers = [b1.serve_tcp_echo(8080, "b1"), b2.serve_tcp_echo(8080, "b2")];
     let mut first = load(&node, &bpffs, &[&client, &b1, &b2]);
-    first.set_service(&service(14, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
+    first.services().set(&service(14, 80, Protocol::Tcp, &[(b1.ip, 8080), (b2.ip, 8080)])).unwrap();
 
     // One connection through the VIP; it is established in the client's namespace
     // and then used from here (a socket stays in the namespace it was made in).
-    let stream = client.netns.run(|| std::net::TcpStream::connect((VIP, 80)).unwrap());
+    let stream = client.run(|| std::net::TcpStream::connect((VIP, 80)).unwrap());
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
@@ -467,7 +469,7 @@ fn a_long_lived_connection_keeps_its_backend_while_the_loader_restarts() {
     let mut second = load(&node, &bpffs, &[&client, &b1, &b2]);
     let other = if backend == "b1" { (b2.ip, 8080) } else { (b1.ip, 8080) };
     let kept = if backend == "b1" { (b1.ip, 8080) } else { (b2.ip, 8080) };
-    second.set_service(&service(14, 80, Protocol::Tcp, &[kept, other])).unwrap();
+    second.services().set(&service(14, 80, Protocol::Tcp, &[kept, other])).unwrap();
     for n in 3..20 {
         echo(n);
     }
@@ -496,7 +498,7 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert!(
         shown.contains("lru_hash")
-            && shown.contains(&format!("max_entries {}", nodeplane_datapath::maps::CONNTRACK_CAPACITY)),
+            && shown.contains(&format!("max_entries {}", nodeplane_datapath_abi::CONNTRACK_CAPACITY)),
         "{shown}"
     );
     drop(first);
@@ -519,7 +521,7 @@ fn node_ports_reach_a_local_backend_and_the_nodes_own_traffic_from_such_ports_ke
     let mut datapath = load(&node, &bpffs, &[&backend, &outside]);
     for (id, protocol) in [(15, Protocol::Tcp), (16, Protocol::Udp)] {
         let entry = Service { vip: NODE_IP, node_port: true, ..service(id, 30080, protocol, &[(backend.ip, 8080)]) };
-        datapath.set_service(&entry).unwrap();
+        datapath.services().set(&entry).unwrap();
     }
 
     // From outside, to the node's IP on the NodePort: the local backend answers, from the NodePort.
@@ -532,7 +534,7 @@ fn node_ports_reach_a_local_backend_and_the_nodes_own_traffic_from_such_ports_ke
     // The node's own connections from port 30080 (bound explicitly) get their replies.
     let _outside_servers = [outside.serve_tcp(9000, "outside-tcp"), outside.serve_udp(9000, "outside-udp")];
     let client_ip = outside.ip;
-    let (tcp, udp) = node.netns.run(move || {
+    let (tcp, udp) = node.run(move || {
         use rustix::net::{AddressFamily, SocketType, bind, connect, ipproto, socket, sockopt};
         let tcp = (|| -> std::io::Result<String> {
             let socket = socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP))?;

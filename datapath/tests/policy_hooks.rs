@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use nodeplane_datapath::Datapath;
-use nodeplane_datapath::policy::{Cluster, PodView, Policy};
-use nodeplane_datapath::policy_maps::CompiledPolicy;
+use nodeplane_model::compile::CompiledPolicy;
+use nodeplane_model::policy::{Cluster, PodView, Policy};
 use nodeplane_testkit::{Bpffs, Node, privileged, tcp_request};
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 200, 30, 2);
@@ -49,22 +49,22 @@ fn to_pod_decides_unwatched_interfaces_and_lets_the_node_through() {
     outside.netns.ip(&["route", "add", "10.200.30.0/24", "via", &NODE_IP.to_string()]).unwrap();
     let _server = pod.serve_tcp(8080, "web");
     let (pin, interface) = (bpffs.path().to_owned(), pod.host_if.clone());
-    let mut datapath = node.netns.run(move || {
+    let mut datapath = node.run(move || {
         let mut datapath = Datapath::load(&pin).unwrap();
         datapath.attach_pod_interface(&interface).unwrap();
         datapath
     });
     assert_eq!(outside.tcp_request(POD, 8080).unwrap(), "web", "no policy yet");
 
-    datapath.apply_policy(&CompiledPolicy::compile(&cluster("192.168.90.3/32"))).unwrap();
+    datapath.policy().apply(&CompiledPolicy::compile(&cluster("192.168.90.3/32"))).unwrap();
     assert!(outside.tcp_request(POD, 8080).is_err(), "a peer the policy does not name is dropped");
     let counters = datapath.counters().unwrap();
     let denied = counters.iter().find(|(name, _)| *name == "policy_denied_ingress_peer").unwrap().1;
     assert!(denied >= 1, "{counters:?}");
     // The node itself: allowed whatever the policies, and its replies come back.
-    assert_eq!(node.netns.run(|| tcp_request(POD, 8080)).unwrap(), "web", "the node reaches its pod");
+    assert_eq!(node.run(|| tcp_request(POD, 8080)).unwrap(), "web", "the node reaches its pod");
 
-    datapath.apply_policy(&CompiledPolicy::compile(&cluster("192.168.90.2/32"))).unwrap();
+    datapath.policy().apply(&CompiledPolicy::compile(&cluster("192.168.90.2/32"))).unwrap();
     assert_eq!(outside.tcp_request(POD, 8080).unwrap(), "web", "the named peer gets in, and the replies out");
 }
 
@@ -88,15 +88,15 @@ fn incremental_policy_updates_leave_the_maps_as_a_fresh_apply_would() {
     );
     for (before, after) in [(&first, &second), (&second, &first)] {
         let mut datapath = Datapath::load(bpffs.path()).unwrap();
-        datapath.apply_policy(before).unwrap();
-        datapath.apply_policy(after).unwrap();
+        datapath.policy().apply(before).unwrap();
+        datapath.policy().apply(after).unwrap();
         drop(datapath);
         // A new instance reads the maps back: they hold `after`, nothing to write,
         // and nothing more (emptying them removes its rules and pod, no other).
         let mut fresh = Datapath::load(bpffs.path()).unwrap();
-        let stats = fresh.apply_policy(after).unwrap();
+        let stats = fresh.policy().apply(after).unwrap();
         assert_eq!((stats.written, stats.removed, stats.port_sets), (0, 0, 0), "{stats:?}");
-        let emptied = fresh.apply_policy(&CompiledPolicy::default()).unwrap();
+        let emptied = fresh.policy().apply(&CompiledPolicy::default()).unwrap();
         assert_eq!(emptied.removed as usize, after.rule_count() + after.pods.len(), "{emptied:?}");
     }
 }

@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodeplane_datapath::{Datapath, Protocol, Service};
+use nodeplane_datapath::{Datapath, Service};
+use nodeplane_model::Protocol;
 use nodeplane_testkit::{Bpffs, Node, privileged};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -100,7 +101,7 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
             node_port: false,
         },
     );
-    let mut datapath = node.netns.run(move || {
+    let mut datapath = node.run(move || {
         let mut datapath = Datapath::load(&pin).unwrap();
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).unwrap();
@@ -108,12 +109,12 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
         datapath.attach_cgroup(&target).unwrap();
         datapath
     });
-    datapath.set_service(&tcp_service).unwrap();
-    datapath.set_service(&udp_service).unwrap();
+    datapath.services().set(&tcp_service).unwrap();
+    datapath.services().set(&udp_service).unwrap();
 
     // TCP: the socket is connected to a backend itself; both backends serve.
     let replies: Vec<(String, SocketAddr)> =
-        node.netns.run(|| (0..40).map(|_| tcp_get(SocketAddr::from((VIP, 80))).unwrap()).collect());
+        node.run(|| (0..40).map(|_| tcp_get(SocketAddr::from((VIP, 80))).unwrap()).collect());
     for (reply, peer) in &replies {
         let expected = if reply == "b1" { b1.ip } else { b2.ip };
         assert_eq!(peer, &SocketAddr::from((expected, 8080)), "connected straight to the backend");
@@ -122,11 +123,11 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
 
     // A pod's socket is left to the tc datapath (and its NetworkPolicy): it stays
     // connected to the VIP, whose packets are translated.
-    let (reply, peer) = pod.netns.run(|| tcp_get(SocketAddr::from((VIP, 80))).unwrap());
+    let (reply, peer) = pod.run(|| tcp_get(SocketAddr::from((VIP, 80))).unwrap());
     assert_eq!(peer, SocketAddr::from((VIP, 80)), "a pod's socket is not balanced at connect() (reply {reply})");
 
     // Unconnected UDP: sendto the VIP reaches a backend, and the reply is reported from the VIP.
-    let exchanges: Vec<(String, SocketAddr)> = node.netns.run(|| {
+    let exchanges: Vec<(String, SocketAddr)> = node.run(|| {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         (0..40).map(|_| udp_exchange(&socket, SocketAddr::from((VIP, 53))).unwrap()).collect()
@@ -136,9 +137,8 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
 
     // sessionAffinity: ClientIP holds for the node's processes too.
     let sticky = Service { affinity: Some(Duration::from_secs(600)), ..tcp_service.clone() };
-    datapath.set_service(&sticky).unwrap();
-    let replies: Vec<String> =
-        node.netns.run(|| (0..20).map(|_| tcp_get(SocketAddr::from((VIP, 80))).unwrap().0).collect());
+    datapath.services().set(&sticky).unwrap();
+    let replies: Vec<String> = node.run(|| (0..20).map(|_| tcp_get(SocketAddr::from((VIP, 80))).unwrap().0).collect());
     assert!(replies.iter().all(|r| r == &replies[0]), "{replies:?}");
 
     let refused = datapath.attach_cgroup(Path::new("/tmp")).unwrap_err().to_string();
@@ -146,7 +146,7 @@ fn host_processes_reach_cluster_ips_through_socket_load_balancing() {
 
     // Detached: the VIP is no longer translated for host sockets.
     datapath.detach_cgroup().unwrap();
-    let refused = node.netns.run(|| tcp_get(SocketAddr::from((VIP, 80))));
+    let refused = node.run(|| tcp_get(SocketAddr::from((VIP, 80))));
     assert!(refused.is_err(), "{refused:?}");
     drop(cgroup);
     assert!(!Path::new(&format!("/sys/fs/cgroup/nodeplane-sock-lb-{}", std::process::id())).exists());

@@ -34,6 +34,28 @@ const MIB: u64 = 1 << 20;
 /// Kernel command line shared by both ways to boot (root= comes on top).
 pub const KERNEL_ARGS: &str = "console=ttyS0 ro rootfstype=erofs panic=-1";
 
+/// Why the image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("copying {} to {}: {source}", from.display(), to.display())]
+    Copy { from: PathBuf, to: PathBuf, source: std::io::Error },
+    #[error("{what}: cannot start {program}: {source}")]
+    Spawn { what: String, program: String, source: std::io::Error },
+    #[error("{what}: failed ({status})")]
+    Failed { what: String, status: std::process::ExitStatus },
+    #[error("{}: {entry:?} is not one package name", path.display())]
+    PackageList { path: PathBuf, entry: String },
+    #[error("no kernel in {}", .0.display())]
+    NoKernel(PathBuf),
+}
+
+/// An I/O failure at `path`.
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { path: path.to_owned(), source }
+}
+
 /// Where a build's inputs are.
 pub struct Inputs {
     /// The repository (for `image/` and `units/`).
@@ -78,10 +100,10 @@ impl Image {
 }
 
 /// Builds the image into `out`, printing each step and how long it took.
-pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, String> {
+pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, ImageError> {
     let packages = packages(&inputs.repo.join("image/packages.list"))?;
     let base = base(&inputs.cache, &packages)?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
     let rootfs = out.join("rootfs");
     if rootfs.exists() {
         run("remove the previous root tree", Command::new("rm").arg("-rf").arg(&rootfs))?;
@@ -97,14 +119,14 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, String> {
     let esp = out.join("esp.img");
     make_esp(&rootfs, &image, &esp)?;
     make_disk(&image.disk(), &[(&esp, Part::Esp), (&image.root(), Part::Root)], STATE_BYTES)?;
-    std::fs::remove_file(&esp).map_err(|e| e.to_string())?;
+    std::fs::remove_file(&esp).map_err(io(&esp))?;
     make_disk(&image.state_template(), &[], STATE_BYTES)?;
     Ok(image)
 }
 
 /// The package names in `packages.list` (comments and blank lines skipped).
-fn packages(list: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(list).map_err(|e| format!("{}: {e}", list.display()))?;
+fn packages(list: &Path) -> Result<Vec<String>, ImageError> {
+    let text = std::fs::read_to_string(list).map_err(io(list))?;
     let names: Vec<String> = text
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
@@ -112,13 +134,13 @@ fn packages(list: &Path) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect();
     if let Some(bad) = names.iter().find(|n| n.contains(char::is_whitespace) || n.contains(',')) {
-        return Err(format!("{}: {bad:?} is not one package name", list.display()));
+        return Err(ImageError::PackageList { path: list.to_owned(), entry: bad.clone() });
     }
     Ok(names)
 }
 
 /// The debootstrapped base for `packages`, from the cache or made now (minutes).
-fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
+fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, ImageError> {
     let mut hasher = DefaultHasher::new();
     (BASE_RECIPE, SUITE, MIRROR, packages).hash(&mut hasher);
     let base = cache.join(format!("base-{:016x}", hasher.finish()));
@@ -131,7 +153,7 @@ fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
         run("remove a partial base", Command::new("rm").arg("-rf").arg(&partial))?;
     }
     let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+    std::fs::create_dir_all(&debs).map_err(io(&debs))?;
     run(
         "debootstrap the base (a few minutes when the package cache is cold)",
         Command::new("debootstrap")
@@ -147,10 +169,10 @@ fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
         run(&format!("trim /{dir}"), Command::new("rm").arg("-rf").arg(partial.join(dir)))?;
     }
     trim_modules(&partial)?;
-    std::fs::write(partial.join(".complete"), "").map_err(|e| e.to_string())?;
-    std::fs::rename(&partial, &base).map_err(|e| format!("{}: {e}", base.display()))?;
+    std::fs::write(partial.join(".complete"), "").map_err(io(&partial))?;
+    std::fs::rename(&partial, &base).map_err(io(&base))?;
     // Bases of other package lists are not coming back: free their space.
-    for old in std::fs::read_dir(cache).map_err(|e| e.to_string())?.filter_map(|e| e.ok()) {
+    for old in std::fs::read_dir(cache).map_err(io(cache))?.filter_map(|e| e.ok()) {
         let name = old.file_name().to_string_lossy().into_owned();
         if name.starts_with("base-") && old.path() != base {
             run(&format!("remove the old base {name}"), Command::new("rm").arg("-rf").arg(old.path()))?;
@@ -161,7 +183,7 @@ fn base(cache: &Path, packages: &[String]) -> Result<PathBuf, String> {
 
 /// Kernel modules for hardware a server node does not have (sound, GPUs, cameras,
 /// radios, InfiniBand, sensors); `depmod` then forgets them.
-fn trim_modules(rootfs: &Path) -> Result<(), String> {
+fn trim_modules(rootfs: &Path) -> Result<(), ImageError> {
     const UNNEEDED: &[&str] = &[
         "sound",
         "drivers/gpu",
@@ -185,7 +207,7 @@ fn trim_modules(rootfs: &Path) -> Result<(), String> {
 }
 
 /// Lays nodeplane's binaries, units and the image's configuration over the base.
-fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
+fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
     eprintln!("==> install nodeplane");
     let repo = &inputs.repo;
     let examples = repo.join("system/probe/examples/xyz");
@@ -205,18 +227,17 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
     ];
     for (from, to, mode) in files {
         let to = rootfs.join(to);
-        std::fs::create_dir_all(to.parent().unwrap()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(to.parent().unwrap()).map_err(io(&to))?;
         copy(&from, &to)?;
-        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", to.display()))?;
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io(&to))?;
     }
     run(
         "overlay image/rootfs",
         Command::new("cp").arg("-a").arg("--no-preserve=ownership").arg(repo.join("image/rootfs/.")).arg(rootfs),
     )?;
-    std::fs::create_dir_all(rootfs.join("etc/nodeplane/manifests")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(rootfs.join("etc/nodeplane/manifests")).map_err(io(rootfs))?;
     // Empty: systemd makes a machine id at each boot (the overlay /etc is volatile).
-    std::fs::write(rootfs.join("etc/machine-id"), "").map_err(|e| e.to_string())?;
+    std::fs::write(rootfs.join("etc/machine-id"), "").map_err(io(rootfs))?;
     run(
         "enable the units",
         Command::new("systemctl").arg(format!("--root={}", rootfs.display())).args([
@@ -231,19 +252,19 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn kernel_version(rootfs: &Path) -> Result<String, String> {
+fn kernel_version(rootfs: &Path) -> Result<String, ImageError> {
     let modules = rootfs.join("usr/lib/modules");
     let mut versions: Vec<String> = std::fs::read_dir(&modules)
-        .map_err(|e| format!("{}: {e}", modules.display()))?
+        .map_err(io(&modules))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     versions.sort();
-    versions.pop().ok_or_else(|| format!("no kernel in {}", modules.display()))
+    versions.pop().ok_or(ImageError::NoKernel(modules))
 }
 
 /// The read-only root: erofs, lz4hc-compressed, without the kernel and initrd
 /// (they are on the ESP, or passed by the VM); `/boot/config-*` stays for bpftool.
-fn make_root(rootfs: &Path, root: &Path, kernel_version: &str) -> Result<(), String> {
+fn make_root(rootfs: &Path, root: &Path, kernel_version: &str) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(root);
     run(
         "make the erofs root",
@@ -258,8 +279,8 @@ fn make_root(rootfs: &Path, root: &Path, kernel_version: &str) -> Result<(), Str
 
 /// The EFI system partition: systemd-boot as the removable-media loader, booting
 /// the kernel with the root partition found by its label.
-fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), String> {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| format!("{}: {e}", p.display()));
+fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), ImageError> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io(p));
     let bytes = (size(&image.kernel())? + size(&image.initrd())? + 16 * MIB).max(64 * MIB);
     let _ = std::fs::remove_file(esp);
     run(
@@ -271,8 +292,8 @@ fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), String> {
         "title nodeplane\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=PARTLABEL={ROOT_LABEL} {KERNEL_ARGS}\n"
     );
     let text = tempfile_dir(esp)?;
-    std::fs::write(text.join("loader.conf"), loader).map_err(|e| e.to_string())?;
-    std::fs::write(text.join("nodeplane.conf"), entry).map_err(|e| e.to_string())?;
+    std::fs::write(text.join("loader.conf"), loader).map_err(io(&text))?;
+    std::fs::write(text.join("nodeplane.conf"), entry).map_err(io(&text))?;
     let mtools = |args: &[&std::ffi::OsStr]| {
         let mut command = Command::new(args[0]);
         command.arg("-i").arg(esp).args(&args[1..]);
@@ -293,14 +314,14 @@ fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), String> {
     for (from, to) in copies {
         mtools(&[&os("mcopy"), from.as_os_str(), &os(to)])?;
     }
-    std::fs::remove_dir_all(&text).map_err(|e| e.to_string())
+    std::fs::remove_dir_all(&text).map_err(io(&text))
 }
 
 /// A scratch directory beside `near`.
-fn tempfile_dir(near: &Path) -> Result<PathBuf, String> {
+fn tempfile_dir(near: &Path) -> Result<PathBuf, ImageError> {
     let dir = near.with_extension("files");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     Ok(dir)
 }
 
@@ -312,7 +333,7 @@ enum Part {
 
 /// A GPT disk holding `parts` (files copied in, in order), then a blank state
 /// partition of `state_bytes`. Sparse: the blank part takes no space.
-fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(), String> {
+fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(), ImageError> {
     const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
     const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"; // Linux root (x86-64)
     const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"; // Linux /var
@@ -320,7 +341,7 @@ fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(
     let mut layout = Vec::new();
     let mut offset = MIB;
     for (file, part) in parts {
-        let len = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?.len();
+        let len = std::fs::metadata(file).map_err(io(file))?.len();
         let size = len.div_ceil(MIB) * MIB;
         let (kind, name) = match part {
             Part::Esp => (ESP_TYPE, "ESP"),
@@ -333,22 +354,23 @@ fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(
     script += &format!("start={}, size={}, type={VAR_TYPE}, name=\"{STATE_LABEL}\"\n", offset / 512, state_bytes / 512);
     let total = offset + state_bytes + MIB; // room for the backup GPT
     let _ = std::fs::remove_file(disk);
-    let file = std::fs::File::create(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
-    file.set_len(total).map_err(|e| e.to_string())?;
+    let file = std::fs::File::create(disk).map_err(io(disk))?;
+    file.set_len(total).map_err(io(disk))?;
     drop(file);
     let mut sfdisk = Command::new("sfdisk");
     sfdisk.args(["--quiet", "--no-reread", "--no-tell-kernel"]).arg(disk).stdin(std::process::Stdio::piped());
-    let mut child = sfdisk.spawn().map_err(|e| format!("sfdisk: {e}"))?;
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).map_err(|e| e.to_string())?;
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let spawn = |source| ImageError::Spawn { what: "partition the disk".into(), program: "sfdisk".into(), source };
+    let mut child = sfdisk.spawn().map_err(spawn)?;
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).map_err(spawn)?;
+    let status = child.wait().map_err(spawn)?;
     if !status.success() {
-        return Err(format!("sfdisk {}: {status}\n{script}", disk.display()));
+        return Err(ImageError::Failed { what: format!("sfdisk {}, with\n{script}", disk.display()), status });
     }
     for (file, offset) in layout {
-        let mut from = std::fs::File::open(file).map_err(|e| e.to_string())?;
-        let mut to = std::fs::File::options().write(true).open(disk).map_err(|e| e.to_string())?;
-        to.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-        std::io::copy(&mut from, &mut to).map_err(|e| format!("{} into {}: {e}", file.display(), disk.display()))?;
+        let mut from = std::fs::File::open(file).map_err(io(file))?;
+        let mut to = std::fs::File::options().write(true).open(disk).map_err(io(disk))?;
+        to.seek(SeekFrom::Start(offset)).map_err(io(disk))?;
+        std::io::copy(&mut from, &mut to).map_err(io(disk))?;
     }
     eprintln!("==> {}: {} MiB", disk.display(), total / MIB);
     Ok(())
@@ -356,7 +378,7 @@ fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(
 
 /// Runs `args` inside the root tree, with /proc, /sys and /dev as the tools
 /// expect, in a private mount namespace (nothing stays mounted).
-fn chroot(rootfs: &Path, what: &str, args: &[&str]) -> Result<(), String> {
+fn chroot(rootfs: &Path, what: &str, args: &[&str]) -> Result<(), ImageError> {
     let script = format!(
         "mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && mount --rbind /dev {r}/dev && exec chroot {r} \"$@\"",
         r = rootfs.display()
@@ -369,17 +391,25 @@ fn chroot(rootfs: &Path, what: &str, args: &[&str]) -> Result<(), String> {
     )
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+    std::fs::copy(from, to).map(|_| ()).map_err(|source| ImageError::Copy {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source,
+    })
 }
 
 /// Runs a build step, printing it and its duration.
-fn run(what: &str, command: &mut Command) -> Result<(), String> {
+fn run(what: &str, command: &mut Command) -> Result<(), ImageError> {
     let started = Instant::now();
     eprintln!("==> {what}");
-    let status = command.status().map_err(|e| format!("{what}: cannot start {:?}: {e}", command.get_program()))?;
+    let status = command.status().map_err(|source| ImageError::Spawn {
+        what: what.to_owned(),
+        program: command.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
     if !status.success() {
-        return Err(format!("{what}: failed ({status})"));
+        return Err(ImageError::Failed { what: what.to_owned(), status });
     }
     let took = started.elapsed();
     if took.as_secs() >= 2 {

@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
     run_bench("boot", bench)
 }
 
-fn bench() -> Result<(), String> {
+fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let image = nodeplane_qemu::built_image()?;
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -79,13 +79,13 @@ fn bench() -> Result<(), String> {
     Ok(())
 }
 
-fn boot_direct(image: &Image, masked: bool) -> Result<Times, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+fn boot_direct(image: &Image, masked: bool) -> Result<Times, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
     let share = dir.path().join("share");
-    std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
-    std::fs::write(share.join("probe.sh"), PROBE).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(share.join("probe.sh"), PROBE)?;
     let state = dir.path().join("state.img");
-    copy_disk(&image.state_template(), &state).map_err(|e| e.to_string())?;
+    copy_disk(&image.state_template(), &state)?;
     let mut kernel_args = nodeplane_qemu::run_from_share("probe.sh");
     if masked {
         kernel_args.push("systemd.mask=nodeplaned.service".into());
@@ -99,7 +99,7 @@ fn boot_direct(image: &Image, masked: bool) -> Result<Times, String> {
         kernel_args,
         forward: Vec::new(),
     };
-    let mut vm = Vm::start(boot).map_err(|e| e.to_string())?;
+    let mut vm = Vm::start(boot)?;
     vm.wait_exit(Duration::from_secs(600))?;
     let text = std::fs::read_to_string(share.join("times")).map_err(|e| format!("the guest wrote no times: {e}"))?;
     let value = |key: &str| {
@@ -112,10 +112,10 @@ fn boot_direct(image: &Image, masked: bool) -> Result<Times, String> {
     })
 }
 
-fn boot_uefi(image: &Image) -> Result<f64, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+fn boot_uefi(image: &Image) -> Result<f64, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
     let disk = dir.path().join("nodeplane.img");
-    copy_disk(&image.disk(), &disk).map_err(|e| e.to_string())?;
+    copy_disk(&image.disk(), &disk)?;
     let boot = Boot {
         image,
         firmware: Firmware::Uefi { disk },
@@ -125,23 +125,23 @@ fn boot_uefi(image: &Image) -> Result<f64, String> {
         kernel_args: Vec::new(),
         forward: Vec::new(),
     };
-    let mut vm = Vm::start(boot).map_err(|e| e.to_string())?;
+    let mut vm = Vm::start(boot)?;
     let took = vm.wait_console("== end of nodeplane status (exit 0) ==", Duration::from_secs(600))?;
     Ok(took.as_secs_f64())
 }
 
 /// nodeplaned's start on this host, spawn to READY, five times.
-fn native_ready() -> Result<Vec<f64>, String> {
+fn native_ready() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, Nodeplaned};
     let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf");
     // The release build the image carries: beside this benchmark's own directory.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe()?;
     let binary = exe.ancestors().nth(2).ok_or("the benchmark is not in a target directory")?.join("nodeplaned");
     let mut times = Vec::new();
     for _ in 0..5 {
         let bus = DbusDaemon::start(&[&policy]).map_err(|e| format!("private bus: {e}"))?;
         let bpffs = Bpffs::mount().map_err(|e| format!("private bpffs: {e}"))?;
-        let manifests = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let manifests = tempfile::tempdir()?;
         let config = format!(
             "[datapath]\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\nsocket_lb = false\n\
              [ipam]\nenabled = false\n",

@@ -82,7 +82,10 @@ diagnose() {
 	sysctl net.ipv4.ip_forward
 	ip -br addr
 	ip route
+	ip neigh
+	ip -n client addr
 	ip -n client route
+	ip -n client neigh
 	bpftool net show
 	nodeplanectl status
 	nodeplanectl services

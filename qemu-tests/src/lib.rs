@@ -14,7 +14,7 @@ pub use nodeplane_image::Image;
 
 /// The image `cargo xtask image` built: in `NODEPLANE_IMAGE_DIR` when set (as
 /// `cargo xtask test` and `bench boot` set it), else `target/image`.
-pub fn built_image() -> Result<Image, String> {
+pub fn built_image() -> Result<Image, VmError> {
     let dir = std::env::var_os("NODEPLANE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -22,11 +22,22 @@ pub fn built_image() -> Result<Image, String> {
         target.join("image")
     });
     let image = Image::at(&dir);
-    if image.complete() {
-        Ok(image)
-    } else {
-        Err(format!("no node image in {}: build it with `cargo xtask image`", dir.display()))
-    }
+    if image.complete() { Ok(image) } else { Err(VmError::NoImage(dir)) }
+}
+
+/// What went wrong waiting for a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no node image in {}: build it with `cargo xtask image`", .0.display())]
+    NoImage(PathBuf),
+    #[error("QEMU exited ({status}) before the console showed {waiting_for:?}")]
+    Exited { status: ExitStatus, waiting_for: String },
+    #[error("the console did not show {needle:?} within {timeout:?}")]
+    ConsoleTimeout { needle: String, timeout: Duration },
+    #[error("the VM did not power off within {0:?}")]
+    PowerOffTimeout(Duration),
+    #[error("waiting for QEMU: {0}")]
+    Wait(io::Error),
 }
 
 /// The 9p mount tag of a test's shared directory.
@@ -161,17 +172,17 @@ impl Vm {
     }
 
     /// Waits until the console shows `needle`; how long after QEMU started.
-    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration, String> {
+    pub fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.console().contains(needle) {
                 return Ok(self.started.elapsed());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("QEMU exited ({status}) before the console showed {needle:?}"));
+                return Err(VmError::Exited { status, waiting_for: needle.to_owned() });
             }
             if Instant::now() > deadline {
-                return Err(format!("the console did not show {needle:?} within {timeout:?}"));
+                return Err(VmError::ConsoleTimeout { needle: needle.to_owned(), timeout });
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -183,16 +194,16 @@ impl Vm {
     }
 
     /// Waits for QEMU to exit (the guest powered off), killing it at `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = self.child.try_wait().map_err(VmError::Wait)? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                return Err(format!("the VM did not power off within {timeout:?}"));
+                return Err(VmError::PowerOffTimeout(timeout));
             }
             std::thread::sleep(Duration::from_millis(200));
         }

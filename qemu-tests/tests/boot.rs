@@ -100,7 +100,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     let mut vm = Vm::start(boot).expect("start QEMU");
     let host_share = share.clone();
     std::thread::spawn(move || answer_host_request(&host_share, host_port));
-    let failure = vm.wait_exit(Duration::from_secs(900)).err();
+    let failure = vm.wait_exit(Duration::from_secs(900)).err().map(|e| e.to_string());
     let failure =
         failure.or_else(|| (!share.join("results/done").exists()).then(|| "the guest script did not finish".into()));
     Outcome { console: vm.console(), dir, failure }

@@ -10,11 +10,19 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SysctlKey(String);
 
+/// A name that is not a sysctl's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{name}' is not a sysctl name ({why})")]
+pub struct InvalidKey {
+    pub name: String,
+    why: &'static str,
+}
+
 impl SysctlKey {
     pub const IP_LOCAL_PORT_RANGE: &'static str = "net.ipv4.ip_local_port_range";
     pub const IP_LOCAL_RESERVED_PORTS: &'static str = "net.ipv4.ip_local_reserved_ports";
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, InvalidKey> {
         let slash_form = match (name.find('.'), name.find('/')) {
             (Some(dot), Some(slash)) => slash < dot,
             (None, Some(_)) => true,
@@ -28,11 +36,11 @@ impl SysctlKey {
         for component in &components {
             let literal = component.replace('/', ".");
             if literal.is_empty() || literal == "." || literal == ".." || literal.contains('\0') {
-                return Err(format!("'{name}' is not a sysctl name (empty, '.' or '..' component)"));
+                return Err(InvalidKey { name: name.to_owned(), why: "empty, '.' or '..' component" });
             }
         }
         if components.len() < 2 {
-            return Err(format!("'{name}' is not a sysctl name (expected e.g. net.core.somaxconn)"));
+            return Err(InvalidKey { name: name.to_owned(), why: "expected e.g. net.core.somaxconn" });
         }
         Ok(SysctlKey(components.join(".")))
     }

@@ -16,7 +16,7 @@ mod range;
 pub use config::{Extra, Invalid, SysctlConfig, Value};
 pub use guard::{Change, Guard, Plan, Report, is_port_key, plan};
 pub use kernel::SysctlError;
-pub use key::SysctlKey;
+pub use key::{InvalidKey, SysctlKey};
 pub use range::{PortRange, PortSet, RangeError};
 
 /// The sysctl.d drop-in the node image installs, so the range is safe from early

@@ -36,7 +36,8 @@ fn apply_trims_an_overlapping_range_and_merges_reserved_ports() {
         assert_eq!(report.changes.len(), 2, "{:?}", report.changes);
         assert_eq!(report.changes[0].found, "20000 40000");
         assert_eq!(guard.plan().unwrap().ephemeral_range, PortRange::new(20000, 29999).unwrap());
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -66,7 +67,8 @@ fn port_zero_binds_never_land_in_the_nodeport_range() {
         }
         // The range is now exhausted: the next bind must fail, not spill into NodePorts.
         assert!(TcpListener::bind("0.0.0.0:0").is_err(), "a 1001st TCP port was handed out");
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -102,7 +104,8 @@ fn recheck_restores_drift_counts_it_and_keeps_new_reservations() {
         assert_eq!(read(RANGE), "32768 60999");
         assert!(guard.recheck().changes.is_empty());
         assert_eq!(guard.restored(), 3);
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -141,7 +144,8 @@ fn a_missing_or_rejected_extra_key_fails_alone() {
         );
         assert_eq!(read("net.core.somaxconn"), "777");
         assert_eq!(read(RANGE), "20000 29999");
-    });
+    })
+    .unwrap();
 }
 
 #[test]

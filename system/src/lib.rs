@@ -1,16 +1,11 @@
-//! nodeplane's node supervisor (`nodeplaned`) and its client (`nodeplanectl`).
+//! nodeplane's programs on the node: `nodeplaned`, the supervisor
+//! ([`daemon`]); `nodeplanectl`, its command-line client ([`ctl`]); and
+//! `nodeplane-cni`, the CNI plugin ([`cni`]); with the node's configuration,
+//! `node.toml` ([`config`]), that all three read.
 
-pub mod bus;
 pub mod cni;
-pub mod component;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
-mod datapath;
-mod endpoints;
-mod inspect;
-mod ipam;
-mod logging;
-mod notify;
-mod server;
-mod sysctl;
+pub mod masquerade;
+mod netlink;

@@ -34,7 +34,7 @@ fn cni_with(
     let (bus, command, container, netns, conf) =
         (bus.address().to_owned(), command.to_owned(), container.to_owned(), netns.to_owned(), conf.to_owned());
     let extra: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    node.netns.run(move || {
+    node.run(move || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nodeplane-cni"))
             .envs(extra)
             .env("CNI_COMMAND", command)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use nodeplane::bus::{self, NodeProxy};
+use nodeplane_bus::{self as bus, NodeProxy};
 use nodeplane_testkit::{DbusDaemon, privileged};
 use zbus::Connection;
 

@@ -137,7 +137,7 @@ async fn periodic_sweeps_free_leaks_and_journal_each_address() {
     }
     let leaky = leaky(2).await;
     let bus = bus();
-    let mut journal = Journal::new();
+    let mut journal = Journal::new().unwrap();
     let node = spawn_with_journal(&bus, &leaky.config("300ms"), &[], &[], Some(journal.dir.path()));
     node.wait_ready(READY_TIMEOUT).unwrap();
     let (ip, owner) = leaky.orphans[1].clone();

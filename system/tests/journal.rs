@@ -15,7 +15,7 @@ fn under_systemd_logs_go_to_the_journal_with_structured_fields() {
     if !privileged("under_systemd_logs_go_to_the_journal_with_structured_fields") {
         return;
     }
-    let mut journal = Journal::new();
+    let mut journal = Journal::new().unwrap();
     let bus = bus();
     let node = spawn_with_journal(
         &bus,

@@ -14,17 +14,17 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use nodeplane_datapath::policy::Proto;
+use nodeplane_model::Protocol;
 use nodeplane_probe::{Binaries, Destination, Outcome, Selection, Stage, Target};
 use nodeplane_testkit::{HOST_LOCAL, privileged};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(1);
-const T80: (u16, Proto) = (80, Proto::Tcp);
-const T81: (u16, Proto) = (81, Proto::Tcp);
-const U80: (u16, Proto) = (80, Proto::Udp);
-const U81: (u16, Proto) = (81, Proto::Udp);
-const ALL: &[(u16, Proto)] = &[T80, T81, U80, U81];
+const T80: (u16, Protocol) = (80, Protocol::Tcp);
+const T81: (u16, Protocol) = (81, Protocol::Tcp);
+const U80: (u16, Protocol) = (80, Protocol::Udp);
+const U81: (u16, Protocol) = (81, Protocol::Udp);
+const ALL: &[(u16, Protocol)] = &[T80, T81, U80, U81];
 
 fn binaries() -> Binaries {
     Binaries {
@@ -66,7 +66,7 @@ fn documents(objects: &[Value]) -> String {
 
 /// What should connect: (from, to, port, protocol) → connected.
 #[derive(Clone)]
-struct Expect(BTreeMap<(String, String, u16, Proto), bool>);
+struct Expect(BTreeMap<(String, String, u16, Protocol), bool>);
 
 const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
 
@@ -92,7 +92,7 @@ impl Expect {
         Expect(cells)
     }
 
-    fn set(mut self, from: &str, to: &str, ports: &[(u16, Proto)], value: bool) -> Self {
+    fn set(mut self, from: &str, to: &str, ports: &[(u16, Protocol)], value: bool) -> Self {
         for ((f, t, port, protocol), cell) in self.0.iter_mut() {
             if matches(from, f) && matches(to, t) && ports.contains(&(*port, *protocol)) {
                 *cell = value;
@@ -109,7 +109,7 @@ impl Expect {
         self.set(from, to, ALL, true)
     }
 
-    fn allow_ports(self, from: &str, to: &str, ports: &[(u16, Proto)]) -> Self {
+    fn allow_ports(self, from: &str, to: &str, ports: &[(u16, Protocol)]) -> Self {
         self.set(from, to, ports, true)
     }
 
@@ -475,7 +475,7 @@ fn service(stage: &Stage, backends: &[&str]) -> String {
 fn through_vip(stage: &Stage, count: usize) -> usize {
     let from = index(stage, "x/a");
     let to = Destination::Service { id: "x/self".into(), vip: VIP };
-    let targets = vec![Target { from, to, port: 8080, protocol: Proto::Tcp }; count];
+    let targets = vec![Target { from, to, port: 8080, protocol: Protocol::Tcp }; count];
     stage.probe(&targets, Duration::from_secs(3)).unwrap().iter().filter(|o| o.connected).count()
 }
 
@@ -554,11 +554,12 @@ fn an_open_flow_keeps_going_after_a_policy_change_and_new_ones_follow_it() {
         socket.recv(&mut buffer).map(|n| String::from_utf8_lossy(&buffer[..n]).into_owned()).ok()
     };
     let open = || {
-        nodeplane_probe::in_netns_at(stage.pod_netns(client), || {
+        nodeplane_testkit::in_netns_at(stage.pod_netns(client), || {
             let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
             socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             socket
         })
+        .unwrap()
     };
     let existing = open();
     assert_eq!(udp(&existing).as_deref(), Some("x/a"));
@@ -606,7 +607,7 @@ fn drops_are_counted_reported_on_the_bus_and_explained_per_pod() {
     std::thread::sleep(Duration::from_millis(500)); // subscribed
     let from = index(&stage, "z/b");
     let to = Destination::Pod(index(&stage, "x/a"));
-    let outcome = stage.probe(&[Target { from, to, port: 80, protocol: Proto::Tcp }], TIMEOUT).unwrap();
+    let outcome = stage.probe(&[Target { from, to, port: 80, protocol: Protocol::Tcp }], TIMEOUT).unwrap();
     assert!(!outcome[0].connected);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(monitor.stdout.take().unwrap()), &mut line).unwrap();
@@ -707,8 +708,8 @@ fn raw_seen(
         rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, timeout).unwrap();
         socket
     };
-    let receiver = nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, watcher)), raw);
-    let sender = nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, from)), raw);
+    let receiver = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, watcher)), raw).unwrap();
+    let sender = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, from)), raw).unwrap();
     let to_addr = std::net::SocketAddrV4::new(ip(stage, to), 0);
     for _ in 0..3 {
         rustix::net::sendto(&sender, packet, rustix::net::SendFlags::empty(), &to_addr).unwrap();
@@ -752,9 +753,10 @@ fn sctp_follows_the_policies_too() {
 
 /// A TCP request from `pod`'s `source` port to `addr`:`port`; its reply.
 fn request_from(stage: &Stage, pod: &str, source: u16, addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
-    nodeplane_probe::in_netns_at(stage.pod_netns(index(stage, pod)), move || {
+    nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, pod)), move || {
         nodeplane_testkit::tcp_request_from(source, addr, port)
     })
+    .unwrap()
 }
 
 #[test]

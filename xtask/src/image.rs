@@ -32,7 +32,7 @@ pub fn build() -> Result<Image, String> {
         crate::cargo().args(["build", "--release", "-p", "nodeplane", "--bins"]),
     )?;
     let inputs = Inputs { repo: crate::root(), binaries: crate::target_dir().join("release"), cache: cache_dir() };
-    let image = nodeplane_image::build(&inputs, &out_dir())?;
+    let image = nodeplane_image::build(&inputs, &out_dir()).map_err(|e| e.to_string())?;
     let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
     eprintln!(
         "==> image built in {:.0} s at {}: root {:.0} MiB, kernel {:.1} MiB, initrd {:.1} MiB",

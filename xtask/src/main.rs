@@ -7,7 +7,7 @@
 //!   `--headless`, exiting then).
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, the QEMU boot tests, and a `run --headless` smoke run.
-//! - `bench ipam|datapath|policy|boot`: set up, then the `cargo bench` target
+//! - `bench ipam|cni|datapath|policy|boot`: set up, then the `cargo bench` target
 //!   of that name (see [`BENCHES`]).
 //! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root).
 //!
@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam|datapath|policy|boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
 /// `cargo bench` target of its package, built with the release profile.
 const BENCHES: &[(&str, &str, &str)] = &[
     ("ipam", "nodeplane", "the IPAM sweeper at node scale, in the real nodeplaned"),
+    ("cni", "nodeplane", "nodeplane-cni ADD and DEL latency over 200 pods"),
     ("datapath", "nodeplane-datapath", "Service connections: nodeplane's VIP against direct, iptables and nftables"),
     ("policy", "nodeplane-datapath", "connections through a pod selected by 0, 100 and 1,000 NetworkPolicy rules"),
     ("boot", "nodeplane-qemu", "the image's boot under QEMU with and without nodeplaned"),

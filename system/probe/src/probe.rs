@@ -8,9 +8,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nodeplane_datapath::policy::Proto;
+use nodeplane_model::Protocol;
+use nodeplane_sandbox::in_netns_at;
 
-use crate::netns::in_netns_at;
 use crate::{ProbeError, Stage};
 
 /// What to probe: pod to pod on the destination's declared ports, optionally
@@ -19,7 +19,7 @@ use crate::{ProbeError, Stage};
 pub struct Selection {
     pub services: bool,
     pub ports: Option<Vec<u16>>,
-    pub protocols: Option<Vec<Proto>>,
+    pub protocols: Option<Vec<Protocol>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Target {
     pub from: usize,
     pub to: Destination,
     pub port: u16,
-    pub protocol: Proto,
+    pub protocol: Protocol,
 }
 
 /// What one probe found.
@@ -48,7 +48,7 @@ pub struct Outcome {
     /// `namespace/pod` or `namespace/service`.
     pub to: String,
     pub port: u16,
-    pub protocol: Proto,
+    pub protocol: Protocol,
     pub connected: bool,
 }
 
@@ -61,15 +61,15 @@ impl Stage {
     /// Every probe `selection` asks for, pods in manifest order. SCTP ports are
     /// skipped: the probe does not speak SCTP.
     pub fn targets(&self, selection: &Selection) -> Vec<Target> {
-        let wanted = |port: u16, protocol: Proto| {
-            protocol != Proto::Sctp
+        let wanted = |port: u16, protocol: Protocol| {
+            protocol != Protocol::Sctp
                 && selection.ports.as_ref().is_none_or(|p| p.contains(&port))
                 && selection.protocols.as_ref().is_none_or(|p| p.contains(&protocol))
         };
         let mut targets = Vec::new();
         for from in 0..self.pods.len() {
             for (to, pod) in self.pods.iter().enumerate() {
-                let declared: BTreeSet<(u16, Proto)> = pod.ports.iter().map(|p| (p.port, p.protocol)).collect();
+                let declared: BTreeSet<(u16, Protocol)> = pod.ports.iter().map(|p| (p.port, p.protocol)).collect();
                 for (port, protocol) in declared.into_iter().filter(|(p, proto)| wanted(*p, *proto)) {
                     targets.push(Target { from, to: Destination::Pod(to), port, protocol });
                 }
@@ -100,14 +100,15 @@ impl Stage {
         // then driven from the runtime.
         let mut sockets = Vec::with_capacity(targets.len());
         for from in 0..self.pods.len() {
-            let mine: Vec<(usize, Proto)> =
+            let mine: Vec<(usize, Protocol)> =
                 targets.iter().enumerate().filter(|(_, t)| t.from == from).map(|(i, t)| (i, t.protocol)).collect();
             if mine.is_empty() {
                 continue;
             }
             let first = self.next_port.fetch_add(mine.len() as u32 * 2, Ordering::SeqCst);
             let made = in_netns_at(self.pod_netns(from), move || make_sockets(&mine, first))
-                .map_err(|e| ProbeError::Setup(format!("probe sockets: {e}")))?;
+                .map_err(|source| ProbeError::Sandbox { what: "a client pod's sockets", source })?
+                .map_err(|source| ProbeError::Io { what: "a client pod's sockets", source })?;
             sockets.extend(made);
         }
         sockets.sort_by_key(|(i, _)| *i);
@@ -170,13 +171,13 @@ enum Socket {
 
 /// Makes the sockets of one client's probes (in its netns): TCP sockets not
 /// yet connected, UDP sockets bound to source ports taken in turn from `first`.
-fn make_sockets(probes: &[(usize, Proto)], first: u32) -> std::io::Result<Vec<(usize, Socket)>> {
+fn make_sockets(probes: &[(usize, Protocol)], first: u32) -> std::io::Result<Vec<(usize, Socket)>> {
     use rustix::net::{AddressFamily, SocketType};
     let mut port = first;
     let mut made = Vec::with_capacity(probes.len());
     for (index, protocol) in probes {
         let socket = match protocol {
-            Proto::Udp => loop {
+            Protocol::Udp => loop {
                 let source = SOURCE_PORTS.start + port % SOURCE_PORTS.len() as u32;
                 port += 1;
                 match std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], source as u16))) {

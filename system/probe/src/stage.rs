@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nodeplane_datapath::manifests::{Manifests, SelectorService, TargetPort, load_dir};
-use nodeplane_datapath::policy::{Labels, NamedPort, Proto};
+use nodeplane_bus::DatapathProxy;
+use nodeplane_model::Protocol;
+use nodeplane_model::manifests::{Manifests, SelectorService, TargetPort, load_dir};
+use nodeplane_model::policy::{Labels, NamedPort};
+use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, Node, SandboxError, in_netns_at};
 
-use crate::fixtures::{Bpffs, NamedNetns};
-use crate::netns::in_netns_at;
-use crate::{DbusDaemon, ProbeError};
+use crate::ProbeError;
 
 /// The programs a stage runs.
 #[derive(Clone, Debug)]
@@ -87,7 +88,7 @@ pub struct Stage {
     pub(crate) runtime: tokio::runtime::Runtime,
     pub pods: Vec<StagedPod>,
     nodeplaned: Option<Child>,
-    node: NamedNetns,
+    node: Node,
     bus: DbusDaemon,
     bpffs: Bpffs,
     dir: tempfile::TempDir,
@@ -97,8 +98,6 @@ pub struct Stage {
     pub(crate) next_port: AtomicU32,
     /// The subnet pods get addresses from.
     subnet: String,
-    /// What its namespaces' names start with.
-    name: String,
 }
 
 /// The subnet pods get their addresses from (only inside the stage's node).
@@ -139,16 +138,12 @@ impl Stage {
             std::fs::create_dir(work.path().join(sub)).map_err(setup("a work directory"))?;
         }
         progress("starting a node: network namespace, D-Bus daemon, bpffs, nodeplaned");
-        let bpffs = Bpffs::mount().map_err(setup("mounting a bpffs"))?;
+        let bpffs = Bpffs::mount().map_err(sandbox("a bpffs"))?;
         // Only root is on this bus: nodeplaned, the CNI plugin and the probe.
         let policy = work.path().join("bus-policy.conf");
         std::fs::write(&policy, BUS_POLICY).map_err(setup("a bus policy"))?;
-        let bus = DbusDaemon::start(&[&policy]).map_err(setup("starting dbus-daemon"))?;
-        // Unique per stage of this process: `npprobe<pid>s<n>-…`.
-        static STAGES: AtomicU32 = AtomicU32::new(0);
-        let name = format!("npprobe{}s{}", std::process::id(), STAGES.fetch_add(1, Ordering::SeqCst));
-        let node = NamedNetns::new(format!("{name}-node")).map_err(setup("a netns"))?;
-        node.sysctl("net.ipv4.ip_forward", "1").map_err(setup("ip_forward"))?;
+        let bus = DbusDaemon::start(&[&policy]).map_err(sandbox("a D-Bus daemon"))?;
+        let node = Node::new("npprobe").map_err(sandbox("the node's network namespace"))?;
         let mut stage = Stage {
             runtime,
             pods: Vec::new(),
@@ -161,13 +156,12 @@ impl Stage {
             interrupted,
             next_port: AtomicU32::new(0),
             subnet: DEFAULT_SUBNET.to_owned(),
-            name,
         };
         stage.start_nodeplaned(binaries)?;
         for (i, pod) in found.pods.iter().enumerate() {
             stage.check_interrupt()?;
             progress(&format!("pod {}/{} ({} of {})", pod.namespace, pod.name, i + 1, found.pods.len()));
-            let netns = NamedNetns::new(format!("{}-p{i}", stage.name)).map_err(setup("a pod netns"))?;
+            let netns = stage.node.pod_netns(i as u32).map_err(sandbox("a pod's network namespace"))?;
             let ip = stage.cni_add(binaries, &netns, &pod.namespace, &pod.name, i)?;
             stage.pods.push(StagedPod {
                 namespace: pod.namespace.clone(),
@@ -217,7 +211,7 @@ impl Stage {
         std::fs::write(&config, text).map_err(setup("writing node.toml"))?;
         let log = std::fs::File::create(self.dir.path().join("nodeplaned.log")).map_err(setup("a log file"))?;
         let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path().display()))
+            .arg(format!("--net={}", self.node.netns.path().display()))
             .arg("--")
             .arg(&binaries.nodeplaned)
             .arg("--config")
@@ -301,11 +295,11 @@ impl Stage {
             "ipam": {"type": "host-local", "dataDir": self.dir.path().join("ipam"), "ranges": [[{"subnet": self.subnet}]]},
         });
         let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path().display()))
+            .arg(format!("--net={}", self.node.netns.path().display()))
             .arg("--")
             .arg(&binaries.cni)
             .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("{}x{index}", self.name))
+            .env("CNI_CONTAINERID", format!("{}x{index}", self.node.prefix()))
             .env("CNI_NETNS", netns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"))
@@ -403,22 +397,10 @@ impl Stage {
     /// any problem it reports is an error.
     pub fn sync(&self) -> Result<(), ProbeError> {
         let address = self.bus.address().to_owned();
-        let problems: Vec<String> = self
-            .runtime
-            .block_on(async move {
-                let connection = zbus::connection::Builder::address(address.as_str()).build().await?;
-                let reply = connection
-                    .call_method(
-                        Some("org.nodeplane.Node1"),
-                        "/org/nodeplane/Node1/datapath",
-                        Some("org.nodeplane.Datapath1"),
-                        "Sync",
-                        &(),
-                    )
-                    .await?;
-                reply.body().deserialize::<Vec<String>>()
-            })
-            .map_err(|e| ProbeError::Setup(format!("nodeplaned's Sync(): {e}")))?;
+        let problems = self.runtime.block_on(async move {
+            let connection = zbus::connection::Builder::address(address.as_str()).build().await?;
+            DatapathProxy::new(&connection).await?.sync().await
+        })?;
         if problems.is_empty() { Ok(()) } else { Err(ProbeError::Manifests(problems)) }
     }
 
@@ -426,18 +408,19 @@ impl Stage {
     /// connection or datagram is answered with the pod's `namespace/name`.
     fn serve(&self) -> Result<(), ProbeError> {
         for pod in &self.pods {
-            let declared: BTreeSet<(u16, Proto)> = pod.ports.iter().map(|p| (p.port, p.protocol)).collect();
+            let declared: BTreeSet<(u16, Protocol)> = pod.ports.iter().map(|p| (p.port, p.protocol)).collect();
             for (port, protocol) in declared {
                 let reply = pod.id().into_bytes();
                 let addr = SocketAddr::from(([0, 0, 0, 0], port));
                 let _guard = self.runtime.enter();
                 match protocol {
-                    Proto::Tcp => {
+                    Protocol::Tcp => {
                         let listener = in_netns_at(pod.netns.path(), move || {
                             let listener = std::net::TcpListener::bind(addr)?;
                             listener.set_nonblocking(true)?;
                             Ok::<_, std::io::Error>(listener)
                         })
+                        .map_err(sandbox("a TCP server"))?
                         .map_err(setup("a TCP server"))?;
                         let listener = tokio::net::TcpListener::from_std(listener).map_err(setup("a TCP server"))?;
                         self.runtime.spawn(async move {
@@ -451,12 +434,13 @@ impl Stage {
                             }
                         });
                     }
-                    Proto::Udp => {
+                    Protocol::Udp => {
                         let socket = in_netns_at(pod.netns.path(), move || {
                             let socket = std::net::UdpSocket::bind(addr)?;
                             socket.set_nonblocking(true)?;
                             Ok::<_, std::io::Error>(socket)
                         })
+                        .map_err(sandbox("a UDP server"))?
                         .map_err(setup("a UDP server"))?;
                         let socket = tokio::net::UdpSocket::from_std(socket).map_err(setup("a UDP server"))?;
                         self.runtime.spawn(async move {
@@ -467,7 +451,7 @@ impl Stage {
                         });
                     }
                     // SCTP: not probed (see `probe`); nothing to serve.
-                    Proto::Sctp => {}
+                    Protocol::Sctp => {}
                 }
             }
         }
@@ -487,7 +471,11 @@ impl Drop for Stage {
 }
 
 fn setup(what: &'static str) -> impl Fn(std::io::Error) -> ProbeError {
-    move |e| ProbeError::Setup(format!("{what}: {e}"))
+    move |source| ProbeError::Io { what, source }
+}
+
+fn sandbox(what: &'static str) -> impl Fn(SandboxError) -> ProbeError {
+    move |source| ProbeError::Sandbox { what, source }
 }
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a flag the stage's work checks, so

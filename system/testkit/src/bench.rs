@@ -84,7 +84,7 @@ pub fn write_results(name: &str, json: &serde_json::Value) -> Result<(), String>
 }
 
 /// `main` of a benchmark target: runs it and turns an error into exit status 1.
-pub fn run_bench(name: &str, bench: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
+pub fn run_bench<E: std::fmt::Display>(name: &str, bench: impl FnOnce() -> Result<(), E>) -> std::process::ExitCode {
     match bench() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {

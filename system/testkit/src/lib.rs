@@ -1,6 +1,8 @@
-//! Real-component fixtures for nodeplane's tests and developer tasks: a private
-//! D-Bus daemon configured like a system bus, throwaway network namespaces, and a
-//! notify socket standing in for systemd's.
+//! Real-component fixtures for nodeplane's tests and benchmarks, a
+//! dev-dependency only: pods on a node namespace, a private containerd, the
+//! real CNI host-local plugin, `nodeplaned` processes, a notify socket standing
+//! in for systemd's and a journal stand-in, on top of `nodeplane-sandbox`'s
+//! namespaces, bpffs mounts and D-Bus daemon.
 //!
 //! Nothing here fakes a component: the daemon is `dbus-daemon`, namespaces are the
 //! kernel's, and the notify socket receives what `sd_notify(3)` sends.
@@ -9,6 +11,7 @@ pub mod bench;
 mod containerd;
 mod hostlocal;
 mod ipam;
+mod journal;
 mod manifests;
 mod notify;
 mod process;
@@ -17,8 +20,9 @@ mod topology;
 pub use containerd::{Containerd, create_containers};
 pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
+pub use journal::{Entry, Journal, parse_entry, text};
 pub use manifests::{node_port_manifest, service_manifest};
-pub use nodeplane_probe::{Bpffs, DbusDaemon, NamedNetns, in_netns_at, in_netns_of, in_new_netns};
+pub use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, SandboxError, in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned};
 pub use topology::{Node, Pod, RequestLoop, Server, tcp_request, tcp_request_from};
@@ -48,4 +52,16 @@ pub fn privileged(test: &str) -> bool {
         "{test} needs root (network namespaces, sysctls, D-Bus policy as uid 0); \
          run the tests as root, or set {SKIP_PRIVILEGED}=1 to skip privileged tests"
     );
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check()
 }

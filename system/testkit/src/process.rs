@@ -60,8 +60,7 @@ impl Nodeplaned {
             );
         }
         for (key, value) in launch.preset {
-            let key = nodeplane_sysctl::SysctlKey::parse(key).map_err(io::Error::other)?;
-            script += &format!("printf '%s' '{value}' > '{}'\n", key.proc_path().display());
+            script += &format!("printf '%s' '{value}' > '/proc/sys/{}'\n", key.replace('.', "/"));
         }
         script += "exec \"$@\"\n";
         let mut command = Command::new(if launch.netns.is_some() { "nsenter" } else { "unshare" });

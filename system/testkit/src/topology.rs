@@ -1,21 +1,33 @@
+//! Pods on a node, wired by hand the way `nodeplane-cni` wires them, for tests
+//! of the datapath without the CNI plugin: each pod a namespace joined to the
+//! node by a veth pair — the node side named `<prefix>h<n>`, the pod side
+//! `eth0` with a /32 address and a default route via 169.254.1.1
+//! (Calico-style); neighbor entries static both ways, so no ARP is needed.
+
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nodeplane_probe::{NamedNetns, enter_then};
+use nodeplane_sandbox::{NamedNetns, SandboxError, enter_then};
 
-/// A node: a network namespace that routes for pods, each pod a namespace joined
-/// to it by a veth pair — the node side named `<prefix>h<n>`, the pod side `eth0`
-/// with a /32 address and a default route via 169.254.1.1 (Calico-style). Neighbor
-/// entries are static both ways, so no ARP is needed.
+/// A node namespace (forwarding, no redirects, netfilter dropping INVALID as
+/// kube-proxy hosts do) with pods on veth pairs.
 pub struct Node {
-    pub netns: NamedNetns,
-    prefix: String,
+    node: nodeplane_sandbox::Node,
     pods: u32,
+}
+
+/// `node.netns`, `node.prefix()`: the namespace underneath.
+impl std::ops::Deref for Node {
+    type Target = nodeplane_sandbox::Node;
+
+    fn deref(&self) -> &Self::Target {
+        &self.node
+    }
 }
 
 /// A pod on a [`Node`]. Dropped before the node, it takes its veth with it.
@@ -30,11 +42,9 @@ const GATEWAY: &str = "169.254.1.1";
 
 impl Node {
     /// A fresh node with a name unique to this process and call.
-    pub fn new() -> io::Result<Self> {
-        static NODES: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!("np{}{}", std::process::id() % 100_000, NODES.fetch_add(1, Ordering::SeqCst));
-        let netns = NamedNetns::new(format!("{prefix}-node"))?;
-        netns.sysctl("net.ipv4.ip_forward", "1")?;
+    pub fn new() -> Result<Self, SandboxError> {
+        let node = nodeplane_sandbox::Node::new("np")?;
+        let netns = &node.netns;
         // Hairpinned Service traffic leaves by the interface it came in on: no redirects.
         netns.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
         netns.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
@@ -42,62 +52,67 @@ impl Node {
         // takes for INVALID. Every test on a node runs with these rules, so the
         // datapath's translated flows must keep out of its way.
         for chain in ["INPUT", "FORWARD", "OUTPUT"] {
+            let command = format!("iptables -A {chain} -m conntrack --ctstate INVALID -j DROP");
             let status = Command::new("ip")
-                .args(["netns", "exec", netns.name(), "iptables", "-A", chain])
-                .args(["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
-                .status()?;
+                .args(["netns", "exec", netns.name()])
+                .args(command.split(' '))
+                .status()
+                .map_err(|source| SandboxError::Spawn { program: "ip", package: "iproute2", source })?;
             if !status.success() {
-                return Err(io::Error::other(format!("iptables -A {chain} … INVALID -j DROP: {status}")));
+                return Err(SandboxError::Command { command, message: status.to_string() });
             }
         }
-        Ok(Node { netns, prefix, pods: 0 })
+        Ok(Node { node, pods: 0 })
     }
 
-    pub fn add_pod(&mut self, ip: Ipv4Addr) -> io::Result<Pod> {
+    /// Runs `f` on a thread in the node's namespace; panics if it cannot get there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.netns.run(f).unwrap_or_else(|e| panic!("in the node's namespace: {e}"))
+    }
+
+    pub fn add_pod(&mut self, ip: Ipv4Addr) -> Result<Pod, SandboxError> {
         let n = self.pods;
         self.pods += 1;
-        let pod = NamedNetns::new(format!("{}-pod{n}", self.prefix))?;
-        let host_if = format!("{}h{n}", self.prefix);
-        self.netns.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
-        self.netns.ip(&["link", "set", &host_if, "up"])?;
+        let pod = self.node.pod_netns(n)?;
+        let host_if = format!("{}h{n}", self.node.prefix());
+        let netns = &self.node.netns;
+        netns.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
+        netns.ip(&["link", "set", &host_if, "up"])?;
         pod.ip(&["link", "set", "eth0", "up"])?;
         pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         pod.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
         pod.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
-        self.netns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        let host_mac = mac(&self.netns, &host_if)?;
+        netns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+        let host_mac = mac(netns, &host_if)?;
         let pod_mac = mac(&pod, "eth0")?;
         pod.ip(&["neigh", "add", GATEWAY, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        self.netns.ip(&["neigh", "add", &ip.to_string(), "lladdr", &pod_mac, "dev", &host_if, "nud", "permanent"])?;
+        netns.ip(&["neigh", "add", &ip.to_string(), "lladdr", &pod_mac, "dev", &host_if, "nud", "permanent"])?;
         Ok(Pod { netns: pod, ip, host_if })
     }
-}
 
-impl Node {
     /// A client outside the node: a namespace on a link of its own to the node,
     /// whose end (the returned `host_if`) holds `node_ip`, where NodePorts are;
     /// both ends in one /24.
-    pub fn add_external(&mut self, node_ip: Ipv4Addr, client_ip: Ipv4Addr) -> io::Result<Pod> {
+    pub fn add_external(&mut self, node_ip: Ipv4Addr, client_ip: Ipv4Addr) -> Result<Pod, SandboxError> {
         let n = self.pods;
         self.pods += 1;
-        let client = NamedNetns::new(format!("{}-ext{n}", self.prefix))?;
-        let node_if = format!("{}x{n}", self.prefix);
-        self.netns.ip(&["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", client.name()])?;
-        self.netns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", &node_if])?;
-        self.netns.ip(&["link", "set", &node_if, "up"])?;
+        let client = NamedNetns::new(format!("{}-ext{n}", self.node.prefix()))?;
+        let node_if = format!("{}x{n}", self.node.prefix());
+        let netns = &self.node.netns;
+        netns.ip(&["link", "add", &node_if, "type", "veth", "peer", "name", "eth0", "netns", client.name()])?;
+        netns.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", &node_if])?;
+        netns.ip(&["link", "set", &node_if, "up"])?;
         client.ip(&["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"])?;
         client.ip(&["link", "set", "eth0", "up"])?;
         Ok(Pod { netns: client, ip: client_ip, host_if: node_if })
     }
 }
 
-fn mac(netns: &NamedNetns, interface: &str) -> io::Result<String> {
+fn mac(netns: &NamedNetns, interface: &str) -> Result<String, SandboxError> {
     let out = netns.ip(&["-o", "link", "show", interface])?;
-    out.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .map(str::to_owned)
-        .ok_or_else(|| io::Error::other(format!("no MAC for {interface}: {out}")))
+    out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).map(str::to_owned).ok_or_else(|| {
+        SandboxError::Command { command: format!("ip -o link show {interface}"), message: format!("no MAC in {out}") }
+    })
 }
 
 /// A server in a pod that answers every TCP connection or UDP datagram on a port
@@ -108,6 +123,11 @@ pub struct Server {
 }
 
 impl Pod {
+    /// Runs `f` on a thread in the pod's namespace; panics if it cannot get there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.netns.run(f).unwrap_or_else(|e| panic!("in the pod's namespace: {e}"))
+    }
+
     /// Serves TCP on `port`: each connection gets `reply`, then is closed.
     pub fn serve_tcp(&self, port: u16, reply: &str) -> Server {
         let reply = reply.as_bytes().to_vec();
@@ -190,10 +210,11 @@ impl Pod {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(enter_then(self.netns.path(), move || {
+        let enter = enter_then(self.netns.path(), move || {
             ready_tx.send(()).unwrap();
             body(flag)
-        }));
+        });
+        let thread = std::thread::spawn(move || enter().unwrap_or_else(|e| panic!("a server in a pod: {e}")));
         ready_rx.recv().expect("the server thread started");
         // The socket is bound right after; give it a moment.
         std::thread::sleep(Duration::from_millis(20));
@@ -202,17 +223,17 @@ impl Pod {
 
     /// Connects over TCP from this pod and returns what the server said.
     pub fn tcp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<String> {
-        self.netns.run(move || tcp_request(addr, port))
+        self.run(move || tcp_request(addr, port))
     }
 
     /// Like [`tcp_request`](Self::tcp_request), from a fixed local port.
     pub fn tcp_request_from(&self, local_port: u16, addr: Ipv4Addr, port: u16) -> io::Result<String> {
-        self.netns.run(move || tcp_request_from(local_port, addr, port))
+        self.run(move || tcp_request_from(local_port, addr, port))
     }
 
     /// Sends one UDP datagram from this pod; returns the reply and who sent it.
     pub fn udp_request(&self, addr: Ipv4Addr, port: u16) -> io::Result<(String, std::net::SocketAddr)> {
-        self.netns.run(move || {
+        self.run(move || {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
             socket.set_read_timeout(Some(Duration::from_secs(2)))?;
             socket.send_to(b"ping", (addr, port))?;
@@ -232,7 +253,6 @@ impl Drop for Server {
     }
 }
 
-/// A bpffs mounted on a temporary directory, unmounted on drop.
 /// Connects from `local_port` to `addr:port` in this network namespace and
 /// reads the reply to its end (reusable at once: the server closes first, so the
 /// TIME_WAIT is on its side).

@@ -1,15 +1,15 @@
-//! Shared fixtures for the supervisor's integration tests: the real binaries, a
-//! private bus with the project's policy, throwaway network namespaces.
-#![allow(dead_code)] // each test crate uses a different part
+//! What the supervisor's integration tests need that only this crate knows:
+//! the paths of its binaries and of the project's bus policy, wired into the
+//! fixtures of `nodeplane-testkit`.
+#![allow(dead_code, unused_imports)] // each test crate uses a different part
 
-use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nodeplane_sysctl::{SysctlKey, kernel};
 use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned, in_netns_of};
+pub use nodeplane_testkit::{Entry, Journal, eventually, parse_entry, text};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -72,24 +72,12 @@ pub fn start(bus: &DbusDaemon, config: &str, preset: &[(&str, &str)]) -> Nodepla
 
 pub fn read_sysctl(node: &Nodeplaned, key: &str) -> String {
     let key = SysctlKey::parse(key).expect("a sysctl name");
-    in_netns_of(node.pid(), move || kernel::read(&key).expect("read sysctl"))
+    in_netns_of(node.pid(), move || kernel::read(&key).expect("read sysctl")).unwrap()
 }
 
 pub fn write_sysctl(node: &Nodeplaned, key: &str, value: &str) {
     let (key, value) = (SysctlKey::parse(key).expect("a sysctl name"), value.to_owned());
-    in_netns_of(node.pid(), move || kernel::write(&key, &value).expect("write sysctl"));
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes.
-pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
+    in_netns_of(node.pid(), move || kernel::write(&key, &value).expect("write sysctl")).unwrap();
 }
 
 /// Runs `nodeplanectl` against `bus` as root.
@@ -113,66 +101,6 @@ fn ctl_command(uid: Option<u32>, bus: &DbusDaemon, args: &[&str]) -> Output {
         None => Command::new(ctl),
     };
     command.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", bus.address()).output().expect("run nodeplanectl")
-}
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-pub type Entry = HashMap<String, String>;
-
-/// Parses one datagram of the journal's native protocol: `KEY=value\n`, or for
-/// values with newlines `KEY\n<u64 LE length><value>\n`.
-pub fn parse_entry(mut data: &[u8]) -> Entry {
-    let mut entry = Entry::new();
-    while !data.is_empty() {
-        let line_end = data.iter().position(|&b| b == b'\n').expect("fields end with a newline");
-        let line = &data[..line_end];
-        if let Some(eq) = line.iter().position(|&b| b == b'=') {
-            entry.insert(text(&line[..eq]), text(&line[eq + 1..]));
-            data = &data[line_end + 1..];
-        } else {
-            let rest = &data[line_end + 1..];
-            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
-            entry.insert(text(line), text(&rest[8..8 + len]));
-            data = &rest[8 + len + 1..];
-        }
-    }
-    entry
-}
-
-/// Plays journald: listens where `Launch::journal` mounts `/run/systemd/journal`.
-pub struct Journal {
-    pub dir: tempfile::TempDir,
-    socket: UnixDatagram,
-    pub entries: Vec<Entry>,
-}
-
-impl Journal {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = UnixDatagram::bind(dir.path().join("socket")).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        Journal { dir, socket, entries: Vec::new() }
-    }
-
-    /// Collects entries until one satisfies `done` or `timeout` passes.
-    pub fn collect_until(&mut self, timeout: Duration, done: impl Fn(&Entry) -> bool) {
-        let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
-        while Instant::now() < deadline && !self.entries.iter().any(&done) {
-            if let Ok(len) = self.socket.recv(&mut buf) {
-                self.entries.push(parse_entry(&buf[..len]));
-            }
-        }
-    }
-
-    pub fn find(&self, what: &str, check: impl Fn(&Entry) -> bool) -> &Entry {
-        self.entries
-            .iter()
-            .find(|e| check(e))
-            .unwrap_or_else(|| panic!("no journal entry {what} in {:#?}", self.entries))
-    }
 }
 
 /// Starts nodeplaned inside `node`'s network namespace with its datapath pinned on

@@ -1,0 +1,40 @@
+/* Delivering a translated packet past the host stack (FIB lookup and redirect). */
+#ifndef NODEPLANE_DELIVER_H
+#define NODEPLANE_DELIVER_H
+
+#include "counters.h"
+#include "parse.h"
+
+#define AF_INET 2 /* for the FIB lookup; the socket headers do not build for BPF */
+
+/* Delivers a translated packet (tuple `after`) to the interface the routing
+ * table sends its destination through, with that hop's MACs. What the FIB does
+ * not forward (the node's own addresses, no route, forwarding off) goes up the
+ * stack as usual. */
+static __always_inline int deliver(struct __sk_buff *skb, const struct ct_key *after)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = after->proto,
+		.sport = after->sport,
+		.dport = after->dport,
+		.tot_len = skb->len - ETH_HLEN, /* host order, for the MTU check */
+		.ipv4_src = after->saddr,
+		.ipv4_dst = after->daddr,
+		.ifindex = skb->ingress_ifindex,
+	};
+	long found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (found == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count(COUNTER_REDIRECTED);
+		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+	}
+	if (found != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), fib.smac, ETH_ALEN, 0))
+		return TC_ACT_OK;
+	count(COUNTER_REDIRECTED);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+#endif

@@ -1,0 +1,147 @@
+/* Service load balancing: the backend for a new flow (sessionAffinity
+ * included), and the flow it opens, policy permitting. */
+#ifndef NODEPLANE_SERVICE_H
+#define NODEPLANE_SERVICE_H
+
+#include "conntrack.h"
+#include "policy.h"
+
+static __always_inline int backend_alive(__u32 service_id, __be32 addr, __be16 port)
+{
+	struct backend_id id = { .service_id = service_id, .addr = addr, .port = port };
+	return bpf_map_lookup_elem(&np_backend_alive, &id) != NULL;
+}
+
+/* The backend for a new flow: the client's affinity backend while it lasts and
+ * is still a backend, else a random one (remembered under affinity). */
+static __always_inline struct backend_value *pick_backend(const struct svc_value *service, __be32 client, __u64 now)
+{
+	struct affinity_key affinity = { .service_id = service->service_id, .client = client };
+	__u64 timeout_ns = (__u64)service->affinity_timeout_s * 1000000000ULL;
+	if (timeout_ns) {
+		struct affinity_value *sticky = bpf_map_lookup_elem(&np_affinity, &affinity);
+		if (sticky && now - sticky->last_seen_ns < timeout_ns &&
+		    backend_alive(service->service_id, sticky->backend.addr, sticky->backend.port)) {
+			sticky->last_seen_ns = now;
+			return &sticky->backend;
+		}
+	}
+	struct backend_key slot = {
+		.service_id = service->service_id,
+		.slot = bpf_get_prandom_u32() % service->backend_count,
+	};
+	struct backend_value *backend = bpf_map_lookup_elem(&np_backends, &slot);
+	if (backend && timeout_ns) {
+		struct affinity_value sticky = { .backend = *backend, .last_seen_ns = now };
+		bpf_map_update_elem(&np_affinity, &affinity, &sticky, BPF_ANY);
+	}
+	return backend;
+}
+
+/* Whether a local socket is waiting for this UDP datagram: the reply to the
+ * node's own traffic from a port that is also a NodePort. */
+static __always_inline int local_udp_socket(struct __sk_buff *skb, const struct packet *pkt)
+{
+	struct bpf_sock_tuple tuple = { .ipv4 = { .saddr = pkt->flow.saddr, .daddr = pkt->flow.daddr,
+						  .sport = pkt->flow.sport, .dport = pkt->flow.dport } };
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Only a packet that can start a connection opens a flow: a TCP SYN, any UDP
+ * datagram, but to a NodePort none that a local socket owns. A stray TCP segment
+ * (a reply to the node's own connection from a NodePort-numbered port) passes. */
+static __always_inline int may_open(struct __sk_buff *skb, const struct packet *pkt, const struct svc_value *service)
+{
+	if (pkt->flow.proto == IPPROTO_TCP)
+		return pkt->syn && !pkt->ack;
+	return !(service->flags & SVC_F_NODE_PORT) || !local_udp_socket(skb, pkt);
+}
+
+/* What open_flow made of a packet it opened no flow for. */
+enum unopened {
+	NOT_A_SERVICE = 0,
+	SERVICE_UNSERVED, /* a Service, but no backend or not a packet that opens one */
+	POLICY_DENIED,
+};
+
+/* A new flow to a Service: pick a backend, ask policy, record both directions.
+ * When it opens none, `*why` says why. */
+static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct packet *pkt, enum unopened *why)
+{
+	struct svc_key svc = { .vip = pkt->flow.daddr, .port = pkt->flow.dport, .proto = pkt->flow.proto };
+	struct svc_value *service = bpf_map_lookup_elem(&np_services, &svc);
+	if (!service)
+		return NULL;
+	*why = SERVICE_UNSERVED;
+	if (!may_open(skb, pkt, service))
+		return NULL;
+	if (service->backend_count == 0) {
+		count(COUNTER_NO_BACKEND);
+		return NULL;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	struct backend_value *backend = pick_backend(service, pkt->flow.saddr, now);
+	if (!backend)
+		return NULL;
+	/* The client is the pod itself for a hairpin too: its own policies decide. */
+	int reason = policy_verdict(pkt->flow.saddr, backend->addr, backend->port, pkt->flow.proto);
+	if (reason) {
+		struct ct_key tried = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
+					.dport = backend->port, .proto = pkt->flow.proto };
+		report_denial(&tried, svc.vip, svc.port, reason);
+		*why = POLICY_DENIED;
+		return NULL;
+	}
+
+	struct ct_value original = {
+		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST,
+		.service_id = service->service_id, .last_seen_ns = now,
+	};
+	/* The reply's source becomes the VIP again; a hairpin reply also goes back to the pod. */
+	struct ct_value reply = {
+		.src_addr = svc.vip, .src_port = svc.port, .rewrite = CT_REWRITE_SRC, .reply = 1,
+		.service_id = service->service_id, .last_seen_ns = now,
+	};
+	struct ct_key after = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
+				.dport = backend->port, .proto = pkt->flow.proto };
+	if (backend->addr == pkt->flow.saddr) {
+		__u32 zero = 0;
+		struct lb_config *config = bpf_map_lookup_elem(&np_config, &zero);
+		if (!config || !config->hairpin_addr)
+			return NULL;
+		original.src_addr = config->hairpin_addr;
+		original.src_port = pkt->flow.sport;
+		original.rewrite |= CT_REWRITE_SRC;
+		reply.dst_addr = pkt->flow.saddr;
+		reply.dst_port = pkt->flow.sport;
+		reply.rewrite |= CT_REWRITE_DST;
+		after.saddr = config->hairpin_addr;
+		count(COUNTER_HAIRPIN_FLOW);
+	}
+	struct ct_key back = reversed(&after);
+	/* The reply tuple may belong to a live flow (the client reused its source
+	 * port towards the same backend): never take over its entry. */
+	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
+	if (existing && !closed(existing) && bpf_map_lookup_elem(&np_conntrack, &pkt->flow) == NULL) {
+		count(COUNTER_CT_CLASH);
+		return NULL;
+	}
+	if (bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY)) {
+		count(COUNTER_CT_FULL);
+		return NULL;
+	}
+	/* Two CPUs may open the same flow at once: the first entry written wins. */
+	if (bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_NOEXIST) &&
+	    bpf_map_update_elem(&np_conntrack, &pkt->flow, &original, BPF_EXIST)) {
+		count(COUNTER_CT_FULL);
+		return NULL;
+	}
+	count(COUNTER_NEW_FLOW);
+	return bpf_map_lookup_elem(&np_conntrack, &pkt->flow);
+}
+
+#endif

@@ -1,0 +1,165 @@
+//! Desired state from Kubernetes manifests: Services and EndpointSlices parsed
+//! with the API types; each bad document reported with file, document and field.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use nodeplane_model::Protocol;
+use nodeplane_model::manifests::load_dir;
+
+const GOOD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: ["10.200.0.3"]
+- addresses: ["10.200.0.4"]
+  conditions: {ready: true}
+- addresses: ["10.200.0.5"]
+  conditions: {ready: false}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+---
+"#;
+
+const BAD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sctp}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{port: 9000, protocol: SCTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: typo}
+spec:
+  clusterIP: 10.96.0.31
+  ports: [{port: "eighty"}]
+---
+kind: [not, a, string
+---
+apiVersion: v1
+kind: Service
+metadata: {name: fine}
+spec:
+  clusterIP: 10.96.0.32
+  ports: [{port: 443}]
+---
+metadata: {name: kindless}
+"#;
+
+#[test]
+fn services_and_endpoint_slices_become_service_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.yaml"), GOOD).unwrap();
+    let found = load_dir(dir.path());
+    assert!(found.errors.is_empty(), "{:?}", found.errors);
+    assert_eq!(found.ports.len(), 2);
+    let (dns, http) = (&found.ports[0], &found.ports[1]);
+    assert_eq!(http.name.to_string(), "shop/web:http");
+    assert_eq!((http.vip, http.port, http.protocol), (Ipv4Addr::new(10, 96, 0, 20), 80, Protocol::Tcp));
+    assert_eq!(http.affinity, Some(Duration::from_secs(10800)));
+    let ready = vec![(Ipv4Addr::new(10, 200, 0, 3), 8080), (Ipv4Addr::new(10, 200, 0, 4), 8080)];
+    assert_eq!(http.backends, ready, "the not-ready endpoint is left out");
+    assert_eq!((dns.port, dns.protocol), (53, Protocol::Udp));
+    assert_eq!(dns.backends.iter().map(|b| b.1).collect::<Vec<_>>(), [5353, 5353]);
+}
+
+#[test]
+fn each_bad_document_is_reported_and_the_rest_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).unwrap();
+    std::fs::write(dir.path().join("good.yml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let found = load_dir(dir.path());
+    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    let file = dir.path().join("bad.yaml").display().to_string();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(&format!("{file}: document 1: spec.ports[0].protocol: SCTP is not supported")),
+        "{errors:#?}"
+    );
+    assert!(errors[1].starts_with(&format!("{file}: document 2: spec.ports[0].port: ")), "{errors:#?}");
+    assert!(errors.iter().any(|e| e.starts_with(&format!("{file}: document 3: "))), "{errors:#?}");
+    assert!(errors.iter().any(|e| e.starts_with(&format!("{file}: document 5: kind: missing"))), "{errors:#?}");
+    let names: Vec<String> = found.ports.iter().map(|p| p.name.to_string()).collect();
+    assert_eq!(names, ["default/fine", "shop/web:dns", "shop/web:http"]);
+}
+
+const POLICY_INPUTS: &str = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec:
+  containers:
+  - name: server
+    image: example
+    ports: [{name: http, containerPort: 8080}, {name: metrics, containerPort: 9090, protocol: UDP}, {containerPort: 7070}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: http}, {port: 30000, endPort: 30010}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: http, endPort: 90}]}]
+"#;
+
+#[test]
+fn namespaces_pods_and_network_policies_are_read_and_a_bad_policy_is_reported() {
+    use nodeplane_model::policy::NamedPort;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY_INPUTS).unwrap();
+    let found = load_dir(dir.path());
+    assert_eq!(found.namespaces["shop"].get("team").map(String::as_str), Some("web"));
+    assert_eq!(found.pods.len(), 1);
+    let pod = &found.pods[0];
+    assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("shop", "web-0"));
+    assert_eq!(
+        pod.ports,
+        [
+            NamedPort { name: "http".into(), port: 8080, protocol: Protocol::Tcp },
+            NamedPort { name: "metrics".into(), port: 9090, protocol: Protocol::Udp },
+        ],
+        "only named ports"
+    );
+    assert_eq!(found.policies.len(), 1);
+    assert_eq!(found.policies[0].name, "web");
+    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].ends_with(
+            "policy.yaml: document 4: spec.ingress[0].ports[0].endPort: needs a numeric port, not a named one"
+        ),
+        "{errors:?}"
+    );
+}

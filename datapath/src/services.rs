@@ -1,0 +1,212 @@
+//! Service load balancing as the maps hold it: a Service port's entry at its
+//! VIP (or, for a NodePort, the node's IP) and its backend slots, written so
+//! that a packet never picks an empty slot; and the [`Reconciler`] that turns
+//! desired Service ports into map updates, incrementally: only ports whose VIP,
+//! backends or affinity changed are written, and ports no longer desired —
+//! including ones a previous nodeplaned programmed — are removed. Service ids
+//! are read back from the maps, so they survive a restart. A port with a
+//! NodePort is a second map entry, at the node's IP, with the same backends.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use aya::Ebpf;
+use aya::maps::MapData;
+use nodeplane_datapath_abi::{self as abi, BackendId, BackendKey, BackendValue, SvcKey, SvcValue};
+use nodeplane_model::Protocol;
+use nodeplane_model::manifests::ServicePort;
+
+use crate::DatapathError;
+use crate::maps::{hash, removed};
+
+/// A Service port as the datapath balances it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Unique per Service port; names its backend slots.
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<(Ipv4Addr, u16)>,
+    /// sessionAffinity: ClientIP, with its timeout.
+    pub affinity: Option<Duration>,
+    /// A NodePort (`vip` is the node's IP): only packets that can start a
+    /// connection open a flow, and never one a local socket owns.
+    pub node_port: bool,
+}
+
+impl Service {
+    fn key(&self) -> SvcKey {
+        SvcKey { vip: self.vip.octets(), port: self.port.to_be_bytes(), proto: self.protocol.number(), pad: 0 }
+    }
+}
+
+/// The loaded datapath's Service maps (see [`crate::Datapath::services`]).
+pub struct ServiceMaps<'a> {
+    pub(crate) ebpf: &'a mut Ebpf,
+}
+
+impl ServiceMaps<'_> {
+    fn services(&mut self) -> Result<aya::maps::HashMap<&mut MapData, SvcKey, SvcValue>, DatapathError> {
+        hash(self.ebpf, abi::SERVICES)
+    }
+
+    /// The Service ports in the map: (VIP, port, protocol) → the map's value.
+    pub fn programmed(&mut self) -> Result<Vec<(SvcKey, SvcValue)>, DatapathError> {
+        Ok(self.services()?.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Programs a Service port with its backends (and, for sessionAffinity
+    /// ClientIP, how long a client keeps its backend). Backend slots are written
+    /// before the count that makes them reachable, and dropped after it shrinks, so
+    /// a packet never picks an empty slot. Backends no longer listed stop being
+    /// alive: no new flow goes to them, and their UDP flows move.
+    pub fn set(&mut self, service: &Service) -> Result<(), DatapathError> {
+        let count = u16::try_from(service.backends.len())
+            .map_err(|_| DatapathError::TooManyBackends { count: service.backends.len(), max: u16::MAX as usize })?;
+        let id = service.id;
+        let key = service.key();
+        let previous = self.services()?.get(&key, 0).map(|v| v.backend_count).unwrap_or(0);
+        let mut slots = hash::<BackendKey, BackendValue>(self.ebpf, abi::BACKENDS)?;
+        let old: Vec<BackendValue> = (0..u32::from(previous))
+            .filter_map(|slot| slots.get(&BackendKey { service_id: id, slot }, 0).ok())
+            .collect();
+        let new: Vec<BackendValue> = service
+            .backends
+            .iter()
+            .map(|(addr, port)| BackendValue { addr: addr.octets(), port: port.to_be_bytes(), pad: 0 })
+            .collect();
+        for (slot, value) in new.iter().enumerate() {
+            slots.insert(BackendKey { service_id: id, slot: slot as u32 }, *value, 0)?;
+        }
+        let alive_id = |b: &BackendValue| BackendId { service_id: id, addr: b.addr, port: b.port, pad: 0 };
+        let mut alive = hash::<BackendId, u8>(self.ebpf, abi::BACKEND_ALIVE)?;
+        for backend in &new {
+            alive.insert(alive_id(backend), 1, 0)?;
+        }
+        let affinity_timeout_s = service.affinity.map_or(0, |d| d.as_secs().clamp(1, u64::from(u32::MAX)) as u32);
+        self.services()?.insert(
+            key,
+            SvcValue {
+                service_id: id,
+                backend_count: count,
+                flags: if service.node_port { abi::SVC_F_NODE_PORT } else { 0 },
+                affinity_timeout_s,
+            },
+            0,
+        )?;
+        let mut alive = hash::<BackendId, u8>(self.ebpf, abi::BACKEND_ALIVE)?;
+        for gone in old.iter().filter(|b| !new.contains(b)) {
+            removed(alive.remove(&alive_id(gone)))?;
+        }
+        let mut slots = hash::<BackendKey, BackendValue>(self.ebpf, abi::BACKENDS)?;
+        for slot in count..previous {
+            removed(slots.remove(&BackendKey { service_id: id, slot: u32::from(slot) }))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a Service port: the service entry first (no new flow finds it),
+    /// then its backend slots and their alive marks.
+    pub fn remove(&mut self, key: &SvcKey) -> Result<(), DatapathError> {
+        let Ok(value) = self.services()?.get(key, 0) else { return Ok(()) };
+        removed(self.services()?.remove(key))?;
+        let id = value.service_id;
+        let mut slots = hash::<BackendKey, BackendValue>(self.ebpf, abi::BACKENDS)?;
+        let mut gone = Vec::new();
+        for slot in 0..u32::from(value.backend_count) {
+            let key = BackendKey { service_id: id, slot };
+            if let Ok(backend) = slots.get(&key, 0) {
+                gone.push(backend);
+            }
+            removed(slots.remove(&key))?;
+        }
+        let mut alive = hash::<BackendId, u8>(self.ebpf, abi::BACKEND_ALIVE)?;
+        for backend in gone {
+            removed(alive.remove(&BackendId { service_id: id, addr: backend.addr, port: backend.port, pad: 0 }))?;
+        }
+        Ok(())
+    }
+}
+
+/// What one reconciliation changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub added: u64,
+    pub updated: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+    /// Ports that could not be programmed or removed, and why.
+    pub failed: Vec<String>,
+}
+
+/// Remembers what it programmed, to write only differences.
+#[derive(Default)]
+pub struct Reconciler {
+    programmed: HashMap<SvcKey, Service>,
+}
+
+/// The map entries of a Service port: its VIP, and its NodePort on `node_ip`.
+fn entries(port: &ServicePort, node_ip: Option<Ipv4Addr>) -> impl Iterator<Item = Service> + '_ {
+    let service = |vip, number, node_port| Service {
+        id: 0,
+        vip,
+        port: number,
+        protocol: port.protocol,
+        backends: port.backends.clone(),
+        affinity: port.affinity,
+        node_port,
+    };
+    let node_port = node_ip.zip(port.node_port).map(|(ip, number)| service(ip, number, true));
+    std::iter::once(service(port.vip, port.port, false)).chain(node_port)
+}
+
+impl Reconciler {
+    /// Programs `desired`, with NodePorts at `node_ip` (none without one).
+    pub fn sync(
+        &mut self,
+        maps: &mut ServiceMaps<'_>,
+        desired: &[ServicePort],
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<SyncStats, DatapathError> {
+        let in_maps: HashMap<SvcKey, SvcValue> = maps.programmed()?.into_iter().collect();
+        let mut next_id = in_maps.values().map(|v| v.service_id).max().unwrap_or(0) + 1;
+        let mut stats = SyncStats::default();
+        let mut wanted = std::collections::HashSet::new();
+        let mut programmed = HashMap::new();
+        for (port, mut service) in desired.iter().flat_map(|p| entries(p, node_ip).map(move |s| (p, s))) {
+            let key = service.key();
+            service.id = match in_maps.get(&key) {
+                Some(value) => value.service_id,
+                None => {
+                    next_id += 1;
+                    next_id - 1
+                }
+            };
+            wanted.insert(key);
+            match self.programmed.get(&key) {
+                Some(current) if *current == service && in_maps.contains_key(&key) => stats.unchanged += 1,
+                previous => match maps.set(&service) {
+                    Ok(()) if previous.is_some() || in_maps.contains_key(&key) => stats.updated += 1,
+                    Ok(()) => stats.added += 1,
+                    // One bad port must not hold up the others: report it, go on (and
+                    // retry it next time: it is not recorded as programmed).
+                    Err(err) => {
+                        stats.failed.push(format!("{}: {err}", port.name));
+                        continue;
+                    }
+                },
+            }
+            programmed.insert(key, service);
+        }
+        for key in in_maps.keys().filter(|k| !wanted.contains(k)) {
+            match maps.remove(key) {
+                Ok(()) => stats.removed += 1,
+                Err(err) => stats.failed.push(format!("removing {:?}: {err}", key)),
+            }
+        }
+        self.programmed = programmed;
+        Ok(stats)
+    }
+}

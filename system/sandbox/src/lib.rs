@@ -1,0 +1,18 @@
+//! Throwaway system resources for running nodeplane's real components away
+//! from a node: named network namespaces (and threads that run inside them),
+//! bpffs mounts, and a private `dbus-daemon` configured like the system bus.
+//! Each is removed when dropped. Nothing here fakes a component, and nothing
+//! panics: every failure comes back as a [`SandboxError`] saying what failed.
+//!
+//! `nodeplanectl probe` stands its nodes up with it; the tests' fixtures
+//! (`nodeplane-testkit`) build on it.
+
+mod dbus;
+mod error;
+mod fixtures;
+mod netns;
+
+pub use dbus::DbusDaemon;
+pub use error::SandboxError;
+pub use fixtures::{Bpffs, NamedNetns, Node};
+pub use netns::{enter_then, in_netns_at, in_netns_of, in_new_netns};

@@ -1,0 +1,90 @@
+//! `nodeplanectl status`: the node's health and each component's, with facts.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use nodeplane_bus::{self as bus, ComponentProxy, Fact, NodeProxy, State};
+use serde::Serialize;
+use zbus::Connection;
+use zbus::proxy::CacheProperties;
+
+use super::UNREACHABLE;
+
+#[derive(Serialize)]
+pub(super) struct NodeStatus {
+    pub health: State,
+    pub version: String,
+    pub components: Vec<ComponentStatus>,
+}
+
+#[derive(Serialize)]
+pub(super) struct ComponentStatus {
+    pub name: String,
+    pub state: State,
+    pub detail: String,
+    /// RFC 3339, UTC.
+    pub last_change: String,
+    pub facts: BTreeMap<String, Fact>,
+}
+
+pub(super) async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
+    let node = NodeProxy::builder(connection).cache_properties(CacheProperties::No).build().await?;
+    let mut components = Vec::new();
+    for (name, state, detail, last_change) in node.components().await? {
+        let proxy = ComponentProxy::builder(connection)
+            .path(bus::component_path(&name))
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let facts = proxy.facts().await?.iter().map(|(k, v)| (k.clone(), bus::fact_from_value(v))).collect();
+        let state = state.parse().map_err(|e: nodeplane_bus::UnknownState| zbus::Error::Failure(e.to_string()))?;
+        let last_change = humantime::format_rfc3339_seconds(bus::from_usec(last_change)).to_string();
+        components.push(ComponentStatus { name, state, detail, last_change, facts });
+    }
+    // From the same rows as the table, so header and table always agree.
+    let health = State::of_node(components.iter().map(|c| c.state));
+    Ok(NodeStatus { health, version: node.version().await?, components })
+}
+
+pub(super) async fn status(connection: &Connection, json: bool) -> ExitCode {
+    let status = match fetch(connection).await {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("nodeplanectl: cannot read the node's status: {err}");
+            return ExitCode::from(UNREACHABLE);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else {
+        print!("{}", table(&status));
+    }
+    if status.health == State::Healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn table(status: &NodeStatus) -> String {
+    let mut out = format!("node: {} (nodeplaned {})\n\n", status.health, status.version);
+    let width = status.components.iter().map(|c| c.name.len()).max().unwrap_or(0).max("COMPONENT".len());
+    out += &format!("{:width$}  {:9}  {:20}  DETAIL\n", "COMPONENT", "STATE", "SINCE");
+    for c in &status.components {
+        let since = since(&c.last_change);
+        out += &format!("{:width$}  {:9}  {:20}  {}\n", c.name, c.state.as_str(), since, c.detail);
+        let facts: Vec<String> = c.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !facts.is_empty() {
+            out += &format!("{:width$}  {}\n", "", facts.join(" "));
+        }
+    }
+    out
+}
+
+/// `2026-11-28T07:30:01Z` → `07:30:01 (3m ago)`.
+fn since(rfc3339: &str) -> String {
+    let Ok(at) = humantime::parse_rfc3339(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    let age = SystemTime::now().duration_since(at).unwrap_or_default();
+    let age = humantime::format_duration(std::time::Duration::from_secs(age.as_secs()));
+    let clock = rfc3339.get(11..19).unwrap_or(rfc3339);
+    format!("{clock} ({age} ago)")
+}

@@ -1,0 +1,85 @@
+//! The manifests directory as the datapath component reads it: again only
+//! when a file changed (names, sizes, times), keeping what cannot be read safe.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nodeplane_model::manifests::{ServicePort, load_dir};
+use nodeplane_model::policy::{Labels, PodManifest, Policy};
+
+/// What the directory said the last time it was read.
+#[derive(Default)]
+pub(super) struct ManifestSource {
+    /// Names, sizes and times of the files at the last read.
+    fingerprint: Vec<(PathBuf, u64, SystemTime)>,
+    /// Problems of the last read, the first one first in the status.
+    pub errors: Vec<String>,
+    /// Namespace → labels, Pods and NetworkPolicies of the last read.
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: Vec<PodManifest>,
+    pub policies: Vec<Policy>,
+}
+
+/// What a read found that is new.
+pub(super) struct Changed {
+    pub ports: Vec<ServicePort>,
+    pub fingerprint: Vec<(PathBuf, u64, SystemTime)>,
+}
+
+impl ManifestSource {
+    /// Reads `dir` when its files changed (or when `force`d); `None` when
+    /// nothing is to be applied. A missing directory keeps the Services programmed.
+    pub fn read(&mut self, dir: &Path, force: bool) -> Option<Changed> {
+        let fingerprint = fingerprint(dir);
+        if !dir.is_dir() {
+            // A missing directory (a late mount, a typo) must not wipe every Service.
+            self.errors = vec![format!("{}: not a directory; keeping the Services programmed", dir.display())];
+            return None;
+        }
+        if !force && fingerprint == self.fingerprint {
+            return None;
+        }
+        let found = load_dir(dir);
+        for error in &found.errors {
+            tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
+        }
+        self.errors = found.errors.iter().map(ToString::to_string).collect();
+        // A policy that could not be read might be the one isolating a pod:
+        // the policies in force stay until every one reads.
+        if found.policies_incomplete {
+            // First: the status line shows the first problem.
+            self.errors.insert(
+                0,
+                format!(
+                    "NetworkPolicies not updated: a document in {} that may be one could not be read; {} policies stay in force",
+                    dir.display(),
+                    self.policies.len()
+                ),
+            );
+        } else {
+            self.policies = found.policies;
+        }
+        (self.namespaces, self.pods) = (found.namespaces, found.pods);
+        Some(Changed { ports: found.ports, fingerprint })
+    }
+
+    /// Records that the read's Services were programmed: the same files are not
+    /// read again until they change.
+    pub fn applied(&mut self, fingerprint: Vec<(PathBuf, u64, SystemTime)>) {
+        self.fingerprint = fingerprint;
+    }
+}
+
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()?))
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -1,0 +1,467 @@
+//! The eBPF datapath as a supervisor component: loads it at start (READY waits),
+//! attaches it to pod interfaces as they appear, applies the manifests directory
+//! whenever it changes — Services, and NetworkPolicies for the registered pods —
+//! collects expired conntrack entries, and reports fill levels, sync times and
+//! counters.
+
+mod endpoints;
+mod interfaces;
+mod manifests;
+mod policy;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use nodeplane_bus::PolicyDrop;
+use nodeplane_datapath::{Datapath, DatapathError, GcStats, Reconciler, SyncStats};
+use nodeplane_datapath_abi::{CONNTRACK_CAPACITY, PolicyEvent};
+use nodeplane_model::compile::CompiledPolicy;
+use nodeplane_model::manifests::ServicePort;
+
+use super::component::{Component, Fact, Facts, Reporter, State};
+use crate::config::{DatapathConfig, NodeConfig};
+use crate::masquerade;
+pub use endpoints::Endpoint;
+use endpoints::{EndpointStore, StoreError, check_container_id};
+use manifests::ManifestSource;
+use policy::PolicyState;
+pub use policy::{PodPolicy, PodPolicyError};
+
+pub struct DatapathComponent {
+    config: DatapathConfig,
+    /// `[sysctl] nodeport_range`: masquerade keeps its source ports clear of it.
+    nodeports: (u16, u16),
+    reporter: Reporter,
+    running: Option<Running>,
+    /// Pods registered by the CNI plugin, by container id; stored, so a restart
+    /// keeps them.
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// A loaded datapath and what it was last told.
+struct Running {
+    datapath: Datapath,
+    /// Netlink to this namespace: its interfaces and addresses.
+    netlink: rtnetlink::Handle,
+    store: EndpointStore,
+    reconciler: Reconciler,
+    manifests: ManifestSource,
+    last_sync: Option<(SystemTime, Duration, SyncStats)>,
+    policy: PolicyState,
+    gc: Gc,
+    problems: Problems,
+}
+
+/// Conntrack garbage collection: when it last ran and what it found.
+struct Gc {
+    last: Instant,
+    expired_total: u64,
+    last_stats: GcStats,
+}
+
+/// What keeps the component degraded, by where it came from (the manifests'
+/// and the policy maps' own are in [`ManifestSource`] and [`PolicyState`]).
+#[derive(Default)]
+struct Problems {
+    /// Listing or attaching to interfaces.
+    interfaces: Vec<String>,
+    /// Stored pod registrations that could not be read, or forgotten.
+    store: Vec<String>,
+    /// Service ports that could not be programmed or removed.
+    services: Vec<String>,
+    gc: Option<String>,
+    /// Masquerade or socket load balancing could not be set up.
+    node_setup: Vec<String>,
+}
+
+/// Why the datapath component could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathComponentError {
+    #[error("cannot create {path}: {source}")]
+    PinDirectory { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot load the datapath with its maps pinned in {root} (a bpffs?): {source}")]
+    Load { root: std::path::PathBuf, source: DatapathError },
+    #[error("loading the datapath stopped: {0}")]
+    LoadTask(#[from] tokio::task::JoinError),
+    #[error("setting the hairpin address: {0}")]
+    Hairpin(DatapathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a netlink socket: {0}")]
+    Netlink(std::io::Error),
+}
+
+/// Why a pod could not be registered or unregistered.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the datapath is disabled on this node")]
+    Disabled,
+    #[error("attaching to {interface}: {source}")]
+    Attach { interface: String, source: Box<DatapathError> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Component for DatapathComponent {
+    const NAME: &'static str = "datapath";
+    type Error = DatapathComponentError;
+
+    async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, DatapathComponentError> {
+        let nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
+        let config = config.datapath.clone();
+        let mut component =
+            DatapathComponent { config, nodeports, reporter, running: None, endpoints: Default::default() };
+        if !component.config.enabled {
+            component.reporter.set(State::Healthy, "disabled (datapath.enabled = false)");
+            return Ok(component);
+        }
+        let root = component.config.bpffs_root.clone();
+        std::fs::create_dir_all(&root)
+            .map_err(|source| DatapathComponentError::PinDirectory { path: root.clone(), source })?;
+        // Seconds of CPU under emulation (map allocation, the verifier): off the
+        // runtime's thread, so the bus connection goes on meanwhile.
+        let (pins, attach) = (root.clone(), component.config.attach);
+        let loaded = tokio::task::spawn_blocking(move || Datapath::load_with(&pins, attach)).await?;
+        let mut datapath = loaded.map_err(|source| DatapathComponentError::Load { root, source })?;
+        datapath.set_hairpin_address(component.config.hairpin_address).map_err(DatapathComponentError::Hairpin)?;
+        for change in datapath.recreated_maps() {
+            tracing::warn!("pinned map of an older layout replaced, its entries are lost: {change}");
+        }
+        let store = EndpointStore::open(&component.config.state_dir)?;
+        let (endpoints, unreadable) = store.load();
+        for problem in &unreadable {
+            tracing::warn!("stored pod registration skipped: {problem}");
+        }
+        component.endpoints = endpoints;
+        component.running = Some(Running {
+            datapath,
+            netlink: crate::netlink::connect().map_err(DatapathComponentError::Netlink)?,
+            store,
+            reconciler: Reconciler::default(),
+            manifests: ManifestSource::default(),
+            last_sync: None,
+            policy: PolicyState::default(),
+            gc: Gc { last: Instant::now(), expired_total: 0, last_stats: GcStats::default() },
+            problems: Problems { store: unreadable, ..Problems::default() },
+        });
+        component.apply_node_setup();
+        component.sync(true).await;
+        Ok(component)
+    }
+
+    async fn reload(&mut self, config: &NodeConfig) -> Result<(), DatapathComponentError> {
+        let mut new = config.datapath.clone();
+        if new.enabled != self.config.enabled
+            || new.bpffs_root != self.config.bpffs_root
+            || new.attach != self.config.attach
+        {
+            tracing::warn!(
+                "datapath.enabled, bpffs_root and attach take effect at the next start; keeping the running ones"
+            );
+            (new.enabled, new.bpffs_root, new.attach) =
+                (self.config.enabled, self.config.bpffs_root.clone(), self.config.attach);
+        }
+        self.config = new;
+        self.nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
+        if let Some(running) = &mut self.running {
+            running
+                .datapath
+                .set_hairpin_address(self.config.hairpin_address)
+                .map_err(DatapathComponentError::Hairpin)?;
+        }
+        self.apply_node_setup();
+        self.sync(true).await;
+        Ok(())
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        self.running.is_some().then_some(self.config.sync_interval)
+    }
+
+    async fn tick(&mut self) {
+        self.sync(false).await;
+    }
+
+    type Command = DatapathRequest;
+
+    async fn command(&mut self, request: DatapathRequest) {
+        match request {
+            DatapathRequest::Endpoint { change, reply } => {
+                let result = match change {
+                    EndpointChange::Register(endpoint) => self.register(endpoint),
+                    EndpointChange::Unregister(container_id) => self.unregister(&container_id),
+                };
+                self.publish();
+                let _ = reply.send(result);
+            }
+            DatapathRequest::Sync { reply } => {
+                self.sync(true).await;
+                let problems = self.running.as_ref().map(Running::sync_problems).unwrap_or_default();
+                let _ = reply.send(problems);
+            }
+            DatapathRequest::PodPolicy { pod, reply } => {
+                let answer = match &self.running {
+                    Some(running) => running.policy.pod_policy(&self.endpoints, &pod),
+                    None => Err(PodPolicyError::Disabled),
+                };
+                let _ = reply.send(answer);
+            }
+            DatapathRequest::Describe { events, reply } => {
+                let _ = reply.send(events.iter().map(|e| policy::describe(&self.endpoints, e)).collect());
+            }
+        }
+    }
+}
+
+pub enum EndpointChange {
+    Register(Endpoint),
+    Unregister(String),
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+/// What D-Bus asks of the datapath component, with the way to answer.
+pub enum DatapathRequest {
+    /// A registration (the CNI plugin).
+    Endpoint { change: EndpointChange, reply: Reply<Result<(), EndpointError>> },
+    /// Read the manifests and apply them now; answers with the manifest problems.
+    Sync { reply: Reply<Vec<String>> },
+    /// What a pod (`namespace/name`) may send and receive.
+    PodPolicy { pod: String, reply: Reply<Result<PodPolicy, PodPolicyError>> },
+    /// Policy drops, told in pod names where the addresses are pods'.
+    Describe { events: Vec<PolicyEvent>, reply: Reply<Vec<PolicyDrop>> },
+}
+
+impl Running {
+    /// What `Sync()` answers: the manifests' problems and the Service ports
+    /// that could not be programmed.
+    fn sync_problems(&self) -> Vec<String> {
+        self.manifests.errors.iter().chain(&self.problems.services).cloned().collect()
+    }
+
+    /// Every problem, the manifests' first (the status line shows the first).
+    fn problems(&self) -> Vec<&String> {
+        let p = &self.problems;
+        self.manifests
+            .errors
+            .iter()
+            .chain(&p.services)
+            .chain(&p.store)
+            .chain(&p.interfaces)
+            .chain(&p.gc)
+            .chain(&p.node_setup)
+            .chain(&self.policy.error)
+            .collect()
+    }
+}
+
+impl DatapathComponent {
+    /// Attaches the pod's interface at once (not at the next sync) and records it.
+    fn register(&mut self, endpoint: Endpoint) -> Result<(), EndpointError> {
+        check_container_id(&endpoint.container_id)?;
+        let Some(running) = &mut self.running else { return Err(EndpointError::Disabled) };
+        running
+            .datapath
+            .attach_pod_interface(&endpoint.host_interface)
+            .map_err(|e| EndpointError::Attach { interface: endpoint.host_interface.clone(), source: Box::new(e) })?;
+        running.store.save(&endpoint)?;
+        self.endpoints.insert(endpoint.container_id.clone(), endpoint.clone());
+        // The pod's policies are in force before the CNI plugin returns: it never
+        // runs unprotected.
+        running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+        tracing::info!(
+            datapath_pod = %format!("{}/{}", endpoint.pod_namespace, endpoint.pod_name),
+            datapath_interface = %endpoint.host_interface,
+            "pod {}/{} registered on {} ({})", endpoint.pod_namespace, endpoint.pod_name, endpoint.host_interface, endpoint.ips.join(", ")
+        );
+        Ok(())
+    }
+
+    fn unregister(&mut self, container_id: &str) -> Result<(), EndpointError> {
+        check_container_id(container_id)?;
+        if let Some(running) = &self.running {
+            running.store.remove(container_id)?;
+        }
+        self.endpoints.remove(container_id);
+        if let Some(running) = &mut self.running {
+            running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+        }
+        Ok(())
+    }
+
+    /// Sets up (or removes) what the config asks for beyond pod interfaces:
+    /// socket load balancing for the node's processes, and masquerade.
+    fn apply_node_setup(&mut self) {
+        let Some(running) = &mut self.running else { return };
+        let problems = &mut running.problems.node_setup;
+        problems.clear();
+        let socket_lb = if self.config.socket_lb {
+            running.datapath.attach_cgroup(&self.config.socket_lb_cgroup)
+        } else {
+            running.datapath.detach_cgroup()
+        };
+        if let Err(err) = socket_lb {
+            tracing::error!("socket load balancing: {err}");
+            problems.push(format!("socket load balancing: {err}"));
+        }
+        let result = match self.config.masquerade_rules(self.nodeports) {
+            Some(rules) => rules.apply().map(|()| {
+                tracing::info!(
+                    "masquerading {} beyond {} CIDR(s), source ports {}-{}",
+                    rules.pod_cidr,
+                    rules.non_masquerade.len(),
+                    rules.ports.0,
+                    rules.ports.1
+                )
+            }),
+            None => masquerade::remove(),
+        };
+        if let Err(err) = result {
+            tracing::error!("masquerade: {err}");
+            problems.push(format!("masquerade: {err}"));
+        }
+    }
+
+    /// Attaches new pod interfaces, applies changed manifests (or all, `force`d),
+    /// collects expired conntrack entries when due, and publishes the result.
+    async fn sync(&mut self, force: bool) {
+        let Some(running) = &mut self.running else { return };
+        let pods_before = self.endpoints.len();
+        running.follow_interfaces(&self.config, &mut self.endpoints).await;
+        let mut policy_inputs_changed = self.endpoints.len() != pods_before;
+        if let Some(changed) = running.manifests.read(&self.config.manifests_dir, force) {
+            policy_inputs_changed = true;
+            // Until the maps take them, the same files are read again at each sync.
+            if running.program_services(&changed.ports, &self.config) {
+                running.manifests.applied(changed.fingerprint);
+            }
+        }
+        if running.gc.last.elapsed() >= self.config.gc_interval {
+            running.collect_garbage(&self.config);
+        }
+        if policy_inputs_changed || running.policy.error.is_some() {
+            running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let Some(running) = &mut self.running else { return };
+        let mut facts = Facts::new();
+        let programmed = running.datapath.services().programmed().unwrap_or_default();
+        facts.insert("services".into(), Fact::Count(programmed.len() as u64));
+        facts.insert("endpoints".into(), Fact::Count(programmed.iter().map(|(_, v)| u64::from(v.backend_count)).sum()));
+        // Counted by the last GC pass: walking the whole map every sync would cost more than it tells.
+        let entries = running.gc.last_stats.entries.saturating_sub(running.gc.last_stats.expired);
+        facts.insert("conntrack_entries".into(), Fact::Count(entries));
+        facts.insert("conntrack_capacity".into(), Fact::Count(CONNTRACK_CAPACITY.into()));
+        facts.insert("conntrack_expired_total".into(), Fact::Count(running.gc.expired_total));
+        let attached = running.datapath.attached_interfaces().unwrap_or_default();
+        facts.insert("attached_interfaces".into(), Fact::Count(attached.len() as u64));
+        facts.insert("registered_pods".into(), Fact::Count(self.endpoints.len() as u64));
+        facts.insert("manifest_errors".into(), Fact::Count(running.manifests.errors.len() as u64));
+        if let Some((at, took, _)) = &running.last_sync {
+            facts.insert("last_sync".into(), Fact::Text(humantime::format_rfc3339_seconds(*at).to_string()));
+            facts.insert("last_sync_ms".into(), Fact::Count(took.as_millis() as u64));
+        }
+        for (name, value) in running.datapath.counters().unwrap_or_default() {
+            facts.insert(format!("count_{name}"), Fact::Count(value));
+        }
+        facts.insert("policies".into(), Fact::Count(running.manifests.policies.len() as u64));
+        let compiled = running.policy.compiled.as_ref();
+        facts.insert("policy_rules".into(), Fact::Count(compiled.map_or(0, CompiledPolicy::rule_count) as u64));
+        let isolated =
+            compiled.map_or(0, |c| c.pods.values().filter(|p| p.ingress.is_some() || p.egress.is_some()).count());
+        facts.insert("policy_isolated_pods".into(), Fact::Count(isolated as u64));
+        let problems = running.problems();
+        let (state, detail) = match problems.first() {
+            Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
+            None => (
+                State::Healthy,
+                format!(
+                    "{} Service port(s), {} pod interface(s), {} NetworkPolicy object(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
+                    programmed.len(),
+                    attached.len(),
+                    running.manifests.policies.len()
+                ),
+            ),
+        };
+        self.reporter.set(state, detail);
+        self.reporter.set_facts(facts);
+    }
+}
+
+impl Running {
+    /// Attaches to new pod interfaces (and the node's), forgets the records of
+    /// gone ones, and the pods whose interface is gone (deleted while
+    /// nodeplaned was down, or without a CNI DEL).
+    async fn follow_interfaces(&mut self, config: &DatapathConfig, endpoints: &mut BTreeMap<String, Endpoint>) {
+        let (present, node_if) = match interfaces::interfaces(&self.netlink, config.node_ip).await {
+            Ok(found) => found,
+            Err(err) => {
+                self.problems.interfaces = vec![format!("listing interfaces: {err}")];
+                return;
+            }
+        };
+        self.problems.interfaces =
+            interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, node_if.as_ref());
+        self.problems.store.clear();
+        endpoints.retain(|id, endpoint| {
+            let here = present.contains(&endpoint.host_interface);
+            if !here {
+                tracing::info!(
+                    "pod {}/{} is gone with {}",
+                    endpoint.pod_namespace,
+                    endpoint.pod_name,
+                    endpoint.host_interface
+                );
+                if let Err(err) = self.store.remove(id) {
+                    self.problems.store.push(err.to_string());
+                }
+            }
+            here
+        });
+    }
+
+    /// Programs the Service ports the manifests list; false when the maps
+    /// could not be read (single ports that fail are problems, not failures).
+    fn program_services(&mut self, ports: &[ServicePort], config: &DatapathConfig) -> bool {
+        let started = Instant::now();
+        match self.reconciler.sync(&mut self.datapath.services(), ports, config.node_ip) {
+            Ok(stats) => {
+                for failure in &stats.failed {
+                    tracing::error!("programming a Service port failed: {failure}");
+                }
+                self.problems.services = stats.failed.clone();
+                if stats.added + stats.updated + stats.removed > 0 {
+                    tracing::info!(
+                        datapath_added = stats.added,
+                        datapath_updated = stats.updated,
+                        datapath_removed = stats.removed,
+                        "applied {} Service port(s) from {}",
+                        ports.len(),
+                        config.manifests_dir.display()
+                    );
+                }
+                self.last_sync = Some((SystemTime::now(), started.elapsed(), stats));
+                true
+            }
+            Err(err) => {
+                self.problems.services = vec![format!("programming the maps: {err}")];
+                false
+            }
+        }
+    }
+
+    fn collect_garbage(&mut self, config: &DatapathConfig) {
+        self.gc.last = Instant::now();
+        match self.datapath.conntrack().gc(config.timeouts()) {
+            Ok(stats) => {
+                self.gc.expired_total += stats.expired;
+                self.gc.last_stats = stats;
+                self.problems.gc = None;
+            }
+            Err(err) => self.problems.gc = Some(format!("conntrack GC: {err}")),
+        }
+    }
+}
