@@ -142,13 +142,7 @@ fn native_ready() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
         let bus = DbusDaemon::start(&[&policy]).map_err(|e| format!("private bus: {e}"))?;
         let bpffs = Bpffs::mount().map_err(|e| format!("private bpffs: {e}"))?;
         let manifests = tempfile::tempdir()?;
-        let config = format!(
-            "[datapath]\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\nsocket_lb = false\n\
-             [ipam]\nenabled = false\n",
-            bpffs.path().display(),
-            bpffs.state_dir().display(),
-            manifests.path().display()
-        );
+        let config = nodeplane_testkit::datapath_config(&bpffs, manifests.path(), "");
         let launch = Launch {
             binary: &binary,
             config: &config,

@@ -31,13 +31,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     let work = tempfile::tempdir()?;
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests)?;
-    let config = format!(
-        "[datapath]\nsocket_lb = false\nmasquerade = false\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\n\
-         manifests_dir = \"{}\"\n[ipam]\nenabled = false\n",
-        bpffs.path().display(),
-        bpffs.state_dir().display(),
-        manifests.display()
-    );
+    let config = nodeplane_testkit::datapath_config(&bpffs, &manifests, "masquerade = false");
     let launch = Launch {
         binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
         config: &config,

@@ -24,7 +24,7 @@ pub use journal::{Entry, Journal, parse_entry, text};
 pub use manifests::{node_port_manifest, service_manifest};
 pub use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, SandboxError, in_netns_at, in_netns_of, in_new_netns};
 pub use notify::NotifySocket;
-pub use process::{Launch, Nodeplaned};
+pub use process::{Launch, Nodeplaned, datapath_config};
 pub use topology::{Node, Pod, RequestLoop, Server, tcp_request, tcp_request_from};
 
 use std::io::Write;

@@ -165,3 +165,17 @@ impl Drop for Nodeplaned {
         }
     }
 }
+
+/// A `node.toml` for a nodeplaned whose datapath is pinned on `bpffs` and
+/// applies `manifests`, with `datapath` as more `[datapath]` lines. Socket
+/// load balancing is off (it attaches to a cgroup, which no network namespace
+/// confines: the boot tests cover it), and so is the IPAM sweeper.
+pub fn datapath_config(bpffs: &crate::Bpffs, manifests: &Path, datapath: &str) -> String {
+    format!(
+        "[datapath]\n{datapath}\nsocket_lb = false\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\n\
+         [ipam]\nenabled = false\n",
+        bpffs.path().display(),
+        bpffs.state_dir().display(),
+        manifests.display()
+    )
+}

@@ -122,14 +122,10 @@ pub fn start_in_with(
     manifests: &Path,
     datapath: &str,
 ) -> Nodeplaned {
-    let config = format!(
-        // Socket LB attaches to a cgroup, which no network namespace confines:
-        // the node image's boot tests cover it through nodeplaned.
-        "[datapath]\n{datapath}\nsocket_lb = false\nbpffs_root = \"{}/nodeplane\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\npod_interface_prefix = \"np\"\n\
-         sync_interval = \"200ms\"\n[ipam]\nenabled = false\n",
-        bpffs.path().display(),
-        bpffs.state_dir().display(),
-        manifests.display()
+    let config = nodeplane_testkit::datapath_config(
+        bpffs,
+        manifests,
+        &format!("{datapath}\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\""),
     );
     let launch = Launch {
         binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
