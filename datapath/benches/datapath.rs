@@ -36,19 +36,19 @@ struct Site {
 }
 
 impl Site {
-    fn new(subnet: u8) -> Result<Self, String> {
-        let mut node = Node::new().map_err(|e| e.to_string())?;
-        let client = node.add_pod(Ipv4Addr::new(10, 201, subnet, 2)).map_err(|e| e.to_string())?;
+    fn new(subnet: u8) -> Result<Self, nodeplane_testkit::Error> {
+        let mut node = Node::new()?;
+        let client = node.add_pod(Ipv4Addr::new(10, 201, subnet, 2))?;
         let mut backends = Vec::new();
         for i in 0..ENDPOINTS as u8 {
-            backends.push(node.add_pod(Ipv4Addr::new(10, 201, subnet, 10 + i)).map_err(|e| e.to_string())?);
+            backends.push(node.add_pod(Ipv4Addr::new(10, 201, subnet, 10 + i))?);
         }
         // Short connections: no TIME_WAIT pile-up limiting the rate (see ENVIRONMENT.md).
         for backend in &backends {
-            backend.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0").map_err(|e| e.to_string())?;
+            backend.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
         }
-        client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1").map_err(|e| e.to_string())?;
-        client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").map_err(|e| e.to_string())?;
+        client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         let servers = backends.iter().map(|b| b.serve_tcp(8080, "ok")).collect();
         Ok(Site { node, client, backends, _servers: servers })
     }
@@ -76,18 +76,18 @@ fn main() -> std::process::ExitCode {
     run_bench("datapath", bench)
 }
 
-fn bench() -> Result<(), String> {
+fn bench() -> Result<(), nodeplane_testkit::Error> {
     pin_to_one_core()?;
-    let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
+    let bpffs = Bpffs::mount()?;
     let (bare, ebpf, iptables, nft) = (Site::new(1)?, Site::new(2)?, Site::new(3)?, Site::new(4)?);
     let (pin, interfaces) = (
         bpffs.path().to_owned(),
         std::iter::once(&ebpf.client).chain(&ebpf.backends).map(|p| p.host_if.clone()).collect::<Vec<_>>(),
     );
-    let mut datapath = ebpf.node.run(move || -> Result<Datapath, String> {
-        let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;
+    let mut datapath = ebpf.node.run(move || -> Result<Datapath, nodeplane_testkit::Error> {
+        let mut datapath = Datapath::load(&pin)?;
         for interface in &interfaces {
-            datapath.attach_pod_interface(interface).map_err(|e| e.to_string())?;
+            datapath.attach_pod_interface(interface)?;
         }
         Ok(datapath)
     })?;
@@ -163,9 +163,9 @@ fn bench() -> Result<(), String> {
 }
 
 /// Programs `n` Services (replacing the previous size's) with nodeplane's loader.
-fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<Duration, String> {
-    for key in datapath.services().programmed().map_err(|e| e.to_string())?.iter().map(|(k, _)| *k) {
-        datapath.services().remove(&key).map_err(|e| e.to_string())?;
+fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<Duration, nodeplane_testkit::Error> {
+    for key in datapath.services().programmed()?.iter().map(|(k, _)| *k) {
+        datapath.services().remove(&key)?;
     }
     let services: Vec<Service> = (0..n)
         .map(|i| Service {
@@ -180,13 +180,13 @@ fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<D
         .collect();
     let started = Instant::now();
     for service in &services {
-        datapath.services().set(service).map_err(|e| e.to_string())?;
+        datapath.services().set(service)?;
     }
     Ok(started.elapsed())
 }
 
 /// One Service's endpoints change (the first, unprobed one).
-fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, String> {
+fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, nodeplane_testkit::Error> {
     let service = Service {
         id: 1,
         vip: vip(96, 0),
@@ -197,7 +197,7 @@ fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, Strin
         node_port: false,
     };
     let started = Instant::now();
-    datapath.services().set(&service).map_err(|e| e.to_string())?;
+    datapath.services().set(&service)?;
     Ok(started.elapsed())
 }
 
@@ -267,7 +267,7 @@ fn nft_update(n: usize) -> String {
 }
 
 /// Feeds `input` to `tool args` in the site's node namespace; how long it took.
-fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration, String> {
+fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration, nodeplane_testkit::Error> {
     let started = Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", site.node.netns.name(), tool])
@@ -279,7 +279,7 @@ fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration,
     child.stdin.take().expect("piped").write_all(input.as_bytes()).map_err(|e| format!("{tool}: {e}"))?;
     let out = child.wait_with_output().map_err(|e| format!("{tool}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(started.elapsed())
 }

@@ -27,8 +27,8 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 202, 1, 10);
 
 /// `n` NetworkPolicies selecting the server, one ingress rule each; the last
 /// lets the client in on 8080-8081 (TCP).
-fn policies(n: usize) -> Result<Vec<Policy>, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+fn policies(n: usize) -> Result<Vec<Policy>, nodeplane_testkit::Error> {
+    let dir = tempfile::tempdir()?;
     let mut text = String::new();
     for i in 0..n {
         let from = if i + 1 == n {
@@ -45,10 +45,10 @@ fn policies(n: usize) -> Result<Vec<Policy>, String> {
             if i + 1 == n { 8081 } else { low + 100 },
         );
     }
-    std::fs::write(dir.path().join("policies.yaml"), text).map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("policies.yaml"), text)?;
     let found = load_dir(dir.path());
     if !found.errors.is_empty() {
-        return Err(format!("bench policies: {:?}", found.errors));
+        return Err(format!("bench policies: {:?}", found.errors).into());
     }
     Ok(found.policies)
 }
@@ -68,21 +68,21 @@ fn main() -> std::process::ExitCode {
     run_bench("policy", bench)
 }
 
-fn bench() -> Result<(), String> {
+fn bench() -> Result<(), nodeplane_testkit::Error> {
     pin_to_one_core()?;
-    let bpffs = Bpffs::mount().map_err(|e| e.to_string())?;
-    let mut node = Node::new().map_err(|e| e.to_string())?;
-    let client = node.add_pod(CLIENT).map_err(|e| e.to_string())?;
-    let server = node.add_pod(SERVER).map_err(|e| e.to_string())?;
-    server.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0").map_err(|e| e.to_string())?;
-    client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1").map_err(|e| e.to_string())?;
-    client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000").map_err(|e| e.to_string())?;
+    let bpffs = Bpffs::mount()?;
+    let mut node = Node::new()?;
+    let client = node.add_pod(CLIENT)?;
+    let server = node.add_pod(SERVER)?;
+    server.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
+    client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
     let _servers = [server.serve_tcp(8080, "ok"), server.serve_tcp_echo(8081, "echo")];
     let (pin, interfaces) = (bpffs.path().to_owned(), [client.host_if.clone(), server.host_if.clone()]);
-    let mut datapath = node.run(move || -> Result<Datapath, String> {
-        let mut datapath = Datapath::load(&pin).map_err(|e| e.to_string())?;
+    let mut datapath = node.run(move || -> Result<Datapath, nodeplane_testkit::Error> {
+        let mut datapath = Datapath::load(&pin)?;
         for interface in &interfaces {
-            datapath.attach_pod_interface(interface).map_err(|e| e.to_string())?;
+            datapath.attach_pod_interface(interface)?;
         }
         Ok(datapath)
     })?;
@@ -92,12 +92,12 @@ fn bench() -> Result<(), String> {
     let started = Instant::now();
     let compiled = CompiledPolicy::compile(&cluster(thousand.clone()));
     let compile = started.elapsed();
-    let stats = datapath.policy().apply(&compiled).map_err(|e| e.to_string())?;
+    let stats = datapath.policy().apply(&compiled)?;
     let program = started.elapsed() - compile;
     let mut changed = thousand.clone();
     changed.swap_remove(0);
     let started = Instant::now();
-    datapath.policy().apply(&CompiledPolicy::compile(&cluster(changed))).map_err(|e| e.to_string())?;
+    datapath.policy().apply(&CompiledPolicy::compile(&cluster(changed)))?;
     let one_change = started.elapsed();
     eprintln!(
         "==> 1,000 policies: compiled in {:.1} ms, programmed in {:.1} ms ({} map entries written, {} port sets); one removed: {:.1} ms",
@@ -108,14 +108,16 @@ fn bench() -> Result<(), String> {
         ms(one_change)
     );
 
-    let compiled: Vec<CompiledPolicy> =
-        RULES.iter().map(|n| Ok(CompiledPolicy::compile(&cluster(policies(*n)?)))).collect::<Result<_, String>>()?;
+    let compiled: Vec<CompiledPolicy> = RULES
+        .iter()
+        .map(|n| Ok(CompiledPolicy::compile(&cluster(policies(*n)?))))
+        .collect::<Result<_, nodeplane_testkit::Error>>()?;
     let mut new: [Vec<Sample>; 3] = Default::default();
     let mut established: [Vec<Sample>; 3] = Default::default();
     for round in 1..=ROUNDS {
         for (i, n) in RULES.iter().enumerate() {
             eprint!("\r    round {round}/{ROUNDS}: {n} rule(s)     ");
-            datapath.policy().apply(&compiled[i]).map_err(|e| e.to_string())?;
+            datapath.policy().apply(&compiled[i])?;
             new[i].push(client.run(|| measure(SERVER, 8080))?);
             established[i].push(client.run(|| measure_established(SERVER, 8081))?);
         }
@@ -146,19 +148,19 @@ fn bench() -> Result<(), String> {
 }
 
 /// Request/response (a line echoed) on one open connection, for [`SAMPLE`].
-fn measure_established(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
+fn measure_established(addr: Ipv4Addr, port: u16) -> Result<Sample, nodeplane_testkit::Error> {
     let mut stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?; // the greeting
+    reader.read_line(&mut line)?; // the greeting
     let mut latencies = Vec::new();
     let started = Instant::now();
     while started.elapsed() < SAMPLE {
         let one = Instant::now();
-        stream.write_all(b"ping\n").map_err(|e| e.to_string())?;
+        stream.write_all(b"ping\n")?;
         line.clear();
-        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+        if reader.read_line(&mut line)? == 0 {
             return Err("the echo server closed the connection".into());
         }
         latencies.push(one.elapsed());

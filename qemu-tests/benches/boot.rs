@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
     run_bench("boot", bench)
 }
 
-fn bench() -> Result<(), Box<dyn std::error::Error>> {
+fn bench() -> Result<(), nodeplane_testkit::Error> {
     let image = nodeplane_qemu::built_image()?;
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -79,7 +79,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn boot_direct(image: &Image, masked: bool) -> Result<Times, Box<dyn std::error::Error>> {
+fn boot_direct(image: &Image, masked: bool) -> Result<Times, nodeplane_testkit::Error> {
     let dir = tempfile::tempdir()?;
     let share = dir.path().join("share");
     std::fs::create_dir_all(&share)?;
@@ -112,7 +112,7 @@ fn boot_direct(image: &Image, masked: bool) -> Result<Times, Box<dyn std::error:
     })
 }
 
-fn boot_uefi(image: &Image) -> Result<f64, Box<dyn std::error::Error>> {
+fn boot_uefi(image: &Image) -> Result<f64, nodeplane_testkit::Error> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("nodeplane.img");
     copy_disk(&image.disk(), &disk)?;
@@ -131,7 +131,7 @@ fn boot_uefi(image: &Image) -> Result<f64, Box<dyn std::error::Error>> {
 }
 
 /// nodeplaned's start on this host, spawn to READY, five times.
-fn native_ready() -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+fn native_ready() -> Result<Vec<f64>, nodeplane_testkit::Error> {
     use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, Nodeplaned};
     let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf");
     // The release build the image carries: beside this benchmark's own directory.

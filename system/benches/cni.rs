@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     run_bench("cni", bench)
 }
 
-fn bench() -> Result<(), Box<dyn std::error::Error>> {
+fn bench() -> Result<(), nodeplane_testkit::Error> {
     if !nodeplane_testkit::is_root() {
         return Err("the benchmark needs root (network namespaces, eBPF, D-Bus policy)".into());
     }
@@ -81,7 +81,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn node_netns() -> Result<NamedNetns, Box<dyn std::error::Error>> {
+fn node_netns() -> Result<NamedNetns, nodeplane_testkit::Error> {
     let node = NamedNetns::new(format!("npbench{}-node", std::process::id() % 10_000))?;
     node.sysctl("net.ipv4.ip_forward", "1")?;
     Ok(node)
@@ -95,7 +95,7 @@ fn cni(
     command: &str,
     container: &str,
     netns: &Path,
-) -> Result<Duration, Box<dyn std::error::Error>> {
+) -> Result<Duration, nodeplane_testkit::Error> {
     let (conf, command, container, netns, address) =
         (conf.to_owned(), command.to_owned(), container.to_owned(), netns.to_owned(), bus.address().to_owned());
     // Spawned from a thread in the node's namespace, the plugin runs there too.

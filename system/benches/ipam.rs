@@ -25,26 +25,25 @@ fn main() -> std::process::ExitCode {
     run_bench("ipam", bench)
 }
 
-fn bench() -> Result<(), String> {
+fn bench() -> Result<(), nodeplane_testkit::Error> {
     if !nodeplane_testkit::is_root() {
         return Err("the benchmark needs root (network namespace, containerd, D-Bus policy)".into());
     }
     let nodeplaned = Path::new(env!("CARGO_BIN_EXE_nodeplaned"));
 
     eprintln!("==> containerd with {LIVE_CONTAINERS} containers");
-    let ctrd = Containerd::start().map_err(|e| e.to_string())?;
+    let ctrd = Containerd::start()?;
     let live: Vec<String> = (0..LIVE_CONTAINERS).map(|n| format!("{n:064x}")).collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let started = Instant::now();
     runtime.block_on(ctrd.create_containers("k8s.io", &live));
     eprintln!("    created in {:.1} s", started.elapsed().as_secs_f64());
 
     eprintln!("==> {} reservation files in {NETWORKS} networks", NETWORKS * FILES_PER_NETWORK);
-    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let leaked = write_reservations(data.path(), &live).map_err(|e| e.to_string())?;
+    let data = tempfile::tempdir()?;
+    let leaked = write_reservations(data.path(), &live)?;
 
-    let bus = DbusDaemon::start(&[&Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf")])
-        .map_err(|e| e.to_string())?;
+    let bus = DbusDaemon::start(&[&Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/org.nodeplane.Node1.conf")])?;
     let config = |interval: &str, dry_run: bool| {
         format!(
             "[datapath]\nenabled = false\n[ipam]\ninterval = \"{interval}\"\ndry_run = {dry_run}\nnetworks_dir = \"{}\"\ncontainerd_socket = \"{}\"\n",
@@ -52,7 +51,7 @@ fn bench() -> Result<(), String> {
             ctrd.socket().display()
         )
     };
-    let start = |config: &str| -> Result<Nodeplaned, String> {
+    let start = |config: &str| -> Result<Nodeplaned, nodeplane_testkit::Error> {
         let launch = Launch {
             binary: nodeplaned,
             config,
@@ -62,7 +61,7 @@ fn bench() -> Result<(), String> {
             journal: None,
             netns: None,
         };
-        let node = Nodeplaned::spawn(&bus, launch).map_err(|e| e.to_string())?;
+        let node = Nodeplaned::spawn(&bus, launch)?;
         node.wait_ready(Duration::from_secs(30))?;
         Ok(node)
     };
@@ -85,13 +84,13 @@ fn bench() -> Result<(), String> {
 
     // 2. On-demand dry runs (the same sweep plus a 45,000-row D-Bus reply), strictly
     //    alternating with the baseline, for the timing figures.
-    fs::write(node.config_path(), config("1h", true)).map_err(|e| e.to_string())?;
+    fs::write(node.config_path(), config("1h", true))?;
     ctl.busctl(&["call", "org.nodeplane.Node1", "/org/nodeplane/Node1", "org.nodeplane.Node1", "Reload"])?;
     ctl.reset_peak_rss()?;
     let (mut baseline, mut on_demand, mut calls, mut call_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         eprint!("\r==> round {round}/{ROUNDS}: baseline read, then an on-demand dry run");
-        baseline.push(read_every_file(data.path()).map_err(|e| e.to_string())?);
+        baseline.push(read_every_file(data.path())?);
         let started = Instant::now();
         let reply = ctl.busctl(&[
             "call",
@@ -103,11 +102,9 @@ fn bench() -> Result<(), String> {
             "true",
         ])?;
         call_ms.push(started.elapsed());
-        let rows = serde_json::from_slice::<serde_json::Value>(&reply).map_err(|e| e.to_string())?["data"][0]
-            .as_array()
-            .map_or(0, Vec::len);
+        let rows = serde_json::from_slice::<serde_json::Value>(&reply)?["data"][0].as_array().map_or(0, Vec::len);
         if rows != leaked {
-            return Err(format!("the reply listed {rows} reservations, expected {leaked}"));
+            return Err(format!("the reply listed {rows} reservations, expected {leaked}").into());
         }
         let facts = ctl.facts()?;
         on_demand.push(Duration::from_millis(facts["last_sweep_ms"]));
@@ -125,7 +122,7 @@ fn bench() -> Result<(), String> {
     for round in 1..=REAL_ROUNDS {
         eprintln!("==> periodic real sweep {round}/{REAL_ROUNDS}, freeing {leaked}");
         if round > 1 {
-            write_reservations(data.path(), &live).map_err(|e| e.to_string())?;
+            write_reservations(data.path(), &live)?;
         }
         let node = start(&config("1s", false))?;
         let ctl = Ctl { bus: &bus, pid: node.pid() };
@@ -171,10 +168,10 @@ fn bench() -> Result<(), String> {
     write_results("ipam", &json)
 }
 
-fn expect(facts: &BTreeMap<String, u64>, name: &str, value: usize) -> Result<(), String> {
+fn expect(facts: &BTreeMap<String, u64>, name: &str, value: usize) -> Result<(), nodeplane_testkit::Error> {
     match facts.get(name) {
         Some(&n) if n == value as u64 => Ok(()),
-        other => Err(format!("{name} = {other:?}, expected {value}: {facts:?}")),
+        other => Err(format!("{name} = {other:?}, expected {value}: {facts:?}").into()),
     }
 }
 
@@ -225,20 +222,20 @@ struct Ctl<'a> {
 }
 
 impl Ctl<'_> {
-    fn busctl(&self, args: &[&str]) -> Result<Vec<u8>, String> {
+    fn busctl(&self, args: &[&str]) -> Result<Vec<u8>, nodeplane_testkit::Error> {
         let out = Command::new("busctl")
             .args(["--address", self.bus.address(), "--json=short"])
             .args(args)
             .output()
             .map_err(|e| format!("busctl: {e}"))?;
         if !out.status.success() {
-            return Err(format!("busctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!("busctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
         Ok(out.stdout)
     }
 
     /// The IPAM component's numeric facts.
-    fn facts(&self) -> Result<BTreeMap<String, u64>, String> {
+    fn facts(&self) -> Result<BTreeMap<String, u64>, nodeplane_testkit::Error> {
         let facts = self.busctl(&[
             "get-property",
             "org.nodeplane.Node1",
@@ -246,7 +243,7 @@ impl Ctl<'_> {
             "org.nodeplane.Component1",
             "Facts",
         ])?;
-        let facts: serde_json::Value = serde_json::from_slice(&facts).map_err(|e| e.to_string())?;
+        let facts: serde_json::Value = serde_json::from_slice(&facts)?;
         Ok(facts["data"]
             .as_object()
             .ok_or("no facts")?
@@ -256,7 +253,7 @@ impl Ctl<'_> {
     }
 
     /// Waits for the sweep after number `seen` to finish; returns its facts.
-    fn next_periodic_sweep(&self, seen: &mut u64) -> Result<BTreeMap<String, u64>, String> {
+    fn next_periodic_sweep(&self, seen: &mut u64) -> Result<BTreeMap<String, u64>, nodeplane_testkit::Error> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let facts = self.facts()?;
@@ -266,19 +263,19 @@ impl Ctl<'_> {
                 return Ok(facts);
             }
             if Instant::now() > deadline {
-                return Err(format!("no periodic sweep within 60 s: {facts:?}"));
+                return Err(format!("no periodic sweep within 60 s: {facts:?}").into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Resets VmHWM (`echo 5 > /proc/PID/clear_refs`), so each phase has its own peak.
-    fn reset_peak_rss(&self) -> Result<(), String> {
-        fs::write(format!("/proc/{}/clear_refs", self.pid), "5").map_err(|e| format!("clear_refs: {e}"))
+    fn reset_peak_rss(&self) -> Result<(), nodeplane_testkit::Error> {
+        Ok(fs::write(format!("/proc/{}/clear_refs", self.pid), "5").map_err(|e| format!("clear_refs: {e}"))?)
     }
 
-    fn peak_rss_kib(&self) -> Result<u64, String> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).map_err(|e| e.to_string())?;
+    fn peak_rss_kib(&self) -> Result<u64, nodeplane_testkit::Error> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -78,7 +78,10 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
         replies.len(),
         &failed[..failed.len().min(3)]
     );
-    assert!(replies.iter().any(|r| r.as_deref() == Ok("b2")), "the restarted nodeplaned applied the new endpoints");
+    assert!(
+        replies.iter().any(|r| r.as_ref().is_ok_and(|reply| reply == "b2")),
+        "the restarted nodeplaned applied the new endpoints"
+    );
     drop(second);
 }
 

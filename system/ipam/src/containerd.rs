@@ -15,6 +15,23 @@ use hyper_util::rt::TokioIo;
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 
+/// What went wrong asking containerd.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("containerd unreachable at {}: {reason}", socket.display())]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error("containerd at {}: {call} failed: {code}: {message}", socket.display())]
+    Call { socket: PathBuf, call: &'static str, code: String, message: String },
+    #[error("namespace {0:?} is not valid in a gRPC header")]
+    BadNamespace(String),
+    #[error("containerd at {}: Containers.ListStream sent an empty record", .0.display())]
+    EmptyRecord(PathBuf),
+    #[error("containerd has no namespace {namespace:?} (it has: {})", if has.is_empty() { "none".to_owned() } else { has.join(", ") })]
+    NoNamespace { namespace: String, has: Vec<String> },
+    #[error("containerd restarted during the sweep")]
+    Restarted,
+}
+
 /// A connection to containerd's gRPC API.
 pub struct Containerd {
     channel: Channel,
@@ -27,7 +44,7 @@ impl Containerd {
     /// The longest any call may take (listing thousands of containers takes a while).
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-    pub async fn connect(socket: &Path) -> Result<Self, String> {
+    pub async fn connect(socket: &Path) -> Result<Self, ContainerdError> {
         let connects = Arc::new(AtomicU64::new(0));
         let (path, counter) = (socket.to_owned(), connects.clone());
         let channel = Endpoint::from_static("http://[::]")
@@ -46,7 +63,7 @@ impl Containerd {
                 }
             }))
             .await
-            .map_err(|e| format!("containerd unreachable at {}: {}", socket.display(), source_chain(&e)))?;
+            .map_err(|e| ContainerdError::Unreachable { socket: socket.to_owned(), reason: source_chain(&e) })?;
         Ok(Containerd { channel, socket: socket.to_owned(), connects, calls: 0 })
     }
 
@@ -60,7 +77,7 @@ impl Containerd {
         self.connects.load(Ordering::SeqCst)
     }
 
-    pub async fn namespaces(&mut self, timeout: Duration) -> Result<Vec<String>, String> {
+    pub async fn namespaces(&mut self, timeout: Duration) -> Result<Vec<String>, ContainerdError> {
         self.calls += 1;
         let mut request = Request::new(ListNamespacesRequest::default());
         request.set_timeout(timeout);
@@ -73,10 +90,10 @@ impl Containerd {
 
     /// The ids of every container in `namespace`, streamed (a unary List would hit
     /// gRPC's message size limit on a busy node). Any error fails the whole list.
-    pub async fn container_ids(&mut self, namespace: &str) -> Result<HashSet<String>, String> {
+    pub async fn container_ids(&mut self, namespace: &str) -> Result<HashSet<String>, ContainerdError> {
         self.calls += 1;
         let mut request = Request::new(ListContainersRequest::default());
-        let ns = namespace.parse().map_err(|_| format!("namespace {namespace:?} is not valid in a gRPC header"))?;
+        let ns = namespace.parse().map_err(|_| ContainerdError::BadNamespace(namespace.to_owned()))?;
         request.metadata_mut().insert("containerd-namespace", ns);
         let mut stream = ContainersClient::new(self.channel.clone())
             .list_stream(request)
@@ -88,19 +105,19 @@ impl Containerd {
             // A message without a container would leave the live set incomplete.
             match message.container {
                 Some(container) if !container.id.is_empty() => ids.insert(container.id),
-                _ => {
-                    return Err(format!(
-                        "containerd at {}: Containers.ListStream sent an empty record",
-                        self.socket.display()
-                    ));
-                }
+                _ => return Err(ContainerdError::EmptyRecord(self.socket.clone())),
             };
         }
         Ok(ids)
     }
 
-    fn failed(&self, call: &str, status: &tonic::Status) -> String {
-        format!("containerd at {}: {call} failed: {}: {}", self.socket.display(), status.code(), status.message())
+    fn failed(&self, call: &'static str, status: &tonic::Status) -> ContainerdError {
+        ContainerdError::Call {
+            socket: self.socket.clone(),
+            call,
+            code: status.code().to_string(),
+            message: status.message().to_owned(),
+        }
     }
 }
 

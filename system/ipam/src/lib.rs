@@ -20,6 +20,6 @@ mod store;
 mod sweep;
 
 pub use config::{Invalid, IpamConfig};
-pub use containerd::Containerd;
+pub use containerd::{Containerd, ContainerdError};
 pub use store::{NetworkDir, Reservation, Scan, Verdict, classify, parse_owner};
 pub use sweep::{Freed, SweepCounts, SweepError, SweepReport, sweep};

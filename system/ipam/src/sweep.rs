@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::IpamConfig;
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, ContainerdError};
 use crate::store::{HostLocalLock, NetworkDir, Reservation, Verdict, classify};
 
 /// How long to wait for host-local to release a network's lock before skipping it.
@@ -69,7 +69,7 @@ pub struct SweepReport {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SweepError {
     #[error("{0}; nothing freed")]
-    Containerd(String),
+    Containerd(#[from] ContainerdError),
     #[error("{path}: {reason}; nothing freed")]
     NetworksDir { path: PathBuf, reason: String },
 }
@@ -134,10 +134,7 @@ async fn require_namespace(containerd: &mut Containerd, namespace: &str, timeout
     if namespaces.iter().any(|n| n == namespace) {
         return Ok(());
     }
-    Err(SweepError::Containerd(format!(
-        "containerd has no namespace {namespace:?} (it has: {})",
-        if namespaces.is_empty() { "none".to_owned() } else { namespaces.join(", ") }
-    )))
+    Err(ContainerdError::NoNamespace { namespace: namespace.to_owned(), has: namespaces }.into())
 }
 
 /// Checks that containerd still answers on the connection the container list came
@@ -150,7 +147,7 @@ async fn require_same_containerd(containerd: &mut Containerd, namespace: &str) -
         result = require_namespace(containerd, namespace, RECHECK_TIMEOUT).await;
     }
     if containerd.connects() != 1 {
-        return Err(SweepError::Containerd("containerd restarted during the sweep".into()));
+        return Err(ContainerdError::Restarted.into());
     }
     result
 }

@@ -43,7 +43,7 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 /// Connects, reads the reply and closes, again and again for [`SAMPLE`].
-pub fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
+pub fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, crate::Error> {
     let mut latencies = Vec::new();
     let started = Instant::now();
     while started.elapsed() < SAMPLE {
@@ -59,18 +59,18 @@ pub fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, String> {
 /// What every datapath benchmark starts with: root, and this thread (and the
 /// threads it starts: client and servers) on one core, as ENVIRONMENT.md's
 /// baselines were measured: far steadier than letting the scheduler move them.
-pub fn pin_to_one_core() -> Result<(), String> {
+pub fn pin_to_one_core() -> Result<(), crate::Error> {
     if !crate::is_root() {
         return Err("the benchmark needs root (network namespaces, eBPF, netfilter)".into());
     }
     let mut one_core = rustix::thread::CpuSet::new();
     one_core.set(0);
-    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}"))
+    rustix::thread::sched_setaffinity(None, &one_core).map_err(|e| format!("pinning to CPU 0: {e}").into())
 }
 
 /// Writes a benchmark's figures to `target/bench/NAME.json` (the target
 /// directory this benchmark binary was built in) and says where.
-pub fn write_results(name: &str, json: &serde_json::Value) -> Result<(), String> {
+pub fn write_results(name: &str, json: &serde_json::Value) -> Result<(), crate::Error> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the benchmark binary: {e}"))?;
     // target/<profile>/deps/<bench>-<hash>
     let target = exe.ancestors().nth(3).ok_or_else(|| format!("{}: not in a target directory", exe.display()))?;

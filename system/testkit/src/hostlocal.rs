@@ -39,24 +39,24 @@ impl HostLocal {
     }
 
     /// CNI ADD for `container`/`ifname`; the addresses handed out.
-    pub fn add(&self, container: &str, ifname: &str) -> Result<Vec<IpAddr>, String> {
+    pub fn add(&self, container: &str, ifname: &str) -> Result<Vec<IpAddr>, crate::Error> {
         let out = self.run("ADD", container, ifname)?;
         let result: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
         let ips = result["ips"].as_array().ok_or_else(|| format!("no ips in {out}"))?;
         ips.iter()
             .map(|ip| {
                 let cidr = ip["address"].as_str().ok_or("no address")?;
-                cidr.split('/').next().unwrap_or_default().parse().map_err(|e| format!("{cidr}: {e}"))
+                Ok(cidr.split('/').next().unwrap_or_default().parse().map_err(|e| format!("{cidr}: {e}"))?)
             })
             .collect()
     }
 
     /// CNI DEL for `container`/`ifname`.
-    pub fn del(&self, container: &str, ifname: &str) -> Result<(), String> {
+    pub fn del(&self, container: &str, ifname: &str) -> Result<(), crate::Error> {
         self.run("DEL", container, ifname).map(drop)
     }
 
-    fn run(&self, command: &str, container: &str, ifname: &str) -> Result<String, String> {
+    fn run(&self, command: &str, container: &str, ifname: &str) -> Result<String, crate::Error> {
         let mut child = Command::new(HOST_LOCAL)
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -75,7 +75,7 @@ impl HostLocal {
         if out.status.success() {
             Ok(stdout)
         } else {
-            Err(format!("host-local {command} {container}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))
+            Err(format!("host-local {command} {container}: {stdout}{}", String::from_utf8_lossy(&out.stderr)).into())
         }
     }
 }

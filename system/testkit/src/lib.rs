@@ -29,6 +29,9 @@ pub use topology::{Node, Pod, RequestLoop, Server, tcp_request, tcp_request_from
 
 use std::io::Write;
 
+/// What a fixture that failed says: its own words, or the error underneath.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
 /// Environment variable that lets a run without root skip privileged tests.
 pub const SKIP_PRIVILEGED: &str = "NODEPLANE_SKIP_PRIVILEGED";
 

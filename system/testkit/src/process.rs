@@ -120,8 +120,10 @@ impl Nodeplaned {
     }
 
     /// Waits for `READY=1`, returning every notify message up to it.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<String>, String> {
-        self.notify.wait_for("READY=1", timeout).map_err(|seen| format!("no READY=1 within {timeout:?}; got {seen:?}"))
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<String>, crate::Error> {
+        self.notify
+            .wait_for("READY=1", timeout)
+            .map_err(|seen| format!("no READY=1 within {timeout:?}; got {seen:?}").into())
     }
 
     /// Sends `signal` (e.g. `rustix::process::Signal::TERM`).
@@ -131,7 +133,7 @@ impl Nodeplaned {
     }
 
     /// Sends SIGTERM (unless it already exited) and waits for the exit status.
-    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus, String> {
+    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus, crate::Error> {
         if let Ok(None) = self.child.try_wait() {
             let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a child pid");
             // It may exit on its own meanwhile (Ctrl-C reaches the whole foreground group).
@@ -141,7 +143,7 @@ impl Nodeplaned {
     }
 
     /// Waits up to `timeout` for the process to exit; returns its status and stderr.
-    pub fn wait_exit(mut self, timeout: Duration) -> Result<(ExitStatus, String), String> {
+    pub fn wait_exit(mut self, timeout: Duration) -> Result<(ExitStatus, String), crate::Error> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
@@ -150,7 +152,7 @@ impl Nodeplaned {
                 return Ok((status, self.stderr()));
             }
             if Instant::now() > deadline {
-                return Err(format!("nodeplaned (pid {}) still running after {timeout:?}", self.pid()));
+                return Err(format!("nodeplaned (pid {}) still running after {timeout:?}", self.pid()).into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -291,7 +291,7 @@ pub fn tcp_request(addr: Ipv4Addr, port: u16) -> io::Result<String> {
 }
 
 /// When a request started, and the reply (or the error).
-pub type Request = (std::time::Instant, Result<String, String>);
+pub type Request = (std::time::Instant, io::Result<String>);
 
 /// TCP requests from a pod to `addr:port`, one after another on a thread, until
 /// [`finish`](RequestLoop::finish) (or drop). Each is recorded with its start time.
@@ -308,7 +308,7 @@ impl RequestLoop {
             let mut replies = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let started = std::time::Instant::now();
-                replies.push((started, pod.tcp_request(addr, port).map_err(|e| e.to_string())));
+                replies.push((started, pod.tcp_request(addr, port)));
             }
             replies
         });
