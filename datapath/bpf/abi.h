@@ -106,7 +106,30 @@ struct ct_value {
 	__u16 pad;
 	__u32 seen;      /* enum ct_seen; a u32 for atomic updates from several CPUs */
 	__u32 service_id;   /* the Service the flow was balanced for */
+	__be32 owner;       /* the pod of this node the flow counts against (np_ct_opened); 0 for none */
+	__u32 pad2;
 	__u64 last_seen_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+};
+
+/* An IP datagram sent in fragments, by what every fragment carries. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* The datagram's ports, which only its first fragment carries. */
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* A pod's host-side interface (np_pod_ifaces, by ifindex): the address the
+ * pod may send from. */
+struct pod_iface {
+	__be32 addr;
 };
 
 /* NetworkPolicy, compiled by nodeplaned (datapath/model, programmed by
@@ -171,12 +194,24 @@ struct port_key {
 	struct port_match data;
 };
 
-/* Why a new connection was dropped. */
+/* Why a packet was dropped by policy: a new connection not allowed, or a
+ * packet from or to an isolated pod that cannot be judged (egress: the
+ * sender's isolation; ingress: the receiver's). */
 enum policy_reason {
 	POLICY_DENIED_EGRESS_PEER = 1,  /* the client's egress allows nothing to this peer */
 	POLICY_DENIED_EGRESS_PORT = 2,  /* ... allows this peer, not this port and protocol */
 	POLICY_DENIED_INGRESS_PEER = 3, /* the server's ingress allows nothing from this peer */
 	POLICY_DENIED_INGRESS_PORT = 4, /* ... allows this peer, not this port and protocol */
+	POLICY_EGRESS_IPV6 = 5,         /* IPv6: no policy speaks it yet */
+	POLICY_INGRESS_IPV6 = 6,
+	POLICY_EGRESS_MALFORMED = 7,    /* IPv4 that does not parse */
+	POLICY_INGRESS_MALFORMED = 8,
+	POLICY_EGRESS_PROTOCOL = 9,     /* neither TCP, UDP, SCTP nor ICMP (echo or error) */
+	POLICY_INGRESS_PROTOCOL = 10,
+	POLICY_EGRESS_FRAGMENT = 11,    /* a later fragment of no datagram that was let through */
+	POLICY_INGRESS_FRAGMENT = 12,
+	POLICY_EGRESS_STRAY_ICMP = 13,  /* an ICMP error about no flow of this node */
+	POLICY_INGRESS_STRAY_ICMP = 14,
 };
 
 /* A dropped connection attempt, as sent to nodeplaned through np_policy_events. */
@@ -194,7 +229,7 @@ struct policy_event {
 /* Settings nodeplaned writes once: slot 0 of np_config. */
 struct lb_config {
 	__be32 hairpin_addr; /* source for a pod reaching itself through a VIP */
-	__u32 pad;
+	__u32 ct_per_pod;    /* flows a pod of this node may hold in conntrack; 0: no limit */
 	__u64 node_netns;    /* the node's network namespace (its cookie): socket LB is for its sockets only */
 };
 
@@ -204,17 +239,32 @@ enum counter {
 	COUNTER_TRANSLATED,      /* a packet rewritten */
 	COUNTER_HAIRPIN_FLOW,    /* a flow from a pod to itself through a VIP */
 	COUNTER_NO_BACKEND,      /* a Service without backends: passed on untranslated */
-	COUNTER_CT_FULL,         /* conntrack insert failed: packet passed on untranslated */
+	COUNTER_CT_FULL,         /* conntrack insert failed: a Service flow's packet dropped, a plain one passed untracked */
 	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
-	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: passed on untranslated */
+	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: it got another source port */
 	COUNTER_REDIRECTED,      /* a translated packet delivered past the host stack */
 	COUNTER_SOCK_BALANCED,   /* a host socket's connect/sendmsg to a VIP sent to a backend */
 	COUNTER_POLICY_DENIED_EGRESS_PEER,  /* drops by enum policy_reason, in its order */
 	COUNTER_POLICY_DENIED_EGRESS_PORT,
 	COUNTER_POLICY_DENIED_INGRESS_PEER,
 	COUNTER_POLICY_DENIED_INGRESS_PORT,
+	COUNTER_POLICY_EGRESS_IPV6,
+	COUNTER_POLICY_INGRESS_IPV6,
+	COUNTER_POLICY_EGRESS_MALFORMED,
+	COUNTER_POLICY_INGRESS_MALFORMED,
+	COUNTER_POLICY_EGRESS_PROTOCOL,
+	COUNTER_POLICY_INGRESS_PROTOCOL,
+	COUNTER_POLICY_EGRESS_FRAGMENT,
+	COUNTER_POLICY_INGRESS_FRAGMENT,
+	COUNTER_POLICY_EGRESS_STRAY_ICMP,
+	COUNTER_POLICY_INGRESS_STRAY_ICMP,
 	COUNTER_POLICY_EVENT_LOST, /* a drop np_policy_events had no room for */
 	COUNTER_FLOW_TRACKED,    /* a pod's connection without translation recorded in conntrack */
+	COUNTER_SPOOFED,         /* a pod sent from an address not its own: dropped */
+	COUNTER_CT_POD_LIMIT,    /* a new flow of a pod at its conntrack share: not recorded */
+	COUNTER_CT_CLASH_UNRESOLVED, /* no free source port for a clashing flow: dropped */
+	COUNTER_FRAGMENTED,      /* the first fragment of a datagram let through: its later ones follow */
+	COUNTER_ICMP_TRANSLATED, /* an ICMP error about a translated flow, translated back */
 	COUNTER_MAX,
 };
 
@@ -227,6 +277,7 @@ enum map_capacity {
 	NODEPLANE_MAX_ENDPOINTS = 65536,
 	NODEPLANE_POLICY_ENTRIES = 1048576,
 	NODEPLANE_POLICY_EVENTS_BYTES = 256 * 1024,
+	NODEPLANE_FRAGMENT_ENTRIES = 16384,
 };
 
 #endif

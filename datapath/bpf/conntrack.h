@@ -39,24 +39,68 @@ static __always_inline void track_teardown(struct packet *pkt, struct ct_value *
 	mark_both(ct, after, seen);
 }
 
-/* Records a connection that is not translated, both ways: its packets and
- * replies then hit conntrack only. A live Service flow's entry is never taken
- * over. */
-static __always_inline void track_plain(const struct ct_key *flow)
+/* Whether `owner` (a pod of this node, or 0) may open another flow: each pod
+ * holds at most lb_config.ct_per_pod flows, so that one pod opening flows by
+ * the thousand fills its share, not the map. */
+static __always_inline int ct_admit(__be32 owner)
+{
+	if (!owner)
+		return 1;
+	__u32 zero = 0;
+	struct lb_config *config = bpf_map_lookup_elem(&np_config, &zero);
+	if (!config || !config->ct_per_pod)
+		return 1;
+	__u64 *opened = bpf_map_lookup_elem(&np_ct_opened, &owner);
+	__u64 *closed = bpf_map_lookup_elem(&np_ct_closed, &owner);
+	__u64 held = (opened ? *opened : 0) - (closed ? *closed : 0);
+	if ((__s64)held < (__s64)config->ct_per_pod)
+		return 1;
+	count(COUNTER_CT_POD_LIMIT);
+	return 0;
+}
+
+/* Counts a flow against `owner`'s share. */
+static __always_inline void ct_charge(__be32 owner)
+{
+	if (!owner)
+		return;
+	__u64 *opened = bpf_map_lookup_elem(&np_ct_opened, &owner);
+	if (!opened) {
+		__u64 one = 1;
+		if (!bpf_map_update_elem(&np_ct_opened, &owner, &one, BPF_NOEXIST))
+			return;
+		opened = bpf_map_lookup_elem(&np_ct_opened, &owner); /* another CPU made it first */
+		if (!opened)
+			return;
+	}
+	__sync_fetch_and_add(opened, 1);
+}
+
+/* Records a connection that is not translated, both ways, counted against
+ * `owner`: its packets and replies then hit conntrack only. A live Service
+ * flow's entry is never taken over. Returns 0 when recorded. */
+static __always_inline int track_plain(const struct ct_key *flow, __be32 owner)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_value original = { .last_seen_ns = now };
-	struct ct_value reply = { .reply = 1, .last_seen_ns = now };
+	struct ct_value original = { .owner = owner, .last_seen_ns = now };
+	struct ct_value reply = { .reply = 1, .owner = owner, .last_seen_ns = now };
 	struct ct_key back = reversed(flow);
 	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
 	if (existing && existing->service_id && !closed(existing))
-		return;
+		return -1;
+	/* Recorded again (an unanswered flow decided anew): counted once. */
+	int fresh = bpf_map_lookup_elem(&np_conntrack, flow) == NULL;
+	if (fresh && !ct_admit(owner))
+		return -1;
 	if (bpf_map_update_elem(&np_conntrack, flow, &original, BPF_ANY) ||
 	    bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY)) {
 		count(COUNTER_CT_FULL);
-		return;
+		return -1;
 	}
+	if (fresh)
+		ct_charge(owner);
 	count(COUNTER_FLOW_TRACKED);
+	return 0;
 }
 
 /* A new direct connection whose replies would match the reply entry of a closed

@@ -41,13 +41,52 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_affinity SEC(".maps");
 
+/* Not an LRU: a full map refuses new flows rather than evict live ones, and
+ * each pod's share is limited (np_ct_opened, lb_config.ct_per_pod). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_CT_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } np_conntrack SEC(".maps");
+
+/* Flows each pod of this node opened (by its address), counted here; the
+ * supervisor's GC keeps np_ct_closed, so opened - closed is what a pod holds. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__type(key, __be32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_ct_opened SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__type(key, __be32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_ct_closed SEC(".maps");
+
+/* Datagrams in fragments whose first fragment was let through: the ports of
+ * their later fragments, under the addresses before and after translation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NODEPLANE_FRAGMENT_ENTRIES);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_fragments SEC(".maps");
+
+/* The pods' host-side interfaces, by ifindex: the address each pod may use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct pod_iface);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} np_pod_ifaces SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -39,6 +39,15 @@ static __always_inline int is_local_pod(__be32 addr)
 	return bpf_map_lookup_elem(&np_endpoints, &addr) != NULL;
 }
 
+/* The pod of this node a flow from `client` to `server` counts against: the
+ * client when it is one, else the server; 0 when neither is. */
+static __always_inline __be32 owner_of(__be32 client, __be32 server)
+{
+	if (is_local_pod(client))
+		return client;
+	return is_local_pod(server) ? server : 0;
+}
+
 /* The verdict on a new connection from `client` to `server` (after Service
  * translation: the backend) on `port`/`proto`: the client's egress, then the
  * server's ingress. 0 allows; else the reason. */
@@ -60,7 +69,7 @@ static __noinline void send_event(const struct policy_event *event)
 		count(COUNTER_POLICY_EVENT_LOST);
 }
 
-/* Counts a dropped connection attempt by reason and tells nodeplaned about it. */
+/* Counts a drop by reason and tells nodeplaned about it. */
 static __always_inline void report_denial(const struct ct_key *flow, __be32 vip, __be16 vip_port, int reason)
 {
 	count((enum counter)(COUNTER_POLICY_DENIED_EGRESS_PEER + reason - 1));
@@ -77,15 +86,56 @@ static __always_inline void report_denial(const struct ct_key *flow, __be32 vip,
 static __always_inline int open_plain_flow(const struct packet *pkt)
 {
 	const struct ct_key *flow = &pkt->flow;
-	if (!is_local_pod(flow->saddr) && !is_local_pod(flow->daddr))
+	__be32 owner = owner_of(flow->saddr, flow->daddr);
+	if (!owner)
 		return 0;
 	int reason = policy_verdict(flow->saddr, flow->daddr, flow->dport, flow->proto);
 	if (reason) {
 		report_denial(flow, 0, 0, reason);
 		return reason;
 	}
-	track_plain(flow);
+	track_plain(flow, owner);
 	return 0;
+}
+
+/* The egress reason for a packet of this kind that policy cannot judge as a
+ * flow; its ingress reason is the next one. */
+static __always_inline int unjudged_kind(int parsed)
+{
+	switch (parsed) {
+	case PARSE_IPV6:
+		return POLICY_EGRESS_IPV6;
+	case PARSE_MALFORMED:
+		return POLICY_EGRESS_MALFORMED;
+	case PARSE_FRAGMENT:
+		return POLICY_EGRESS_FRAGMENT;
+	case PARSE_ICMP_ERROR:
+		return POLICY_EGRESS_STRAY_ICMP;
+	default:
+		return POLICY_EGRESS_PROTOCOL;
+	}
+}
+
+/* A packet policy cannot judge as a flow (`parsed` says what it is), from the
+ * pod `sender` and to the pod `receiver` (0 where unknown or not a pod of this
+ * node): dropped when the sender is isolated for egress or the receiver for
+ * ingress, counted and reported. Returns the reason, or 0 to let it by. */
+static __always_inline int unjudged(const struct packet *pkt, int parsed, __be32 sender, __be32 receiver)
+{
+	int reason = 0;
+	if (sender && isolated(sender, ENDPOINT_F_ISOLATED_EGRESS))
+		reason = unjudged_kind(parsed);
+	else if (receiver && isolated(receiver, ENDPOINT_F_ISOLATED_INGRESS))
+		reason = unjudged_kind(parsed) + 1;
+	if (!reason)
+		return 0;
+	struct ct_key what = pkt->flow;
+	if (!pkt->addresses) {
+		what.saddr = sender;
+		what.daddr = receiver;
+	}
+	report_denial(&what, 0, 0, reason);
+	return reason;
 }
 
 #endif

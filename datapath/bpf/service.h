@@ -66,10 +66,39 @@ enum unopened {
 	NOT_A_SERVICE = 0,
 	SERVICE_UNSERVED, /* a Service, but no backend or not a packet that opens one */
 	POLICY_DENIED,
+	FLOW_REFUSED,     /* no room: conntrack full, the pod's share used, no free source port */
 };
 
-/* A new flow to a Service: pick a backend, ask policy, record both directions.
- * When it opens none, `*why` says why. */
+/* Ephemeral ports a flow may get when its own source port clashes. */
+#define CLASH_PORT_FIRST 32768
+#define CLASH_PORT_COUNT 28232
+#define CLASH_TRIES 8
+
+/* Gives the flow about to be opened (`after`, as the backend will see it) a
+ * source port whose reply tuple no live flow uses: the client's own when it
+ * is free, else a random one. 0 when one was found. */
+static __always_inline int free_source_port(struct ct_key *after, const struct ct_key *flow)
+{
+	struct ct_key back = reversed(after);
+	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
+	/* A reply entry of this very flow (reopened) is no clash. */
+	if (!existing || closed(existing) || bpf_map_lookup_elem(&np_conntrack, flow))
+		return 0;
+	count(COUNTER_CT_CLASH);
+	for (int i = 0; i < CLASH_TRIES; i++) {
+		after->sport = bpf_htons(CLASH_PORT_FIRST + bpf_get_prandom_u32() % CLASH_PORT_COUNT);
+		back = reversed(after);
+		existing = bpf_map_lookup_elem(&np_conntrack, &back);
+		if (!existing || closed(existing))
+			return 0;
+	}
+	count(COUNTER_CT_CLASH_UNRESOLVED);
+	return -1;
+}
+
+/* A new flow to a Service: pick a backend, ask policy, record both directions
+ * (charged to the pod of this node that takes part). When it opens none,
+ * `*why` says why. */
 static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct packet *pkt, enum unopened *why)
 {
 	struct svc_key svc = { .vip = pkt->flow.daddr, .port = pkt->flow.dport, .proto = pkt->flow.proto };
@@ -96,15 +125,20 @@ static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct 
 		*why = POLICY_DENIED;
 		return NULL;
 	}
+	*why = FLOW_REFUSED;
+	__be32 owner = owner_of(pkt->flow.saddr, backend->addr);
+	int fresh = bpf_map_lookup_elem(&np_conntrack, &pkt->flow) == NULL;
+	if (fresh && !ct_admit(owner))
+		return NULL;
 
 	struct ct_value original = {
 		.dst_addr = backend->addr, .dst_port = backend->port, .rewrite = CT_REWRITE_DST,
-		.service_id = service->service_id, .last_seen_ns = now,
+		.service_id = service->service_id, .owner = owner, .last_seen_ns = now,
 	};
 	/* The reply's source becomes the VIP again; a hairpin reply also goes back to the pod. */
 	struct ct_value reply = {
 		.src_addr = svc.vip, .src_port = svc.port, .rewrite = CT_REWRITE_SRC, .reply = 1,
-		.service_id = service->service_id, .last_seen_ns = now,
+		.service_id = service->service_id, .owner = owner, .last_seen_ns = now,
 	};
 	struct ct_key after = { .saddr = pkt->flow.saddr, .daddr = backend->addr, .sport = pkt->flow.sport,
 				.dport = backend->port, .proto = pkt->flow.proto };
@@ -113,23 +147,23 @@ static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct 
 		struct lb_config *config = bpf_map_lookup_elem(&np_config, &zero);
 		if (!config || !config->hairpin_addr)
 			return NULL;
-		original.src_addr = config->hairpin_addr;
-		original.src_port = pkt->flow.sport;
+		after.saddr = config->hairpin_addr;
+		count(COUNTER_HAIRPIN_FLOW);
+	}
+	/* The reply tuple may be a live flow's (the client reused its source port
+	 * towards the same backend, or two Services share the backend): never take
+	 * over its entry; give this flow another source port instead. */
+	if (free_source_port(&after, &pkt->flow))
+		return NULL;
+	if (after.saddr != pkt->flow.saddr || after.sport != pkt->flow.sport) {
+		original.src_addr = after.saddr;
+		original.src_port = after.sport;
 		original.rewrite |= CT_REWRITE_SRC;
 		reply.dst_addr = pkt->flow.saddr;
 		reply.dst_port = pkt->flow.sport;
 		reply.rewrite |= CT_REWRITE_DST;
-		after.saddr = config->hairpin_addr;
-		count(COUNTER_HAIRPIN_FLOW);
 	}
 	struct ct_key back = reversed(&after);
-	/* The reply tuple may belong to a live flow (the client reused its source
-	 * port towards the same backend): never take over its entry. */
-	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
-	if (existing && !closed(existing) && bpf_map_lookup_elem(&np_conntrack, &pkt->flow) == NULL) {
-		count(COUNTER_CT_CLASH);
-		return NULL;
-	}
 	if (bpf_map_update_elem(&np_conntrack, &back, &reply, BPF_ANY)) {
 		count(COUNTER_CT_FULL);
 		return NULL;
@@ -140,6 +174,8 @@ static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct 
 		count(COUNTER_CT_FULL);
 		return NULL;
 	}
+	if (fresh)
+		ct_charge(owner);
 	count(COUNTER_NEW_FLOW);
 	return bpf_map_lookup_elem(&np_conntrack, &pkt->flow);
 }

@@ -1,15 +1,19 @@
 //! The datapath's connection tracking as userspace sees it: entries read back,
-//! and garbage collection of the expired ones (the kernel only refreshes them).
+//! garbage collection of the expired ones (the kernel only refreshes them), in
+//! steps that never hold up the caller for long, and each pod's share of the
+//! map settled at the end of every pass.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData};
-use nodeplane_datapath_abi::{self as abi, CtKey, CtValue};
+use aya::maps::{HashMap, IterableMap, MapData};
+use nodeplane_datapath_abi::{self as abi, CtKey, CtValue, EndpointValue};
 use nodeplane_model::Protocol;
 
 use crate::DatapathError;
-use crate::maps::{hash, removed};
+use crate::maps::{hash, next_key, removed};
 
 /// How long conntrack entries live after their last packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +37,63 @@ impl Default for CtTimeouts {
     }
 }
 
-/// What one garbage-collection pass over the conntrack map did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What one garbage-collection pass over the conntrack map found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcStats {
+    /// Entries looked at (two per flow).
     pub entries: u64,
     pub expired: u64,
+    /// Flows each pod of this node holds, by its address, after the pass.
+    pub flows_by_pod: BTreeMap<Ipv4Addr, u64>,
+}
+
+/// Garbage collection in steps: each [`step`](Self::step) works through the
+/// map from where the last one stopped, for at most its time budget, so that a
+/// large map never holds up the caller; a pass ends when the map's end is
+/// reached. At the end of a pass each pod's share is settled: what it opened
+/// (counted by the datapath) less what it still holds is what it closed.
+#[derive(Default)]
+pub struct Collector {
+    /// The last key looked at; `None` at the start of a pass.
+    cursor: Option<CtKey>,
+    pass: GcStats,
+}
+
+impl Collector {
+    /// Collects until the pass ends (its stats) or `budget` runs out (`None`).
+    pub fn step(
+        &mut self,
+        conntrack: &mut Conntrack<'_>,
+        timeouts: CtTimeouts,
+        budget: Duration,
+    ) -> Result<Option<GcStats>, DatapathError> {
+        let started = std::time::Instant::now();
+        let now = monotonic_ns();
+        let mut map = conntrack.map()?;
+        loop {
+            // The next key first: the kernel restarts from the beginning after a
+            // key that is gone.
+            let Some(key) = next_key(map.map(), self.cursor.as_ref())? else { break };
+            if let Ok(value) = map.get(&key, 0) {
+                self.pass.entries += 1;
+                if now.saturating_sub(value.last_seen_ns) > lifetime(&key, &value, timeouts).as_nanos() as u64 {
+                    // Gone meanwhile is as good as deleted.
+                    removed(map.remove(&key))?;
+                    self.pass.expired += 1;
+                } else if value.reply == 0 && value.owner != [0; 4] {
+                    *self.pass.flows_by_pod.entry(Ipv4Addr::from(value.owner)).or_default() += 1;
+                }
+            }
+            self.cursor = Some(key);
+            if started.elapsed() >= budget {
+                return Ok(None);
+            }
+        }
+        let pass = std::mem::take(&mut self.pass);
+        self.cursor = None;
+        conntrack.settle_shares(&pass.flows_by_pod)?;
+        Ok(Some(pass))
+    }
 }
 
 /// The loaded datapath's conntrack map (see [`crate::Datapath::conntrack`]).
@@ -55,24 +111,40 @@ impl Conntrack<'_> {
         Ok(self.map()?.iter().collect::<Result<_, _>>()?)
     }
 
-    /// Deletes the entries whose timeout ran out.
+    /// Deletes the entries whose timeout ran out, in one whole pass.
     pub fn gc(&mut self, timeouts: CtTimeouts) -> Result<GcStats, DatapathError> {
-        let now = monotonic_ns();
-        let entries = self.entries()?;
-        let mut stats = GcStats { entries: entries.len() as u64, expired: 0 };
-        let mut map = self.map()?;
-        for (key, value) in entries {
-            if now.saturating_sub(value.last_seen_ns) > lifetime(&key, &value, timeouts).as_nanos() as u64 {
-                // Seen again (or reopened) since the snapshot: keep it.
-                if map.get(&key, 0).is_ok_and(|current| current.last_seen_ns != value.last_seen_ns) {
-                    continue;
-                }
-                // Gone already (the LRU evicted it) is as good as deleted.
-                removed(map.remove(&key))?;
-                stats.expired += 1;
+        let mut collector = Collector::default();
+        loop {
+            if let Some(stats) = collector.step(self, timeouts, Duration::MAX)? {
+                return Ok(stats);
             }
         }
-        Ok(stats)
+    }
+
+    /// Sets each pod's closed count to what it opened less what it still holds
+    /// (`held`); forgets the counts of pods that hold nothing and are no pods
+    /// of this node any more.
+    fn settle_shares(&mut self, held: &BTreeMap<Ipv4Addr, u64>) -> Result<(), DatapathError> {
+        let opened: Vec<([u8; 4], u64)> =
+            hash::<[u8; 4], u64>(self.ebpf, abi::CT_OPENED)?.iter().collect::<Result<_, _>>()?;
+        let pods: BTreeSet<[u8; 4]> =
+            hash::<[u8; 4], EndpointValue>(self.ebpf, abi::ENDPOINTS)?.keys().collect::<Result<_, _>>()?;
+        let mut closed = hash::<[u8; 4], u64>(self.ebpf, abi::CT_CLOSED)?;
+        let mut gone = Vec::new();
+        for (pod, count) in &opened {
+            let holds = held.get(&Ipv4Addr::from(*pod)).copied().unwrap_or(0);
+            if holds == 0 && !pods.contains(pod) {
+                gone.push(*pod);
+                removed(closed.remove(pod))?;
+            } else {
+                closed.insert(pod, count.saturating_sub(holds), 0)?;
+            }
+        }
+        let mut opened_map = hash::<[u8; 4], u64>(self.ebpf, abi::CT_OPENED)?;
+        for pod in gone {
+            removed(opened_map.remove(&pod))?;
+        }
+        Ok(())
     }
 }
 

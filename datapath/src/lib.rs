@@ -11,11 +11,13 @@ pub mod inspect;
 mod loader;
 mod maps;
 mod pins;
+mod pods;
 mod policy_maps;
 mod services;
 
-pub use conntrack::{Conntrack, CtTimeouts, GcStats};
+pub use conntrack::{Collector, Conntrack, CtTimeouts, GcStats};
 pub use error::DatapathError;
 pub use loader::{AttachMode, Datapath};
+pub use pods::PodInterfaces;
 pub use policy_maps::{PolicyMaps, PolicyStats};
 pub use services::{Reconciler, Service, ServiceMaps, SyncStats};

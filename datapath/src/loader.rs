@@ -19,6 +19,7 @@ use crate::DatapathError;
 use crate::conntrack::Conntrack;
 use crate::maps::map;
 use crate::pins::{self, CGROUP_LINKS, NETLINK_MARK};
+use crate::pods::PodInterfaces;
 use crate::policy_maps::{PolicyMaps, ProgrammedPolicy};
 use crate::services::ServiceMaps;
 
@@ -113,6 +114,11 @@ impl Datapath {
     /// The conntrack map, to read it and collect expired entries.
     pub fn conntrack(&mut self) -> Conntrack<'_> {
         Conntrack { ebpf: &mut self.ebpf }
+    }
+
+    /// The pods' host-side interfaces: the address each pod may send from.
+    pub fn pod_interfaces(&mut self) -> PodInterfaces<'_> {
+        PodInterfaces { ebpf: &mut self.ebpf }
     }
 
     /// The pinned maps that an upgrade changed the layout of: they were
@@ -301,6 +307,12 @@ impl Datapath {
         // bpffs refuses names with dots (VLAN interfaces have them).
         let name = interface.replace('.', "_");
         (links.join(&name), links.join(format!("{NETLINK_MARK}{name}")))
+    }
+
+    /// How many flows a pod of this node may hold in conntrack (0: no limit):
+    /// its new flows beyond that are not recorded (a Service's are refused).
+    pub fn set_flows_per_pod(&mut self, flows: u32) -> Result<(), DatapathError> {
+        self.update_config(|config| config.ct_per_pod = flows)
     }
 
     /// The source address a pod's hairpin flows (to itself through a Service) get.

@@ -1,6 +1,8 @@
 //! Typed handles on the loaded object's maps, shared by the concerns that
 //! program them.
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData, MapError};
 
@@ -24,5 +26,44 @@ pub(crate) fn removed(result: Result<(), MapError>) -> Result<(), DatapathError>
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// The key after `key` in `map` (the first with `None`); `None` at the end.
+/// For resuming a walk where it stopped, which aya's iterators cannot.
+pub(crate) fn next_key<K: aya::Pod>(map: &MapData, key: Option<&K>) -> Result<Option<K>, DatapathError> {
+    /// `union bpf_attr` as BPF_MAP_GET_NEXT_KEY reads it.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut next = std::mem::MaybeUninit::<K>::zeroed();
+    let attr = Attr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        pad: 0,
+        key: key.map_or(0, |k| k as *const K as u64),
+        next_key: next.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a live key (or none) and at room for one; the
+    // kernel reads the first and writes the second, sized by the map's key.
+    let status = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const Attr, std::mem::size_of::<Attr>())
+    };
+    if status == 0 {
+        // SAFETY: the kernel wrote a whole key (K is the map's key type: plain data).
+        return Ok(Some(unsafe { next.assume_init() }));
+    }
+    match std::io::Error::last_os_error() {
+        err if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        err => Err(DatapathError::Map(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_get_next_key",
+            io_error: err,
+        }))),
     }
 }

@@ -500,7 +500,7 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
     let shown = std::process::Command::new("bpftool").args(["map", "show", "pinned"]).arg(&stale).output().unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert!(
-        shown.contains("lru_hash")
+        shown.contains("hash")
             && shown.contains(&format!("max_entries {}", nodeplane_datapath_abi::CONNTRACK_CAPACITY)),
         "{shown}"
     );

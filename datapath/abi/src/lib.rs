@@ -120,8 +120,38 @@ pub struct CtValue {
     /// `CT_SEEN_*` bits.
     pub seen: u32,
     pub service_id: u32,
+    /// The pod of this node the flow counts against (its address); zero for none.
+    pub owner: [u8; 4],
+    pub pad2: u32,
     /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub last_seen_ns: u64,
+}
+
+/// A datagram in fragments (`struct frag_key`), in `np_fragments`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Its ports, from its first fragment (`struct frag_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// A pod's host-side interface (`struct pod_iface`, in `np_pod_ifaces` by
+/// ifindex): the address the pod may send from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodIface {
+    pub addr: [u8; 4],
 }
 
 impl CtValue {
@@ -187,9 +217,25 @@ pub struct PortMatch {
 /// `enum policy_bits`.
 pub const PORT_MATCH_BITS: u32 = 48;
 
-/// `enum policy_reason`, by value (index 0 unused).
-pub const POLICY_REASONS: &[&str] =
-    &["", "egress-denied-peer", "egress-denied-port", "ingress-denied-peer", "ingress-denied-port"];
+/// `enum policy_reason`, by value (index 0 unused): `egress-…` the sender's
+/// policies, `ingress-…` the receiver's.
+pub const POLICY_REASONS: &[&str] = &[
+    "",
+    "egress-denied-peer",
+    "egress-denied-port",
+    "ingress-denied-peer",
+    "ingress-denied-port",
+    "egress-ipv6",
+    "ingress-ipv6",
+    "egress-malformed",
+    "ingress-malformed",
+    "egress-protocol",
+    "ingress-protocol",
+    "egress-fragment",
+    "ingress-fragment",
+    "egress-stray-icmp",
+    "ingress-stray-icmp",
+];
 
 /// A dropped connection attempt (`struct policy_event`), from `np_policy_events`.
 #[repr(C)]
@@ -209,7 +255,8 @@ pub struct PolicyEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbConfig {
     pub hairpin_addr: [u8; 4],
-    pub pad: u32,
+    /// Flows a pod of this node may hold in conntrack; 0: no limit.
+    pub ct_per_pod: u32,
     /// The node's network namespace cookie (`SO_NETNS_COOKIE`): socket LB
     /// balances only its sockets.
     pub node_netns: u64,
@@ -230,8 +277,23 @@ pub const COUNTERS: &[&str] = &[
     "policy_denied_egress_port",
     "policy_denied_ingress_peer",
     "policy_denied_ingress_port",
+    "policy_egress_ipv6",
+    "policy_ingress_ipv6",
+    "policy_egress_malformed",
+    "policy_ingress_malformed",
+    "policy_egress_protocol",
+    "policy_ingress_protocol",
+    "policy_egress_fragment",
+    "policy_ingress_fragment",
+    "policy_egress_stray_icmp",
+    "policy_ingress_stray_icmp",
     "policy_event_lost",
     "flow_tracked",
+    "spoofed",
+    "ct_pod_limit",
+    "ct_clash_unresolved",
+    "fragmented",
+    "icmp_translated",
 ];
 
 /// `enum svc_flags`: the entry is a NodePort on the node's IP.
@@ -254,6 +316,9 @@ unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for PolicyPeer {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for PortMatch {}
+unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for FragValue {}
+unsafe impl aya::Pod for PodIface {}
 
 /// Map names, as in `bpf/maps.h` (and their pin file names).
 pub const SERVICES: &str = "np_services";
@@ -268,6 +333,10 @@ pub const ENDPOINTS: &str = "np_endpoints";
 pub const POLICY: &str = "np_policy";
 pub const POLICY_PORTS: &str = "np_policy_ports";
 pub const POLICY_EVENTS: &str = "np_policy_events";
+pub const CT_OPENED: &str = "np_ct_opened";
+pub const CT_CLOSED: &str = "np_ct_closed";
+pub const FRAGMENTS: &str = "np_fragments";
+pub const POD_IFACES: &str = "np_pod_ifaces";
 
 /// Every map: (name, capacity), the capacities as `enum map_capacity` sets
 /// them (for the ring buffer, bytes).
@@ -284,6 +353,10 @@ pub const MAPS: &[(&str, u32)] = &[
     (POLICY_EVENTS, 262_144),
     (CONFIG, 1),
     (COUNTER_MAP, COUNTERS.len() as u32),
+    (CT_OPENED, 65_536),
+    (CT_CLOSED, 65_536),
+    (FRAGMENTS, 16_384),
+    (POD_IFACES, 65_536),
 ];
 
 /// `NODEPLANE_CT_ENTRIES`: the conntrack map's capacity.

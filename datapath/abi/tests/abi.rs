@@ -65,8 +65,11 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("sock_revnat_key" => SockRevnatKey { cookie, addr, port, pad }),
         layout!("sock_revnat_value" => SockRevnatValue { vip, port, pad }),
         layout!("ct_key" => CtKey { saddr, daddr, sport, dport, proto, pad }),
-        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, last_seen_ns }),
-        layout!("lb_config" => LbConfig { hairpin_addr, pad, node_netns }),
+        layout!("ct_value" => CtValue { src_addr, dst_addr, src_port, dst_port, rewrite, reply, pad, seen, service_id, owner, pad2, last_seen_ns }),
+        layout!("lb_config" => LbConfig { hairpin_addr, ct_per_pod, node_netns }),
+        layout!("frag_key" => FragKey { saddr, daddr, id, proto, pad }),
+        layout!("frag_value" => FragValue { sport, dport }),
+        layout!("pod_iface" => PodIface { addr }),
         layout!("endpoint_value" => EndpointValue { flags }),
         layout!("policy_peer" => PolicyPeer { pod, direction, pad, peer }),
         layout!("policy_value" => PolicyValue { port_set }),
@@ -149,12 +152,17 @@ fn every_shared_constant_matches_its_rust_twin() {
         let c = format!("COUNTER_{}", name.to_uppercase());
         assert_eq!(counters.get(&c), Some(&(index as u64)), "counter {name} is {c} = {index} in bpf/abi.h");
     }
-    // Reasons: POLICY_DENIED_EGRESS_PEER is "egress-denied-peer", by value.
+    // Reasons, by value: POLICY_DENIED_EGRESS_PEER is "egress-denied-peer",
+    // POLICY_EGRESS_STRAY_ICMP "egress-stray-icmp".
     let reasons = members("policy_reason");
     assert_eq!(reasons.len() + 1, POLICY_REASONS.len(), "POLICY_REASONS has an unused 0 and one name per reason");
     for (c, value) in &reasons {
-        let parts: Vec<String> = c.trim_start_matches("POLICY_DENIED_").split('_').map(str::to_lowercase).collect();
-        assert_eq!(POLICY_REASONS[*value as usize], format!("{}-denied-{}", parts[0], parts[1]), "reason {c}");
+        let name = c.trim_start_matches("POLICY_").to_lowercase().replace('_', "-");
+        let name = match name.strip_prefix("denied-") {
+            Some(rest) => rest.replacen('-', "-denied-", 1),
+            None => name,
+        };
+        assert_eq!(POLICY_REASONS[*value as usize], name, "reason {c}");
     }
     // Capacities: the enum agrees with the map definitions, checked below.
     let capacities = members("map_capacity");

@@ -58,6 +58,9 @@ pub struct DatapathConfig {
     pub tcp_closed_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub udp_timeout: Duration,
+    /// Flows one pod may hold in conntrack (0: no limit): a pod opening more
+    /// fills its own share, never the map other pods' flows live in.
+    pub conntrack_flows_per_pod: u32,
 }
 
 impl Default for DatapathConfig {
@@ -84,6 +87,7 @@ impl Default for DatapathConfig {
             tcp_established_timeout: timeouts.tcp_established,
             tcp_closed_timeout: timeouts.tcp_closed,
             udp_timeout: timeouts.udp,
+            conntrack_flows_per_pod: 16_384,
         }
     }
 }
@@ -100,6 +104,14 @@ impl DatapathConfig {
         let invalid = |field, message: &str| Err(Invalid { field, message: message.to_owned() });
         if !self.hairpin_address.is_link_local() {
             return invalid("hairpin_address", "must be a link-local address (169.254.0.0/16): pods must not own it");
+        }
+        // Two entries a flow: one pod may take at most half the map.
+        let half = nodeplane_datapath_abi::CONNTRACK_CAPACITY / 4;
+        if self.conntrack_flows_per_pod > half {
+            return Err(Invalid {
+                field: "conntrack_flows_per_pod",
+                message: format!("must be at most {half} (half of the conntrack map's flows), or 0 for no limit"),
+            });
         }
         for (field, value) in [("sync_interval", self.sync_interval), ("gc_interval", self.gc_interval)] {
             if value < Duration::from_millis(100) {

@@ -22,6 +22,7 @@ use sysctl::SysctlComponent;
 
 mod component;
 mod datapath;
+mod drops;
 mod ipam;
 mod logging;
 mod notify;

@@ -299,12 +299,8 @@ enum DropForwardingError {
     Poll(std::io::Error),
 }
 
-/// At most this many drops a second are written to the journal (the counters
-/// and the bus signals carry them all).
-const DROPS_LOGGED_PER_SECOND: u32 = 20;
-
 /// Reads the datapath's policy drops as they come, has the datapath component
-/// name their pods, and sends each as a signal.
+/// name their pods, and reports them (see [`super::drops`]).
 async fn forward_policy_drops(
     root: &std::path::Path,
     requests: mpsc::Sender<DatapathRequest>,
@@ -315,7 +311,7 @@ async fn forward_policy_drops(
     // AsyncFd owns until it is dropped; it never changes.
     let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(events, Interest::READABLE) };
     let mut events = registered.map_err(|e| DropForwardingError::Poll(e.into_parts().1))?;
-    let mut logged = (std::time::Instant::now(), 0u32, 0u64);
+    let mut limiter = super::drops::Limiter::default();
     loop {
         let mut ready = events.readable_mut().await.map_err(DropForwardingError::Poll)?;
         let batch = ready.get_inner_mut().drain();
@@ -328,42 +324,14 @@ async fn forward_policy_drops(
             return Ok(()); // shutting down
         }
         let Ok(drops) = answer.await else { return Ok(()) };
-        for drop in drops {
-            log_drop(&drop, &mut logged);
-            let PolicyDrop { from, to, port, protocol, reason, service } = &drop;
+        for drop in drops.iter().filter(|d| limiter.admit(d)) {
+            super::drops::log(drop);
+            let PolicyDrop { from, to, port, protocol, reason, service } = drop;
             if let Err(err) = DatapathObject::policy_drop(&emitter, from, to, *port, protocol, reason, service).await {
                 tracing::warn!("D-Bus: cannot send a PolicyDrop signal: {err}");
             }
         }
     }
-}
-
-/// Logs a drop, but no more than [`DROPS_LOGGED_PER_SECOND`]; says how many
-/// went unlogged when the next second starts.
-fn log_drop(drop: &PolicyDrop, (second, count, unlogged): &mut (std::time::Instant, u32, u64)) {
-    if second.elapsed() >= std::time::Duration::from_secs(1) {
-        if *unlogged > 0 {
-            tracing::warn!("{unlogged} more policy drop(s) not logged (see nodeplanectl monitor and the counters)");
-        }
-        (*second, *count, *unlogged) = (std::time::Instant::now(), 0, 0);
-    }
-    if *count >= DROPS_LOGGED_PER_SECOND {
-        *unlogged += 1;
-        return;
-    }
-    *count += 1;
-    tracing::info!(
-        datapath_policy_from = %drop.from,
-        datapath_policy_to = %drop.to,
-        datapath_policy_protocol = %drop.protocol,
-        datapath_policy_reason = %drop.reason,
-        "policy dropped {} {} -> {}{}: {}",
-        drop.protocol,
-        drop.from,
-        drop.to,
-        if drop.service.is_empty() { String::new() } else { format!(" (Service {})", drop.service) },
-        drop.reason
-    );
 }
 
 /// Serves `org.nodeplane.Ipam1` beside the IPAM component's status object.

@@ -2,7 +2,7 @@
 //! interface (by name prefix) and the interface holding the node's IP, read
 //! over netlink.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use nodeplane_datapath::Datapath;
@@ -10,12 +10,12 @@ use rtnetlink::Handle;
 
 use crate::netlink;
 
-/// The interfaces of this network namespace, and the one holding `node_ip`
-/// (when given and held).
+/// The interfaces of this network namespace (ifindex → name), and the one
+/// holding `node_ip` (when given and held).
 pub(super) async fn interfaces(
     handle: &Handle,
     node_ip: Option<Ipv4Addr>,
-) -> Result<(BTreeSet<String>, Option<String>), rtnetlink::Error> {
+) -> Result<(BTreeMap<u32, String>, Option<String>), rtnetlink::Error> {
     let links = netlink::links(handle).await?;
     let node_if = match node_ip {
         Some(ip) => netlink::link_with(handle, ip).await?.and_then(|index| links.get(&index).cloned()),
@@ -24,7 +24,7 @@ pub(super) async fn interfaces(
     if node_ip.is_some() && node_if.is_none() {
         tracing::debug!("no interface holds datapath.node_ip yet");
     }
-    Ok((links.into_values().collect(), node_if))
+    Ok((links, node_if))
 }
 
 /// Attaches to every `present` interface whose name has the pod prefix, and to

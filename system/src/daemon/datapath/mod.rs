@@ -9,11 +9,12 @@ mod interfaces;
 mod manifests;
 mod policy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodeplane_bus::PolicyDrop;
-use nodeplane_datapath::{Datapath, DatapathError, GcStats, Reconciler, SyncStats};
+use nodeplane_datapath::{Collector, Datapath, DatapathError, GcStats, Reconciler, SyncStats};
 use nodeplane_datapath_abi::{CONNTRACK_CAPACITY, PolicyEvent};
 use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::manifests::ServicePort;
@@ -43,6 +44,8 @@ struct Running {
     datapath: Datapath,
     /// Netlink to this namespace: its interfaces and addresses.
     netlink: rtnetlink::Handle,
+    /// The registered pods' host-side interfaces: container id → ifindex.
+    interfaces: BTreeMap<String, u32>,
     store: EndpointStore,
     reconciler: Reconciler,
     manifests: ManifestSource,
@@ -52,12 +55,20 @@ struct Running {
     problems: Problems,
 }
 
-/// Conntrack garbage collection: when it last ran and what it found.
+/// Conntrack garbage collection: a pass every `gc_interval`, done in steps of
+/// at most [`GC_STEP`] per sync, so a large map never holds up the supervisor.
 struct Gc {
+    /// When the last pass ended.
     last: Instant,
+    collector: Collector,
+    /// A pass is under way.
+    running: bool,
     expired_total: u64,
     last_stats: GcStats,
 }
+
+/// The longest a sync spends collecting garbage.
+const GC_STEP: Duration = Duration::from_millis(20);
 
 /// What keeps the component degraded, by where it came from (the manifests'
 /// and the policy maps' own are in [`ManifestSource`] and [`PolicyState`]).
@@ -70,6 +81,8 @@ struct Problems {
     /// Service ports that could not be programmed or removed.
     services: Vec<String>,
     gc: Option<String>,
+    /// IPv4 forwarding could not be turned on.
+    forwarding: Option<String>,
     /// Masquerade or socket load balancing could not be set up.
     node_setup: Vec<String>,
 }
@@ -89,15 +102,28 @@ pub enum DatapathComponentError {
     Store(#[from] StoreError),
     #[error("a netlink socket: {0}")]
     Netlink(std::io::Error),
+    #[error("limiting the flows per pod: {0}")]
+    FlowsPerPod(DatapathError),
 }
 
-/// Why a pod could not be registered or unregistered.
+/// Why a pod could not be registered or unregistered. A registration that
+/// fails leaves nothing behind, and fails the CNI ADD that asked for it.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     #[error("the datapath is disabled on this node")]
     Disabled,
+    #[error("invalid pod address {0:?}: an IPv4 address, as 10.244.1.7")]
+    InvalidAddress(String),
+    #[error("a pod needs exactly one IPv4 address, not {0}")]
+    AddressCount(usize),
+    #[error("the pod's interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
     #[error("attaching to {interface}: {source}")]
     Attach { interface: String, source: Box<DatapathError> },
+    #[error("the pod's address on {interface}: {source}")]
+    PodInterfaces { interface: String, source: Box<DatapathError> },
+    #[error("the pod's NetworkPolicies could not be put in force: {0}")]
+    Policy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,6 +150,9 @@ impl Component for DatapathComponent {
         let loaded = tokio::task::spawn_blocking(move || Datapath::load_with(&pins, attach)).await?;
         let mut datapath = loaded.map_err(|source| DatapathComponentError::Load { root, source })?;
         datapath.set_hairpin_address(component.config.hairpin_address).map_err(DatapathComponentError::Hairpin)?;
+        datapath
+            .set_flows_per_pod(component.config.conntrack_flows_per_pod)
+            .map_err(DatapathComponentError::FlowsPerPod)?;
         for change in datapath.recreated_maps() {
             tracing::warn!("pinned map of an older layout replaced, its entries are lost: {change}");
         }
@@ -136,12 +165,19 @@ impl Component for DatapathComponent {
         component.running = Some(Running {
             datapath,
             netlink: crate::netlink::connect().map_err(DatapathComponentError::Netlink)?,
+            interfaces: BTreeMap::new(),
             store,
             reconciler: Reconciler::default(),
             manifests: ManifestSource::default(),
             last_sync: None,
             policy: PolicyState::default(),
-            gc: Gc { last: Instant::now(), expired_total: 0, last_stats: GcStats::default() },
+            gc: Gc {
+                last: Instant::now(),
+                collector: Collector::default(),
+                running: false,
+                expired_total: 0,
+                last_stats: GcStats::default(),
+            },
             problems: Problems { store: unreadable, ..Problems::default() },
         });
         component.apply_node_setup();
@@ -168,6 +204,10 @@ impl Component for DatapathComponent {
                 .datapath
                 .set_hairpin_address(self.config.hairpin_address)
                 .map_err(DatapathComponentError::Hairpin)?;
+            running
+                .datapath
+                .set_flows_per_pod(self.config.conntrack_flows_per_pod)
+                .map_err(DatapathComponentError::FlowsPerPod)?;
         }
         self.apply_node_setup();
         self.sync(true).await;
@@ -188,7 +228,7 @@ impl Component for DatapathComponent {
         match request {
             DatapathRequest::Endpoint { change, reply } => {
                 let result = match change {
-                    EndpointChange::Register(endpoint) => self.register(endpoint),
+                    EndpointChange::Register(endpoint) => self.register(endpoint).await,
                     EndpointChange::Unregister(container_id) => self.unregister(&container_id),
                 };
                 self.publish();
@@ -249,6 +289,7 @@ impl Running {
             .chain(&p.store)
             .chain(&p.interfaces)
             .chain(&p.gc)
+            .chain(&p.forwarding)
             .chain(&p.node_setup)
             .chain(&self.policy.error)
             .collect()
@@ -256,23 +297,51 @@ impl Running {
 }
 
 impl DatapathComponent {
-    /// Attaches the pod's interface at once (not at the next sync) and records it.
-    fn register(&mut self, endpoint: Endpoint) -> Result<(), EndpointError> {
+    /// Attaches the pod's interface at once (not at the next sync), binds it to
+    /// the pod's address, records the pod and puts its policies in force, or
+    /// undoes all of it and says why: a pod never runs unprotected.
+    async fn register(&mut self, endpoint: Endpoint) -> Result<(), EndpointError> {
         check_container_id(&endpoint.container_id)?;
+        if endpoint.ips.len() != 1 {
+            return Err(EndpointError::AddressCount(endpoint.ips.len()));
+        }
+        let address: Ipv4Addr =
+            endpoint.ips[0].parse().map_err(|_| EndpointError::InvalidAddress(endpoint.ips[0].clone()))?;
         let Some(running) = &mut self.running else { return Err(EndpointError::Disabled) };
+        let interface = endpoint.host_interface.clone();
+        let ifindex = match crate::netlink::link(&running.netlink, &interface).await {
+            Ok(Some(link)) => link.header.index,
+            Ok(None) => return Err(EndpointError::Interface { interface, reason: "no such interface".into() }),
+            Err(err) => return Err(EndpointError::Interface { interface, reason: err.to_string() }),
+        };
         running
             .datapath
-            .attach_pod_interface(&endpoint.host_interface)
-            .map_err(|e| EndpointError::Attach { interface: endpoint.host_interface.clone(), source: Box::new(e) })?;
-        running.store.save(&endpoint)?;
-        self.endpoints.insert(endpoint.container_id.clone(), endpoint.clone());
-        // The pod's policies are in force before the CNI plugin returns: it never
-        // runs unprotected.
+            .attach_pod_interface(&interface)
+            .map_err(|e| EndpointError::Attach { interface: interface.clone(), source: Box::new(e) })?;
+        let previous = self.endpoints.insert(endpoint.container_id.clone(), endpoint.clone());
+        running.interfaces.insert(endpoint.container_id.clone(), ifindex);
+        let bound = running.bind_pod_interfaces(&self.endpoints);
         running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+        let result = match (bound, running.policy.error.clone()) {
+            (Err(e), _) => Err(EndpointError::PodInterfaces { interface: interface.clone(), source: Box::new(e) }),
+            (Ok(()), Some(error)) => Err(EndpointError::Policy(error)),
+            (Ok(()), None) => running.store.save(&endpoint).map_err(EndpointError::from),
+        };
+        if let Err(err) = &result {
+            tracing::error!("pod {}/{} refused: {err}", endpoint.pod_namespace, endpoint.pod_name);
+            match previous {
+                Some(previous) => self.endpoints.insert(endpoint.container_id.clone(), previous),
+                None => self.endpoints.remove(&endpoint.container_id),
+            };
+            running.interfaces.remove(&endpoint.container_id);
+            let _ = running.bind_pod_interfaces(&self.endpoints);
+            running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+            return result;
+        }
         tracing::info!(
             datapath_pod = %format!("{}/{}", endpoint.pod_namespace, endpoint.pod_name),
             datapath_interface = %endpoint.host_interface,
-            "pod {}/{} registered on {} ({})", endpoint.pod_namespace, endpoint.pod_name, endpoint.host_interface, endpoint.ips.join(", ")
+            "pod {}/{} registered on {} ({address})", endpoint.pod_namespace, endpoint.pod_name, endpoint.host_interface
         );
         Ok(())
     }
@@ -284,6 +353,10 @@ impl DatapathComponent {
         }
         self.endpoints.remove(container_id);
         if let Some(running) = &mut self.running {
+            running.interfaces.remove(container_id);
+            if let Err(err) = running.bind_pod_interfaces(&self.endpoints) {
+                running.problems.interfaces.push(format!("the pods' interfaces: {err}"));
+            }
             running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
         }
         Ok(())
@@ -336,7 +409,8 @@ impl DatapathComponent {
                 running.manifests.applied(changed.fingerprint);
             }
         }
-        if running.gc.last.elapsed() >= self.config.gc_interval {
+        running.ensure_forwarding();
+        if running.gc.running || running.gc.last.elapsed() >= self.config.gc_interval {
             running.collect_garbage(&self.config);
         }
         if policy_inputs_changed || running.policy.error.is_some() {
@@ -356,6 +430,12 @@ impl DatapathComponent {
         facts.insert("conntrack_entries".into(), Fact::Count(entries));
         facts.insert("conntrack_capacity".into(), Fact::Count(CONNTRACK_CAPACITY.into()));
         facts.insert("conntrack_expired_total".into(), Fact::Count(running.gc.expired_total));
+        facts.insert("conntrack_flows_per_pod".into(), Fact::Count(self.config.conntrack_flows_per_pod.into()));
+        // The pod holding the most flows, with how many: who to look at when it fills.
+        if let Some((pod, flows)) = running.gc.last_stats.flows_by_pod.iter().max_by_key(|(_, flows)| **flows) {
+            let name = policy::pod_name(&self.endpoints, *pod).unwrap_or_else(|| pod.to_string());
+            facts.insert("conntrack_most_flows".into(), Fact::Text(format!("{name} {flows}")));
+        }
         let attached = running.datapath.attached_interfaces().unwrap_or_default();
         facts.insert("attached_interfaces".into(), Fact::Count(attached.len() as u64));
         facts.insert("registered_pods".into(), Fact::Count(self.endpoints.len() as u64));
@@ -396,13 +476,14 @@ impl Running {
     /// gone ones, and the pods whose interface is gone (deleted while
     /// nodeplaned was down, or without a CNI DEL).
     async fn follow_interfaces(&mut self, config: &DatapathConfig, endpoints: &mut BTreeMap<String, Endpoint>) {
-        let (present, node_if) = match interfaces::interfaces(&self.netlink, config.node_ip).await {
+        let (links, node_if) = match interfaces::interfaces(&self.netlink, config.node_ip).await {
             Ok(found) => found,
             Err(err) => {
                 self.problems.interfaces = vec![format!("listing interfaces: {err}")];
                 return;
             }
         };
+        let present: BTreeSet<String> = links.values().cloned().collect();
         self.problems.interfaces =
             interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, node_if.as_ref());
         self.problems.store.clear();
@@ -421,6 +502,43 @@ impl Running {
             }
             here
         });
+        // Each pod's interface by its current index (a restart knows none yet).
+        let index: BTreeMap<&String, u32> = links.iter().map(|(index, name)| (name, *index)).collect();
+        self.interfaces = endpoints
+            .iter()
+            .filter_map(|(id, endpoint)| Some((id.clone(), *index.get(&endpoint.host_interface)?)))
+            .collect();
+        if let Err(err) = self.bind_pod_interfaces(endpoints) {
+            self.problems.interfaces.push(format!("the pods' interfaces: {err}"));
+        }
+    }
+
+    /// Binds each registered pod's interface to its address (np_pod_ifaces):
+    /// the datapath lets a pod send from that address only.
+    fn bind_pod_interfaces(&mut self, endpoints: &BTreeMap<String, Endpoint>) -> Result<(), DatapathError> {
+        let wanted: BTreeMap<u32, Ipv4Addr> = endpoints
+            .iter()
+            .filter_map(|(id, endpoint)| {
+                let ifindex = *self.interfaces.get(id)?;
+                let address = endpoint.ips.iter().find_map(|ip| ip.parse().ok())?;
+                Some((ifindex, address))
+            })
+            .collect();
+        self.datapath.pod_interfaces().set(&wanted)
+    }
+
+    /// IPv4 forwarding on: the datapath's deliveries need it (a FIB lookup in a
+    /// namespace that does not forward finds nothing, and every Service flow
+    /// would fail while the status says healthy).
+    fn ensure_forwarding(&mut self) {
+        const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+        let result = match std::fs::read_to_string(PATH) {
+            Ok(value) if value.trim() == "1" => Ok(()),
+            Ok(value) => std::fs::write(PATH, "1")
+                .map(|()| tracing::warn!("net.ipv4.ip_forward was {}; set to 1 (the datapath forwards)", value.trim())),
+            Err(err) => Err(err),
+        };
+        self.problems.forwarding = result.err().map(|e| format!("turning on IPv4 forwarding ({PATH}): {e}"));
     }
 
     /// Programs the Service ports the manifests list; false when the maps
@@ -453,15 +571,25 @@ impl Running {
         }
     }
 
+    /// A step of the current GC pass (starting one when due).
     fn collect_garbage(&mut self, config: &DatapathConfig) {
-        self.gc.last = Instant::now();
-        match self.datapath.conntrack().gc(config.timeouts()) {
-            Ok(stats) => {
+        self.gc.running = true;
+        let step = self.gc.collector.step(&mut self.datapath.conntrack(), config.timeouts(), GC_STEP);
+        match step {
+            Ok(None) => {}
+            Ok(Some(stats)) => {
+                self.gc.running = false;
+                self.gc.last = Instant::now();
                 self.gc.expired_total += stats.expired;
                 self.gc.last_stats = stats;
                 self.problems.gc = None;
             }
-            Err(err) => self.problems.gc = Some(format!("conntrack GC: {err}")),
+            Err(err) => {
+                self.gc.running = false;
+                self.gc.last = Instant::now();
+                self.gc.collector = Collector::default();
+                self.problems.gc = Some(format!("conntrack GC: {err}"));
+            }
         }
     }
 }

@@ -132,7 +132,7 @@ impl PolicyState {
     }
 }
 
-fn pod_name(endpoints: &BTreeMap<String, Endpoint>, ip: Ipv4Addr) -> Option<String> {
+pub(super) fn pod_name(endpoints: &BTreeMap<String, Endpoint>, ip: Ipv4Addr) -> Option<String> {
     let ip = ip.to_string();
     endpoints.values().find(|e| e.ips.contains(&ip)).map(|e| format!("{}/{}", e.pod_namespace, e.pod_name))
 }
