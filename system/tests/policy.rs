@@ -15,9 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use nodeplane_model::Protocol;
-use nodeplane_probe::{Binaries, Destination, Outcome, Selection, Stage, Target};
-use nodeplane_testkit::{HOST_LOCAL, privileged};
+use nodeplane_probe::{Destination, Outcome, Selection, Stage, Target};
+use nodeplane_testkit::privileged;
 use serde_json::{Value, json};
+
+mod common;
+use common::*;
 
 const TIMEOUT: Duration = Duration::from_secs(1);
 const T80: (u16, Protocol) = (80, Protocol::Tcp);
@@ -25,44 +28,6 @@ const T81: (u16, Protocol) = (81, Protocol::Tcp);
 const U80: (u16, Protocol) = (80, Protocol::Udp);
 const U81: (u16, Protocol) = (81, Protocol::Udp);
 const ALL: &[(u16, Protocol)] = &[T80, T81, U80, U81];
-
-fn binaries() -> Binaries {
-    Binaries {
-        nodeplaned: env!("CARGO_BIN_EXE_nodeplaned").into(),
-        cni: env!("CARGO_BIN_EXE_nodeplane-cni").into(),
-        cni_path: Path::new(HOST_LOCAL).parent().unwrap().display().to_string(),
-    }
-}
-
-/// The netpol e2e cluster: namespaces x, y, z (label `ns`), pods a, b, c
-/// (label `pod`), each serving TCP and UDP on 80 and 81 (named
-/// `serve-<port>-<protocol>`).
-fn stage() -> Stage {
-    let dir = tempfile::tempdir().unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz/pods.yaml");
-    std::fs::copy(examples, dir.path().join("pods.yaml")).unwrap();
-    Stage::new(dir.path(), &binaries(), &|_| {}).unwrap_or_else(|e| panic!("standing up x, y, z: {e}"))
-}
-
-fn index(stage: &Stage, pod: &str) -> usize {
-    stage.pods.iter().position(|p| p.id() == pod).unwrap_or_else(|| panic!("no pod {pod}"))
-}
-
-fn ip(stage: &Stage, pod: &str) -> Ipv4Addr {
-    stage.pods[index(stage, pod)].ip
-}
-
-fn netpol(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace}, "spec": spec,
-    })
-}
-
-/// Manifests as one YAML stream (JSON documents are YAML).
-fn documents(objects: &[Value]) -> String {
-    objects.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n")
-}
 
 /// What should connect: (from, to, port, protocol) → connected.
 #[derive(Clone)]
@@ -688,39 +653,6 @@ fn nodeplanectl_probe_prints_json_and_leaves_nothing_behind() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let bpffs: Vec<&str> = mounts.lines().filter(|l| l.contains(&format!("nodeplane-bpffs-{pid}-"))).collect();
     assert!(bpffs.is_empty(), "bpffs mounts left: {bpffs:?}");
-}
-
-/// Sends `packet` (IP protocol `protocol`) from `from` to `to` over a raw
-/// socket, up to three times, while a raw socket in `watcher`'s namespace looks
-/// for a packet `expected` recognizes (an IP header, then the payload); whether
-/// one came. The kernel here has no SCTP module: raw sockets still carry it.
-fn raw_seen(
-    stage: &Stage,
-    (from, to, watcher): (&str, &str, &str),
-    protocol: rustix::net::Protocol,
-    packet: &[u8],
-    expected: impl Fn(&[u8]) -> bool,
-) -> bool {
-    use rustix::net::{AddressFamily, SocketType};
-    let raw = move || {
-        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(protocol)).unwrap();
-        let timeout = Some(Duration::from_millis(500));
-        rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, timeout).unwrap();
-        socket
-    };
-    let receiver = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, watcher)), raw).unwrap();
-    let sender = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, from)), raw).unwrap();
-    let to_addr = std::net::SocketAddrV4::new(ip(stage, to), 0);
-    for _ in 0..3 {
-        rustix::net::sendto(&sender, packet, rustix::net::SendFlags::empty(), &to_addr).unwrap();
-        let mut buffer = [0u8; 256];
-        while let Ok((n, _, _)) = rustix::net::recvfrom(&receiver, &mut buffer, rustix::net::RecvFlags::empty()) {
-            if expected(&buffer[..n]) {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// An SCTP packet from `from` to `to`:80 (a source port of its own: a new

@@ -185,6 +185,11 @@ impl Stage {
         self.bus.address()
     }
 
+    /// The node's network namespace (`/var/run/netns/…`).
+    pub fn node_netns(&self) -> PathBuf {
+        self.node.netns.path()
+    }
+
     pub fn bpffs_root(&self) -> PathBuf {
         self.bpffs.path().join("nodeplane")
     }

@@ -3,13 +3,17 @@
 //! fixtures of `nodeplane-testkit`.
 #![allow(dead_code, unused_imports)] // each test crate uses a different part
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use nodeplane_probe::{Binaries, Stage};
 use nodeplane_sysctl::{SysctlKey, kernel};
+use nodeplane_testkit::HOST_LOCAL;
 use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned, in_netns_of};
 pub use nodeplane_testkit::{Entry, Journal, eventually, parse_entry, text};
+use serde_json::{Value, json};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -139,4 +143,75 @@ pub fn start_in_with(
     let node = Nodeplaned::spawn(bus, launch).unwrap();
     node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
     node
+}
+
+pub fn binaries() -> Binaries {
+    Binaries {
+        nodeplaned: env!("CARGO_BIN_EXE_nodeplaned").into(),
+        cni: env!("CARGO_BIN_EXE_nodeplane-cni").into(),
+        cni_path: Path::new(HOST_LOCAL).parent().unwrap().display().to_string(),
+    }
+}
+
+/// The netpol e2e cluster: namespaces x, y, z (label `ns`), pods a, b, c
+/// (label `pod`), each serving TCP and UDP on 80 and 81 (named
+/// `serve-<port>-<protocol>`).
+pub fn stage() -> Stage {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz/pods.yaml");
+    std::fs::copy(examples, dir.path().join("pods.yaml")).unwrap();
+    Stage::new(dir.path(), &binaries(), &|_| {}).unwrap_or_else(|e| panic!("standing up x, y, z: {e}"))
+}
+
+pub fn index(stage: &Stage, pod: &str) -> usize {
+    stage.pods.iter().position(|p| p.id() == pod).unwrap_or_else(|| panic!("no pod {pod}"))
+}
+
+pub fn ip(stage: &Stage, pod: &str) -> Ipv4Addr {
+    stage.pods[index(stage, pod)].ip
+}
+
+pub fn netpol(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+    })
+}
+
+/// Manifests as one YAML stream (JSON documents are YAML).
+pub fn documents(objects: &[Value]) -> String {
+    objects.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n")
+}
+
+/// Sends `packet` (IP protocol `protocol`) from `from` to `to` over a raw
+/// socket, up to three times, while a raw socket in `watcher`'s namespace looks
+/// for a packet `expected` recognizes (an IP header, then the payload); whether
+/// one came. The kernel here has no SCTP module: raw sockets still carry it.
+pub fn raw_seen(
+    stage: &Stage,
+    (from, to, watcher): (&str, &str, &str),
+    protocol: rustix::net::Protocol,
+    packet: &[u8],
+    expected: impl Fn(&[u8]) -> bool,
+) -> bool {
+    use rustix::net::{AddressFamily, SocketType};
+    let raw = move || {
+        let socket = rustix::net::socket(AddressFamily::INET, SocketType::RAW, Some(protocol)).unwrap();
+        let timeout = Some(Duration::from_millis(500));
+        rustix::net::sockopt::set_socket_timeout(&socket, rustix::net::sockopt::Timeout::Recv, timeout).unwrap();
+        socket
+    };
+    let receiver = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, watcher)), raw).unwrap();
+    let sender = nodeplane_testkit::in_netns_at(stage.pod_netns(index(stage, from)), raw).unwrap();
+    let to_addr = std::net::SocketAddrV4::new(ip(stage, to), 0);
+    for _ in 0..3 {
+        rustix::net::sendto(&sender, packet, rustix::net::SendFlags::empty(), &to_addr).unwrap();
+        let mut buffer = [0u8; 256];
+        while let Ok((n, _, _)) = rustix::net::recvfrom(&receiver, &mut buffer, rustix::net::RecvFlags::empty()) {
+            if expected(&buffer[..n]) {
+                return true;
+            }
+        }
+    }
+    false
 }
