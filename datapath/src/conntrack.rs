@@ -71,20 +71,27 @@ impl Collector {
         let now = monotonic_ns();
         let mut map = conntrack.map()?;
         loop {
-            // The next key first: the kernel restarts from the beginning after a
-            // key that is gone.
             let Some(key) = next_key(map.map(), self.cursor.as_ref())? else { break };
+            // The cursor moves onto kept entries only: after a key that is gone
+            // the kernel starts over from the map's beginning, while after the
+            // cursor the deleted entry's successor comes next.
+            let mut keep = true;
             if let Ok(value) = map.get(&key, 0) {
                 self.pass.entries += 1;
                 if now.saturating_sub(value.last_seen_ns) > lifetime(&key, &value, timeouts).as_nanos() as u64 {
                     // Gone meanwhile is as good as deleted.
                     removed(map.remove(&key))?;
                     self.pass.expired += 1;
+                    keep = false;
                 } else if value.reply == 0 && value.owner != [0; 4] {
                     *self.pass.flows_by_pod.entry(Ipv4Addr::from(value.owner)).or_default() += 1;
                 }
+            } else {
+                keep = false;
             }
-            self.cursor = Some(key);
+            if keep {
+                self.cursor = Some(key);
+            }
             if started.elapsed() >= budget {
                 return Ok(None);
             }

@@ -25,6 +25,8 @@ pub(crate) fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
 pub(crate) fn removed(result: Result<(), MapError>) -> Result<(), DatapathError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        // aya reports a delete of a missing key as the syscall's ENOENT.
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(err) => Err(err.into()),
     }
 }
