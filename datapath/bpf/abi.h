@@ -260,7 +260,7 @@ enum counter {
 	COUNTER_POLICY_INGRESS_STRAY_ICMP,
 	COUNTER_POLICY_EVENT_LOST, /* a drop np_policy_events had no room for */
 	COUNTER_FLOW_TRACKED,    /* a pod's connection without translation recorded in conntrack */
-	COUNTER_SPOOFED,         /* a pod sent from an address not its own: dropped */
+	COUNTER_SPOOFED,         /* on a pod's interface, a packet from or to an address not the pod's: dropped */
 	COUNTER_CT_POD_LIMIT,    /* a new flow of a pod at its conntrack share: not recorded */
 	COUNTER_CT_CLASH_UNRESOLVED, /* no free source port for a clashing flow: dropped */
 	COUNTER_FRAGMENTED,      /* the first fragment of a datagram let through: its later ones follow */

@@ -138,6 +138,12 @@ int to_pod(struct __sk_buff *skb)
 	if (later)
 		parsed = recover_fragment(&pkt);
 	__be32 receiver = pod_at(skb->ifindex, &pkt, pkt.flow.daddr);
+	/* Routing sends a pod what is addressed to it and nothing else: anything
+	 * else was forged onto its interface, and would be judged as another's. */
+	if (receiver && pkt.addresses && pkt.flow.daddr != receiver) {
+		count(COUNTER_SPOOFED);
+		return TC_ACT_SHOT;
+	}
 	if (parsed == PARSE_ICMP_ERROR) {
 		if (from_node || icmp_error_related(&pkt))
 			return TC_ACT_OK;

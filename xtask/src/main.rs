@@ -6,7 +6,10 @@
 //!   console here, printing the node's health once nodeplaned is READY (and, with
 //!   `--headless`, exiting then).
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
-//!   hardening check, the QEMU boot tests, and a `run --headless` smoke run.
+//!   hardening check, the QEMU boot tests, a short run of each fuzz target and a
+//!   `run --headless` smoke run.
+//! - `fuzz [SECONDS]`: set up, then each fuzz target for SECONDS (600 by
+//!   default) and the datapath's hostile-packet property at length (see `fuzz.rs`).
 //! - `bench ipam|cni|datapath|policy|boot`: set up, then the `cargo bench` target
 //!   of that name (see [`BENCHES`]).
 //! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root).
@@ -15,6 +18,7 @@
 //! graph compiles C or runs protoc): it is what installs those tools. All it
 //! needs from the heavier crates it gets by running cargo after setup.
 
+mod fuzz;
 mod image;
 mod packages;
 mod run;
@@ -24,7 +28,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         ["run"] => run::run(false),
         ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
+        ["fuzz"] => fuzz::fuzz(None),
+        ["fuzz", seconds] => fuzz::fuzz(Some(seconds)),
         ["bench", what] => bench(what),
         ["probe", options @ ..] if !options.is_empty() => probe(options),
         _ => Err(USAGE.to_owned()),

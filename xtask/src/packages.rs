@@ -10,6 +10,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare/setpriv: throwaway network namespaces, a non-root caller"),
     ("containerd", "a private containerd for the IPAM sweeper's tests and benchmark"),
     ("containernetworking-plugins", "the real CNI host-local IPAM plugin (/usr/lib/cni/host-local)"),
+    ("g++", "libFuzzer, which cargo-fuzz builds for the fuzz targets"),
     ("protobuf-compiler", "protoc, for containerd-client's build script"),
     ("clang-19", "compiles the eBPF datapath (Debian's plain clang is 14, too old)"),
     ("llvm-19", "llvm-strip/llvm-objdump for the eBPF object"),

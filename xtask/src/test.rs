@@ -11,6 +11,7 @@ pub fn test() -> Result<(), String> {
     // The boot tests need the node image.
     let image = crate::image::build()?;
     let tally = crate::timed("tests (cargo test --workspace)", || cargo_test(&image.dir))?;
+    let fuzzed = crate::timed("fuzz targets", || crate::fuzz::targets(crate::fuzz::SHORT));
     let smoke = if crate::is_root() {
         // In this process: `cargo test` may have rebuilt (replaced) this very binary.
         Some(crate::timed("smoke run (cargo xtask run --headless)", || crate::run::run(true)))
@@ -20,9 +21,11 @@ pub fn test() -> Result<(), String> {
     };
     let smoke_passed = smoke.as_ref().is_some_and(Result::is_ok);
     let smoke_failed = smoke.as_ref().is_some_and(Result::is_err);
-    let (passed, failed) = (tally.passed + u32::from(smoke_passed), tally.failed + u32::from(smoke_failed));
+    let passed = tally.passed + u32::from(smoke_passed) + u32::from(fuzzed.is_ok());
+    let failed = tally.failed + u32::from(smoke_failed) + u32::from(fuzzed.is_err());
     println!("xtask: {passed} passed, {failed} failed");
     smoke.transpose()?;
+    fuzzed?;
     if failed > 0 {
         return Err(format!("{failed} test(s) failed"));
     }

@@ -132,45 +132,63 @@ pub fn load_dir(dir: &Path) -> Manifests {
             return found;
         }
     };
-    let (mut services, mut slices) = (Vec::new(), Vec::new());
+    let mut texts = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
             Err(err) => {
                 found.policies_incomplete = true;
                 found.errors.push(ManifestError { file, document: 0, field: String::new(), message: err.to_string() });
-                continue;
             }
-        };
-        for (index, document) in documents(&text).enumerate() {
-            let origin = Origin { file: file.clone(), document: index + 1 };
-            match parse_document(document, &origin) {
-                Ok(Some(Object::Service(service))) => services.push((origin, *service)),
-                Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, *slice)),
-                Ok(Some(object)) => found.add(object, &origin),
-                Ok(None) => {}
-                Err((kind, err)) => {
-                    found.policies_incomplete |= kind.is_none_or(|k| k == "NetworkPolicy");
-                    found.errors.push(err)
+        }
+    }
+    found.parse(&texts);
+    found
+}
+
+/// The manifests in `texts` (each a file's name and content), as
+/// [`load_dir`] reads a directory's.
+pub fn parse(texts: &[(PathBuf, String)]) -> Manifests {
+    let mut found = Manifests::default();
+    found.parse(texts);
+    found
+}
+
+impl Manifests {
+    /// Adds what `texts` hold, then settles what depends on all of them (the
+    /// Services' ports from their EndpointSlices).
+    fn parse(&mut self, texts: &[(PathBuf, String)]) {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for (file, text) in texts {
+            for (index, document) in documents(text).enumerate() {
+                let origin = Origin { file: file.clone(), document: index + 1 };
+                match parse_document(document, &origin) {
+                    Ok(Some(Object::Service(service))) => services.push((origin, *service)),
+                    Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, *slice)),
+                    Ok(Some(object)) => self.add(object, &origin),
+                    Ok(None) => {}
+                    Err((kind, err)) => {
+                        self.policies_incomplete |= kind.is_none_or(|k| k == "NetworkPolicy");
+                        self.errors.push(err)
+                    }
                 }
             }
         }
-    }
-    for (origin, service) in &services {
-        match service_ports(service, origin, &slices) {
-            Ok(ports) => {
-                found.selector_services.extend(selector_service(service, &ports));
-                found.ports.extend(ports)
+        for (origin, service) in &services {
+            match service_ports(service, origin, &slices) {
+                Ok(ports) => {
+                    self.selector_services.extend(selector_service(service, &ports));
+                    self.ports.extend(ports)
+                }
+                Err(err) => self.errors.push(err),
             }
-            Err(err) => found.errors.push(err),
         }
+        for (origin, slice) in &slices {
+            self.errors.extend(bad_addresses(slice, origin));
+        }
+        self.ports.sort_by(|a, b| a.name.cmp(&b.name));
+        self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
     }
-    for (origin, slice) in &slices {
-        found.errors.extend(bad_addresses(slice, origin));
-    }
-    found.ports.sort_by(|a, b| a.name.cmp(&b.name));
-    found.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
-    found
 }
 
 /// The manifest files of `dir`, sorted; none when it does not exist.

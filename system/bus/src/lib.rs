@@ -165,6 +165,15 @@ impl PolicyDrop {
     }
 }
 
+/// Whether `id` is a container id as the CNI specification has them (letters,
+/// digits, `_`, `.`, `-`, starting with a letter or digit; at most 200 here),
+/// as `RegisterEndpoint` takes them: they are safe file names too.
+pub fn valid_container_id(id: &str) -> bool {
+    id.len() <= 200
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// The object path of a component's object.
 pub fn component_path(name: &str) -> String {
     format!("{NODE_PATH}/{name}")

@@ -25,10 +25,10 @@ const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 /// A CNI error: its code (spec: 4 invalid config, 7 invalid env, 11 try again
 /// later, 999 others) and message.
 #[derive(Clone, Debug)]
-struct CniError {
-    code: u32,
-    msg: String,
-    details: String,
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
 }
 
 fn error(code: u32, msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -53,11 +53,95 @@ impl Env {
     }
 }
 
-fn env(name: &str, needed: bool) -> Result<String, CniError> {
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Ok(value),
-        _ if !needed => Ok(String::new()),
-        _ => Err(error(7, format!("{name} is not set"), "")),
+/// A request from the container runtime: its `CNI_*` variables and the network
+/// configuration on stdin, checked, with the node's settings applied.
+pub struct Request {
+    env: Env,
+    /// The network configuration as the IPAM plugin gets it.
+    conf: Value,
+}
+
+impl Request {
+    /// The request `var` (the variables, as `std::env::var` reads them) and
+    /// `stdin` make, on a node configured as `node` says (node.toml as read).
+    pub fn parse(
+        var: impl Fn(&str) -> Option<String>,
+        stdin: &str,
+        node: Result<NodeConfig, CniError>,
+    ) -> Result<Self, CniError> {
+        let get = |name: &str, needed: bool| match var(name) {
+            Some(value) if !value.is_empty() => Ok(value),
+            _ if !needed => Ok(String::new()),
+            _ => Err(error(7, format!("{name} is not set"), "")),
+        };
+        let command = get("CNI_COMMAND", true)?;
+        if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
+            return Err(error(4, format!("unknown CNI_COMMAND {command}"), ""));
+        }
+        let mut conf: Value =
+            serde_json::from_str(stdin).map_err(|e| error(4, "invalid network configuration", e.to_string()))?;
+        let plugin = conf["ipam"]["type"]
+            .as_str()
+            .ok_or_else(|| error(4, "invalid network configuration: ipam.type is missing", ""))?;
+        // A plugin's name, looked up in CNI_PATH: no path of its own.
+        if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
+            return Err(error(
+                4,
+                format!("invalid network configuration: ipam.type {plugin:?} is not a plugin name"),
+                "",
+            ));
+        }
+        let deleting = command == "DEL";
+        // DEL must work whatever the node configuration says now. host-local
+        // releases by container id but insists on a range: a documentation one
+        // does for that.
+        match node.as_ref().map_err(Clone::clone).and_then(|node| with_pod_cidr(&mut conf, node)) {
+            Err(err) if !deleting => return Err(err),
+            Err(_) => conf["ipam"]["ranges"] = json!([[{"subnet": "192.0.2.0/24"}]]),
+            Ok(()) => {}
+        }
+        // The node side of each pod's veth carries the prefix nodeplaned attaches to.
+        let prefix = node
+            .map_or_else(|_| NodeConfig::default().datapath.pod_interface_prefix, |n| n.datapath.pod_interface_prefix);
+        let env = Env {
+            prefix,
+            command,
+            container_id: get("CNI_CONTAINERID", true)?,
+            netns: get("CNI_NETNS", !deleting)?,
+            ifname: get("CNI_IFNAME", true)?,
+            path: get("CNI_PATH", true)?,
+            args: get("CNI_ARGS", false)?,
+        };
+        if !nodeplane_bus::valid_container_id(&env.container_id) {
+            return Err(error(7, format!("CNI_CONTAINERID {:?} is not a container id", env.container_id), ""));
+        }
+        // The kernel's rule for interface names (dev_valid_name).
+        let ifname = &env.ifname;
+        if ifname.len() > 15
+            || ifname == "."
+            || ifname == ".."
+            || ifname.contains(['/', ':'])
+            || ifname.contains(char::is_whitespace)
+        {
+            return Err(error(7, format!("CNI_IFNAME {ifname:?} is not an interface name"), ""));
+        }
+        Ok(Request { env, conf })
+    }
+
+    /// `ADD`, `DEL` or `CHECK`.
+    pub fn command(&self) -> &str {
+        &self.env.command
+    }
+
+    /// The name of the node side of the pod's veth: stable per container and
+    /// interface, and a valid interface name.
+    pub fn host_interface(&self) -> String {
+        host_interface(&self.env)
+    }
+
+    /// The network configuration the IPAM plugin gets.
+    pub fn ipam_configuration(&self) -> &Value {
+        &self.conf
     }
 }
 
@@ -78,46 +162,23 @@ pub fn main() -> ExitCode {
 }
 
 fn run() -> Result<Option<Value>, CniError> {
-    let command = env("CNI_COMMAND", true)?;
-    if command == "VERSION" {
-        return Ok(Some(json!({"cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED})));
+    match std::env::var("CNI_COMMAND").as_deref() {
+        Ok("VERSION") => return Ok(Some(json!({"cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED}))),
+        // Before waiting on stdin: run by hand, the plugin says what it lacks.
+        Ok("") | Err(_) => return Err(error(7, "CNI_COMMAND is not set", "")),
+        Ok(_) => {}
     }
     let mut stdin = String::new();
     std::io::stdin()
         .read_to_string(&mut stdin)
         .map_err(|e| error(4, "cannot read the network configuration", e.to_string()))?;
-    let mut conf: Value =
-        serde_json::from_str(&stdin).map_err(|e| error(4, "invalid network configuration", e.to_string()))?;
-    if conf["ipam"]["type"].as_str().is_none() {
-        return Err(error(4, "invalid network configuration: ipam.type is missing", ""));
-    }
-    let deleting = command == "DEL";
-    // DEL must work whatever the node configuration says now. host-local releases
-    // by container id but insists on a range: a documentation one does for that.
-    let node = node_config();
-    match node.as_ref().map_err(Clone::clone).and_then(|node| with_pod_cidr(&mut conf, node)) {
-        Err(err) if !deleting => return Err(err),
-        Err(_) => conf["ipam"]["ranges"] = json!([[{"subnet": "192.0.2.0/24"}]]),
-        Ok(()) => {}
-    }
-    // The node side of each pod's veth carries the prefix nodeplaned attaches to.
-    let prefix =
-        node.map_or_else(|_| NodeConfig::default().datapath.pod_interface_prefix, |n| n.datapath.pod_interface_prefix);
-    let stdin = conf.to_string();
-    let env = Env {
-        prefix,
-        command,
-        container_id: env("CNI_CONTAINERID", true)?,
-        netns: env("CNI_NETNS", !deleting)?,
-        ifname: env("CNI_IFNAME", true)?,
-        path: env("CNI_PATH", true)?,
-        args: env("CNI_ARGS", false)?,
-    };
+    let request = Request::parse(|name| std::env::var(name).ok(), &stdin, node_config())?;
+    let (env, conf) = (&request.env, &request.conf);
+    let raw_conf = conf.to_string();
     match env.command.as_str() {
-        "ADD" => add(&env, &conf, &stdin).map(Some),
-        "DEL" => del(&env, &stdin).map(|()| None),
-        "CHECK" => check(&env).map(|()| None),
-        other => Err(error(4, format!("unknown CNI_COMMAND {other}"), "")),
+        "ADD" => add(env, conf, &raw_conf).map(Some),
+        "DEL" => del(env, &raw_conf).map(|()| None),
+        _ => check(env).map(|()| None),
     }
 }
 
@@ -287,4 +348,62 @@ fn delegate(env: &Env, command: &str, conf: &Value, raw_conf: &str) -> Result<Va
         return Ok(Value::Null);
     }
     serde_json::from_str(&stdout).map_err(|e| error(999, format!("{plugin} printed no JSON"), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)], stdin: &str) -> Result<Request, CniError> {
+        let mut node = NodeConfig::default();
+        node.datapath.pod_cidr = Some("10.244.1.0/24".into());
+        let var = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        Request::parse(var, stdin, Ok(node))
+    }
+
+    const ADD: &[(&str, &str)] = &[
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ];
+    const CONF: &str =
+        r#"{"cniVersion": "1.0.0", "name": "k8s", "type": "nodeplane-cni", "ipam": {"type": "host-local"}}"#;
+
+    fn with(name: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+        ADD.iter().map(|&(k, v)| (k, if k == name { value } else { v })).collect()
+    }
+
+    #[test]
+    fn a_request_takes_the_nodes_pod_subnet_and_names_the_host_side() {
+        let request = parse(ADD, CONF).unwrap();
+        assert_eq!(request.command(), "ADD");
+        assert_eq!(request.ipam_configuration()["ipam"]["ranges"], json!([[{"subnet": "10.244.1.0/24"}]]));
+        let host = request.host_interface();
+        assert!(host.starts_with("np") && host.len() == 13, "{host}");
+    }
+
+    #[test]
+    fn bad_requests_get_the_specs_error_codes() {
+        let code = |vars: &[(&str, &str)], stdin: &str| parse(vars, stdin).err().map(|e| e.code);
+        assert_eq!(code(&with("CNI_IFNAME", "a/b"), CONF), Some(7));
+        assert_eq!(code(&with("CNI_IFNAME", "sixteen-letters!"), CONF), Some(7));
+        assert_eq!(code(&with("CNI_CONTAINERID", "../x"), CONF), Some(7));
+        assert_eq!(code(&with("CNI_NETNS", ""), CONF), Some(7));
+        assert_eq!(code(&with("CNI_COMMAND", "GC"), CONF), Some(4));
+        assert_eq!(code(ADD, "{"), Some(4));
+        assert_eq!(code(ADD, r#"{"ipam": {"type": "../../bin/sh"}}"#), Some(4));
+        assert_eq!(code(ADD, r#"{"ipam": {}}"#), Some(4));
+        // DEL needs no namespace, and works without the node's pod subnet.
+        let del = [("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")];
+        let vars: Vec<_> = ADD.iter().filter(|(k, _)| !del.iter().any(|(d, _)| d == k)).chain(&del).copied().collect();
+        let request = Request::parse(
+            |n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned()),
+            CONF,
+            Err(error(4, "unreadable", "")),
+        )
+        .unwrap();
+        assert_eq!(request.ipam_configuration()["ipam"]["ranges"], json!([[{"subnet": "192.0.2.0/24"}]]));
+    }
 }

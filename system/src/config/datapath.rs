@@ -130,8 +130,15 @@ impl DatapathConfig {
                 message: format!("{bad:?} is not an IPv4 subnet (ADDRESS/0..32, e.g. 10.0.0.0/8)"),
             });
         }
-        if self.pod_interface_prefix.is_empty() || self.pod_interface_prefix.len() > 10 {
-            return invalid("pod_interface_prefix", "must be 1 to 10 characters (interface names have 15)");
+        let prefix = &self.pod_interface_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 10
+            || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return invalid(
+                "pod_interface_prefix",
+                "must be 1 to 10 letters, digits, '-', '_' or '.' (interface names have 15 characters)",
+            );
         }
         for (field, path) in [
             ("bpffs_root", &self.bpffs_root),

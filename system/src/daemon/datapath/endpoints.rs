@@ -105,13 +105,9 @@ impl EndpointStore {
     }
 }
 
-/// The CNI specification's rule for container ids (letters, digits, `_`, `.`,
-/// `-`, starting with a letter or digit), which also makes them safe file names.
+/// A container id that is a safe file name ([`nodeplane_bus::valid_container_id`]).
 pub fn check_container_id(id: &str) -> Result<(), StoreError> {
-    let well_formed = id.len() <= 200
-        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if well_formed { Ok(()) } else { Err(StoreError::InvalidContainerId(id.to_owned())) }
+    if nodeplane_bus::valid_container_id(id) { Ok(()) } else { Err(StoreError::InvalidContainerId(id.to_owned())) }
 }
 
 #[cfg(test)]
