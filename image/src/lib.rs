@@ -13,6 +13,9 @@
 //! package list, so a rebuild without package changes only re-lays nodeplane's
 //! files over it; downloaded packages are cached there too.
 
+pub mod oci;
+pub mod upstream;
+
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::{Seek, SeekFrom};
@@ -64,6 +67,10 @@ pub struct Inputs {
     pub binaries: PathBuf,
     /// Cache for the debootstrapped base and downloaded packages.
     pub cache: PathBuf,
+    /// Cache for the upstream components built from source ([`upstream`]).
+    pub upstream_cache: PathBuf,
+    /// `nodeplane-echo`, built static: the test container image's program.
+    pub echo: PathBuf,
 }
 
 /// The built image's files.
@@ -110,6 +117,7 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, ImageError> {
     }
     run("copy the cached base", Command::new("cp").arg("-a").arg(&base).arg(&rootfs))?;
     install_nodeplane(inputs, &rootfs)?;
+    install_kubernetes(inputs, &rootfs)?;
     let kernel_version = kernel_version(&rootfs)?;
     chroot(&rootfs, "make the initramfs", &["update-initramfs", "-c", "-k", &kernel_version])?;
     let image = Image::at(out);
@@ -246,11 +254,59 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
             "nodeplane-config.service",
             "nodeplane-console-status.service",
             "containerd.service",
+            "nodeplane-images.service",
+            "kubelet.service",
             "systemd-networkd.service",
         ]),
     )?;
     Ok(())
 }
+
+/// The kubelet and containerd 2 (built from source, cached), and the container
+/// images pods use, as OCI archives: the pause image and the echo test image.
+fn install_kubernetes(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
+    let kubernetes = upstream::KUBERNETES.ensure(&inputs.repo, &inputs.upstream_cache)?;
+    let containerd = upstream::CONTAINERD.ensure(&inputs.repo, &inputs.upstream_cache)?;
+    eprintln!("==> install the kubelet, containerd {} and the container images", upstream::CONTAINERD.version);
+    let binaries = [
+        (kubernetes.join("kubelet"), "usr/bin/kubelet"),
+        (containerd.join("containerd"), "usr/bin/containerd"),
+        (containerd.join("containerd-shim-runc-v2"), "usr/bin/containerd-shim-runc-v2"),
+        (containerd.join("ctr"), "usr/bin/ctr"),
+    ];
+    for (from, to) in binaries {
+        let to = rootfs.join(to);
+        copy(&from, &to)?;
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(io(&to))?;
+    }
+    let images = rootfs.join("usr/share/nodeplane/images");
+    std::fs::create_dir_all(&images).map_err(io(&images))?;
+    let pause = upstream::pause(&inputs.repo, &inputs.upstream_cache)?;
+    let archives = [
+        (
+            "pause",
+            oci::OciImage { name: upstream::PAUSE_IMAGE, files: &[(pause, "/pause", 0o755)], entrypoint: &["/pause"] },
+        ),
+        (
+            "echo",
+            oci::OciImage {
+                name: ECHO_IMAGE,
+                files: &[(inputs.echo.clone(), "/nodeplane-echo", 0o755)],
+                entrypoint: &["/nodeplane-echo"],
+            },
+        ),
+    ];
+    let mut names = String::new();
+    for (file, image) in &archives {
+        image.write(&images.join(format!("{file}.tar")))?;
+        names += image.name;
+        names.push('\n');
+    }
+    std::fs::write(images.join("names"), names).map_err(io(&images))
+}
+
+/// The test container image pods of the boot tests run.
+pub const ECHO_IMAGE: &str = "nodeplane.invalid/echo:v1";
 
 fn kernel_version(rootfs: &Path) -> Result<String, ImageError> {
     let modules = rootfs.join("usr/lib/modules");

@@ -40,6 +40,16 @@ pub enum VmError {
     Wait(io::Error),
 }
 
+/// The guest helper (`examples/np-guest.rs`), as `cargo test` builds it for
+/// the test binary calling this.
+pub fn np_guest() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/examples/np-guest
+    let guest = exe.ancestors().nth(2).expect("a test binary under target/").join("examples/np-guest");
+    assert!(guest.is_file(), "{} is missing: `cargo test` builds it (the np-guest example)", guest.display());
+    guest
+}
+
 /// The 9p mount tag of a test's shared directory.
 pub const SHARE_TAG: &str = "nptest";
 
@@ -98,6 +108,8 @@ pub struct Boot<'a> {
     pub kernel_args: Vec<String>,
     /// Host TCP port → guest TCP port, over QEMU's user network.
     pub forward: Vec<(u16, u16)>,
+    /// More `-netdev user` options, e.g. a `guestfwd=` to a control plane.
+    pub netdev: Vec<String>,
 }
 
 /// A running VM. Dropping it ends QEMU.
@@ -145,7 +157,12 @@ impl Vm {
         }
         // User networking, restricted: the guest reaches nothing outside; only
         // the forwarded ports reach it.
-        let forwards: String = boot.forward.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+        let mut forwards: String =
+            boot.forward.iter().map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}")).collect();
+        for option in &boot.netdev {
+            forwards.push(',');
+            forwards.push_str(option);
+        }
         qemu.args(["-netdev", &format!("user,id=net0,restrict=on{forwards}"), "-device", "virtio-net-pci,netdev=net0"]);
         let console = match boot.console {
             Console::File(path) => {
@@ -186,6 +203,11 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn try_exit(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// Waits for QEMU to exit, however long that takes (an interactive session).

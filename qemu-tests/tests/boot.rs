@@ -29,15 +29,6 @@ fn image() -> Image {
     nodeplane_qemu::built_image().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The guest helper, built by `cargo test` as this package's example.
-fn np_guest() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/boot-<hash> → target/<profile>/examples/np-guest
-    let guest = exe.ancestors().nth(2).unwrap().join("examples/np-guest");
-    assert!(guest.is_file(), "{} is missing: `cargo test` builds it (the np-guest example)", guest.display());
-    guest
-}
-
 /// What a boot left: the guest's results and the console.
 struct Outcome {
     dir: tempfile::TempDir,
@@ -83,7 +74,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     for file in ["lib.sh", script] {
         std::fs::copy(guest.join(file), share.join(file)).unwrap();
     }
-    std::fs::copy(np_guest(), share.join("np-guest")).unwrap();
+    std::fs::copy(nodeplane_qemu::np_guest(), share.join("np-guest")).unwrap();
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, config).unwrap();
     let console = dir.path().join("console.log");
@@ -96,6 +87,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
         share: Some(&share),
         kernel_args: nodeplane_qemu::run_from_share(script),
         forward: vec![(host_port, NODE_PORT)],
+        netdev: Vec::new(),
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
     let host_share = share.clone();
@@ -271,6 +263,7 @@ fn the_uefi_disk_image_boots_to_ready() {
         share: None,
         kernel_args: Vec::new(),
         forward: Vec::new(),
+        netdev: Vec::new(),
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
     let took = vm

@@ -7,5 +7,6 @@ pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod kubelet;
 pub mod masquerade;
 mod netlink;

@@ -97,7 +97,7 @@ async fn nodeplanectl_sweep_dry_run_then_for_real_root_only() {
     assert_eq!(ipam["facts"]["freed_total"], 3, "{ipam}");
     assert_eq!(ipam["facts"]["scanned"], 4);
     assert_eq!(ipam["facts"]["live_containers"], 1);
-    assert_eq!(ipam["facts"]["containerd_calls"], 3);
+    assert_eq!(ipam["facts"]["containerd_calls"], 4);
     assert_eq!(ipam["facts"]["last_sweep_dry_run"], "false");
     assert!(ipam["detail"].as_str().unwrap().starts_with("last sweep freed 3 of 4 reservations"), "{ipam}");
 }

@@ -6,14 +6,13 @@ use std::time::Instant;
 
 use nodeplane_image::{Image, Inputs};
 
-/// Where the debootstrapped base and downloaded packages are kept between builds
-/// (outside the repository, so fresh clones share it).
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    base.join("nodeplane/image")
+/// The only target nodeplane builds for; named for the static echo build.
+const HOST: &str = "x86_64-unknown-linux-gnu";
+
+/// Where the debootstrapped base, downloaded packages and the upstream
+/// components built from source are kept between builds.
+pub fn cache_dir() -> PathBuf {
+    nodeplane_image::upstream::default_cache()
 }
 
 pub fn out_dir() -> PathBuf {
@@ -31,7 +30,20 @@ pub fn build() -> Result<Image, String> {
         "build the release binaries",
         crate::cargo().args(["build", "--release", "-p", "nodeplane", "--bins"]),
     )?;
-    let inputs = Inputs { repo: crate::root(), binaries: crate::target_dir().join("release"), cache: cache_dir() };
+    // Static (glibc's crt-static): the test container image holds nothing else.
+    crate::step(
+        "build nodeplane-echo (static)",
+        crate::cargo()
+            .args(["build", "--release", "-p", "nodeplane-echo", "--target", HOST])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )?;
+    let inputs = Inputs {
+        repo: crate::root(),
+        binaries: crate::target_dir().join("release"),
+        cache: cache_dir().join("image"),
+        upstream_cache: cache_dir(),
+        echo: crate::target_dir().join(HOST).join("release/nodeplane-echo"),
+    };
     let image = nodeplane_image::build(&inputs, &out_dir()).map_err(|e| e.to_string())?;
     let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
     eprintln!(

@@ -8,6 +8,8 @@
 //! - `test`: set up, then run everything: formatting, lints, every test, the unit
 //!   hardening check, the QEMU boot tests, a short run of each fuzz target and a
 //!   `run --headless` smoke run.
+//! - `cluster up|down|status`: the one-machine Kubernetes control plane the
+//!   node joins (see `cluster.rs`).
 //! - `fuzz [SECONDS]`: set up, then each fuzz target for SECONDS (600 by
 //!   default) and the datapath's hostile-packet property at length (see `fuzz.rs`).
 //! - `bench ipam|cni|datapath|policy|boot`: set up, then the `cargo bench` target
@@ -18,6 +20,7 @@
 //! graph compiles C or runs protoc): it is what installs those tools. All it
 //! needs from the heavier crates it gets by running cargo after setup.
 
+mod cluster;
 mod fuzz;
 mod image;
 mod packages;
@@ -28,7 +31,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | cluster up|down|status | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         ["run"] => run::run(false),
         ["run", "--headless"] => run::run(true),
         ["test"] => test::test(),
+        ["cluster", verb] => cluster::cluster(verb),
         ["fuzz"] => fuzz::fuzz(None),
         ["fuzz", seconds] => fuzz::fuzz(Some(seconds)),
         ["bench", what] => bench(what),
@@ -77,6 +81,10 @@ fn bench(what: &str) -> Result<(), String> {
     let mut command = cargo();
     if *name == "boot" {
         command.env("NODEPLANE_IMAGE_DIR", image::build()?.dir);
+    }
+    if *name == "ipam" {
+        // The node's containerd 2, built from source once.
+        nodeplane_image::upstream::CONTAINERD.ensure(&root(), &image::cache_dir()).map_err(|e| e.to_string())?;
     }
     step(&format!("bench {name}: {about}"), command.args(["bench", "-p", package, "--bench", name]))
 }

@@ -8,7 +8,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dbus-daemon", "a private system-like bus for tests and `cargo xtask run`"),
     ("systemd", "busctl in tests; systemd-analyze for the unit's hardening check"),
     ("util-linux", "unshare/setpriv: throwaway network namespaces, a non-root caller"),
-    ("containerd", "a private containerd for the IPAM sweeper's tests and benchmark"),
     ("containernetworking-plugins", "the real CNI host-local IPAM plugin (/usr/lib/cni/host-local)"),
     ("g++", "libFuzzer, which cargo-fuzz builds for the fuzz targets"),
     ("protobuf-compiler", "protoc, for containerd-client's build script"),
@@ -26,6 +25,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fdisk", "sfdisk: the disk image's GPT"),
     ("ovmf", "UEFI firmware to boot the disk image under QEMU"),
     ("qemu-system-x86", "boots the node image (TCG)"),
+    ("openssl", "the test control plane's CA and certificates"),
+    ("socat", "relays a QEMU guest's connections to the test control plane's API server"),
 ];
 
 /// Installs what is missing: the toolchain's rustfmt and clippy (rustup), then

@@ -4,19 +4,36 @@
 //! health printed as soon as nodeplaned is READY. `--headless` prints that
 //! status and exits (0 when the node is healthy).
 //!
-//! The state disk (`/var`) is kept in `target/run/state.img` between runs; a
-//! `node.toml` beside it (`target/run/node.toml`), when present, is passed to the
-//! node as its configuration through fw_cfg.
+//! First it brings up the one-machine control plane (`cargo xtask cluster
+//! up`), and the node joins it: its `target/run/node.toml`, written on the
+//! first run with the node's credentials in `[kubernetes]` (edit it freely; it
+//! is kept), goes to the node through fw_cfg. `--headless` then waits for the
+//! node to be Ready, prints `kubectl get nodes -o wide`, and exits 0 only when
+//! the node is Ready and healthy.
+//!
+//! The state disk (`/var`) is kept in `target/run/state.img` between runs.
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use nodeplane_qemu::{Boot, Console, Firmware, Vm, copy_disk};
+
+/// The node's name in the local cluster.
+const NODE: &str = "nodeplane-1";
+/// A TCG-emulated node's way to Ready: boot, containerd, the kubelet.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
 
 const STATUS_START: &str = "== nodeplane status ==";
 const STATUS_END: &str = "== end of nodeplane status (exit ";
 
 pub fn run(headless: bool) -> Result<(), String> {
     let image = crate::image::build()?;
+    let plane = crate::cluster::control_plane()?;
+    // A headless run leaves things as it found them: it stops a control plane it
+    // started, however it ends (declared first: dropped after the VM).
+    let _stop = Stop((headless && plane.running().is_empty()).then_some(&plane));
+    crate::timed("start the control plane (cargo xtask cluster up)", || plane.up().map_err(|e| e.to_string()))?;
     let dir = crate::target_dir().join("run");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let state = dir.join("state.img");
@@ -24,10 +41,13 @@ pub fn run(headless: bool) -> Result<(), String> {
         copy_disk(&image.state_template(), &state).map_err(|e| e.to_string())?;
     }
     let config = dir.join("node.toml");
-    let config = config.exists().then_some(config);
-    if let Some(config) = &config {
-        eprintln!("==> passing {} to the node (fw_cfg opt/org.nodeplane/node.toml)", config.display());
+    if !config.exists() {
+        let credentials = plane.node_credentials(NODE).map_err(|e| e.to_string())?;
+        std::fs::write(&config, credentials.node_toml()).map_err(|e| format!("{}: {e}", config.display()))?;
     }
+    eprintln!("==> passing {} to the node (fw_cfg opt/org.nodeplane/node.toml)", config.display());
+    eprintln!("    kubectl --kubeconfig {} get nodes", plane.admin_kubeconfig().display());
+    let config = Some(config);
     let console = dir.join("console.log");
     // Only this boot's console counts.
     let _ = std::fs::remove_file(&console);
@@ -39,6 +59,7 @@ pub fn run(headless: bool) -> Result<(), String> {
         share: None,
         kernel_args: vec!["nodeplane.autologin".into()],
         forward: Vec::new(),
+        netdev: vec![plane.guest_forward()],
     };
     eprintln!("==> booting the node under QEMU (TCG; about a minute)");
     if !headless {
@@ -62,5 +83,37 @@ pub fn run(headless: bool) -> Result<(), String> {
         }
     }
     eprintln!("==> status shown {:.0} s after QEMU started; console in {}", took.as_secs_f64(), console.display());
-    if exit_line.contains("(exit 0)") { Ok(()) } else { Err(format!("the node is not healthy: {exit_line}")) }
+    if !exit_line.contains("(exit 0)") {
+        return Err(format!("the node is not healthy: {exit_line}"));
+    }
+    let started = Instant::now();
+    let ready = crate::timed(&format!("wait for node {NODE} to be Ready"), || {
+        let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+        loop {
+            let out = plane.kubectl().args(["get", "node", NODE, "-o", jsonpath]).output();
+            if out.is_ok_and(|o| o.status.success() && o.stdout == b"True") {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "node {NODE} is not Ready after {READY_TIMEOUT:?}; console in {}",
+                    console.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+    let _ = plane.kubectl().args(["get", "nodes", "-o", "wide"]).status();
+    ready
+}
+
+/// Brings the control plane it holds down when dropped.
+struct Stop<'a>(Option<&'a nodeplane_cluster::ControlPlane>);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        if let Some(plane) = self.0 {
+            let _ = plane.down();
+        }
+    }
 }

@@ -8,8 +8,10 @@ pub fn test() -> Result<(), String> {
     crate::packages::ensure()?;
     crate::step("format check", crate::cargo().args(["fmt", "--all", "--", "--check"]))?;
     crate::step("lints", crate::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    // The boot tests need the node image.
+    // The boot tests need the node image, the cluster test the control plane's
+    // binaries (both built from source once, then cached).
     let image = crate::image::build()?;
+    crate::cluster::control_plane()?;
     let tally = crate::timed("tests (cargo test --workspace)", || cargo_test(&image.dir))?;
     let fuzzed = crate::timed("fuzz targets", || crate::fuzz::targets(crate::fuzz::SHORT));
     let smoke = if crate::is_root() {
@@ -46,6 +48,7 @@ fn cargo_test(image: &std::path::Path) -> Result<Tally, String> {
     let mut child = crate::cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("NODEPLANE_IMAGE_DIR", image)
+        .env("NODEPLANE_CONTAINERD", containerd())
         .current_dir(crate::root())
         .stdout(Stdio::piped())
         .spawn()
@@ -71,4 +74,9 @@ fn count(counts: &str, label: &str) -> u32 {
             (words.next() == Some(label)).then(|| words.next()?.parse().ok()).flatten()
         })
         .unwrap_or(0)
+}
+
+/// containerd 2 as the image carries it, for the tests' private containerd.
+fn containerd() -> std::path::PathBuf {
+    nodeplane_image::upstream::CONTAINERD.cached(&crate::image::cache_dir()).join("containerd")
 }

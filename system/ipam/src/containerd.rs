@@ -1,4 +1,6 @@
-//! What containerd knows: its namespaces and the ids of the containers in one.
+//! What containerd knows: its namespaces, and the ids of the containers and of
+//! the pod sandboxes in one (containerd 2 records a sandbox in its sandbox
+//! store before the CNI ADD, and may create its pause container only later).
 //! Every call is counted, and so is every (re)connection, which tells a sweep that
 //! containerd restarted under it.
 
@@ -10,6 +12,8 @@ use std::time::Duration;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::sandbox::StoreListRequest;
+use containerd_client::services::v1::sandbox::store_client::StoreClient;
 use containerd_client::services::v1::{ListContainersRequest, ListNamespacesRequest};
 use hyper_util::rt::TokioIo;
 use tonic::Request;
@@ -24,7 +28,7 @@ pub enum ContainerdError {
     Call { socket: PathBuf, call: &'static str, code: String, message: String },
     #[error("namespace {0:?} is not valid in a gRPC header")]
     BadNamespace(String),
-    #[error("containerd at {}: Containers.ListStream sent an empty record", .0.display())]
+    #[error("containerd at {}: a list sent a record without an id", .0.display())]
     EmptyRecord(PathBuf),
     #[error("containerd has no namespace {namespace:?} (it has: {})", if has.is_empty() { "none".to_owned() } else { has.join(", ") })]
     NoNamespace { namespace: String, has: Vec<String> },
@@ -109,6 +113,30 @@ impl Containerd {
             };
         }
         Ok(ids)
+    }
+
+    /// The ids of every pod sandbox in `namespace`'s sandbox store; none from
+    /// a containerd without one (before 2.0, where the pause container is the
+    /// sandbox's only record).
+    pub async fn sandbox_ids(&mut self, namespace: &str) -> Result<HashSet<String>, ContainerdError> {
+        self.calls += 1;
+        let mut request = Request::new(StoreListRequest::default());
+        let ns = namespace.parse().map_err(|_| ContainerdError::BadNamespace(namespace.to_owned()))?;
+        request.metadata_mut().insert("containerd-namespace", ns);
+        match StoreClient::new(self.channel.clone()).list(request).await {
+            Ok(response) => {
+                let mut ids = HashSet::new();
+                for sandbox in response.into_inner().list {
+                    if sandbox.sandbox_id.is_empty() {
+                        return Err(ContainerdError::EmptyRecord(self.socket.clone()));
+                    }
+                    ids.insert(sandbox.sandbox_id);
+                }
+                Ok(ids)
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(HashSet::new()),
+            Err(status) => Err(self.failed("sandbox.Store.List", &status)),
+        }
     }
 
     fn failed(&self, call: &'static str, status: &tonic::Status) -> ContainerdError {

@@ -85,7 +85,9 @@ pub async fn sweep(config: &IpamConfig, dry_run: bool) -> Result<SweepReport, Sw
     let mut report = SweepReport { dry_run, ..Default::default() };
     let mut containerd = Containerd::connect(&config.containerd_socket).await.map_err(SweepError::Containerd)?;
     require_namespace(&mut containerd, &config.namespace, Containerd::CALL_TIMEOUT).await?;
-    let live = containerd.container_ids(&config.namespace).await.map_err(SweepError::Containerd)?;
+    let mut live = containerd.container_ids(&config.namespace).await.map_err(SweepError::Containerd)?;
+    // A sandbox without its pause container yet is a live pod all the same.
+    live.extend(containerd.sandbox_ids(&config.namespace).await.map_err(SweepError::Containerd)?);
     report.counts.live_containers = live.len() as u64;
 
     let names = network_names(config)?;

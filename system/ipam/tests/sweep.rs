@@ -122,8 +122,8 @@ async fn one_sweep_frees_exactly_the_old_leaked_reservations_and_host_local_reus
     assert_eq!(report.counts.live_containers, 3);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(
-        report.counts.containerd_calls, 3,
-        "Namespaces.List, Containers.ListStream, Namespaces.List under the locks"
+        report.counts.containerd_calls, 4,
+        "Namespaces.List, Containers.ListStream, sandbox.Store.List, Namespaces.List under the locks"
     );
 
     // Everything else is byte-for-byte and time-for-time as it was.
@@ -176,6 +176,29 @@ async fn dry_run_frees_nothing_and_reports_what_a_real_sweep_then_frees() {
     assert_eq!(snapshot(&net.dir()), before, "a dry run touches nothing");
     let real = sweep(&config(&ctrd, data.path()), false).await.unwrap();
     assert_eq!(real.freed, dry.freed);
+}
+
+/// containerd 2 records a pod sandbox in its sandbox store before the CNI ADD
+/// and may create the pause container later: such a pod is live.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sandbox_recorded_before_its_pause_container_exists_is_live() {
+    if !privileged("a_sandbox_recorded_before_its_pause_container_exists_is_live") {
+        return;
+    }
+    let ctrd = Containerd::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let net = network(data.path(), "sandboxes", vec![vec!["10.26.0.0/28"]]);
+    let (recorded, gone) = (sandbox_id("recorded"), sandbox_id("gone"));
+    nodeplane_testkit::create_sandboxes(ctrd.socket(), NS, std::slice::from_ref(&recorded)).await;
+    for id in [&recorded, &gone] {
+        for ip in net.add(id, "eth0").unwrap() {
+            backdate(&net.dir().join(ip.to_string()), HOUR);
+        }
+    }
+    let report = sweep(&config(&ctrd, data.path()), false).await.unwrap();
+    let freed: Vec<&str> = report.freed.iter().map(|r| r.owner.as_str()).collect();
+    assert_eq!(freed, [gone.as_str()], "{report:?}");
+    assert_eq!(report.counts.live_containers, 1, "the sandbox counts as live");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -59,6 +59,9 @@ pub struct Request {
     env: Env,
     /// The network configuration as the IPAM plugin gets it.
     conf: Value,
+    /// host-local without a range on a node.toml without `[datapath]
+    /// pod_cidr`: the range is the pod subnet nodeplaned read from the Node.
+    needs_pod_cidr: bool,
 }
 
 impl Request {
@@ -95,10 +98,12 @@ impl Request {
         // DEL must work whatever the node configuration says now. host-local
         // releases by container id but insists on a range: a documentation one
         // does for that.
+        let mut needs_pod_cidr = false;
         match node.as_ref().map_err(Clone::clone).and_then(|node| with_pod_cidr(&mut conf, node)) {
+            Ok(needs) if !deleting => needs_pod_cidr = needs,
             Err(err) if !deleting => return Err(err),
-            Err(_) => conf["ipam"]["ranges"] = json!([[{"subnet": "192.0.2.0/24"}]]),
-            Ok(()) => {}
+            Ok(false) => {}
+            Ok(true) | Err(_) => conf["ipam"]["ranges"] = json!([[{"subnet": "192.0.2.0/24"}]]),
         }
         // The node side of each pod's veth carries the prefix nodeplaned attaches to.
         let prefix = node
@@ -125,7 +130,7 @@ impl Request {
         {
             return Err(error(7, format!("CNI_IFNAME {ifname:?} is not an interface name"), ""));
         }
-        Ok(Request { env, conf })
+        Ok(Request { env, conf, needs_pod_cidr })
     }
 
     /// `ADD`, `DEL` or `CHECK`.
@@ -176,6 +181,11 @@ fn run() -> Result<Option<Value>, CniError> {
     let (env, conf) = (&request.env, &request.conf);
     let raw_conf = conf.to_string();
     match env.command.as_str() {
+        "ADD" if request.needs_pod_cidr => {
+            let mut conf = conf.clone();
+            conf["ipam"]["ranges"] = json!([[{"subnet": node_pod_cidr()?}]]);
+            add(env, &conf, &conf.to_string()).map(Some)
+        }
         "ADD" => add(env, conf, &raw_conf).map(Some),
         "DEL" => del(env, &raw_conf).map(|()| None),
         _ => check(env).map(|()| None),
@@ -197,17 +207,25 @@ fn node_config() -> Result<NodeConfig, CniError> {
 }
 
 /// A host-local configuration without a range takes the node's pod CIDR
-/// (`[datapath] pod_cidr`).
-fn with_pod_cidr(conf: &mut Value, node: &NodeConfig) -> Result<(), CniError> {
+/// (`[datapath] pod_cidr`); true when it needs one and node.toml has none
+/// (then the Node's, from nodeplaned; without `[kubernetes]` that is an error).
+fn with_pod_cidr(conf: &mut Value, node: &NodeConfig) -> Result<bool, CniError> {
     let ipam = &mut conf["ipam"];
     if ipam["type"] != "host-local" || !ipam["ranges"].is_null() || !ipam["subnet"].is_null() {
-        return Ok(());
+        return Ok(false);
     }
-    let cidr = node.datapath.pod_cidr.clone().ok_or_else(|| {
-        error(4, "no pod subnet: set ipam.ranges in the network configuration or [datapath] pod_cidr in node.toml", "")
-    })?;
-    ipam["ranges"] = json!([[{"subnet": cidr}]]);
-    Ok(())
+    match (&node.datapath.pod_cidr, &node.kubernetes) {
+        (Some(cidr), _) => ipam["ranges"] = json!([[{"subnet": cidr}]]),
+        (None, Some(_)) => return Ok(true),
+        (None, None) => {
+            return Err(error(
+                4,
+                "no pod subnet: set ipam.ranges in the network configuration, or [datapath] pod_cidr or [kubernetes] in node.toml",
+                "",
+            ));
+        }
+    }
+    Ok(false)
 }
 
 /// A name for the node side of the pod's veth, stable per container and interface.
@@ -291,6 +309,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
 
 fn plumbing_failed(err: plumbing::PlumbingError) -> CniError {
     error(999, "the pod's network", err.to_string())
+}
+
+/// The pod subnet nodeplaned read from this node's Node object.
+fn node_pod_cidr() -> Result<String, CniError> {
+    let unknown = |details: String| error(11, "the node's pod subnet is not known yet; try again later", details);
+    runtime()?.block_on(async {
+        let bus = supervisor().await?;
+        let component = nodeplane_bus::ComponentProxy::builder(&bus)
+            .path(nodeplane_bus::component_path("kubernetes"))
+            .build()
+            .await
+            .map_err(|e| unknown(e.to_string()))?;
+        let facts = component.facts().await.map_err(|e| unknown(e.to_string()))?;
+        match facts.get("pod_cidr").map(nodeplane_bus::fact_from_value) {
+            Some(nodeplane_bus::Fact::Text(cidr)) => Ok(cidr),
+            _ => Err(unknown("nodeplaned has not read spec.podCIDR from the Node yet".into())),
+        }
+    })
 }
 
 /// ADD needs nodeplaned: without it the pod would get an address but no datapath.

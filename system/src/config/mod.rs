@@ -14,8 +14,10 @@ use nodeplane_sysctl::SysctlConfig;
 use serde::{Deserialize, Serialize};
 
 mod datapath;
+mod kubernetes;
 
 pub use datapath::{DatapathConfig, Invalid};
+pub use kubernetes::KubernetesConfig;
 
 /// Where the node's configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/nodeplane/node.toml";
@@ -26,6 +28,9 @@ pub struct NodeConfig {
     pub sysctl: SysctlConfig,
     pub ipam: IpamConfig,
     pub datapath: DatapathConfig,
+    /// How the node joins its cluster; absent, it is a standalone node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// Why a config was refused.
@@ -88,6 +93,9 @@ impl NodeConfig {
         self.sysctl.validate().map_err(|i| (at("sysctl", i.field), i.message))?;
         self.ipam.validate().map_err(|i| (at("ipam", i.field), i.message))?;
         self.datapath.validate().map_err(|i| (at("datapath", i.field), i.message))?;
+        if let Some(kubernetes) = &self.kubernetes {
+            kubernetes.validate().map_err(|i| (at("kubernetes", i.field), i.message))?;
+        }
         Ok(())
     }
 
@@ -208,6 +216,31 @@ mod tests {
             ("[datapath]\npod_cidr = \"10.244.1.0\"\n", "datapath.pod_cidr", 2, "not an IPv4 subnet"),
             ("[nonsense]\nx = 1\n", "nonsense", 1, "unknown field `nonsense`"),
             ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
+            (
+                "[kubernetes]\napi_server = \"http://10.0.0.1\"\nnode_name = \"n\"\ncluster_ca = \"x\"\n",
+                "kubernetes.api_server",
+                2,
+                "must be an https:// URL",
+            ),
+            (
+                "[kubernetes]\napi_server = \"https://10.0.0.1:6443\"\nnode_name = \"Node_1\"\ncluster_ca = \"x\"\n",
+                "kubernetes.node_name",
+                3,
+                "lowercase DNS name",
+            ),
+            (
+                "[kubernetes]\napi_server = \"https://a:6443\"\nnode_name = \"n1\"\ncluster_ca = \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\"\nbootstrap_token = \"abc.def\"\n",
+                "kubernetes.bootstrap_token",
+                5,
+                "6 and 16 lowercase letters",
+            ),
+            (
+                "[kubernetes]\napi_server = \"https://a:6443\"\nnode_name = \"n1\"\ncluster_ca = \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\"\n",
+                "kubernetes.api_server",
+                2,
+                "needs credentials",
+            ),
+            ("[kubernetes]\nnode_name = \"n1\"\n", "kubernetes", 1, "missing field `api_server`"),
         ];
         for (text, key, line, message) in cases {
             let location = error(text);

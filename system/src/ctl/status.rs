@@ -16,6 +16,21 @@ pub(super) struct NodeStatus {
     pub health: State,
     pub version: String,
     pub components: Vec<ComponentStatus>,
+    /// The node's other services, as systemd has them (absent where no
+    /// systemd answers on the bus).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// The units beside nodeplaned that make a node.
+const SERVICES: [&str; 2] = ["containerd.service", "kubelet.service"];
+
+#[derive(Serialize)]
+pub(super) struct ServiceStatus {
+    pub name: String,
+    /// systemd's ActiveState and SubState (`active`/`running`, `inactive`/`dead`, …).
+    pub active: String,
+    pub sub: String,
 }
 
 #[derive(Serialize)]
@@ -44,7 +59,27 @@ pub(super) async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
     }
     // From the same rows as the table, so header and table always agree.
     let health = State::of_node(components.iter().map(|c| c.state));
-    Ok(NodeStatus { health, version: node.version().await?, components })
+    let mut services = Vec::new();
+    for unit in SERVICES {
+        if let Ok(service) = service_status(connection, unit).await {
+            services.push(service);
+        }
+    }
+    Ok(NodeStatus { health, version: node.version().await?, components, services })
+}
+
+/// `unit`'s state from systemd (LoadUnit: also for a unit nothing started).
+async fn service_status(connection: &Connection, unit: &str) -> zbus::Result<ServiceStatus> {
+    const SYSTEMD: &str = "org.freedesktop.systemd1";
+    let manager =
+        zbus::Proxy::new(connection, SYSTEMD, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager").await?;
+    let path: zbus::OwnedObjectPath = manager.call("LoadUnit", &(unit,)).await?;
+    let proxy = zbus::Proxy::new(connection, SYSTEMD, path, "org.freedesktop.systemd1.Unit").await?;
+    Ok(ServiceStatus {
+        name: unit.trim_end_matches(".service").to_owned(),
+        active: proxy.get_property("ActiveState").await?,
+        sub: proxy.get_property("SubState").await?,
+    })
 }
 
 pub(super) async fn status(connection: &Connection, json: bool) -> ExitCode {
@@ -73,6 +108,12 @@ fn table(status: &NodeStatus) -> String {
         let facts: Vec<String> = c.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !facts.is_empty() {
             out += &format!("{:width$}  {}\n", "", facts.join(" "));
+        }
+    }
+    if !status.services.is_empty() {
+        out += "\nSERVICE     STATE\n";
+        for s in &status.services {
+            out += &format!("{:10}  {} ({})\n", s.name, s.active, s.sub);
         }
     }
     out

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use crate::config::{self, ConfigError, NodeConfig};
-use component::{ComponentError, Handle, Registry, Snapshot, node_state};
+use component::{Component, ComponentError, Handle, Registry, Snapshot, node_state};
 use datapath::DatapathComponent;
 use ipam::IpamComponent;
+use kubernetes::KubernetesComponent;
 use server::ReloadError;
 use sysctl::SysctlComponent;
 
@@ -24,6 +25,7 @@ mod component;
 mod datapath;
 mod drops;
 mod ipam;
+mod kubernetes;
 mod logging;
 mod notify;
 mod server;
@@ -54,6 +56,11 @@ pub struct Args {
     /// Validate FILE, print the effective config and exit: 0 when valid, 2 when not
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    /// Write the kubelet's configuration (/etc/kubernetes) from FILE's
+    /// [kubernetes] section, or remove it when FILE has none, and exit: 0 when
+    /// done, 2 when FILE is invalid or a file cannot be written
+    #[arg(long, value_name = "FILE")]
+    prepare_kubelet: Option<PathBuf>,
     /// Log filter, e.g. `debug` or `info,nodeplane::sysctl=debug` [default: $RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = logging::parse_level)]
     log_level: Option<String>,
@@ -63,6 +70,21 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(file) = &args.check_config {
         return config::check_file(file);
+    }
+    if let Some(file) = &args.prepare_kubelet {
+        let prepared = NodeConfig::load(file)
+            .map_err(|e| e.to_string())
+            .and_then(|config| crate::kubelet::prepare(&config, Path::new("/")).map_err(|e| e.to_string()));
+        return match prepared {
+            Ok(what) => {
+                println!("nodeplane: {what}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            }
+        };
     }
     logging::init(args.log_level.as_deref());
     let result = tokio::runtime::Builder::new_current_thread()
@@ -83,7 +105,11 @@ pub fn main() -> ExitCode {
 struct Supervisor {
     config_path: PathBuf,
     explicit_path: bool,
+    /// The config in force: node.toml's, with the pod subnet read from the
+    /// API server where node.toml sets none.
     config: Arc<NodeConfig>,
+    /// The pod subnet the `kubernetes` component read from this node's Node.
+    api_pod_cidr: Option<String>,
     components: Vec<Handle>,
     registry: Registry,
 }
@@ -106,16 +132,18 @@ async fn run(args: Args) -> Result<(), DaemonError> {
         notify::status("starting: loading the datapath");
         let datapath = component::start::<DatapathComponent>(&config, &registry).await?;
         let ipam = component::start::<IpamComponent>(&config, &registry).await?;
-        Ok::<_, ComponentError>((sysctl, datapath, ipam))
+        let kubernetes = component::start::<KubernetesComponent>(&config, &registry).await?;
+        Ok::<_, ComponentError>((sysctl, datapath, ipam, kubernetes))
     });
-    let ((sysctl, _), (datapath, endpoints), (ipam, sweeps)) = started?;
+    let ((sysctl, _), (datapath, endpoints), (ipam, sweeps), (kubernetes, _)) = started?;
     let bus = bus?;
     let pins = config.datapath.enabled.then(|| config.datapath.bpffs_root.clone());
     server::serve_datapath(&bus, endpoints, pins).await?;
     server::serve_ipam(&bus, sweeps).await?;
-    let components = vec![sysctl, datapath, ipam];
+    let components = vec![sysctl, datapath, ipam, kubernetes];
     server::add_component_objects(&bus, &registry).await?;
-    let mut supervisor = Supervisor { config_path, explicit_path, config: Arc::new(config), components, registry };
+    let mut supervisor =
+        Supervisor { config_path, explicit_path, config: Arc::new(config), api_pod_cidr: None, components, registry };
 
     tracing::info!(nodeplane_health = %node_state(&supervisor.registry.snapshot()), "nodeplaned is ready");
     notify::ready(&status_line(&supervisor.registry.snapshot()));
@@ -129,11 +157,20 @@ async fn run(args: Args) -> Result<(), DaemonError> {
         tokio::select! {
             _ = pet(&mut watchdog) => notify::watchdog(),
             Ok(()) = changes.changed() => {
+                let snapshot = changes.borrow_and_update().clone();
                 // Facts change often; STATUS= only when the line a person reads does.
-                let line = status_line(&changes.borrow_and_update());
+                let line = status_line(&snapshot);
                 if line != status {
                     notify::status(&line);
                     status = line;
+                }
+                let pod_cidr = snapshot.get(KubernetesComponent::NAME).and_then(|s| match s.facts.get(kubernetes::POD_CIDR_FACT) {
+                    Some(component::Fact::Text(cidr)) => Some(cidr.clone()),
+                    _ => None,
+                });
+                if pod_cidr.is_some() && pod_cidr != supervisor.api_pod_cidr {
+                    supervisor.api_pod_cidr = pod_cidr;
+                    let _ = reload_feeding_watchdog(&mut supervisor, &mut watchdog).await;
                 }
             }
             _ = hangup.recv() => {
@@ -208,8 +245,11 @@ impl Supervisor {
     }
 
     async fn apply_new_config(&mut self) -> Result<(), ReloadError> {
-        let config =
+        let mut config =
             load(&self.config_path, self.explicit_path).map_err(|e| ReloadError::InvalidConfig(e.to_string()))?;
+        if config.datapath.pod_cidr.is_none() {
+            config.datapath.pod_cidr.clone_from(&self.api_pod_cidr);
+        }
         if config == *self.config {
             return Ok(());
         }

@@ -11,8 +11,10 @@ use containerd_client::services::v1::{Container, CreateContainerRequest, DeleteC
 use containerd_client::tonic::Request;
 use containerd_client::tonic::transport::Channel;
 
-/// A private containerd (its own root, state, sockets and opt dir; CRI disabled),
-/// killed on drop. Nothing it writes leaves its temporary directory.
+/// A private containerd 2, the node's (its own root, state, sockets and opt
+/// dir; CRI and NRI disabled), killed on drop. Nothing it writes leaves its
+/// temporary directory. The binary is the one `cargo xtask` builds from source
+/// ([`binary`]).
 pub struct Containerd {
     child: Option<Child>,
     config: PathBuf,
@@ -29,9 +31,12 @@ impl Containerd {
         fs::write(
             &config,
             format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                "version = 3\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.runtime\", \
+                 \"io.containerd.cri.v1.images\", \"io.containerd.podsandbox.controller.v1.podsandbox\", \
+                 \"io.containerd.nri.v1.nri\"]\n\
                  [grpc]\n  address = \"{grpc}\"\n[ttrpc]\n  address = \"{ttrpc}\"\n[debug]\n  address = \"{debug}\"\n\
-                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+                 [plugins.'io.containerd.internal.v1.opt']\n  path = \"{opt}\"\n",
                 root = path("root"),
                 state = path("state"),
                 grpc = socket.display(),
@@ -47,14 +52,19 @@ impl Containerd {
 
     fn spawn(&mut self) -> io::Result<()> {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = Command::new(binary())
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("starting containerd (package containerd): {e}")))?;
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting {} (`cargo xtask setup` builds it): {e}", binary().display()),
+                )
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&self.socket).is_err() {
@@ -100,6 +110,36 @@ impl Containerd {
             .delete(namespaced(DeleteContainerRequest { id: id.into() }, ns))
             .await
             .unwrap_or_else(|e| panic!("delete container {id}: {e}"));
+    }
+}
+
+/// containerd 2 as the node runs it: `NODEPLANE_CONTAINERD` when set, else
+/// the build `cargo xtask` caches.
+pub fn binary() -> PathBuf {
+    std::env::var_os("NODEPLANE_CONTAINERD").map(PathBuf::from).unwrap_or_else(|| {
+        nodeplane_image::upstream::CONTAINERD.cached(&nodeplane_image::upstream::default_cache()).join("containerd")
+    })
+}
+
+/// Records pod sandboxes in namespace `ns`'s sandbox store (containerd 2) of
+/// the containerd at `socket`, with no container: as the CRI does before a
+/// pod's CNI ADD.
+pub async fn create_sandboxes(socket: &Path, ns: &str, ids: &[String]) {
+    use containerd_client::services::v1::sandbox::StoreCreateRequest;
+    use containerd_client::services::v1::sandbox::store_client::StoreClient;
+    use containerd_client::types::Sandbox;
+    use containerd_client::types::sandbox::Runtime;
+    let channel = containerd_client::connect(socket).await.expect("connect to containerd");
+    let mut client = StoreClient::new(channel);
+    for id in ids {
+        let sandbox = Sandbox {
+            sandbox_id: id.clone(),
+            runtime: Some(Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+            sandboxer: "podsandbox".into(),
+            ..Default::default()
+        };
+        let request = namespaced(StoreCreateRequest { sandbox: Some(sandbox) }, ns);
+        client.create(request).await.unwrap_or_else(|e| panic!("create sandbox {id}: {e}"));
     }
 }
 

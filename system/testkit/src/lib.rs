@@ -17,7 +17,7 @@ mod notify;
 mod process;
 mod topology;
 
-pub use containerd::{Containerd, create_containers};
+pub use containerd::{Containerd, create_containers, create_sandboxes};
 pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
 pub use journal::{Entry, Journal, parse_entry, text};

@@ -1,0 +1,166 @@
+//! The control plane's CA and certificates, made with the `openssl` command (a
+//! test cluster needs nothing a library would add): ECDSA P-256 keys, a CA,
+//! the API server's serving certificate, and client certificates whose
+//! subject is the identity RBAC and the Node authorizer see.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::ClusterError;
+
+/// A certificate and its key, as files.
+#[derive(Clone, Debug)]
+pub struct KeyPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl KeyPair {
+    fn at(dir: &Path, name: &str) -> Self {
+        KeyPair { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) }
+    }
+
+    fn exists(&self) -> bool {
+        self.cert.is_file() && self.key.is_file()
+    }
+}
+
+fn openssl(what: &str, args: &[&str], dir: &Path) -> Result<(), ClusterError> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|source| ClusterError::Spawn { program: "openssl".into(), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::Failed { what: what.into(), output: String::from_utf8_lossy(&out.stderr).into_owned() })
+    }
+}
+
+/// The CA under `dir` (`ca.crt`, `ca.key`), made when missing.
+pub fn ca(dir: &Path) -> Result<KeyPair, ClusterError> {
+    let ca = KeyPair::at(dir, "ca");
+    if ca.exists() {
+        return Ok(ca);
+    }
+    std::fs::create_dir_all(dir).map_err(crate::io(dir))?;
+    openssl(
+        "making the CA",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=nodeplane-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        dir,
+    )?;
+    Ok(ca)
+}
+
+/// What a certificate is for.
+pub enum Usage<'a> {
+    /// A TLS server, with these subject alternative names (`DNS:…`, `IP:…`).
+    Server(&'a [&'a str]),
+    /// A client: its subject is the identity (`CN` the user, `O` the groups).
+    Client,
+}
+
+/// The certificate `name` under `dir` with `subject` (`/O=…/CN=…`), signed by
+/// the CA there; made when missing.
+pub fn issue(dir: &Path, name: &str, subject: &str, usage: Usage<'_>) -> Result<KeyPair, ClusterError> {
+    let pair = KeyPair::at(dir, name);
+    if pair.exists() {
+        return Ok(pair);
+    }
+    ca(dir)?;
+    let (csr, ext) = (format!("{name}.csr"), format!("{name}.ext"));
+    openssl(
+        &format!("a key and request for {name}"),
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ],
+        dir,
+    )?;
+    let extensions = match usage {
+        Usage::Server(names) => format!(
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            names.join(",")
+        ),
+        Usage::Client => "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n".to_owned(),
+    };
+    std::fs::write(dir.join(&ext), extensions).map_err(crate::io(&dir.join(&ext)))?;
+    openssl(
+        &format!("signing {name}"),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            &format!("0x{:x}", serial()),
+            "-days",
+            "365",
+            "-extfile",
+            &ext,
+            "-out",
+            &format!("{name}.crt"),
+        ],
+        dir,
+    )?;
+    for scratch in [csr, ext] {
+        let _ = std::fs::remove_file(dir.join(scratch));
+    }
+    Ok(pair)
+}
+
+/// The service-account signing key (`sa.key`, `sa.pub`), made when missing.
+pub fn service_account_key(dir: &Path) -> Result<(PathBuf, PathBuf), ClusterError> {
+    let (key, public) = (dir.join("sa.key"), dir.join("sa.pub"));
+    if !key.is_file() || !public.is_file() {
+        std::fs::create_dir_all(dir).map_err(crate::io(dir))?;
+        openssl(
+            "the service-account key",
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key"],
+            dir,
+        )?;
+        openssl("its public half", &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"], dir)?;
+    }
+    Ok((key, public))
+}
+
+/// A serial number unlikely to repeat: the time in nanoseconds.
+fn serial() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos())
+}

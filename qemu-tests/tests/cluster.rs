@@ -1,0 +1,285 @@
+//! The node in a real cluster: a control plane of this machine's
+//! (`nodeplane-cluster`: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, built from source), and the node image booted under QEMU
+//! with a node.toml whose `[kubernetes]` section joins it. The host drives
+//! the cluster with kubectl; the guest script (`guest/cluster.sh`) checks the
+//! node from inside, in phases handed over through the 9p share.
+//!
+//! One boot for every check (TCG boots are slow), each check its own test.
+//! Needs the image (`cargo xtask test` builds it) and the control plane's
+//! binaries (built from source on first use, then cached).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nodeplane_cluster::ControlPlane;
+use nodeplane_qemu::{Boot, Console, Firmware, Vm, copy_disk};
+
+const NODE: &str = "node-1";
+/// Ready from scratch under TCG: boot, containerd, the image import, the kubelet.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(600);
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: echo
+        image: nodeplane.invalid/echo:v1
+        imagePullPolicy: Never
+        ports: [{containerPort: 8080}]
+";
+
+/// What the host saw; `Err` says where driving the cluster stopped.
+struct HostView {
+    ready_after: Duration,
+    pod_cidr: String,
+    running_after: Duration,
+    /// The pods after the restarts: name, restart count.
+    after_restarts: Vec<(String, u32)>,
+    /// The pods before the restarts.
+    before_restarts: Vec<String>,
+}
+
+struct Outcome {
+    dir: tempfile::TempDir,
+    console: String,
+    host: Result<HostView, String>,
+}
+
+impl Outcome {
+    fn host(&self) -> &HostView {
+        self.host.as_ref().unwrap_or_else(|e| {
+            panic!("driving the cluster failed: {e}\n--- console (last 60 lines) ---\n{}", tail(&self.console, 60))
+        })
+    }
+
+    fn check(&self, name: &str) -> String {
+        let results = self.dir.path().join("share/results");
+        let read = |ext: &str| std::fs::read_to_string(results.join(format!("{name}.{ext}")));
+        let (Ok(rc), Ok(out)) = (read("rc"), read("out")) else {
+            panic!(
+                "check {name} did not run (host: {})\n--- console (last 60 lines) ---\n{}",
+                self.host.as_ref().err().map_or("fine", String::as_str),
+                tail(&self.console, 60)
+            );
+        };
+        assert_eq!(rc.trim(), "0", "check {name} failed:\n{out}");
+        out
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Five consecutive free ports on loopback (the control plane's).
+fn free_ports() -> u16 {
+    (0..200)
+        .map(|i| 20000 + (std::process::id() % 100) as u16 * 100 + i * 5)
+        .find(|base| (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("five free ports")
+}
+
+fn kubectl(plane: &ControlPlane, args: &[&str]) -> Result<String, String> {
+    let out = plane.kubectl().args(args).output().map_err(|e| format!("kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: not within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The echo pods: (name, phase, IP).
+fn pods(plane: &ControlPlane) -> Vec<(String, String, String)> {
+    let jsonpath = "{range .items[*]}{.metadata.name} {.status.phase} {.status.podIP}{\"\\n\"}{end}";
+    kubectl(plane, &["get", "pods", "-l", "app=echo", "-o", &format!("jsonpath={jsonpath}")])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.to_owned(), words.next()?.to_owned()))
+        })
+        .collect()
+}
+
+fn running(plane: &ControlPlane, count: usize, not: &[String]) -> Option<Vec<(String, String)>> {
+    let pods: Vec<(String, String)> = pods(plane)
+        .into_iter()
+        .filter(|(name, phase, _)| phase == "Running" && !not.contains(name))
+        .map(|(name, _, ip)| (name, ip))
+        .collect();
+    (pods.len() == count).then_some(pods)
+}
+
+fn phase_file(pods: &[(String, String)], extra: &str) -> String {
+    pods.iter().map(|(name, ip)| format!("pod {name} {ip}\n")).collect::<String>() + extra
+}
+
+/// Drives the cluster while the guest checks: see the module doc.
+fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> Result<HostView, String> {
+    let results = share.join("results");
+    let ready = wait(&format!("node {NODE} Ready"), READY_TIMEOUT, || {
+        if let Ok(Some(status)) = vm.try_exit() {
+            return Some(Err(format!("QEMU exited ({status})")));
+        }
+        let jsonpath = "{.status.conditions[?(@.type==\"Ready\")].status}";
+        let status = kubectl(plane, &["get", "node", NODE, "-o", &format!("jsonpath={jsonpath}")]).ok()?;
+        (status == "True").then_some(Ok(()))
+    })?;
+    ready?;
+    let ready_after = started.elapsed();
+    let pod_cidr = kubectl(plane, &["get", "node", NODE, "-o", "jsonpath={.spec.podCIDR}"])?;
+    let created = Instant::now();
+    let mut apply = plane.kubectl();
+    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = apply.spawn().map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), DEPLOYMENT.as_bytes()).map_err(|e| e.to_string())?;
+    if !child.wait().map_err(|e| e.to_string())?.success() {
+        return Err("kubectl apply of the Deployment failed".into());
+    }
+    let first = wait("both replicas Running", RUNNING_TIMEOUT, || running(plane, 2, &[]))?;
+    let running_after = created.elapsed();
+    std::fs::write(share.join("phase1"), phase_file(&first, &format!("cidr {pod_cidr}\n")))
+        .map_err(|e| e.to_string())?;
+    wait("the guest's phase 1", RUNNING_TIMEOUT, || results.join("phase1-done").exists().then_some(()))?;
+
+    let (deleted, deleted_ip) = first[0].clone();
+    kubectl(plane, &["delete", "pod", &deleted, "--wait=true", "--timeout=5m"])?;
+    let second = wait("a replacement Running", RUNNING_TIMEOUT, || running(plane, 2, std::slice::from_ref(&deleted)))?;
+    std::fs::write(share.join("phase2"), phase_file(&second, &format!("deleted {deleted_ip}\n")))
+        .map_err(|e| e.to_string())?;
+    wait("the guest's phase 2", RUNNING_TIMEOUT, || results.join("phase2-done").exists().then_some(()))?;
+    let jsonpath = "{range .items[*]}{.metadata.name} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}";
+    let after = kubectl(plane, &["get", "pods", "-l", "app=echo", "-o", &format!("jsonpath={jsonpath}")])?;
+    let after_restarts = after
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, c)| (n.to_owned(), c.trim().parse().unwrap_or(u32::MAX))))
+        .collect();
+    std::fs::write(share.join("finish"), "").map_err(|e| e.to_string())?;
+    Ok(HostView {
+        ready_after,
+        pod_cidr,
+        running_after,
+        after_restarts,
+        before_restarts: second.into_iter().map(|(n, _)| n).collect(),
+    })
+}
+
+fn outcome() -> &'static Outcome {
+    static OUTCOME: OnceLock<Outcome> = OnceLock::new();
+    OUTCOME.get_or_init(|| {
+        let image = nodeplane_qemu::built_image().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new().prefix("nodeplane-cluster-").tempdir().unwrap();
+        let plane = ControlPlane::new(
+            &dir.path().join("cluster"),
+            free_ports(),
+            &repo(),
+            &nodeplane_image::upstream::default_cache(),
+        )
+        .unwrap_or_else(|e| panic!("the control plane's binaries: {e}"));
+        plane.up().unwrap_or_else(|e| panic!("the control plane: {e}"));
+        let credentials = plane.node_credentials(NODE).unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+        for file in ["lib.sh", "cluster.sh"] {
+            std::fs::copy(guest.join(file), share.join(file)).unwrap();
+        }
+        std::fs::copy(nodeplane_qemu::np_guest(), share.join("np-guest")).unwrap();
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, format!("[ipam]\ninterval = \"1h\"\n\n{}", credentials.node_toml())).unwrap();
+        let state = dir.path().join("state.img");
+        copy_disk(&image.state_template(), &state).unwrap();
+        let console = dir.path().join("console.log");
+        let boot = Boot {
+            image: &image,
+            firmware: Firmware::Direct { state },
+            console: Console::File(console),
+            config: Some(&config),
+            share: Some(&share),
+            kernel_args: nodeplane_qemu::run_from_share("cluster.sh"),
+            forward: Vec::new(),
+            netdev: vec![plane.guest_forward()],
+        };
+        let started = Instant::now();
+        let mut vm = Vm::start(boot).expect("start QEMU");
+        let host = drive(&plane, &mut vm, started, &share);
+        if host.is_err() {
+            // Let the guest end: it waits for files that will not come.
+            let _ = std::fs::write(share.join("finish"), "");
+        }
+        let _ = vm.wait_exit(Duration::from_secs(300));
+        let _ = plane.down();
+        Outcome { console: vm.console(), dir, host }
+    })
+}
+
+#[test]
+fn the_node_registers_and_becomes_ready_with_the_pod_cidr_the_controller_manager_gave_it() {
+    let host = outcome().host();
+    eprintln!("QEMU start to node Ready: {:.0} s", host.ready_after.as_secs_f64());
+    assert!(host.pod_cidr.starts_with("10.244.") && host.pod_cidr.ends_with("/24"), "{}", host.pod_cidr);
+    let out = outcome().check("pod-cidr");
+    assert!(out.contains(&host.pod_cidr), "{out}");
+}
+
+#[test]
+fn a_deployment_is_scheduled_and_runs_with_images_from_the_nodes_own_store() {
+    let host = outcome().host();
+    eprintln!("Deployment created to both pods Running: {:.0} s", host.running_after.as_secs_f64());
+}
+
+#[test]
+fn the_pods_reach_each_other_by_pod_ip() {
+    outcome().check("pods-reach");
+}
+
+#[test]
+fn nodeplanectl_status_shows_the_kubelet_and_containerd() {
+    outcome().check("services");
+}
+
+#[test]
+fn deleting_a_pod_frees_its_ip_and_the_sweeper_finds_nothing_leaked() {
+    outcome().check("ip-freed");
+}
+
+#[test]
+fn a_kubelet_restart_and_kill_9_of_nodeplaned_leave_the_pods_running_and_reachable() {
+    outcome().check("restarts");
+    let host = outcome().host();
+    let mut names: Vec<&String> = host.after_restarts.iter().map(|(n, _)| n).collect();
+    names.sort();
+    let mut before: Vec<&String> = host.before_restarts.iter().collect();
+    before.sort();
+    assert_eq!(names, before, "the same pods");
+    assert!(host.after_restarts.iter().all(|(_, restarts)| *restarts == 0), "{:?}", host.after_restarts);
+}
