@@ -151,7 +151,7 @@ mod tests {
 
     fn joining(credentials: &str) -> NodeConfig {
         let text = format!(
-            "[kubernetes]\napi_server = \"https://10.0.2.2:6443\"\nnode_name = \"node-1\"\n\
+            "[kubernetes]\napi_server = \"https://10.0.2.100:6443\"\nnode_name = \"node-1\"\n\
              cluster_ca = \"\"\"\n{CERT}\"\"\"\n{credentials}"
         );
         NodeConfig::parse(&text, "node.toml").unwrap()
@@ -162,14 +162,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let config = joining(&format!("client_certificate = \"\"\"\n{CERT}\"\"\"\nclient_key = \"\"\"\n{KEY}\"\"\"\n"));
         let said = prepare(&config, root.path()).unwrap();
-        assert_eq!(said, "joining https://10.0.2.2:6443 as node node-1");
+        assert_eq!(said, "joining https://10.0.2.100:6443 as node node-1");
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
         let env = read("etc/kubernetes/kubelet.env");
         assert!(
             env.contains("--hostname-override=node-1") && env.contains("--kubeconfig=/etc/kubernetes/kubelet.conf"),
             "{env}"
         );
-        assert!(read("etc/kubernetes/kubelet.conf").contains("server: https://10.0.2.2:6443"));
+        assert!(read("etc/kubernetes/kubelet.conf").contains("server: https://10.0.2.100:6443"));
         assert_eq!(read("etc/kubernetes/pki/kubelet-client.key"), KEY);
         let mode = std::os::unix::fs::MetadataExt::mode(
             &std::fs::metadata(root.path().join("etc/kubernetes/pki/kubelet-client.key")).unwrap(),
@@ -180,7 +180,7 @@ mod tests {
             kubelet.contains("cgroupDriver: systemd") && kubelet.contains("clusterDNS: [\"10.96.0.10\"]"),
             "{kubelet}"
         );
-        assert!(read(DROP_IN).contains("IPAddressAllow=10.0.2.2"));
+        assert!(read(DROP_IN).contains("IPAddressAllow=10.0.2.100"));
 
         // Without the section, the kubelet has nothing to start with.
         assert!(prepare(&NodeConfig::default(), root.path()).unwrap().starts_with("standalone"));

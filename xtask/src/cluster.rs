@@ -1,6 +1,6 @@
 //! `cargo xtask cluster up|down|status`: the one-machine control plane
 //! (`nodeplane-cluster`) in `target/cluster/`, its API server on
-//! 127.0.0.1:16443, reached by QEMU guests at https://10.0.2.2:6443. `up`
+//! 127.0.0.1:16443, reached by QEMU guests at https://10.0.2.100:6443. `up`
 //! builds the components from source the first time on a machine (cached in
 //! `~/.cache/nodeplane/upstream/`); `status` lists them and the nodes.
 

@@ -7,7 +7,7 @@
 //!
 //! Everything lives in one directory: `pki/`, `etcd/` (the data),
 //! `logs/NAME.log`, `pids/NAME.pid` and `admin.kubeconfig`. QEMU guests reach
-//! the API server at `https://10.0.2.2:6443` through a guest forward
+//! the API server at `https://10.0.2.100:6443` through a guest forward
 //! ([`ControlPlane::guest_forward`]), so the guest's user network stays closed
 //! to everything else. Timeouts are long enough for TCG-emulated nodes.
 
@@ -22,8 +22,9 @@ use nodeplane_image::upstream;
 
 pub use pki::KeyPair;
 
-/// Where QEMU guests find the API server (the user network's host address).
-pub const GUEST_API_ADDRESS: &str = "10.0.2.2";
+/// Where QEMU guests find the API server: an address of the user network that slirp forwards
+/// (it refuses a guest forward on its own host address, 10.0.2.2).
+pub const GUEST_API_ADDRESS: &str = "10.0.2.100";
 pub const GUEST_API_PORT: u16 = 6443;
 /// The pods' addresses: each node gets a /24 of it.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -316,7 +317,7 @@ impl ControlPlane {
     }
 
     /// The QEMU `-netdev user` option that lets a guest (and it alone) reach
-    /// this API server at `https://10.0.2.2:6443`: one relay per connection.
+    /// this API server at `https://10.0.2.100:6443`: one relay per connection.
     pub fn guest_forward(&self) -> String {
         format!("guestfwd=tcp:{GUEST_API_ADDRESS}:{GUEST_API_PORT}-cmd:socat - TCP:127.0.0.1:{}", self.port)
     }
