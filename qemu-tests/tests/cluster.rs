@@ -150,6 +150,9 @@ fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> R
         if let Ok(Some(status)) = vm.try_exit() {
             return Some(Err(format!("QEMU exited ({status})")));
         }
+        if vm.console().contains("was NOT applied") {
+            return Some(Err("the guest refused its node.toml".into()));
+        }
         let jsonpath = "{.status.conditions[?(@.type==\"Ready\")].status}";
         let status = kubectl(plane, &["get", "node", NODE, "-o", &format!("jsonpath={jsonpath}")]).ok()?;
         (status == "True").then_some(Ok(()))

@@ -338,7 +338,7 @@ impl NodeCredentials {
         let mut toml = String::from("[kubernetes]\n");
         let _ = writeln!(toml, "api_server = \"https://{GUEST_API_ADDRESS}:{GUEST_API_PORT}\"");
         let _ = writeln!(toml, "node_name = \"{}\"", self.name);
-        let _ = writeln!(toml, "cluster_dns = \"{CLUSTER_DNS}\"");
+        let _ = writeln!(toml, "cluster_dns = [\"{CLUSTER_DNS}\"]");
         let _ = writeln!(toml, "cluster_domain = \"{CLUSTER_DOMAIN}\"");
         for (key, pem) in [("cluster_ca", &self.ca), ("client_certificate", &self.cert), ("client_key", &self.key)] {
             let _ = writeln!(toml, "{key} = \"\"\"\n{}\"\"\"", pem.trim_end_matches('\n').to_owned() + "\n");
@@ -358,4 +358,26 @@ fn kubeconfig(server: &str, ca: &Path, client: &KeyPair) -> String {
         client.cert.display(),
         client.key.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The section is what nodeplaned takes: a node given anything else boots standalone.
+    #[test]
+    fn the_node_toml_section_is_a_valid_node_config() {
+        let pem = |kind: &str| format!("-----BEGIN {kind}-----\nAAAA\n-----END {kind}-----\n");
+        let credentials = NodeCredentials {
+            name: "node-1".into(),
+            ca: pem("CERTIFICATE"),
+            cert: pem("CERTIFICATE"),
+            key: pem("PRIVATE KEY"),
+        };
+        let config = nodeplane::config::NodeConfig::parse(&credentials.node_toml(), "node.toml")
+            .unwrap_or_else(|e| panic!("{e}\n{}", credentials.node_toml()));
+        let kubernetes = config.kubernetes.expect("a [kubernetes] section");
+        assert_eq!(kubernetes.node_name, "node-1");
+        assert_eq!(kubernetes.api_server, format!("https://{GUEST_API_ADDRESS}:{GUEST_API_PORT}"));
+    }
 }
