@@ -6,6 +6,7 @@
 //! ```text
 //! np-guest serve PORT TEXT                 answer each connection with TEXT
 //! np-guest request IP PORT                 print the reply
+//! np-guest get IP PORT                     HTTP GET /: print the body of a 200
 //! np-guest loop IP PORT STOPFILE           requests until STOPFILE exists; prints counts
 //! np-guest containers NAMESPACE ID...      create container records in containerd
 //! np-guest manifest NAME VIP [--node-port N] BACKEND...
@@ -46,6 +47,10 @@ fn run(args: &[&str]) -> Result<(), String> {
             println!("{reply}");
             Ok(())
         }
+        ["get", addr, p] => {
+            println!("{}", http_get(ip(addr)?, port(p)?)?);
+            Ok(())
+        }
         ["loop", addr, p, stop] => {
             let (addr, p) = (ip(addr)?, port(p)?);
             let (mut total, mut errors) = (0u64, Vec::new());
@@ -83,5 +88,21 @@ fn run(args: &[&str]) -> Result<(), String> {
             Ok(())
         }
         _ => Err("usage: see the module documentation (serve | request | loop | containers | manifest)".into()),
+    }
+}
+
+/// `GET /` over HTTP/1.0 (2 s timeouts); the body of a `200`, else the answer as an error.
+fn http_get(addr: Ipv4Addr, port: u16) -> Result<String, String> {
+    use std::io::Read;
+    let timeout = std::time::Duration::from_secs(2);
+    let fail = |e: std::io::Error| format!("{addr}:{port}: {e}");
+    let mut stream = std::net::TcpStream::connect_timeout(&(addr, port).into(), timeout).map_err(fail)?;
+    stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(fail)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(fail)?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.trim_end().to_owned()),
+        _ => Err(format!("{addr}:{port} answered {answer:?}")),
     }
 }

@@ -21,15 +21,16 @@ netns_of() {
 	return 1
 }
 
-# Every pod of $1 reaches every other by pod IP, and gets its name back.
+# Every pod of $1 reaches every other by pod IP (HTTP to the echo server), and
+# gets its name back.
 pods_reach_each_other() {
 	pods "$1" | while read -r from from_ip; do
 		ns=$(netns_of "$from_ip") || { echo "no namespace holds $from_ip ($from)"; return 1; }
 		pods "$1" | while read -r to to_ip; do
 			[ "$to" = "$from" ] && continue
-			reply=$(ip netns exec "$ns" "$G" request "$to_ip" 8080) || { echo "$from -> $to ($to_ip): $reply"; return 1; }
+			reply=$(ip netns exec "$ns" "$G" get "$to_ip" 8080) || { echo "$from -> $to ($to_ip): $reply"; return 1; }
 			echo "$from ($from_ip) -> $to ($to_ip): $reply"
-			case "$reply" in "$to "*) ;; *) return 1 ;; esac
+			[ "$reply" = "$to" ] || return 1
 		done || return 1
 	done
 }
@@ -48,6 +49,11 @@ pod_cidr() {
 services_shown() {
 	nodeplanectl status | tee /dev/stderr | grep -q '^kubelet  *active (running)' &&
 		nodeplanectl status | grep -q '^containerd  *active (running)'
+}
+
+# The kubelet holds a delay inhibitor: a poweroff waits for it to stop the pods.
+graceful_shutdown() {
+	systemd-inhibit --list --no-pager | tee /dev/stderr | grep -Eq 'kubelet.*shutdown.*delay'
 }
 
 ip_freed() {
@@ -78,6 +84,7 @@ wait_for 1200 test -e "$S/phase1"
 check pod-cidr pod_cidr
 check pods-reach pods_reach_each_other "$S/phase1"
 check services services_shown
+check graceful-shutdown graceful_shutdown
 touch "$R/phase1-done"
 wait_for 900 test -e "$S/phase2"
 check ip-freed ip_freed

@@ -73,6 +73,32 @@ pub fn run_from_share(script: &str) -> Vec<String> {
     args
 }
 
+/// What a guest script left in the share's `results/` (`guest/lib.sh`: `NAME.out`
+/// and `NAME.rc` per check, and whatever else it wrote), read into memory so the
+/// test's scratch directory (a state disk of a gigabyte, sparse) can go at once.
+#[derive(Debug, Default)]
+pub struct GuestResults(std::collections::BTreeMap<String, String>);
+
+impl GuestResults {
+    /// Reads `dir`'s files (none when it does not exist: the guest never got that far).
+    pub fn collect(dir: &Path) -> Self {
+        let files = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|entry| {
+            let text = std::fs::read(entry.path()).ok()?;
+            Some((entry.file_name().to_string_lossy().into_owned(), String::from_utf8_lossy(&text).into_owned()))
+        });
+        Self(files.collect())
+    }
+
+    pub fn file(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Check `name`'s exit code and output; `None` when it did not run.
+    pub fn check(&self, name: &str) -> Option<(&str, &str)> {
+        Some((self.file(&format!("{name}.rc"))?.trim(), self.file(&format!("{name}.out"))?))
+    }
+}
+
 /// The number of a `key=value` line in what a guest script reported (the guest's
 /// times are microseconds since its kernel started).
 pub fn reported(text: &str, key: &str) -> Option<u64> {

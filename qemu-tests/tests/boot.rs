@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use nodeplane_qemu::{Boot, Console, Firmware, Image, Vm, copy_disk};
+use nodeplane_qemu::{Boot, Console, Firmware, GuestResults, Image, Vm, copy_disk};
 
 /// One VM at a time: two cores, and TCG wants both.
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -31,29 +31,24 @@ fn image() -> Image {
 
 /// What a boot left: the guest's results and the console.
 struct Outcome {
-    dir: tempfile::TempDir,
+    results: GuestResults,
     console: String,
     /// Why the boot itself went wrong (the VM did not finish its script).
     failure: Option<String>,
 }
 
 impl Outcome {
-    fn results(&self) -> PathBuf {
-        self.dir.path().join("share/results")
-    }
-
     /// Asserts that the guest check `name` passed; returns its output.
     fn check(&self, name: &str) -> String {
-        let read = |ext: &str| std::fs::read_to_string(self.results().join(format!("{name}.{ext}")));
-        let (Ok(rc), Ok(out)) = (read("rc"), read("out")) else {
+        let Some((rc, out)) = self.results.check(name) else {
             panic!(
                 "check {name} did not run: {}\n--- console (last 60 lines) ---\n{}",
                 self.failure.as_deref().unwrap_or("no result"),
                 tail(&self.console, 60)
             );
         };
-        assert_eq!(rc.trim(), "0", "check {name} failed:\n{out}");
-        out
+        assert_eq!(rc, "0", "check {name} failed:\n{out}");
+        out.to_owned()
     }
 }
 
@@ -93,9 +88,9 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     let host_share = share.clone();
     std::thread::spawn(move || answer_host_request(&host_share, host_port));
     let failure = vm.wait_exit(Duration::from_secs(900)).err().map(|e| e.to_string());
-    let failure =
-        failure.or_else(|| (!share.join("results/done").exists()).then(|| "the guest script did not finish".into()));
-    Outcome { console: vm.console(), dir, failure }
+    let results = GuestResults::collect(&share.join("results"));
+    let failure = failure.or_else(|| results.file("done").is_none().then(|| "the guest script did not finish".into()));
+    Outcome { console: vm.console(), results, failure }
 }
 
 /// A TCP port free on the host's loopback right now.
@@ -119,16 +114,16 @@ fn answer_host_request(share: &Path, host_port: u16) {
     }
 }
 
-/// The state disk of the first boot, kept for the second.
-fn state_disk() -> &'static Path {
-    static STATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    STATE.get_or_init(|| tempfile::Builder::new().prefix("nodeplane-state-").tempdir().unwrap()).path()
+/// The state disk of the first boot, kept for the second; one file in the
+/// target directory, so no run leaves another behind.
+fn state_disk() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-state.img")
 }
 
 fn first_boot() -> &'static Outcome {
     static FIRST: OnceLock<Outcome> = OnceLock::new();
     FIRST.get_or_init(|| {
-        let state = state_disk().join("state.img");
+        let state = state_disk();
         copy_disk(&image().state_template(), &state).unwrap();
         boot_and_run("first-boot.sh", GOOD_CONFIG, &state)
     })
@@ -138,7 +133,7 @@ fn second_boot() -> &'static Outcome {
     static SECOND: OnceLock<Outcome> = OnceLock::new();
     SECOND.get_or_init(|| {
         first_boot();
-        boot_and_run("second-boot.sh", BAD_CONFIG, &state_disk().join("state.img"))
+        boot_and_run("second-boot.sh", BAD_CONFIG, &state_disk())
     })
 }
 
@@ -199,7 +194,7 @@ fn network_policy_blocks_and_allows_in_the_nodes_datapath_and_drops_are_monitore
 #[test]
 fn the_reachability_probe_runs_on_the_node_and_cleans_up() {
     let out = first_boot().check("probe");
-    let json = std::fs::read_to_string(first_boot().results().join("probe.json")).unwrap();
+    let json = first_boot().results.file("probe.json").expect("the guest's probe.json");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}\n{out}"));
     assert_eq!(rows.len(), 81, "9 pods × 9 on TCP 80");
     let connected = |from: &str, to: &str| {

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nodeplane_cluster::ControlPlane;
-use nodeplane_qemu::{Boot, Console, Firmware, Vm, copy_disk};
+use nodeplane_qemu::{Boot, Console, Firmware, GuestResults, Vm, copy_disk};
 
 const NODE: &str = "node-1";
 /// Ready from scratch under TCG: boot, containerd, the image import, the kubelet.
@@ -51,7 +51,7 @@ struct HostView {
 }
 
 struct Outcome {
-    dir: tempfile::TempDir,
+    results: GuestResults,
     console: String,
     host: Result<HostView, String>,
 }
@@ -64,17 +64,15 @@ impl Outcome {
     }
 
     fn check(&self, name: &str) -> String {
-        let results = self.dir.path().join("share/results");
-        let read = |ext: &str| std::fs::read_to_string(results.join(format!("{name}.{ext}")));
-        let (Ok(rc), Ok(out)) = (read("rc"), read("out")) else {
+        let Some((rc, out)) = self.results.check(name) else {
             panic!(
                 "check {name} did not run (host: {})\n--- console (last 60 lines) ---\n{}",
                 self.host.as_ref().err().map_or("fine", String::as_str),
                 tail(&self.console, 60)
             );
         };
-        assert_eq!(rc.trim(), "0", "check {name} failed:\n{out}");
-        out
+        assert_eq!(rc, "0", "check {name} failed:\n{out}");
+        out.to_owned()
     }
 }
 
@@ -241,7 +239,7 @@ fn outcome() -> &'static Outcome {
         }
         let _ = vm.wait_exit(Duration::from_secs(300));
         let _ = plane.down();
-        Outcome { console: vm.console(), dir, host }
+        Outcome { console: vm.console(), results: GuestResults::collect(&share.join("results")), host }
     })
 }
 
@@ -268,6 +266,11 @@ fn the_pods_reach_each_other_by_pod_ip() {
 #[test]
 fn nodeplanectl_status_shows_the_kubelet_and_containerd() {
     outcome().check("services");
+}
+
+#[test]
+fn the_kubelet_stops_the_pods_on_a_poweroff() {
+    outcome().check("graceful-shutdown");
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! - `/etc/kubernetes/kubelet-config.yaml` (cgroup v2 with the systemd driver,
 //!   containerd's CRI socket, the cluster's DNS and domain, webhook
 //!   authentication and authorization, no image GC: no registry could give
-//!   an image back);
+//!   an image back; graceful node shutdown, so a poweroff stops the pods
+//!   within their grace periods);
 //! - `/etc/kubernetes/kubelet.env`, the kubelet's arguments (kubelet.service
 //!   runs only when it exists);
 //! - a drop-in letting nodeplaned reach the API server (its unit allows no IP
@@ -98,6 +99,9 @@ pub fn prepare(config: &NodeConfig, root: &Path) -> Result<String, PrepareError>
          rotateCertificates: {}\n\
          # No registry could give a collected image back.\n\
          imageGCHighThresholdPercent: 100\n\
+         # Graceful node shutdown: the kubelet delays a poweroff (a logind inhibitor) and stops\n\
+         # the pods within their grace periods, rather than systemd waiting out each container.\n\
+         shutdownGracePeriod: 20s\nshutdownGracePeriodCriticalPods: 5s\n\
          # The state partition is small: evict late, never for images.\n\
          evictionHard: {{memory.available: \"50Mi\", nodefs.available: \"5%\", imagefs.available: \"1%\"}}\n",
         dns.join(", "),

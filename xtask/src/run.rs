@@ -86,6 +86,11 @@ pub fn run(headless: bool) -> Result<(), String> {
     if !exit_line.contains("(exit 0)") {
         return Err(format!("the node is not healthy: {exit_line}"));
     }
+    // A node that refused its node.toml runs standalone and never joins: no use waiting.
+    if let Some(refused) = text.lines().find(|l| l.contains("was NOT applied")) {
+        let reasons: Vec<&str> = text.lines().filter(|l| l.contains("nodeplane:   ")).collect();
+        return Err(format!("{refused}\n{}", reasons.join("\n")));
+    }
     let started = Instant::now();
     let ready = crate::timed(&format!("wait for node {NODE} to be Ready"), || {
         let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
