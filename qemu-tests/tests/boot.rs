@@ -195,7 +195,7 @@ fn network_policy_blocks_and_allows_in_the_nodes_datapath_and_drops_are_monitore
 fn the_reachability_probe_runs_on_the_node_and_cleans_up() {
     let out = first_boot().check("probe");
     let json = first_boot().results.file("probe.json").expect("the guest's probe.json");
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}\n{out}"));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}\n{out}"));
     assert_eq!(rows.len(), 81, "9 pods × 9 on TCP 80");
     let connected = |from: &str, to: &str| {
         rows.iter().find(|r| r["from"] == from && r["to"] == to).unwrap_or_else(|| panic!("{from} -> {to}"))["connected"]
