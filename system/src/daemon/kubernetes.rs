@@ -9,7 +9,8 @@
 //!
 //! Never in the way of READY: the node boots before its cluster is reachable.
 //! An API server that does not answer makes the component `degraded`, saying
-//! since when.
+//! since when — after a first minute of grace, while the node boots and its
+//! network comes up, unless it has been reached before.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,8 @@ const UNTIL_KNOWN: Duration = Duration::from_secs(2);
 const ONCE_KNOWN: Duration = Duration::from_secs(60);
 /// One read's limit, connection included.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after start an unreachable API server is still "joining", not degraded.
+const JOIN_GRACE: Duration = Duration::from_secs(60);
 
 pub struct KubernetesComponent {
     config: Option<KubernetesConfig>,
@@ -33,6 +36,10 @@ pub struct KubernetesComponent {
     pod_cidr: Option<String>,
     /// Since when the API server has not answered.
     failing_since: Option<SystemTime>,
+    /// When the component started following the cluster it is configured with.
+    joining_since: std::time::Instant,
+    /// Whether the API server has answered since.
+    reached: bool,
 }
 
 /// Why the Node could not be read.
@@ -59,6 +66,8 @@ impl Component for KubernetesComponent {
             client: None,
             pod_cidr: None,
             failing_since: None,
+            joining_since: std::time::Instant::now(),
+            reached: false,
         };
         component.publish();
         Ok(component)
@@ -70,6 +79,8 @@ impl Component for KubernetesComponent {
             self.client = None;
             self.pod_cidr = None;
             self.failing_since = None;
+            self.joining_since = std::time::Instant::now();
+            self.reached = false;
             self.publish();
         }
         Ok(())
@@ -84,6 +95,7 @@ impl Component for KubernetesComponent {
         match tokio::time::timeout(READ_TIMEOUT, self.read_node(&config)).await {
             Ok(Ok(pod_cidr)) => {
                 self.failing_since = None;
+                self.reached = true;
                 if pod_cidr.is_some() && pod_cidr != self.pod_cidr {
                     tracing::info!("node {}: spec.podCIDR is {}", config.node_name, pod_cidr.as_deref().unwrap_or(""));
                 }
@@ -133,7 +145,13 @@ impl KubernetesComponent {
     fn failed(&mut self, err: ReadError) {
         let since = *self.failing_since.get_or_insert_with(SystemTime::now);
         let since = humantime::format_rfc3339_seconds(since);
-        self.reporter.set(State::Degraded, format!("the API server is unreachable since {since}: {err}"));
+        if !self.reached && self.joining_since.elapsed() < JOIN_GRACE {
+            // Booting: the network (or the cluster) may not be up yet.
+            let api = self.config.as_ref().map_or("", |c| c.api_server.as_str());
+            self.reporter.set(State::Healthy, format!("joining {api}: waiting for the API server ({err})"));
+        } else {
+            self.reporter.set(State::Degraded, format!("the API server is unreachable since {since}: {err}"));
+        }
         self.publish_facts();
     }
 
