@@ -82,14 +82,25 @@ pub enum Usage<'a> {
 }
 
 /// The certificate `name` under `dir` with `subject` (`/O=…/CN=…`), signed by
-/// the CA there; made when missing.
+/// the CA there; made when missing, and made again when it was made for
+/// another subject or other names (its request is kept in `{name}.ext`).
 pub fn issue(dir: &Path, name: &str, subject: &str, usage: Usage<'_>) -> Result<KeyPair, ClusterError> {
     let pair = KeyPair::at(dir, name);
-    if pair.exists() {
+    let extensions = match usage {
+        Usage::Server(names) => format!(
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+            names.join(",")
+        ),
+        Usage::Client => "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n".to_owned(),
+    };
+    // The subject too: a record names everything the certificate says.
+    let record = format!("# subject {subject}\n{extensions}");
+    let ext = format!("{name}.ext");
+    if pair.exists() && std::fs::read_to_string(dir.join(&ext)).is_ok_and(|made| made == record) {
         return Ok(pair);
     }
     ca(dir)?;
-    let (csr, ext) = (format!("{name}.csr"), format!("{name}.ext"));
+    let csr = format!("{name}.csr");
     openssl(
         &format!("a key and request for {name}"),
         &[
@@ -109,14 +120,7 @@ pub fn issue(dir: &Path, name: &str, subject: &str, usage: Usage<'_>) -> Result<
         ],
         dir,
     )?;
-    let extensions = match usage {
-        Usage::Server(names) => format!(
-            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
-            names.join(",")
-        ),
-        Usage::Client => "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n".to_owned(),
-    };
-    std::fs::write(dir.join(&ext), extensions).map_err(crate::io(&dir.join(&ext)))?;
+    std::fs::write(dir.join(&ext), &record).map_err(crate::io(&dir.join(&ext)))?;
     openssl(
         &format!("signing {name}"),
         &[
@@ -139,9 +143,7 @@ pub fn issue(dir: &Path, name: &str, subject: &str, usage: Usage<'_>) -> Result<
         ],
         dir,
     )?;
-    for scratch in [csr, ext] {
-        let _ = std::fs::remove_file(dir.join(scratch));
-    }
+    let _ = std::fs::remove_file(dir.join(csr));
     Ok(pair)
 }
 
@@ -163,4 +165,32 @@ pub fn service_account_key(dir: &Path) -> Result<(PathBuf, PathBuf), ClusterErro
 /// A serial number unlikely to repeat: the time in nanoseconds.
 fn serial() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_in(cert: &Path) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(cert)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A directory kept from before the names changed (as the API server's
+    /// guest address did) gets a certificate with the new names.
+    #[test]
+    fn a_certificate_is_made_again_when_its_names_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = issue(dir.path(), "server", "/CN=server", Usage::Server(&["IP:10.0.2.2"])).unwrap();
+        assert!(names_in(&first.cert).contains("10.0.2.2"));
+        let made = std::fs::read(&first.cert).unwrap();
+        issue(dir.path(), "server", "/CN=server", Usage::Server(&["IP:10.0.2.2"])).unwrap();
+        assert_eq!(std::fs::read(&first.cert).unwrap(), made, "the same names: kept");
+        let second = issue(dir.path(), "server", "/CN=server", Usage::Server(&["IP:10.0.2.100"])).unwrap();
+        assert!(names_in(&second.cert).contains("10.0.2.100"), "{}", names_in(&second.cert));
+    }
 }
