@@ -10,7 +10,7 @@
 //!   an image back; graceful node shutdown, so a poweroff stops the pods
 //!   within their grace periods);
 //! - `/etc/kubernetes/kubelet.env`, the kubelet's arguments (kubelet.service
-//!   runs only when it exists);
+//!   runs only when it exists; `--node-ip` is `[datapath] node_ip`);
 //! - a drop-in letting nodeplaned reach the API server (its unit allows no IP
 //!   traffic otherwise).
 //!
@@ -69,6 +69,11 @@ pub fn prepare(config: &NodeConfig, root: &Path) -> Result<String, PrepareError>
         format!("--hostname-override={}", kubernetes.node_name),
         format!("--kubeconfig={}", kubeconfig_path(kubernetes).display()),
     ];
+    // The Node's InternalIP: the address NodePorts are served on, not one the
+    // kubelet picks (an IPv6 one, say).
+    if let Some(node_ip) = config.datapath.node_ip {
+        args.push(format!("--node-ip={node_ip}"));
+    }
     match (&kubernetes.client_certificate, &kubernetes.client_key, &kubernetes.bootstrap_token) {
         (Some(cert), Some(key), _) => {
             write(&pki.join("kubelet-client.crt"), cert, 0o644)?;
@@ -173,6 +178,12 @@ mod tests {
             env.contains("--hostname-override=node-1") && env.contains("--kubeconfig=/etc/kubernetes/kubelet.conf"),
             "{env}"
         );
+        assert!(!env.contains("--node-ip"), "no [datapath] node_ip: the kubelet picks: {env}");
+        let mut with_ip = config.clone();
+        with_ip.datapath.node_ip = Some(std::net::Ipv4Addr::new(10, 0, 2, 15));
+        prepare(&with_ip, root.path()).unwrap();
+        assert!(read("etc/kubernetes/kubelet.env").contains("--node-ip=10.0.2.15"));
+        prepare(&config, root.path()).unwrap();
         assert!(read("etc/kubernetes/kubelet.conf").contains("server: https://10.0.2.100:6443"));
         assert_eq!(read("etc/kubernetes/pki/kubelet-client.key"), KEY);
         let mode = std::os::unix::fs::MetadataExt::mode(

@@ -43,7 +43,9 @@ pub fn run(headless: bool) -> Result<(), String> {
     let config = dir.join("node.toml");
     if !config.exists() {
         let credentials = plane.node_credentials(NODE).map_err(|e| e.to_string())?;
-        std::fs::write(&config, credentials.node_toml()).map_err(|e| format!("{}: {e}", config.display()))?;
+        // node_ip: QEMU's guest address, the Node's InternalIP and where NodePorts are served.
+        let text = format!("[datapath]\nnode_ip = \"10.0.2.15\"\n\n{}", credentials.node_toml());
+        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
     }
     eprintln!("==> passing {} to the node (fw_cfg opt/org.nodeplane/node.toml)", config.display());
     eprintln!("    kubectl --kubeconfig {} get nodes", plane.admin_kubeconfig().display());
