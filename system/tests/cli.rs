@@ -32,8 +32,9 @@ fn status_prints_a_table_and_json_and_exits_0_only_when_healthy() {
     assert_eq!(json["health"], "healthy");
     let components = json["components"].as_array().unwrap();
     let names: Vec<&str> = components.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["datapath", "ipam", "sysctl"]);
-    let sysctl = &components[2];
+    assert_eq!(names, ["datapath", "ipam", "kubernetes", "sysctl"]);
+    assert_eq!(components[2]["detail"], "standalone: node.toml has no [kubernetes] section");
+    let sysctl = &components[3];
     assert_eq!(sysctl["state"], "healthy");
     assert_eq!(sysctl["facts"]["ephemeral_range"], "20000-29999");
     assert_eq!(sysctl["facts"]["restored"], 0);

@@ -40,7 +40,7 @@ fn anyone_can_read_properties_and_introspect() {
     assert_eq!(get(bus::NODE_PATH, "org.nodeplane.Node1", "Health"), "s \"healthy\"");
     assert_eq!(get(bus::NODE_PATH, "org.nodeplane.Node1", "Version"), format!("s \"{}\"", env!("CARGO_PKG_VERSION")));
     let components = get(bus::NODE_PATH, "org.nodeplane.Node1", "Components");
-    assert!(components.starts_with("a(ssst) 3 \"datapath\" \"healthy\""), "{components}");
+    assert!(components.starts_with("a(ssst) 4 \"datapath\" \"healthy\""), "{components}");
     assert!(components.contains("\"sysctl\" \"healthy\" \"ephemeral ports 20000-29999"), "{components}");
     let sysctl = bus::component_path("sysctl");
     assert_eq!(get(&sysctl, "org.nodeplane.Component1", "State"), "s \"healthy\"");

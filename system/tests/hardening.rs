@@ -366,7 +366,10 @@ fn what_policy_cannot_judge_is_dropped_for_isolated_pods() {
         .unwrap();
     send_frame(&stage, "x/b", 0x86dd, ipv6);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(counter(&stage, "policy_egress_ipv6"), before + 1, "x/b is isolated for egress: dropped");
+    // At least ours: the pod's kernel may send IPv6 of its own (MLD, router
+    // solicitations) meanwhile, dropped and counted alike.
+    let after = counter(&stage, "policy_egress_ipv6");
+    assert!(after > before, "x/b is isolated for egress: dropped ({before} → {after})");
 }
 
 #[test]
