@@ -148,6 +148,7 @@ pub(super) struct ApiSource {
     given: Option<u64>,
     /// The event-to-datapath delay of the last change applied.
     last_delay: Option<Duration>,
+    started: Instant,
 }
 
 impl Drop for ApiSource {
@@ -158,6 +159,8 @@ impl Drop for ApiSource {
 
 /// How often a client is tried again while none can be made.
 const CLIENT_RETRY: Duration = Duration::from_secs(2);
+/// How long a source that has never listed the cluster is not a problem.
+const JOIN_GRACE: Duration = Duration::from_secs(60);
 
 impl ApiSource {
     /// Starts following the cluster `config` names (never in the way: the
@@ -166,7 +169,15 @@ impl ApiSource {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (notify, changes) = watch::channel(0u64);
         let task = tokio::spawn(follow_all(config.clone(), shared.clone(), notify));
-        ApiSource { shared, changes, task, node: config.node_name.clone(), given: None, last_delay: None }
+        ApiSource {
+            shared,
+            changes,
+            task,
+            node: config.node_name.clone(),
+            given: None,
+            last_delay: None,
+            started: Instant::now(),
+        }
     }
 
     /// Ends when there is news (a change, or a watch failing or recovering).
@@ -211,9 +222,14 @@ impl ApiSource {
     }
 
     /// Why the datapath may be behind the cluster: the API server unreachable,
-    /// since when.
+    /// since when. Not in a booting node's first minute, before the first list
+    /// (its network may not be up yet: the `kubernetes` component says "joining").
     pub fn problems(&self) -> Vec<String> {
         let shared = self.shared.lock().expect("not poisoned");
+        let listed = shared.stores.iter().all(|s| s.lists > 0);
+        if !listed && self.started.elapsed() < JOIN_GRACE {
+            return Vec::new();
+        }
         let failing = KINDS.iter().zip(&shared.stores).filter_map(|(kind, s)| Some((kind, s.failing.as_ref()?)));
         let oldest = failing.min_by_key(|(_, (since, _))| *since);
         let (since, reason) = match (&shared.client_error, oldest) {
@@ -221,7 +237,7 @@ impl ApiSource {
             (None, Some((kind, (since, err)))) => (*since, format!("watching {}s: {err}", kind.name())),
             (None, None) => return Vec::new(),
         };
-        let kept = if shared.stores.iter().all(|s| s.lists > 0) {
+        let kept = if listed {
             "the datapath keeps the cluster's last known state"
         } else {
             "the datapath keeps what its maps hold until the first full list"
