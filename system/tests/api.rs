@@ -210,3 +210,20 @@ fn an_api_server_that_goes_away_and_comes_back_without_its_history_leaves_no_sta
         datapath(&stage)
     );
 }
+
+/// `nodeplane-cluster`'s `[kubernetes]` sections are ones nodeplaned takes: a
+/// node given anything else boots standalone.
+#[test]
+fn the_test_clusters_node_toml_sections_are_valid_node_configs() {
+    let pem = |kind: &str| format!("-----BEGIN {kind}-----\nAAAA\n-----END {kind}-----\n");
+    let credentials = nodeplane_cluster::NodeCredentials {
+        name: "node-1".into(),
+        ca: pem("CERTIFICATE"),
+        cert: pem("CERTIFICATE"),
+        key: pem("PRIVATE KEY"),
+    };
+    for text in [credentials.node_toml(), credentials.node_toml_at("https://127.0.0.1:16443")] {
+        let config = nodeplane::config::NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.kubernetes.expect("a [kubernetes] section").node_name, "node-1");
+    }
+}
