@@ -149,17 +149,17 @@ pub struct Reconciler {
 
 /// The map entries of a Service port: its VIP, and its NodePort on `node_ip`.
 fn entries(port: &ServicePort, node_ip: Option<Ipv4Addr>) -> impl Iterator<Item = Service> + '_ {
-    let service = |vip, number, node_port| Service {
+    let service = |vip, number, node_port, backends: &Vec<_>| Service {
         id: 0,
         vip,
         port: number,
         protocol: port.protocol,
-        backends: port.backends.clone(),
+        backends: backends.clone(),
         affinity: port.affinity,
         node_port,
     };
-    let node_port = node_ip.zip(port.node_port).map(|(ip, number)| service(ip, number, true));
-    std::iter::once(service(port.vip, port.port, false)).chain(node_port)
+    let node_port = node_ip.zip(port.node_port).map(|(ip, number)| service(ip, number, true, &port.node_port_backends));
+    std::iter::once(service(port.vip, port.port, false, &port.backends)).chain(node_port)
 }
 
 impl Reconciler {

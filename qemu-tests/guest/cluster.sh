@@ -2,7 +2,9 @@
 # plane. The host drives the cluster with kubectl and hands over in phases
 # through the share: it writes $S/phase1 (the pods, once Running), $S/phase2
 # (after deleting one) and $S/finish; this script answers with
-# results/phase1-done and results/phase2-done.
+# results/phase1-done and results/phase2-done; then $S/phase3 (a Service and a
+# NetworkPolicy applied with kubectl, a client and a denied pod) and
+# results/phase3-done.
 . /mnt/lib.sh
 
 # The lines "pod NAME IP" of a phase file.
@@ -79,6 +81,48 @@ restarted() {
 	[ "$(systemctl show -P NRestarts nodeplaned)" -gt "$1" ] && systemctl is-active -q nodeplaned
 }
 
+# Phase 3: the pod client reaches the echo Service's ClusterIP; the pod the
+# NetworkPolicy denies reaches neither it nor an echo pod.
+role() {
+	sed -n "s/^$1 \([^ ]*\) \([^ ]*\)$/\2/p" "$S/phase3"
+}
+
+service_from_pod() {
+	vip=$(sed -n 's/^vip //p' "$S/phase3")
+	ns=$(netns_of "$(role client)") || { echo "no namespace holds the client"; return 1; }
+	nodeplanectl services | tee /dev/stderr | grep -q "^$vip:80 " || return 1
+	for i in 1 2 3 4 5 6; do
+		reply=$(ip netns exec "$ns" "$G" get "$vip" 80) || { echo "client -> $vip:80: $reply"; return 1; }
+		echo "client -> $vip:80: $reply"
+		case "$reply" in echo-*) ;; *) return 1 ;; esac
+	done
+}
+
+policy_denies() {
+	vip=$(sed -n 's/^vip //p' "$S/phase3")
+	ns=$(netns_of "$(role denied)") || { echo "no namespace holds the denied pod"; return 1; }
+	echo_ip=$(pods "$S/phase3" | head -n1 | cut -d' ' -f2)
+	if ip netns exec "$ns" "$G" get "$vip" 80; then echo "denied reached $vip:80"; return 1; fi
+	if ip netns exec "$ns" "$G" get "$echo_ip" 8080; then echo "denied reached $echo_ip:8080"; return 1; fi
+	echo "denied: blocked at $vip:80 and $echo_ip:8080"
+}
+
+# nodeplanectl policy says the echo pods take only the client; monitor shows
+# the denied pod's attempt dropped.
+policy_tools_agree() {
+	echo_pod=$(pods "$S/phase3" | head -n1 | cut -d' ' -f1)
+	echo_ip=$(pods "$S/phase3" | head -n1 | cut -d' ' -f2)
+	nodeplanectl policy "default/$echo_pod" | tee /dev/stderr | grep -q "from default/client " || return 1
+	nodeplanectl policy "default/$echo_pod" | grep -q "from default/denied" && { echo "policy lets denied in"; return 1; }
+	ns=$(netns_of "$(role denied)") || return 1
+	timeout 6 nodeplanectl monitor >/tmp/monitor.out 2>&1 &
+	sleep 2
+	ip netns exec "$ns" "$G" get "$echo_ip" 8080 >/dev/null 2>&1
+	wait
+	cat /tmp/monitor.out
+	grep -q "DROP TCP default/denied .* -> default/$echo_pod ($echo_ip:8080): ingress: ingress-denied-peer" /tmp/monitor.out
+}
+
 nodeplaned_up || true
 wait_for 1200 test -e "$S/phase1"
 check pod-cidr pod_cidr
@@ -90,5 +134,10 @@ wait_for 900 test -e "$S/phase2"
 check ip-freed ip_freed
 check restarts restarts
 touch "$R/phase2-done"
+wait_for 900 test -e "$S/phase3"
+check service-from-pod service_from_pod
+check policy-denies policy_denies
+check policy-tools-agree policy_tools_agree
+touch "$R/phase3-done"
 wait_for 600 test -e "$S/finish"
 finish

@@ -3,7 +3,9 @@
 //! kube-scheduler, built from source), and the node image booted under QEMU
 //! with a node.toml whose `[kubernetes]` section joins it. The host drives
 //! the cluster with kubectl; the guest script (`guest/cluster.sh`) checks the
-//! node from inside, in phases handed over through the 9p share.
+//! node from inside, in phases handed over through the 9p share: the node
+//! joined, a Deployment's pods, restarts; then a Service and a NetworkPolicy
+//! from the API at work (the host reaching the NodePort through a forward).
 //!
 //! One boot for every check (TCG boots are slow), each check its own test.
 //! Needs the image (`cargo xtask test` builds it) and the control plane's
@@ -20,6 +22,47 @@ const NODE: &str = "node-1";
 /// Ready from scratch under TCG: boot, containerd, the image import, the kubelet.
 const READY_TIMEOUT: Duration = Duration::from_secs(900);
 const RUNNING_TIMEOUT: Duration = Duration::from_secs(600);
+/// The node's NodePort for the echo Service, and the host's port forwarded to it.
+const NODE_PORT: u16 = 30080;
+
+/// Phase 3: a ClusterIP + NodePort Service of the echo pods, a NetworkPolicy
+/// letting only pods labelled `role: client` reach them, and two more pods
+/// (from the same image): a client and one the policy denies.
+const PHASE3: &str = "apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: echo-clients-only, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: echo}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 8080}]
+  # NodePort traffic arrives from the node: let it in.
+  - from: [{ipBlock: {cidr: 10.0.2.0/24}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default, labels: {role: client}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 2
+  containers: [{name: echo, image: nodeplane.invalid/echo:v1, imagePullPolicy: Never}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: denied, namespace: default, labels: {role: other}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 2
+  containers: [{name: echo, image: nodeplane.invalid/echo:v1, imagePullPolicy: Never}]
+";
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
@@ -48,6 +91,8 @@ struct HostView {
     after_restarts: Vec<(String, u32)>,
     /// The pods before the restarts.
     before_restarts: Vec<String>,
+    /// What the host got through the forwarded NodePort.
+    node_port_reply: String,
 }
 
 struct Outcome {
@@ -141,8 +186,37 @@ fn phase_file(pods: &[(String, String)], extra: &str) -> String {
     pods.iter().map(|(name, ip)| format!("pod {name} {ip}\n")).collect::<String>() + extra
 }
 
+fn apply(plane: &ControlPlane, objects: &str) -> Result<(), String> {
+    let mut apply = plane.kubectl();
+    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = apply.spawn().map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), objects.as_bytes()).map_err(|e| e.to_string())?;
+    if !child.wait().map_err(|e| e.to_string())?.success() {
+        return Err(format!("kubectl apply failed:\n{objects}"));
+    }
+    Ok(())
+}
+
+/// `GET /` to the host's `port` on loopback: the body.
+fn http_get(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.trim().to_owned()))
+}
+
 /// Drives the cluster while the guest checks: see the module doc.
-fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> Result<HostView, String> {
+fn drive(
+    plane: &ControlPlane,
+    vm: &mut Vm,
+    started: Instant,
+    share: &Path,
+    host_port: u16,
+) -> Result<HostView, String> {
     let results = share.join("results");
     let ready = wait(&format!("node {NODE} Ready"), READY_TIMEOUT, || {
         if let Ok(Some(status)) = vm.try_exit() {
@@ -159,13 +233,7 @@ fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> R
     let ready_after = started.elapsed();
     let pod_cidr = kubectl(plane, &["get", "node", NODE, "-o", "jsonpath={.spec.podCIDR}"])?;
     let created = Instant::now();
-    let mut apply = plane.kubectl();
-    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = apply.spawn().map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), DEPLOYMENT.as_bytes()).map_err(|e| e.to_string())?;
-    if !child.wait().map_err(|e| e.to_string())?.success() {
-        return Err("kubectl apply of the Deployment failed".into());
-    }
+    apply(plane, DEPLOYMENT)?;
     let first = wait("both replicas Running", RUNNING_TIMEOUT, || running(plane, 2, &[]))?;
     let running_after = created.elapsed();
     std::fs::write(share.join("phase1"), phase_file(&first, &format!("cidr {pod_cidr}\n")))
@@ -178,6 +246,26 @@ fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> R
     std::fs::write(share.join("phase2"), phase_file(&second, &format!("deleted {deleted_ip}\n")))
         .map_err(|e| e.to_string())?;
     wait("the guest's phase 2", RUNNING_TIMEOUT, || results.join("phase2-done").exists().then_some(()))?;
+
+    apply(plane, PHASE3)?;
+    let ready = |name: &str| {
+        let phase = kubectl(plane, &["get", "pod", name, "-o", "jsonpath={.status.phase} {.status.podIP}"]).ok()?;
+        phase.strip_prefix("Running ").filter(|ip| !ip.is_empty()).map(str::to_owned)
+    };
+    let client = wait("pod client Running", RUNNING_TIMEOUT, || ready("client"))?;
+    let denied = wait("pod denied Running", RUNNING_TIMEOUT, || ready("denied"))?;
+    let vip = kubectl(plane, &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"])?;
+    // The host, from outside the node, through QEMU's forward to the NodePort.
+    let node_port_reply = wait("the NodePort answering the host", RUNNING_TIMEOUT, || {
+        http_get(host_port).ok().filter(|reply| reply.starts_with("echo-"))
+    })?;
+    let echo_pods = running(plane, 2, &[]).ok_or("the echo pods are not Running")?;
+    std::fs::write(
+        share.join("phase3"),
+        phase_file(&echo_pods, &format!("client client {client}\ndenied denied {denied}\nvip {vip}\n")),
+    )
+    .map_err(|e| e.to_string())?;
+    wait("the guest's phase 3", RUNNING_TIMEOUT, || results.join("phase3-done").exists().then_some(()))?;
     let jsonpath = "{range .items[*]}{.metadata.name} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}";
     let after = kubectl(plane, &["get", "pods", "-l", "app=echo", "-o", &format!("jsonpath={jsonpath}")])?;
     let after_restarts = after
@@ -191,6 +279,7 @@ fn drive(plane: &ControlPlane, vm: &mut Vm, started: Instant, share: &Path) -> R
         running_after,
         after_restarts,
         before_restarts: second.into_iter().map(|(n, _)| n).collect(),
+        node_port_reply,
     })
 }
 
@@ -216,7 +305,13 @@ fn outcome() -> &'static Outcome {
         }
         std::fs::copy(nodeplane_qemu::np_guest(), share.join("np-guest")).unwrap();
         let config = dir.path().join("node.toml");
-        std::fs::write(&config, format!("[ipam]\ninterval = \"1h\"\n\n{}", credentials.node_toml())).unwrap();
+        // node_ip: the NodePort is served on QEMU's guest address.
+        std::fs::write(
+            &config,
+            format!("[ipam]\ninterval = \"1h\"\n\n[datapath]\nnode_ip = \"10.0.2.15\"\n\n{}", credentials.node_toml()),
+        )
+        .unwrap();
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let state = dir.path().join("state.img");
         copy_disk(&image.state_template(), &state).unwrap();
         let console = dir.path().join("console.log");
@@ -227,12 +322,12 @@ fn outcome() -> &'static Outcome {
             config: Some(&config),
             share: Some(&share),
             kernel_args: nodeplane_qemu::run_from_share("cluster.sh"),
-            forward: Vec::new(),
+            forward: vec![(host_port, NODE_PORT)],
             netdev: vec![plane.guest_forward()],
         };
         let started = Instant::now();
         let mut vm = Vm::start(boot).expect("start QEMU");
-        let host = drive(&plane, &mut vm, started, &share);
+        let host = drive(&plane, &mut vm, started, &share, host_port);
         if host.is_err() {
             // Let the guest end: it waits for files that will not come.
             let _ = std::fs::write(share.join("finish"), "");
@@ -288,4 +383,17 @@ fn a_kubelet_restart_and_kill_9_of_nodeplaned_leave_the_pods_running_and_reachab
     before.sort();
     assert_eq!(names, before, "the same pods");
     assert!(host.after_restarts.iter().all(|(_, restarts)| *restarts == 0), "{:?}", host.after_restarts);
+}
+
+#[test]
+fn a_service_from_the_api_balances_pods_and_its_node_port_answers_the_host() {
+    let host = outcome().host();
+    assert!(host.node_port_reply.starts_with("echo-"), "{}", host.node_port_reply);
+    outcome().check("service-from-pod");
+}
+
+#[test]
+fn a_network_policy_from_the_api_blocks_a_denied_pod_and_nodeplanectl_says_so() {
+    outcome().check("policy-denies");
+    outcome().check("policy-tools-agree");
 }

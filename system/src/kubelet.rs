@@ -44,6 +44,11 @@ pub fn kubeconfig_path(config: &KubernetesConfig) -> PathBuf {
     }
 }
 
+/// The kubeconfig nodeplaned reads the cluster with: `kubeconfig`, else the kubelet's.
+pub fn nodeplaned_kubeconfig(config: &KubernetesConfig) -> PathBuf {
+    config.kubeconfig.clone().unwrap_or_else(|| kubeconfig_path(config))
+}
+
 /// Writes (or, without `[kubernetes]`, removes) the kubelet's files and
 /// nodeplaned's drop-in under `root`; says what it did. The caller reloads
 /// systemd when the drop-in exists.

@@ -389,10 +389,24 @@ fn the_netpol_truth_tables_hold_through_the_real_datapath() {
     if !privileged("the_netpol_truth_tables_hold_through_the_real_datapath") {
         return;
     }
-    let stage = stage();
+    truth_tables(&stage());
+}
+
+/// The same tables with the NetworkPolicies, Namespaces and Pods as objects
+/// in a real API server that nodeplaned follows.
+#[test]
+fn the_netpol_truth_tables_hold_through_the_api_server() {
+    if !privileged("the_netpol_truth_tables_hold_through_the_api_server") {
+        return;
+    }
+    let cluster = TestCluster::new();
+    truth_tables(&stage_following(&cluster));
+}
+
+fn truth_tables(stage: &Stage) {
     let targets = stage.targets(&Selection::default());
     assert_eq!(targets.len(), 9 * 9 * 4, "every pair on TCP and UDP 80 and 81");
-    let scenarios = scenarios(&stage);
+    let scenarios = scenarios(stage);
     assert!(scenarios.len() >= 40, "{} scenarios", scenarios.len());
     let mut failures = Vec::new();
     for (name, policies, expected) in &scenarios {

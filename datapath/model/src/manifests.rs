@@ -1,9 +1,12 @@
-//! Desired state from a directory of Kubernetes manifests: multi-document YAML
-//! (or JSON) Services and EndpointSlices, and the Namespaces, Pods and
-//! NetworkPolicies that policy enforcement works from, parsed with the
-//! Kubernetes API types. A bad document is reported — file, document, field —
-//! and skipped; the rest applies. Other kinds are ignored.
+//! Desired state from Kubernetes objects: Services and EndpointSlices, and the
+//! Namespaces, Pods and NetworkPolicies that policy enforcement works from, in
+//! the Kubernetes API types. They come from a directory of manifests
+//! (multi-document YAML or JSON; [`load_dir`]) or from the API server's
+//! watches ([`Manifests::from_objects`]); both end in the same [`Manifests`]. A
+//! bad object is reported — file and document, or kind and name; field — and
+//! skipped; the rest applies. Other kinds are ignored.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -44,10 +47,14 @@ pub struct ServicePort {
     pub port: u16,
     pub protocol: Protocol,
     pub affinity: Option<Duration>,
-    /// Ready endpoints, sorted, without duplicates.
+    /// Ready endpoints, sorted, without duplicates; this node's only with
+    /// `internalTrafficPolicy: Local`.
     pub backends: Vec<(Ipv4Addr, u16)>,
     /// The port on the node's IP that also reaches it (type NodePort or LoadBalancer).
     pub node_port: Option<u16>,
+    /// Where the NodePort sends: the ready endpoints, this node's only with
+    /// `externalTrafficPolicy: Local`.
+    pub node_port_backends: Vec<(Ipv4Addr, u16)>,
 }
 
 /// A Service with a selector, as written: what a tool that stands up its pods
@@ -71,8 +78,9 @@ pub enum TargetPort {
 /// A manifest the node could not use, and where the problem is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
+    /// The file; for an object from the API server, its kind and name.
     pub file: PathBuf,
-    /// 1-based document number within the file.
+    /// 1-based document number within the file; 0 for the whole file or object.
     pub document: usize,
     /// Field path, e.g. `spec.ports[0].protocol`; empty for the whole document.
     pub field: String,
@@ -81,7 +89,10 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }
@@ -106,13 +117,23 @@ pub struct Manifests {
     pub errors: Vec<ManifestError>,
 }
 
-/// Where a parsed object came from.
-struct Origin {
+/// Where an object came from: a file's document, or the API server.
+#[derive(Clone, Debug)]
+pub struct Origin {
     file: PathBuf,
     document: usize,
 }
 
 impl Origin {
+    /// An object of the API server's, e.g. `Service default/web`.
+    pub fn api(kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        let name = match namespace {
+            Some(namespace) => format!("{kind} {namespace}/{name}"),
+            None => format!("{kind} {name}"),
+        };
+        Origin { file: PathBuf::from(name), document: 0 }
+    }
+
     fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ManifestError {
         ManifestError { file: self.file.clone(), document: self.document, field: field.into(), message: message.into() }
     }
@@ -158,14 +179,12 @@ impl Manifests {
     /// Adds what `texts` hold, then settles what depends on all of them (the
     /// Services' ports from their EndpointSlices).
     fn parse(&mut self, texts: &[(PathBuf, String)]) {
-        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        let mut objects = Vec::new();
         for (file, text) in texts {
             for (index, document) in documents(text).enumerate() {
                 let origin = Origin { file: file.clone(), document: index + 1 };
                 match parse_document(document, &origin) {
-                    Ok(Some(Object::Service(service))) => services.push((origin, *service)),
-                    Ok(Some(Object::EndpointSlice(slice))) => slices.push((origin, *slice)),
-                    Ok(Some(object)) => self.add(object, &origin),
+                    Ok(Some(object)) => objects.push((origin, object)),
                     Ok(None) => {}
                     Err((kind, err)) => {
                         self.policies_incomplete |= kind.is_none_or(|k| k == "NetworkPolicy");
@@ -174,8 +193,40 @@ impl Manifests {
                 }
             }
         }
+        self.add_objects(objects.iter().map(|(origin, object)| (origin, object)), None);
+    }
+
+    /// The desired state from `objects` (as the API server's watches hold
+    /// them). `node` is this node's name: with a traffic policy of `Local`,
+    /// only endpoints on it (or naming no node) serve.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>, node: Option<&str>) -> Self {
+        let mut found = Manifests::default();
+        found.add_objects(objects, node);
+        found
+    }
+
+    fn add_objects<'a>(&mut self, objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>, node: Option<&str>) {
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for (origin, object) in objects {
+            match object {
+                Object::Service(service) => services.push((origin, &**service)),
+                Object::EndpointSlice(slice) => slices.push((origin, &**slice)),
+                object => self.add(object, origin),
+            }
+        }
+        // Each Service's slices, by namespace and the service-name label.
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for (_, slice) in &slices {
+            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+                continue;
+            };
+            if slice.address_type == "IPv4" {
+                let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+                by_service.entry((namespace, service.as_str())).or_default().push(slice);
+            }
+        }
         for (origin, service) in &services {
-            match service_ports(service, origin, &slices) {
+            match service_ports(service, origin, &by_service, node) {
                 Ok(ports) => {
                     self.selector_services.extend(selector_service(service, &ports));
                     self.ports.extend(ports)
@@ -213,7 +264,7 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 impl Manifests {
     /// Adds a Namespace, Pod or NetworkPolicy (Services and EndpointSlices are
     /// read together, once every file is).
-    fn add(&mut self, object: Object, origin: &Origin) {
+    fn add(&mut self, object: &Object, origin: &Origin) {
         match object {
             Object::Namespace(namespace) => match namespace.metadata.name.clone() {
                 Some(name) => {
@@ -221,11 +272,11 @@ impl Manifests {
                 }
                 None => self.errors.push(origin.error("metadata.name", "missing")),
             },
-            Object::Pod(pod) => match pod_manifest(&pod, origin) {
+            Object::Pod(pod) => match pod_manifest(pod, origin) {
                 Ok(pod) => self.pods.push(pod),
                 Err(err) => self.errors.push(err),
             },
-            Object::NetworkPolicy(policy) => match Policy::from_k8s(&policy) {
+            Object::NetworkPolicy(policy) => match Policy::from_k8s(policy) {
                 Ok(policy) => self.policies.push(policy),
                 Err(err) => {
                     self.policies_incomplete = true;
@@ -260,7 +311,9 @@ fn is_manifest(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) && path.is_file()
 }
 
-enum Object {
+/// A Kubernetes object the node works from.
+#[derive(Clone, Debug)]
+pub enum Object {
     Service(Box<K8sService>),
     EndpointSlice(Box<EndpointSlice>),
     Namespace(Box<Namespace>),
@@ -316,7 +369,8 @@ fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, (
 fn service_ports(
     service: &K8sService,
     origin: &Origin,
-    slices: &[(Origin, EndpointSlice)],
+    slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>,
+    node: Option<&str>,
 ) -> Result<Vec<ServicePort>, ManifestError> {
     let namespace = service.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = service.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
@@ -338,30 +392,35 @@ fn service_ports(
         None => return Err(origin.error("spec.clusterIP", "missing (no API server allocates one on this node)")),
     };
     let affinity = affinity(spec, origin)?;
-    let ours: Vec<&EndpointSlice> = slices
-        .iter()
-        .map(|(_, slice)| slice)
-        .filter(|slice| {
-            slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                && slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&name)
-                && slice.address_type == "IPv4"
-        })
-        .collect();
+    let internal_local = traffic_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy", origin)?;
+    let external_local = traffic_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy", origin)?;
+    let ours = slices.get(&(namespace.as_str(), name.as_str())).map_or(&[][..], Vec::as_slice);
     let mut ports = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let (protocol, number, node_port) = port_numbers(port, has_node_ports, i, origin)?;
         let port_name = port.name.clone().unwrap_or_default();
+        let backends = |local: bool| ready_backends(ours, &port_name, protocol, local.then_some(node).flatten());
         ports.push(ServicePort {
             name: PortName { namespace: namespace.clone(), service: name.clone(), port: port_name.clone() },
             vip,
             port: number,
             protocol,
             affinity,
-            backends: ready_backends(&ours, &port_name, protocol),
+            backends: backends(internal_local),
             node_port,
+            node_port_backends: if node_port.is_some() { backends(external_local) } else { Vec::new() },
         });
     }
     Ok(ports)
+}
+
+/// An internal or external traffic policy: whether it is `Local`.
+fn traffic_policy(written: Option<&str>, field: &str, origin: &Origin) -> Result<bool, ManifestError> {
+    match written {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err(origin.error(field, format!("{other:?} is not Cluster or Local"))),
+    }
 }
 
 /// `spec.sessionAffinity`: the ClientIP timeout, `None` without affinity.
@@ -414,8 +473,15 @@ fn port_numbers(
     Ok((protocol, number, node_port))
 }
 
-/// The ready endpoints of a Service port in its slices, sorted, without duplicates.
-fn ready_backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol) -> Vec<(Ipv4Addr, u16)> {
+/// The ready endpoints of a Service port in its slices, sorted, without
+/// duplicates; with `local`, only those on that node (or naming none).
+/// Terminating endpoints are not ready: they keep the flows conntrack holds, no new ones.
+fn ready_backends(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    protocol: Protocol,
+    local: Option<&str>,
+) -> Vec<(Ipv4Addr, u16)> {
     let mut backends = Vec::new();
     for slice in slices {
         let matching = slice.ports.iter().flatten().filter(|p| {
@@ -423,7 +489,10 @@ fn ready_backends(slices: &[&EndpointSlice], port_name: &str, protocol: Protocol
                 && Protocol::parse(p.protocol.as_deref()).is_ok_and(|p| p == protocol)
         });
         for target in matching.filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok())) {
-            let ready = slice.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+            let ready = slice.endpoints.iter().filter(|e| {
+                e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+                    && local.is_none_or(|node| e.node_name.as_deref().is_none_or(|n| n == node))
+            });
             for endpoint in ready {
                 backends
                     .extend(endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()).map(|a| (a, target)));

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nodeplane_model::Protocol;
-use nodeplane_model::manifests::load_dir;
+use nodeplane_model::manifests::{Manifests, Object, Origin, load_dir};
 
 const GOOD: &str = r#"
 apiVersion: v1
@@ -162,4 +162,98 @@ fn namespaces_pods_and_network_policies_are_read_and_a_bad_policy_is_reported() 
         ),
         "{errors:?}"
     );
+}
+
+const LOCAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.40
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external-local, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.41
+  externalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30081}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: local-1, namespace: shop, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: ["10.200.0.3"], nodeName: node-1}
+- {addresses: ["10.200.0.4"], nodeName: node-2}
+- {addresses: ["10.200.0.5"]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: external-local-1, namespace: shop, labels: {kubernetes.io/service-name: external-local}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: ["10.200.0.6"], nodeName: node-1}
+- {addresses: ["10.200.0.7"], nodeName: node-2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: odd, namespace: shop}
+spec:
+  clusterIP: 10.96.0.42
+  internalTrafficPolicy: Nearby
+  ports: [{port: 80}]
+"#;
+
+#[test]
+fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
+    let documents = [(std::path::PathBuf::from("local.yaml"), LOCAL.to_owned())];
+    let parsed = nodeplane_model::manifests::parse(&documents);
+    // The objects as the API server's watches hold them, this node named.
+    let objects = objects_of(LOCAL);
+    let found = Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"));
+    let port = |name: &str| found.ports.iter().find(|p| p.name.service == name).unwrap();
+    let at = |last: u8| (Ipv4Addr::new(10, 200, 0, last), 8080);
+    // Both Local: the ClusterIP and the NodePort send to node-1's endpoint and
+    // the one naming no node; another node's is not ours to pick.
+    assert_eq!(port("local").backends, vec![at(3), at(5)]);
+    assert_eq!(port("local").node_port_backends, vec![at(3), at(5)]);
+    // External only: the ClusterIP keeps every endpoint.
+    assert_eq!(port("external-local").backends, vec![at(6), at(7)]);
+    assert_eq!(port("external-local").node_port_backends, vec![at(6)]);
+    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        ["Service shop/odd: spec.internalTrafficPolicy: \"Nearby\" is not Cluster or Local"],
+        "an API object's problem names its kind and name"
+    );
+    // A manifests directory names no node: every endpoint counts as local.
+    let local = parsed.ports.iter().find(|p| p.name.service == "local").unwrap();
+    assert_eq!(local.backends, vec![at(3), at(4), at(5)]);
+}
+
+/// The objects of a YAML stream, each with its origin as the API source gives it.
+fn objects_of(text: &str) -> Vec<(Origin, Object)> {
+    text.split("\n---\n")
+        .map(|document| {
+            let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(document).unwrap();
+            let meta = &value["metadata"];
+            let (namespace, name) = (meta["namespace"].as_str(), meta["name"].as_str().unwrap());
+            let kind = value["kind"].as_str().unwrap();
+            let origin = Origin::api(kind, namespace, name);
+            let object = match kind {
+                "Service" => Object::Service(serde_yaml_ng::from_value(value).unwrap()),
+                "EndpointSlice" => Object::EndpointSlice(serde_yaml_ng::from_value(value).unwrap()),
+                other => panic!("{other}"),
+            };
+            (origin, object)
+        })
+        .collect()
 }

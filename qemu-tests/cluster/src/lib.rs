@@ -68,6 +68,8 @@ pub struct ControlPlane {
     pub port: u16,
     kubernetes: PathBuf,
     etcd: PathBuf,
+    /// A network namespace (its path) the processes and kubectl run in; this one's without.
+    netns: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -76,7 +78,27 @@ impl ControlPlane {
     pub fn new(dir: &Path, port: u16, repo: &Path, cache: &Path) -> Result<Self, ClusterError> {
         let kubernetes = upstream::KUBERNETES.ensure(repo, cache)?;
         let etcd = upstream::ETCD.ensure(repo, cache)?;
-        Ok(ControlPlane { dir: dir.to_owned(), port, kubernetes, etcd })
+        Ok(ControlPlane { dir: dir.to_owned(), port, kubernetes, etcd, netns: None })
+    }
+
+    /// The same control plane run in the network namespace at `netns` (a
+    /// test's node namespace: its loopback is the node's).
+    pub fn in_netns(mut self, netns: &Path) -> Self {
+        self.netns = Some(netns.to_owned());
+        self
+    }
+
+    /// A command running `program` (in the network namespace, if any).
+    fn program(&self, program: PathBuf) -> Command {
+        match &self.netns {
+            Some(netns) => {
+                // nsenter execs the program: the pid and /proc/PID/exe are its.
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
     }
 
     fn pki(&self) -> PathBuf {
@@ -98,7 +120,7 @@ impl ControlPlane {
 
     /// kubectl as the admin.
     pub fn kubectl(&self) -> Command {
-        let mut command = Command::new(self.kubernetes.join("kubectl"));
+        let mut command = self.program(self.kubernetes.join("kubectl"));
         command.arg("--kubeconfig").arg(self.admin_kubeconfig());
         command
     }
@@ -127,7 +149,7 @@ impl ControlPlane {
                 continue;
             }
             let port = self.port + COMPONENTS.iter().position(|n| *n == name).unwrap() as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            if self.netns.is_none() && std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                 return Err(ClusterError::PortTaken(port));
             }
             let log = self.log_file(name);
@@ -141,8 +163,33 @@ impl ControlPlane {
                 .spawn()
                 .map_err(|source| ClusterError::Spawn { program: name.into(), source })?;
             std::fs::write(self.pid_file(name), child.id().to_string()).map_err(io(&self.pid_file(name)))?;
+            // Through nsenter, the pid is the component's once nsenter has exec'd it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut child = child;
+            while self.live_pid(name).is_none() && Instant::now() < deadline {
+                if child.try_wait().is_ok_and(|status| status.is_some()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        self.wait_ready(Duration::from_secs(120))
+        self.wait_ready(Duration::from_secs(120))?;
+        self.grant_nodes()
+    }
+
+    /// What nodeplaned on the nodes reads ([`RBAC`]), granted to `system:nodes`.
+    fn grant_nodes(&self) -> Result<(), ClusterError> {
+        let mut apply = self.kubectl();
+        apply.args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = apply.spawn().map_err(|source| ClusterError::Spawn { program: "kubectl".into(), source })?;
+        let written = std::io::Write::write_all(&mut child.stdin.take().expect("piped"), RBAC.as_bytes());
+        let out =
+            child.wait_with_output().map_err(|source| ClusterError::Spawn { program: "kubectl".into(), source })?;
+        if written.is_err() || !out.status.success() {
+            let output = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(ClusterError::Failed { what: "kubectl apply of nodeplane's RBAC".into(), output });
+        }
+        Ok(())
     }
 
     /// Stops the components this directory's pid files name (only those).
@@ -192,7 +239,7 @@ impl ControlPlane {
         let mut command;
         match name {
             "etcd" => {
-                command = Command::new(self.etcd.join("etcd"));
+                command = self.program(self.etcd.join("etcd"));
                 command.arg(format!("--data-dir={}", self.dir.join("etcd").display())).args([
                     format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
                     format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
@@ -204,7 +251,7 @@ impl ControlPlane {
                 ]);
             }
             "kube-apiserver" => {
-                command = Command::new(self.kubernetes.join(name));
+                command = self.program(self.kubernetes.join(name));
                 command.args([
                     format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
                     "--bind-address=127.0.0.1".into(),
@@ -228,7 +275,7 @@ impl ControlPlane {
                 ]);
             }
             "kube-controller-manager" => {
-                command = Command::new(self.kubernetes.join(name));
+                command = self.program(self.kubernetes.join(name));
                 command.args([
                     format!("--kubeconfig={}", self.dir.join("controller-manager.kubeconfig").display()),
                     "--bind-address=127.0.0.1".into(),
@@ -249,7 +296,7 @@ impl ControlPlane {
                 ]);
             }
             _ => {
-                command = Command::new(self.kubernetes.join(name));
+                command = self.program(self.kubernetes.join(name));
                 command.args([
                     format!("--kubeconfig={}", self.dir.join("scheduler.kubeconfig").display()),
                     "--bind-address=127.0.0.1".into(),
@@ -333,10 +380,15 @@ pub struct NodeCredentials {
 }
 
 impl NodeCredentials {
-    /// The `[kubernetes]` section of the node's node.toml.
+    /// The `[kubernetes]` section of the node's node.toml (a QEMU guest's).
     pub fn node_toml(&self) -> String {
+        self.node_toml_at(&format!("https://{GUEST_API_ADDRESS}:{GUEST_API_PORT}"))
+    }
+
+    /// The `[kubernetes]` section for a node reaching the API server at `api_server`.
+    pub fn node_toml_at(&self, api_server: &str) -> String {
         let mut toml = String::from("[kubernetes]\n");
-        let _ = writeln!(toml, "api_server = \"https://{GUEST_API_ADDRESS}:{GUEST_API_PORT}\"");
+        let _ = writeln!(toml, "api_server = \"{api_server}\"");
         let _ = writeln!(toml, "node_name = \"{}\"", self.name);
         let _ = writeln!(toml, "cluster_dns = [\"{CLUSTER_DNS}\"]");
         let _ = writeln!(toml, "cluster_domain = \"{CLUSTER_DOMAIN}\"");
@@ -346,6 +398,23 @@ impl NodeCredentials {
         toml
     }
 }
+
+impl ControlPlane {
+    /// A kubeconfig for the node `name` reaching this API server on loopback
+    /// (nodeplaned in a test's node namespace), made when missing.
+    pub fn node_kubeconfig(&self, name: &str) -> Result<PathBuf, ClusterError> {
+        self.node_credentials(name)?;
+        let pki = self.pki();
+        let pair = KeyPair::at(&pki, &format!("node-{name}"));
+        let file = self.dir.join(format!("node-{name}.kubeconfig"));
+        let server = format!("https://127.0.0.1:{}", self.port);
+        std::fs::write(&file, kubeconfig(&server, &pki.join("ca.crt"), &pair)).map_err(io(&file))?;
+        Ok(file)
+    }
+}
+
+/// nodeplaned's ClusterRole and its binding to `system:nodes` (`system/kubernetes/rbac.yaml`).
+pub const RBAC: &str = include_str!("../../../system/kubernetes/rbac.yaml");
 
 /// A kubeconfig naming files (for the host's components and kubectl).
 fn kubeconfig(server: &str, ca: &Path, client: &KeyPair) -> String {
@@ -358,26 +427,4 @@ fn kubeconfig(server: &str, ca: &Path, client: &KeyPair) -> String {
         client.cert.display(),
         client.key.display()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The section is what nodeplaned takes: a node given anything else boots standalone.
-    #[test]
-    fn the_node_toml_section_is_a_valid_node_config() {
-        let pem = |kind: &str| format!("-----BEGIN {kind}-----\nAAAA\n-----END {kind}-----\n");
-        let credentials = NodeCredentials {
-            name: "node-1".into(),
-            ca: pem("CERTIFICATE"),
-            cert: pem("CERTIFICATE"),
-            key: pem("PRIVATE KEY"),
-        };
-        let config = nodeplane::config::NodeConfig::parse(&credentials.node_toml(), "node.toml")
-            .unwrap_or_else(|e| panic!("{e}\n{}", credentials.node_toml()));
-        let kubernetes = config.kubernetes.expect("a [kubernetes] section");
-        assert_eq!(kubernetes.node_name, "node-1");
-        assert_eq!(kubernetes.api_server, format!("https://{GUEST_API_ADDRESS}:{GUEST_API_PORT}"));
-    }
 }

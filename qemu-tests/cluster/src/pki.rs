@@ -16,7 +16,7 @@ pub struct KeyPair {
 }
 
 impl KeyPair {
-    fn at(dir: &Path, name: &str) -> Self {
+    pub(crate) fn at(dir: &Path, name: &str) -> Self {
         KeyPair { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) }
     }
 

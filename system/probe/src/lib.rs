@@ -12,7 +12,7 @@ mod probe;
 mod stage;
 
 pub use probe::{Destination, Outcome, Selection, Target, json, table};
-pub use stage::{Binaries, DEFAULT_SUBNET, Stage, StagedPod};
+pub use stage::{Binaries, Cluster, DEFAULT_SUBNET, Stage, StagedPod};
 
 /// Why a probe could not run.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,9 @@
 //! `nodeplane-cni` (and host-local IPAM), serving TCP and UDP on the pod's
 //! declared container ports. Everything is removed on drop — also after an
 //! interrupt, which [`Stage::interrupted`] reports.
+//!
+//! With a [`Cluster`], the node follows a real API server instead: the
+//! manifests become objects in it, and nodeplaned watches them.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -83,6 +86,18 @@ impl StagedPod {
     }
 }
 
+/// A Kubernetes API server a stage's node follows, instead of a manifests directory.
+pub trait Cluster: Send + Sync {
+    /// Has the API server answer in the node's network namespace (at
+    /// `netns`), on its loopback; returns nodeplaned's `[kubernetes]` section.
+    fn start(&self, netns: &Path) -> Result<String, String>;
+    /// Creates or updates the objects of a YAML stream; each one's kind and
+    /// resourceVersion after the write.
+    fn apply(&self, documents: &str) -> Result<Vec<(String, u64)>, String>;
+    /// Deletes the objects of a YAML stream (those that exist).
+    fn delete(&self, documents: &str) -> Result<(), String>;
+}
+
 /// The stood-up node. Field order is teardown order.
 pub struct Stage {
     pub(crate) runtime: tokio::runtime::Runtime,
@@ -98,6 +113,12 @@ pub struct Stage {
     pub(crate) next_port: AtomicU32,
     /// The subnet pods get addresses from.
     subnet: String,
+    /// The API server followed, with nodeplaned's `[kubernetes]` section.
+    cluster: Option<(Arc<dyn Cluster>, String)>,
+    /// With a cluster: each manifest file's text, as applied.
+    applied: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// With a cluster: the last barrier written (see [`Stage::settle`]).
+    barrier: AtomicU32,
 }
 
 /// The subnet pods get their addresses from (only inside the stage's node).
@@ -116,6 +137,17 @@ impl Stage {
     /// Stands up the Namespaces and Pods that the manifests in `dir` describe,
     /// with its Services and NetworkPolicies applied. `progress` hears each step.
     pub fn new(dir: &Path, binaries: &Binaries, progress: &dyn Fn(&str)) -> Result<Stage, ProbeError> {
+        Self::with_cluster(dir, binaries, progress, None)
+    }
+
+    /// [`Stage::new`], following `cluster` when given: the manifests (and the
+    /// EndpointSlices the stage writes) are created in its API server.
+    pub fn with_cluster(
+        dir: &Path,
+        binaries: &Binaries,
+        progress: &dyn Fn(&str),
+        cluster: Option<Arc<dyn Cluster>>,
+    ) -> Result<Stage, ProbeError> {
         let found = load_dir(dir);
         if !found.errors.is_empty() {
             let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
@@ -144,6 +176,14 @@ impl Stage {
         std::fs::write(&policy, BUS_POLICY).map_err(setup("a bus policy"))?;
         let bus = DbusDaemon::start(&[&policy]).map_err(sandbox("a D-Bus daemon"))?;
         let node = Node::new("npprobe").map_err(sandbox("the node's network namespace"))?;
+        let cluster = match cluster {
+            Some(cluster) => {
+                progress("starting the API server");
+                let section = cluster.start(&node.netns.path()).map_err(ProbeError::Setup)?;
+                Some((cluster, section))
+            }
+            None => None,
+        };
         let mut stage = Stage {
             runtime,
             pods: Vec::new(),
@@ -156,7 +196,17 @@ impl Stage {
             interrupted,
             next_port: AtomicU32::new(0),
             subnet: DEFAULT_SUBNET.to_owned(),
+            cluster,
+            applied: Default::default(),
+            barrier: AtomicU32::new(0),
         };
+        if stage.cluster.is_some() {
+            // In the API server before nodeplaned starts: its first list has them.
+            progress("creating the objects in the API server");
+            for (file, text) in manifest_texts(dir)? {
+                stage.write_objects(&file, Some(&text))?;
+            }
+        }
         stage.start_nodeplaned(binaries)?;
         for (i, pod) in found.pods.iter().enumerate() {
             stage.check_interrupt()?;
@@ -174,7 +224,7 @@ impl Stage {
         }
         progress("applying the Services and NetworkPolicies");
         stage.copy_manifests(dir, &found)?;
-        stage.sync()?;
+        stage.settle()?;
         progress("starting the pods' servers");
         stage.serve()?;
         Ok(stage)
@@ -206,13 +256,16 @@ impl Stage {
 
     fn start_nodeplaned(&mut self, binaries: &Binaries) -> Result<(), ProbeError> {
         let config = self.dir.path().join("node.toml");
-        let text = format!(
+        let mut text = format!(
             "[ipam]\nenabled = false\n[datapath]\nbpffs_root = \"{}\"\nstate_dir = \"{}\"\nmanifests_dir = \"{}\"\n\
              socket_lb = false\nmasquerade = false\n",
             self.bpffs_root().display(),
             self.dir.path().join("state").display(),
             self.manifests_dir().display()
         );
+        if let Some((_, section)) = &self.cluster {
+            text = format!("{text}\n{section}\n");
+        }
         std::fs::write(&config, text).map_err(setup("writing node.toml"))?;
         let log = std::fs::File::create(self.dir.path().join("nodeplaned.log")).map_err(setup("a log file"))?;
         let child = Command::new("nsenter")
@@ -233,7 +286,14 @@ impl Stage {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             self.check_interrupt()?;
-            match self.sync() {
+            // Following a cluster, up means listed in full (pods can be added).
+            let up = self.sync().and_then(|()| match &self.cluster {
+                Some(_) if self.datapath_fact("api_synced").as_deref() != Some("true") => {
+                    Err(ProbeError::Setup("the API server is not listed in full yet".into()))
+                }
+                _ => Ok(()),
+            });
+            match up {
                 Ok(()) => return Ok(()),
                 Err(err) if Instant::now() > deadline => {
                     return Err(ProbeError::Setup(format!(
@@ -333,17 +393,103 @@ impl Stage {
     /// Copies the manifests in `dir`, and writes the EndpointSlices of the
     /// Services that select pods (the endpoints controller's work).
     fn copy_manifests(&self, dir: &Path, found: &Manifests) -> Result<(), ProbeError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| ProbeError::Setup(format!("{}: {e}", dir.display())))?;
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) && path.is_file() {
-                let target = self.manifests_dir().join(path.file_name().expect("a file name"));
-                std::fs::copy(&path, target).map_err(|e| ProbeError::Setup(format!("{}: {e}", path.display())))?;
+        if self.cluster.is_none() {
+            for (file, text) in manifest_texts(dir)? {
+                self.write_objects(&file, Some(&text))?;
             }
         }
         // JSON is YAML: one document per slice.
         let slices: Vec<String> = found.selector_services.iter().map(|s| self.endpoint_slice(s).to_string()).collect();
-        std::fs::write(self.manifests_dir().join("zz-probe-endpointslices.yaml"), slices.join("\n---\n"))
-            .map_err(setup("writing EndpointSlices"))
+        self.write_objects("zz-probe-endpointslices.yaml", Some(&slices.join("\n---\n")))
+    }
+
+    /// Writes (or, with `None`, removes) the objects of manifest `file`: the
+    /// file in the manifests directory, or its objects in the API server (an
+    /// object the file no longer holds is deleted).
+    fn write_objects(&self, file: &str, text: Option<&str>) -> Result<(), ProbeError> {
+        let Some((cluster, _)) = &self.cluster else {
+            let path = self.manifests_dir().join(file);
+            return match text {
+                Some(text) => std::fs::write(&path, text).map_err(setup("writing a manifest")),
+                None => match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(ProbeError::Setup(format!("{}: {e}", path.display()))),
+                },
+            };
+        };
+        let mut applied = self.applied.lock().expect("not poisoned");
+        let api = |e: String| ProbeError::Setup(format!("{file} in the API server: {e}"));
+        let wanted = text.map(object_names).unwrap_or_default();
+        if let Some(text) = text.filter(|t| !object_names(t).is_empty()) {
+            cluster.apply(&as_json(text)).map_err(api)?;
+        }
+        if let Some(before) = applied.get(file) {
+            let gone: Vec<String> = split_documents(before)
+                .into_iter()
+                .filter(|d| object_names(d).iter().all(|name| !wanted.contains(name)))
+                .collect();
+            if !gone.is_empty() {
+                cluster.delete(&as_json(&gone.join("\n---\n"))).map_err(api)?;
+            }
+        }
+        match text {
+            Some(text) => applied.insert(file.to_owned(), text.to_owned()),
+            None => applied.remove(file),
+        };
+        Ok(())
+    }
+
+    /// Applies what was written: a `Sync` of the manifests directory; with a
+    /// cluster, first waits until nodeplaned's watches have seen every change
+    /// so far. Each kind's watch delivers in order, so a barrier object of
+    /// each kind, written last, tells: once nodeplaned's watch of a kind has
+    /// come to the barrier's resourceVersion (its `api_*_revision` fact), it
+    /// has seen everything written before.
+    pub fn settle(&self) -> Result<(), ProbeError> {
+        let Some((cluster, _)) = &self.cluster else { return self.sync() };
+        let n = self.barrier.fetch_add(1, Ordering::SeqCst) + 1;
+        let written = cluster.apply(&barrier_objects(n)).map_err(ProbeError::Setup)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        for (kind, revision) in written {
+            // nodeplaned's facts name the kinds in plural: api_services_revision, api_networkpolicies_revision.
+            let plural = match kind.as_str() {
+                "NetworkPolicy" => "networkpolicies".to_owned(),
+                other => format!("{}s", other.to_lowercase()),
+            };
+            let fact = format!("api_{plural}_revision");
+            loop {
+                self.check_interrupt()?;
+                let seen = self.datapath_fact(&fact).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if seen >= revision {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ProbeError::Setup(format!(
+                        "nodeplaned's watch of {plural} did not come to resourceVersion {revision} within {START_TIMEOUT:?} (at {seen})"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.sync()
+    }
+
+    /// A fact of nodeplaned's datapath component, as text.
+    fn datapath_fact(&self, name: &str) -> Option<String> {
+        let (address, name) = (self.bus.address().to_owned(), name.to_owned());
+        self.runtime
+            .block_on(async move {
+                let connection = zbus::connection::Builder::address(address.as_str()).build().await?;
+                let component = nodeplane_bus::ComponentProxy::builder(&connection)
+                    .path(nodeplane_bus::component_path("datapath"))
+                    .build()
+                    .await?;
+                let facts = component.facts().await?;
+                Ok::<_, zbus::Error>(facts.get(&name).map(|v| nodeplane_bus::fact_from_value(v).to_string()))
+            })
+            .ok()
+            .flatten()
     }
 
     /// The EndpointSlice of a Service: the stage's pods its selector selects,
@@ -386,16 +532,8 @@ impl Stage {
     /// Writes (or, with `None`, removes) a manifest file in the node's manifests
     /// directory and has nodeplaned apply the directory now.
     pub fn set_manifest(&self, file: &str, text: Option<&str>) -> Result<(), ProbeError> {
-        let path = self.manifests_dir().join(file);
-        match text {
-            Some(text) => std::fs::write(&path, text).map_err(setup("writing a manifest"))?,
-            None => match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ProbeError::Setup(format!("{}: {e}", path.display()))),
-            },
-        }
-        self.sync()
+        self.write_objects(file, text)?;
+        self.settle()
     }
 
     /// Asks nodeplaned to apply the manifests directory now (`Datapath1.Sync`);
@@ -499,4 +637,90 @@ fn watch_signals(runtime: &tokio::runtime::Runtime, flag: Arc<AtomicBool>) -> Re
         });
     }
     Ok(())
+}
+
+/// The manifest files of `dir` (YAML and JSON), by name, with their text.
+fn manifest_texts(dir: &Path) -> Result<Vec<(String, String)>, ProbeError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ProbeError::Setup(format!("{}: {e}", dir.display())))?;
+    let mut files = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) && path.is_file() {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| ProbeError::Setup(format!("{}: {e}", path.display())))?;
+            files.push((path.file_name().expect("a file name").to_string_lossy().into_owned(), text));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The documents of a YAML stream.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut documents = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") {
+            documents.push(String::new());
+        } else {
+            let last = documents.last_mut().expect("one at least");
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    documents.retain(|d| !object_names(d).is_empty());
+    documents
+}
+
+/// A YAML stream's documents as JSON, as this stage read them: kubectl's YAML
+/// 1.1 would take a label `y` or `no` for a boolean.
+fn as_json(text: &str) -> String {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .filter_map(|document| serde_json::Value::deserialize(document).ok())
+        .filter(|value| !value.is_null())
+        .map(|value| value.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// `kind namespace/name` of each object in a YAML stream.
+fn object_names(text: &str) -> Vec<String> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .filter_map(|document| serde_yaml_ng::Value::deserialize(document).ok())
+        .filter_map(|value| {
+            let kind = value.get("kind")?.as_str()?.to_owned();
+            let metadata = value.get("metadata")?;
+            let namespace = metadata.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+            Some(format!("{kind} {namespace}/{}", metadata.get("name")?.as_str()?))
+        })
+        .collect()
+}
+
+/// One object of each kind nodeplaned follows, labelled `n`: see [`Stage::settle`].
+/// None changes what the datapath does: a Namespace and a Pod without pods
+/// or policies of theirs, a headless Service, an EndpointSlice of no Service,
+/// a NetworkPolicy selecting no pod.
+fn barrier_objects(n: u32) -> String {
+    let labels = format!("{{nodeplane.io/barrier: \"{n}\"}}");
+    let meta = |name: &str| format!("metadata: {{name: {name}, namespace: nodeplane-barrier, labels: {labels}}}");
+    [
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: nodeplane-barrier, labels: {labels}}}"),
+        format!(
+            "apiVersion: v1\nkind: Service\n{}\nspec: {{clusterIP: None, ports: [{{port: 1}}]}}",
+            meta("barrier")
+        ),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n{}\naddressType: IPv4\nendpoints: []",
+            meta("barrier")
+        ),
+        format!(
+            "apiVersion: v1\nkind: Pod\n{}\nspec: {{containers: [{{name: barrier, image: registry.k8s.io/pause:3.10.2}}]}}",
+            meta("barrier")
+        ),
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n{}\nspec: {{podSelector: {{matchLabels: {{nodeplane.io/barrier: none}}}}}}",
+            meta("barrier")
+        ),
+    ]
+    .join("\n---\n")
 }

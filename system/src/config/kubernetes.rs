@@ -32,6 +32,11 @@ pub struct KubernetesConfig {
     pub cluster_dns: Vec<Ipv4Addr>,
     #[serde(default = "default_domain")]
     pub cluster_domain: String,
+    /// The kubeconfig nodeplaned reads the cluster with (its own Node, and the
+    /// Services, EndpointSlices, Pods, Namespaces and NetworkPolicies it
+    /// follows); the kubelet's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 fn default_dns() -> Vec<Ipv4Addr> {
@@ -127,6 +132,9 @@ impl KubernetesConfig {
         }
         if !dns_subdomain(&self.cluster_domain) {
             return invalid("cluster_domain", "must be a DNS name, e.g. \"cluster.local\"");
+        }
+        if self.kubeconfig.as_ref().is_some_and(|path| !path.is_absolute()) {
+            return invalid("kubeconfig", "must be an absolute path");
         }
         Ok(())
     }

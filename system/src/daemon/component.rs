@@ -3,7 +3,8 @@
 //! time of its last change and a few named facts; node health is the worst state.
 //!
 //! A component is started in order (its start-up work gates `READY=1`), then runs on
-//! its own task: periodic work at its interval, and config reloads on request.
+//! its own task: periodic work at its interval (and at once when it is woken),
+//! and config reloads on request.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -136,6 +137,12 @@ pub trait Component: Send + Sized + 'static {
 
     fn tick(&mut self) -> impl Future<Output = ()> + Send;
 
+    /// Ends when the component has news of its own (an API watch event, say):
+    /// a [`tick`](Component::tick) follows at once. Never, by default.
+    fn woken(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
     /// Requests of this component's own (an IPAM sweep on demand, say), sent
     /// through the sender [`start`] returns. `Infallible` for none.
     type Command: Send + 'static;
@@ -227,6 +234,7 @@ async fn run<C: Component>(
                 continue; // on-demand work leaves the periodic schedule alone
             }
             () = due => component.tick().await,
+            () = component.woken() => component.tick().await,
         }
         next = component.interval().map(|i| Instant::now() + i);
     }

@@ -42,13 +42,33 @@ pub struct KubernetesComponent {
     reached: bool,
 }
 
-/// Why the Node could not be read.
+/// Why there is no client for the API server.
 #[derive(Debug, thiserror::Error)]
-enum ReadError {
+pub enum ClientError {
     #[error("the kubeconfig {}: {source}", path.display())]
     Kubeconfig { path: PathBuf, source: kube::config::KubeconfigError },
     #[error("a client for {server}: {source}")]
     Client { server: String, source: kube::Error },
+}
+
+/// A client with nodeplaned's credentials ([`crate::kubelet::nodeplaned_kubeconfig`]):
+/// with the kubelet's and a bootstrap token, they exist once the kubelet has its certificate.
+pub async fn client(config: &KubernetesConfig) -> Result<kube::Client, ClientError> {
+    let path = crate::kubelet::nodeplaned_kubeconfig(config);
+    let kubeconfig =
+        Kubeconfig::read_from(&path).map_err(|source| ClientError::Kubeconfig { path: path.clone(), source })?;
+    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| ClientError::Kubeconfig { path, source })?;
+    kube::Client::try_from(client_config)
+        .map_err(|source| ClientError::Client { server: config.api_server.clone(), source })
+}
+
+/// Why the Node could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("reading Node {name}: {source}")]
     Get { name: String, source: kube::Error },
     #[error("reading Node {0}: no answer within {READ_TIMEOUT:?}")]
@@ -118,17 +138,7 @@ impl KubernetesComponent {
     /// The Node's `spec.podCIDR`, `None` until the controller manager sets it.
     async fn read_node(&mut self, config: &KubernetesConfig) -> Result<Option<String>, ReadError> {
         if self.client.is_none() {
-            // The kubelet's own: with a bootstrap token it exists once the
-            // kubelet has its certificate.
-            let path = crate::kubelet::kubeconfig_path(config);
-            let kubeconfig =
-                Kubeconfig::read_from(&path).map_err(|source| ReadError::Kubeconfig { path: path.clone(), source })?;
-            let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| ReadError::Kubeconfig { path, source })?;
-            let client = kube::Client::try_from(client_config)
-                .map_err(|source| ReadError::Client { server: config.api_server.clone(), source })?;
-            self.client = Some(client);
+            self.client = Some(client(config).await?);
         }
         let client = self.client.clone().expect("made above");
         let nodes: kube::Api<Node> = kube::Api::all(client);

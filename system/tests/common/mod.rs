@@ -215,3 +215,126 @@ pub fn raw_seen(
     }
     false
 }
+
+/// A real control plane (etcd, kube-apiserver, the controllers:
+/// `nodeplane-cluster`) run in a stage's node namespace, on its loopback,
+/// for a stage to follow ([`nodeplane_probe::Cluster`]). Stopped on drop.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    plane: std::sync::OnceLock<nodeplane_cluster::ControlPlane>,
+}
+
+/// The stage's node in the test cluster.
+pub const NODE_NAME: &str = "node-1";
+const API_PORT: u16 = 16443;
+
+impl TestCluster {
+    pub fn new() -> std::sync::Arc<Self> {
+        let dir = tempfile::Builder::new().prefix("nodeplane-api-").tempdir().unwrap();
+        std::sync::Arc::new(TestCluster { dir, plane: std::sync::OnceLock::new() })
+    }
+
+    pub fn plane(&self) -> &nodeplane_cluster::ControlPlane {
+        self.plane.get().expect("started by the stage")
+    }
+
+    /// kubectl as the admin, `stdin` piped in; its output, or why it failed.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use std::io::Write as _;
+        let mut command = self.plane().kubectl();
+        command.args(args).stdin(std::process::Stdio::piped());
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("kubectl: {e}"))?;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default().as_bytes()).map_err(|e| format!("kubectl stdin: {e}"))?;
+        drop(input);
+        let out = child.wait_with_output().map_err(|e| format!("kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(format!("kubectl {}: {}", args.join(" "), text(&out.stderr)))
+        }
+    }
+
+    /// Stops the API server (SIGKILL), leaving etcd and its data.
+    pub fn kill_api_server(&self) {
+        let (_, pid) = self.plane().running().into_iter().find(|(name, _)| *name == "kube-apiserver").unwrap();
+        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        while self.plane().running().iter().any(|(name, _)| *name == "kube-apiserver") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts what is not running (the API server after [`kill_api_server`]).
+    pub fn restart(&self) {
+        self.plane().up().unwrap_or_else(|e| panic!("the control plane: {e}"));
+    }
+}
+
+impl nodeplane_probe::Cluster for TestCluster {
+    fn start(&self, netns: &Path) -> Result<String, String> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cache = nodeplane_image::upstream::default_cache();
+        let plane = nodeplane_cluster::ControlPlane::new(&self.dir.path().join("cluster"), API_PORT, repo, &cache)
+            .map_err(|e| e.to_string())?
+            .in_netns(netns);
+        plane.up().map_err(|e| e.to_string())?;
+        let credentials = plane.node_credentials(NODE_NAME).map_err(|e| e.to_string())?;
+        let kubeconfig = plane.node_kubeconfig(NODE_NAME).map_err(|e| e.to_string())?;
+        let section = credentials.node_toml_at(&format!("https://127.0.0.1:{API_PORT}"))
+            + &format!("kubeconfig = \"{}\"\n", kubeconfig.display());
+        let _ = self.plane.set(plane);
+        Ok(section)
+    }
+
+    fn apply(&self, documents: &str) -> Result<Vec<(String, u64)>, String> {
+        // A new namespace's default ServiceAccount, which admitting its pods
+        // needs, comes from the controller manager a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let out = loop {
+            match self.kubectl(&["apply", "-f", "-", "-o", "json"], Some(documents)) {
+                Err(e)
+                    if e.contains("serviceaccount \"default\" not found") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                result => break result?,
+            }
+        };
+        let value: Value = serde_json::from_str(&out).map_err(|e| format!("kubectl apply -o json: {e}: {out}"))?;
+        let items = match value["kind"].as_str() {
+            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![value],
+        };
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let version = item["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+                Some((item["kind"].as_str()?.to_owned(), version))
+            })
+            .collect())
+    }
+
+    fn delete(&self, documents: &str) -> Result<(), String> {
+        self.kubectl(&["delete", "--ignore-not-found", "--wait=false", "-f", "-"], Some(documents)).map(drop)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(plane) = self.plane.get() {
+            let _ = plane.down();
+        }
+    }
+}
+
+/// The netpol e2e cluster ([`stage`]) following `cluster`'s API server.
+pub fn stage_following(cluster: &std::sync::Arc<TestCluster>) -> Stage {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz/pods.yaml");
+    std::fs::copy(examples, dir.path().join("pods.yaml")).unwrap();
+    let cluster: std::sync::Arc<dyn nodeplane_probe::Cluster> = cluster.clone();
+    Stage::with_cluster(dir.path(), &binaries(), &|_| {}, Some(cluster))
+        .unwrap_or_else(|e| panic!("standing up x, y, z following the API server: {e}"))
+}

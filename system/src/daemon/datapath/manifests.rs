@@ -1,11 +1,12 @@
 //! The manifests directory as the datapath component reads it: again only
 //! when a file changed (names, sizes, times), keeping what cannot be read safe.
+//! What the API server's objects hold is taken the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use nodeplane_model::manifests::{ServicePort, load_dir};
+use nodeplane_model::manifests::{Manifests, ServicePort, load_dir};
 use nodeplane_model::policy::{Labels, PodManifest, Policy};
 
 /// What the directory said the last time it was read.
@@ -40,11 +41,20 @@ impl ManifestSource {
         if !force && fingerprint == self.fingerprint {
             return None;
         }
-        let found = load_dir(dir);
-        for error in &found.errors {
-            tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {error}");
+        let ports = self.take(load_dir(dir), &dir.display().to_string());
+        Some(Changed { ports, fingerprint })
+    }
+
+    /// Takes what a source (the directory, or the API server's objects)
+    /// holds: its problems, Namespaces, Pods and — when every one read —
+    /// NetworkPolicies; returns its Service ports.
+    pub fn take(&mut self, found: Manifests, from: &str) -> Vec<ServicePort> {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        // Each problem once, not at every read.
+        for (error, text) in found.errors.iter().zip(&errors).filter(|(_, text)| !self.errors.contains(text)) {
+            tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {text}");
         }
-        self.errors = found.errors.iter().map(ToString::to_string).collect();
+        self.errors = errors;
         // A policy that could not be read might be the one isolating a pod:
         // the policies in force stay until every one reads.
         if found.policies_incomplete {
@@ -52,8 +62,7 @@ impl ManifestSource {
             self.errors.insert(
                 0,
                 format!(
-                    "NetworkPolicies not updated: a document in {} that may be one could not be read; {} policies stay in force",
-                    dir.display(),
+                    "NetworkPolicies not updated: an object in {from} that may be one could not be read; {} policies stay in force",
                     self.policies.len()
                 ),
             );
@@ -61,7 +70,7 @@ impl ManifestSource {
             self.policies = found.policies;
         }
         (self.namespaces, self.pods) = (found.namespaces, found.pods);
-        Some(Changed { ports: found.ports, fingerprint })
+        found.ports
     }
 
     /// Records that the read's Services were programmed: the same files are not

@@ -1,9 +1,11 @@
 //! The eBPF datapath as a supervisor component: loads it at start (READY waits),
-//! attaches it to pod interfaces as they appear, applies the manifests directory
-//! whenever it changes — Services, and NetworkPolicies for the registered pods —
+//! attaches it to pod interfaces as they appear, applies its source whenever
+//! it changes — Services, and NetworkPolicies for the registered pods —
 //! collects expired conntrack entries, and reports fill levels, sync times and
-//! counters.
+//! counters. The source is the cluster's API server on a node with a
+//! `[kubernetes]` section (see [`api`]), else the manifests directory.
 
+mod api;
 mod endpoints;
 mod interfaces;
 mod manifests;
@@ -20,8 +22,9 @@ use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::manifests::ServicePort;
 
 use super::component::{Component, Fact, Facts, Reporter, State};
-use crate::config::{DatapathConfig, NodeConfig};
+use crate::config::{DatapathConfig, KubernetesConfig, NodeConfig};
 use crate::masquerade;
+use api::ApiSource;
 pub use endpoints::Endpoint;
 use endpoints::{EndpointStore, StoreError, check_container_id};
 use manifests::ManifestSource;
@@ -33,6 +36,8 @@ pub struct DatapathComponent {
     /// `[sysctl] nodeport_range`: masquerade keeps its source ports clear of it.
     nodeports: (u16, u16),
     reporter: Reporter,
+    /// The cluster to follow; the manifests directory without one.
+    kubernetes: Option<KubernetesConfig>,
     running: Option<Running>,
     /// Pods registered by the CNI plugin, by container id; stored, so a restart
     /// keeps them.
@@ -48,7 +53,9 @@ struct Running {
     interfaces: BTreeMap<String, u32>,
     store: EndpointStore,
     reconciler: Reconciler,
+    /// What the source said last (the manifests directory's, or the API's).
     manifests: ManifestSource,
+    api: Option<ApiSource>,
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     policy: PolicyState,
     gc: Gc,
@@ -134,9 +141,10 @@ impl Component for DatapathComponent {
 
     async fn start(config: &NodeConfig, reporter: Reporter) -> Result<Self, DatapathComponentError> {
         let nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
+        let kubernetes = config.kubernetes.clone();
         let config = config.datapath.clone();
         let mut component =
-            DatapathComponent { config, nodeports, reporter, running: None, endpoints: Default::default() };
+            DatapathComponent { config, nodeports, reporter, kubernetes, running: None, endpoints: Default::default() };
         if !component.config.enabled {
             component.reporter.set(State::Healthy, "disabled (datapath.enabled = false)");
             return Ok(component);
@@ -169,6 +177,7 @@ impl Component for DatapathComponent {
             store,
             reconciler: Reconciler::default(),
             manifests: ManifestSource::default(),
+            api: component.kubernetes.as_ref().map(ApiSource::start),
             last_sync: None,
             policy: PolicyState::default(),
             gc: Gc {
@@ -199,6 +208,13 @@ impl Component for DatapathComponent {
         }
         self.config = new;
         self.nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
+        if config.kubernetes != self.kubernetes {
+            self.kubernetes = config.kubernetes.clone();
+            if let Some(running) = &mut self.running {
+                // The new source's first full list replaces what the old one gave.
+                running.api = self.kubernetes.as_ref().map(ApiSource::start);
+            }
+        }
         if let Some(running) = &mut self.running {
             running
                 .datapath
@@ -220,6 +236,13 @@ impl Component for DatapathComponent {
 
     async fn tick(&mut self) {
         self.sync(false).await;
+    }
+
+    async fn woken(&mut self) {
+        match self.running.as_mut().and_then(|r| r.api.as_mut()) {
+            Some(api) => api.changed().await,
+            None => std::future::pending().await,
+        }
     }
 
     type Command = DatapathRequest;
@@ -264,7 +287,7 @@ type Reply<T> = tokio::sync::oneshot::Sender<T>;
 pub enum DatapathRequest {
     /// A registration (the CNI plugin).
     Endpoint { change: EndpointChange, reply: Reply<Result<(), EndpointError>> },
-    /// Read the manifests and apply them now; answers with the manifest problems.
+    /// Read the source and apply it now; answers with its problems.
     Sync { reply: Reply<Vec<String>> },
     /// What a pod (`namespace/name`) may send and receive.
     PodPolicy { pod: String, reply: Reply<Result<PodPolicy, PodPolicyError>> },
@@ -280,11 +303,11 @@ impl Running {
     }
 
     /// Every problem, the manifests' first (the status line shows the first).
-    fn problems(&self) -> Vec<&String> {
+    fn problems(&self) -> Vec<String> {
         let p = &self.problems;
-        self.manifests
-            .errors
-            .iter()
+        let api = self.api.as_ref().map(ApiSource::problems).unwrap_or_default();
+        api.iter()
+            .chain(&self.manifests.errors)
             .chain(&p.services)
             .chain(&p.store)
             .chain(&p.interfaces)
@@ -292,7 +315,16 @@ impl Running {
             .chain(&p.forwarding)
             .chain(&p.node_setup)
             .chain(&self.policy.error)
+            .cloned()
             .collect()
+    }
+
+    /// Whether the NetworkPolicies in force are the source's: the API's only
+    /// once it has been listed in full. Until then nothing changes them, and
+    /// no pod is registered (its CNI ADD fails, to be tried again): a pod never
+    /// runs without the policies meant for it.
+    fn policies_known(&self) -> bool {
+        self.api.as_ref().is_none_or(ApiSource::synced)
     }
 }
 
@@ -308,6 +340,11 @@ impl DatapathComponent {
         let address: Ipv4Addr =
             endpoint.ips[0].parse().map_err(|_| EndpointError::InvalidAddress(endpoint.ips[0].clone()))?;
         let Some(running) = &mut self.running else { return Err(EndpointError::Disabled) };
+        if !running.policies_known() {
+            return Err(EndpointError::Policy(
+                "the NetworkPolicies are not known yet: the API server has not been listed in full".into(),
+            ));
+        }
         let interface = endpoint.host_interface.clone();
         let ifindex = match crate::netlink::link(&running.netlink, &interface).await {
             Ok(Some(link)) => link.header.index,
@@ -357,7 +394,9 @@ impl DatapathComponent {
             if let Err(err) = running.bind_pod_interfaces(&self.endpoints) {
                 running.problems.interfaces.push(format!("the pods' interfaces: {err}"));
             }
-            running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+            if running.policies_known() {
+                running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+            }
         }
         Ok(())
     }
@@ -402,7 +441,18 @@ impl DatapathComponent {
         let pods_before = self.endpoints.len();
         running.follow_interfaces(&self.config, &mut self.endpoints).await;
         let mut policy_inputs_changed = self.endpoints.len() != pods_before;
-        if let Some(changed) = running.manifests.read(&self.config.manifests_dir, force) {
+        if let Some(api) = &mut running.api {
+            if let Some(found) = api.read(force) {
+                policy_inputs_changed = true;
+                let ports = running.manifests.take(found, "the API server's objects");
+                // Until the maps take them, the objects are read again at each sync.
+                if running.program_services(&ports, &self.config) {
+                    running.api.as_mut().expect("followed").applied();
+                } else {
+                    running.api.as_mut().expect("followed").retry();
+                }
+            }
+        } else if let Some(changed) = running.manifests.read(&self.config.manifests_dir, force) {
             policy_inputs_changed = true;
             // Until the maps take them, the same files are read again at each sync.
             if running.program_services(&changed.ports, &self.config) {
@@ -413,7 +463,7 @@ impl DatapathComponent {
         if running.gc.running || running.gc.last.elapsed() >= self.config.gc_interval {
             running.collect_garbage(&self.config);
         }
-        if policy_inputs_changed || running.policy.error.is_some() {
+        if (policy_inputs_changed || running.policy.error.is_some()) && running.policies_known() {
             running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
         }
         self.publish();
@@ -453,6 +503,9 @@ impl DatapathComponent {
         let isolated =
             compiled.map_or(0, |c| c.pods.values().filter(|p| p.ingress.is_some() || p.egress.is_some()).count());
         facts.insert("policy_isolated_pods".into(), Fact::Count(isolated as u64));
+        if let Some(api) = &running.api {
+            facts.extend(api.facts());
+        }
         let problems = running.problems();
         let (state, detail) = match problems.first() {
             Some(first) => (State::Degraded, format!("{} problem(s): {first}", problems.len())),
@@ -558,7 +611,11 @@ impl Running {
                         datapath_removed = stats.removed,
                         "applied {} Service port(s) from {}",
                         ports.len(),
-                        config.manifests_dir.display()
+                        if self.api.is_some() {
+                            "the API server".into()
+                        } else {
+                            config.manifests_dir.display().to_string()
+                        }
                     );
                 }
                 self.last_sync = Some((SystemTime::now(), started.elapsed(), stats));

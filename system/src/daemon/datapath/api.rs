@@ -1,0 +1,519 @@
+//! The cluster's API server as the datapath's source, on a node with a
+//! `[kubernetes]` section: watches (kube-runtime) of every Service,
+//! EndpointSlice, Namespace, Pod and NetworkPolicy, each kept in a store of
+//! its own, trimmed to what the datapath reads. A relist (the first list, a
+//! `410 Gone`, a watch lost for good) replaces a store whole when it ends, so
+//! an object that did not come back is gone; bookmarks are on and errors back
+//! off (at most 5 s: a node follows its cluster again within seconds of an
+//! outage's end). Nothing is given to the datapath until every kind has been listed
+//! once: until then it keeps what its pinned maps hold (fail static), and
+//! while the API server is unreachable it keeps the last state it was given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use nodeplane_model::manifests::{Manifests, Object, Origin};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::config::KubernetesConfig;
+
+/// The kinds followed, in the order of their stores.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+const KINDS: [Kind; 5] = [Kind::Service, Kind::EndpointSlice, Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+
+impl Kind {
+    /// The kind in plural, for messages.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "Services",
+            Kind::EndpointSlice => "EndpointSlices",
+            Kind::Namespace => "Namespaces",
+            Kind::Pod => "Pods",
+            Kind::NetworkPolicy => "NetworkPolicies",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    /// The status fact counting its objects.
+    fn fact(self) -> &'static str {
+        match self {
+            Kind::Service => "api_services",
+            Kind::EndpointSlice => "api_endpointslices",
+            Kind::Namespace => "api_namespaces",
+            Kind::Pod => "api_pods",
+            Kind::NetworkPolicy => "api_networkpolicies",
+        }
+    }
+}
+
+type Objects = HashMap<String, (Origin, Object)>;
+
+/// One kind's objects and how its watch fares.
+#[derive(Default)]
+struct Store {
+    live: Objects,
+    /// A list under way: it replaces `live` when it ends.
+    listing: Option<Objects>,
+    /// Lists completed (the first, then relists).
+    lists: u64,
+    /// The newest resourceVersion an event carried: how far the watch has come.
+    revision: u64,
+    last_event: Option<SystemTime>,
+    /// Since when, and why, the watch fails.
+    failing: Option<(SystemTime, String)>,
+}
+
+impl Store {
+    /// Applies a watch event; whether the live objects changed.
+    fn apply(&mut self, kind: Kind, event: Event<Object>) -> bool {
+        if let Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) = &event {
+            let version = metadata(object).resource_version.as_deref().and_then(|v| v.parse().ok());
+            self.revision = self.revision.max(version.unwrap_or(0));
+        }
+        match event {
+            Event::Init => {
+                self.listing = Some(Objects::new());
+                false
+            }
+            Event::InitApply(object) => {
+                let (key, entry) = keyed(kind, object);
+                self.listing.get_or_insert_default().insert(key, entry);
+                false
+            }
+            Event::InitDone => {
+                self.live = self.listing.take().unwrap_or_default();
+                self.lists += 1;
+                true
+            }
+            Event::Apply(object) => {
+                let (key, entry) = keyed(kind, object);
+                self.live.insert(key, entry);
+                true
+            }
+            Event::Delete(object) => self.live.remove(&keyed(kind, object).0).is_some(),
+        }
+    }
+}
+
+fn metadata(object: &Object) -> &ObjectMeta {
+    match object {
+        Object::Service(o) => &o.metadata,
+        Object::EndpointSlice(o) => &o.metadata,
+        Object::Namespace(o) => &o.metadata,
+        Object::Pod(o) => &o.metadata,
+        Object::NetworkPolicy(o) => &o.metadata,
+    }
+}
+
+fn keyed(kind: Kind, object: Object) -> (String, (Origin, Object)) {
+    let meta = metadata(&object);
+    let (namespace, name) = (meta.namespace.as_deref(), meta.name.as_deref().unwrap_or_default());
+    let key = format!("{}/{name}", namespace.unwrap_or_default());
+    (key, (Origin::api(kind.name(), namespace, name), object))
+}
+
+/// What the watch tasks share with the datapath component.
+#[derive(Default)]
+struct Shared {
+    stores: [Store; KINDS.len()],
+    /// When the oldest change not yet given to the datapath came in.
+    pending_since: Option<Instant>,
+    /// No client could be made (a kubeconfig not there yet, say).
+    client_error: Option<(SystemTime, String)>,
+}
+
+/// The watches, running on a task of their own while this lives.
+pub(super) struct ApiSource {
+    shared: Arc<Mutex<Shared>>,
+    changes: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+    node: String,
+    /// The change generation last given to the datapath.
+    given: Option<u64>,
+    /// The event-to-datapath delay of the last change applied.
+    last_delay: Option<Duration>,
+    started: Instant,
+}
+
+impl Drop for ApiSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often a client is tried again while none can be made.
+const CLIENT_RETRY: Duration = Duration::from_secs(2);
+/// How long a source that has never listed the cluster is not a problem.
+const JOIN_GRACE: Duration = Duration::from_secs(60);
+
+impl ApiSource {
+    /// Starts following the cluster `config` names (never in the way: the
+    /// API server may not answer for a long time).
+    pub fn start(config: &KubernetesConfig) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (notify, changes) = watch::channel(0u64);
+        let task = tokio::spawn(follow_all(config.clone(), shared.clone(), notify));
+        ApiSource {
+            shared,
+            changes,
+            task,
+            node: config.node_name.clone(),
+            given: None,
+            last_delay: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends when there is news (a change, or a watch failing or recovering).
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            // The task ended (it does not, short of a panic): nothing will come.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether every kind has been listed once: the state is the cluster's.
+    pub fn synced(&self) -> bool {
+        self.shared.lock().expect("not poisoned").stores.iter().all(|s| s.lists > 0)
+    }
+
+    /// The desired state, when it changed since last given (or `force`d) and
+    /// every kind has been listed.
+    pub fn read(&mut self, force: bool) -> Option<Manifests> {
+        let generation = *self.changes.borrow_and_update();
+        if !force && self.given == Some(generation) {
+            return None;
+        }
+        let shared = self.shared.lock().expect("not poisoned");
+        if shared.stores.iter().any(|s| s.lists == 0) {
+            return None;
+        }
+        self.given = Some(generation);
+        let objects = shared.stores.iter().flat_map(|s| s.live.values().map(|(origin, object)| (origin, object)));
+        Some(Manifests::from_objects(objects, Some(&self.node)))
+    }
+
+    /// The state read last could not be programmed: read it again next time.
+    pub fn retry(&mut self) {
+        self.given = None;
+    }
+
+    /// The state read last is in the maps: how long since its oldest event.
+    pub fn applied(&mut self) {
+        if let Some(since) = self.shared.lock().expect("not poisoned").pending_since.take() {
+            self.last_delay = Some(since.elapsed());
+        }
+    }
+
+    /// Why the datapath may be behind the cluster: the API server unreachable,
+    /// since when. Not in a booting node's first minute, before the first list
+    /// (its network may not be up yet: the `kubernetes` component says "joining").
+    pub fn problems(&self) -> Vec<String> {
+        let shared = self.shared.lock().expect("not poisoned");
+        let listed = shared.stores.iter().all(|s| s.lists > 0);
+        if !listed && self.started.elapsed() < JOIN_GRACE {
+            return Vec::new();
+        }
+        let failing = KINDS.iter().zip(&shared.stores).filter_map(|(kind, s)| Some((kind, s.failing.as_ref()?)));
+        let oldest = failing.min_by_key(|(_, (since, _))| *since);
+        let (since, reason) = match (&shared.client_error, oldest) {
+            (Some((since, err)), _) => (*since, err.clone()),
+            (None, Some((kind, (since, err)))) => (*since, format!("watching {}: {err}", kind.plural())),
+            (None, None) => return Vec::new(),
+        };
+        let kept = if listed {
+            "the datapath keeps the cluster's last known state"
+        } else {
+            "the datapath keeps what its maps hold until the first full list"
+        };
+        vec![format!(
+            "the API server is unreachable since {}: {reason}; {kept}",
+            humantime::format_rfc3339_seconds(since)
+        )]
+    }
+
+    /// Status facts: objects per kind, the last event, relists, the last change's delay.
+    pub fn facts(&self) -> BTreeMap<String, super::Fact> {
+        use super::Fact;
+        let shared = self.shared.lock().expect("not poisoned");
+        let mut facts = BTreeMap::new();
+        for (kind, store) in KINDS.iter().zip(&shared.stores) {
+            facts.insert(kind.fact().into(), Fact::Count(store.live.len() as u64));
+            facts.insert(format!("{}_revision", kind.fact()), Fact::Count(store.revision));
+        }
+        if let Some(last) = shared.stores.iter().filter_map(|s| s.last_event).max() {
+            facts.insert("api_last_event".into(), Fact::Text(humantime::format_rfc3339_millis(last).to_string()));
+        }
+        let relists = shared.stores.iter().map(|s| s.lists.saturating_sub(1)).sum();
+        facts.insert("api_watch_restarts".into(), Fact::Count(relists));
+        facts.insert("api_synced".into(), Fact::Text((shared.stores.iter().all(|s| s.lists > 0)).to_string()));
+        if let Some(delay) = self.last_delay {
+            facts.insert("api_event_to_datapath_us".into(), Fact::Count(delay.as_micros() as u64));
+        }
+        facts
+    }
+}
+
+/// Makes a client (retrying), then follows every kind.
+async fn follow_all(config: KubernetesConfig, shared: Arc<Mutex<Shared>>, notify: watch::Sender<u64>) {
+    let client = loop {
+        match super::super::kubernetes::client(&config).await {
+            Ok(client) => break client,
+            Err(err) => {
+                {
+                    let mut s = shared.lock().expect("not poisoned");
+                    let since = s.client_error.as_ref().map_or_else(SystemTime::now, |(since, _)| *since);
+                    s.client_error = Some((since, err.to_string()));
+                }
+                notify.send_modify(|g| *g += 1);
+                tokio::time::sleep(CLIENT_RETRY).await;
+            }
+        }
+    };
+    shared.lock().expect("not poisoned").client_error = None;
+    let notify = Arc::new(notify);
+    let ctx = |kind| (kind, shared.clone(), notify.clone());
+    tokio::join!(
+        follow(Api::<Service>::all(client.clone()), ctx(Kind::Service), |s| Object::Service(Box::new(service(s)))),
+        follow(Api::<EndpointSlice>::all(client.clone()), ctx(Kind::EndpointSlice), |s| {
+            Object::EndpointSlice(Box::new(endpoint_slice(s)))
+        }),
+        follow(Api::<Namespace>::all(client.clone()), ctx(Kind::Namespace), |n| {
+            Object::Namespace(Box::new(namespace(n)))
+        }),
+        follow(Api::<Pod>::all(client.clone()), ctx(Kind::Pod), |p| Object::Pod(Box::new(pod(p)))),
+        follow(Api::<NetworkPolicy>::all(client), ctx(Kind::NetworkPolicy), |p| {
+            Object::NetworkPolicy(Box::new(network_policy(p)))
+        }),
+    );
+}
+
+/// Follows one kind into its store for good: the watcher relists on `410
+/// Gone` and retries, backing off, on every other error.
+async fn follow<K>(
+    api: Api<K>,
+    (kind, shared, notify): (Kind, Arc<Mutex<Shared>>, Arc<watch::Sender<u64>>),
+    trim: fn(K) -> Object,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut events = watcher::watcher(api, watcher::Config::default().any_semantic()).boxed();
+    let mut backoff = Backoff::default();
+    while let Some(event) = events.next().await {
+        let pause = match &event {
+            Ok(_) => {
+                backoff.reset();
+                None
+            }
+            // The watcher lists again at once: no reason to wait for that.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => None,
+            Err(_) => Some(backoff.next_delay()),
+        };
+        if record(&shared, kind, event.map(|e| map_event(e, trim))) {
+            notify.send_modify(|g| *g += 1);
+        }
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// The pause after a failed watch or list: doubling from 200 ms to 5 s, each
+/// drawn in its upper half (nodes that lost the same API server come back
+/// spread out). kube-runtime's default waits up to a minute: a node would
+/// follow its cluster a minute late after every outage.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        Backoff { next: BACKOFF_FIRST, seed: now.as_nanos() as u64 | 1 }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        // xorshift64: spread, not secrecy.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let delay = self.next.mul_f64(0.5 + (self.seed % 1000) as f64 / 2000.0);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+}
+
+/// Records a watch event (or error) of `kind`; whether it is news: the
+/// objects changed, or the watch failed or recovered.
+fn record(shared: &Mutex<Shared>, kind: Kind, event: Result<Event<Object>, watcher::Error>) -> bool {
+    let mut s = shared.lock().expect("not poisoned");
+    let store = &mut s.stores[kind as usize];
+    let (changed, news) = match event {
+        Ok(event) => {
+            store.last_event = Some(SystemTime::now());
+            let recovered = store.failing.take().is_some();
+            if recovered {
+                tracing::info!("watching {} again", kind.plural());
+            }
+            let changed = store.apply(kind, event);
+            (changed, changed || recovered)
+        }
+        Err(err) => {
+            let since = store.failing.as_ref().map_or_else(SystemTime::now, |(since, _)| *since);
+            if store.failing.is_none() {
+                tracing::warn!("watching {}: {err}", kind.plural());
+            }
+            store.failing = Some((since, err.to_string()));
+            (false, true)
+        }
+    };
+    if changed {
+        s.pending_since.get_or_insert_with(Instant::now);
+    }
+    news
+}
+
+fn map_event<K>(event: Event<K>, trim: fn(K) -> Object) -> Event<Object> {
+    match event {
+        Event::Apply(o) => Event::Apply(trim(o)),
+        Event::Delete(o) => Event::Delete(trim(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(trim(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// The metadata the datapath reads: name, namespace, labels (and the version).
+fn meta(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        labels: meta.labels,
+        resource_version: meta.resource_version,
+        ..ObjectMeta::default()
+    }
+}
+
+fn service(s: Service) -> Service {
+    Service { metadata: meta(s.metadata), spec: s.spec, status: None }
+}
+
+fn endpoint_slice(s: EndpointSlice) -> EndpointSlice {
+    EndpointSlice { metadata: meta(s.metadata), ..s }
+}
+
+fn namespace(n: Namespace) -> Namespace {
+    Namespace { metadata: meta(n.metadata), spec: None, status: None }
+}
+
+fn network_policy(p: NetworkPolicy) -> NetworkPolicy {
+    NetworkPolicy { metadata: meta(p.metadata), ..p }
+}
+
+/// A Pod as policies see it: its labels and its containers' named ports
+/// (a Pod's whole spec would be most of what the stores hold).
+fn pod(p: Pod) -> Pod {
+    let containers = p
+        .spec
+        .map(|spec| {
+            spec.containers
+                .into_iter()
+                .filter(|c| c.ports.as_ref().is_some_and(|ports| ports.iter().any(|port| port.name.is_some())))
+                .map(|c| Container { name: c.name, ports: c.ports, ..Container::default() })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pod_ip = p.status.and_then(|s| s.pod_ip);
+    Pod {
+        metadata: meta(p.metadata),
+        spec: Some(PodSpec { containers, ..PodSpec::default() }),
+        status: Some(PodStatus { pod_ip, ..PodStatus::default() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace_object(name: &str, version: &str) -> Object {
+        let metadata =
+            ObjectMeta { name: Some(name.into()), resource_version: Some(version.into()), ..ObjectMeta::default() };
+        Object::Namespace(Box::new(Namespace { metadata, ..Namespace::default() }))
+    }
+
+    /// A relist (after a 410 Gone, say) replaces the store when it ends: what
+    /// did not come back is gone, and nothing is half-listed meanwhile.
+    #[test]
+    fn a_relist_replaces_the_store_when_it_ends() {
+        let mut store = Store::default();
+        let kind = Kind::Namespace;
+        assert!(!store.apply(kind, Event::Init));
+        store.apply(kind, Event::InitApply(namespace_object("a", "5")));
+        store.apply(kind, Event::InitApply(namespace_object("b", "6")));
+        assert!(store.live.is_empty(), "nothing live before the list ends");
+        assert!(store.apply(kind, Event::InitDone));
+        assert_eq!(store.lists, 1);
+        assert!(store.apply(kind, Event::Apply(namespace_object("c", "9"))));
+        assert_eq!(store.revision, 9);
+
+        store.apply(kind, Event::Init);
+        store.apply(kind, Event::InitApply(namespace_object("c", "9")));
+        assert_eq!(store.live.len(), 3, "the old objects stay until the relist ends");
+        assert!(store.apply(kind, Event::InitDone));
+        let mut names: Vec<&String> = store.live.keys().collect();
+        names.sort();
+        assert_eq!(names, ["/c"]);
+        assert_eq!(store.lists, 2);
+        assert!(!store.apply(kind, Event::Delete(namespace_object("gone", "12"))), "nothing to delete");
+        assert_eq!(store.revision, 12);
+    }
+
+    #[test]
+    fn the_backoff_doubles_to_five_seconds_spread_in_its_upper_half_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        let bounds = [200, 400, 800, 1600, 3200, 5000, 5000, 5000].map(Duration::from_millis);
+        for (delay, bound) in delays.iter().zip(bounds) {
+            assert!(*delay >= bound / 2 && *delay <= bound, "{delays:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= BACKOFF_FIRST);
+    }
+}

@@ -1,0 +1,227 @@
+//! nodeplaned following a real API server: etcd, kube-apiserver and the
+//! controllers (`nodeplane-cluster`, built from source) run in the test node's
+//! network namespace; pods come up through the real `nodeplane-cni`; objects
+//! are written with kubectl. Services and NetworkPolicies follow the API, and
+//! neither an API server that goes away nor one that comes back with a
+//! forgotten history (`410 Gone`) leaves stale state or stops traffic.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use nodeplane_probe::Stage;
+use nodeplane_testkit::{in_netns_at, privileged};
+use serde_json::{Value, json};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
+/// How long a change may take to reach the datapath here (the goal is milliseconds).
+const FOLLOW: Duration = Duration::from_secs(15);
+
+/// A Service `web` at VIP:`port` → `target` of `backends` (x's pods), and its EndpointSlice.
+fn web(stage: &Stage, port: u16, target: u16, backends: &[&str]) -> String {
+    let endpoints: Vec<Value> = backends
+        .iter()
+        .map(|b| json!({"addresses": [ip(stage, b).to_string()], "conditions": {"ready": true}}))
+        .collect();
+    documents(&[
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "x"},
+               "spec": {"clusterIP": VIP.to_string(), "ports": [{"name": "p", "port": port, "protocol": "TCP"}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "endpoints": endpoints,
+               "ports": [{"name": "p", "port": target, "protocol": "TCP"}]}),
+    ])
+}
+
+/// A NetworkPolicy isolating x's pod `pod` for ingress.
+fn isolate(pod: &str) -> String {
+    documents(&[netpol("x", &format!("isolate-{pod}"), json!({"podSelector": {"matchLabels": {"pod": pod}}}))])
+}
+
+/// A TCP request from pod `from` to `addr:port`: the reply (the serving pod's name).
+fn request(stage: &Stage, from: &str, addr: Ipv4Addr, port: u16) -> Result<String, String> {
+    in_netns_at(stage.pod_netns(index(stage, from)), move || {
+        nodeplane_testkit::tcp_request(addr, port).map_err(|e| e.to_string())
+    })
+    .unwrap()
+}
+
+/// The datapath component: state, detail and facts.
+fn datapath(stage: &Stage) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeplanectl"))
+        .args(["status", "--json"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", stage.bus_address())
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone()
+}
+
+fn apply(cluster: &TestCluster, documents: &str) {
+    cluster.kubectl(&["apply", "-f", "-"], Some(documents)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_service_created_scaled_changed_and_deleted_through_the_api_is_followed() {
+    if !privileged("a_service_created_scaled_changed_and_deleted_through_the_api_is_followed") {
+        return;
+    }
+    let cluster = TestCluster::new();
+    let stage = stage_following(&cluster);
+
+    // Created with kubectl alone: the watch brings it, no sync asked for.
+    apply(&cluster, &web(&stage, 80, 80, &["x/b"]));
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", VIP, 80).as_deref() == Ok("x/b")),
+        "the Service created through the API did not reach x/b: {:?}\n{}",
+        request(&stage, "x/a", VIP, 80),
+        stage.nodeplaned_log()
+    );
+    let facts = datapath(&stage)["facts"].clone();
+    assert!(facts["api_services"].as_u64() >= Some(1), "{facts}");
+    assert!(facts["api_event_to_datapath_us"].as_u64().is_some(), "{facts}");
+
+    // Scaled: both endpoints serve.
+    apply(&cluster, &web(&stage, 80, 80, &["x/b", "x/c"]));
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || {
+            seen.extend(request(&stage, "x/a", VIP, 80));
+            seen.len() == 2
+        }),
+        "scaled to x/b and x/c, the VIP reached {seen:?}"
+    );
+
+    // Changed: the port moves; the old one no longer answers.
+    apply(&cluster, &web(&stage, 81, 81, &["x/c"]));
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", VIP, 81).as_deref() == Ok("x/c")
+            && request(&stage, "x/a", VIP, 80).is_err()),
+        "after the port change: :81 {:?}, :80 {:?}",
+        request(&stage, "x/a", VIP, 81),
+        request(&stage, "x/a", VIP, 80)
+    );
+
+    // Deleted: nothing answers at the VIP.
+    cluster.kubectl(&["delete", "-n", "x", "service/web", "endpointslice/web-1"], None).unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", VIP, 81).is_err()),
+        "the deleted Service still answers"
+    );
+    assert_eq!(datapath(&stage)["state"], "healthy", "{}", datapath(&stage));
+}
+
+#[test]
+fn a_network_policy_created_through_the_api_isolates_a_pod() {
+    if !privileged("a_network_policy_created_through_the_api_isolates_a_pod") {
+        return;
+    }
+    let cluster = TestCluster::new();
+    let stage = stage_following(&cluster);
+    let b = ip(&stage, "x/b");
+    assert_eq!(request(&stage, "x/a", b, 80).as_deref(), Ok("x/b"));
+    apply(&cluster, &isolate("b"));
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", b, 80).is_err()),
+        "x/b is still reachable under a policy isolating it"
+    );
+    cluster.kubectl(&["delete", "-n", "x", "networkpolicy/isolate-b"], None).unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", b, 80).is_ok()),
+        "x/b is still isolated once its policy is deleted"
+    );
+}
+
+/// Deletes `key` straight from etcd (its JSON gateway, in the node's namespace),
+/// behind the API server's back.
+fn etcd_delete(stage: &Stage, key: &str) {
+    use std::io::{Read, Write};
+    let body = json!({"key": base64::engine::general_purpose::STANDARD.encode(key)}).to_string();
+    let reply = in_netns_at(stage.node_netns(), move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", 16444))?;
+        write!(
+            stream,
+            "POST /v3/kv/deleterange HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok::<_, std::io::Error>(reply)
+    })
+    .unwrap()
+    .unwrap();
+    assert!(reply.contains("\"deleted\":\"1\""), "deleting {key} from etcd: {reply}");
+}
+
+#[test]
+fn an_api_server_that_goes_away_and_comes_back_without_its_history_leaves_no_stale_state() {
+    if !privileged("an_api_server_that_goes_away_and_comes_back_without_its_history_leaves_no_stale_state") {
+        return;
+    }
+    let cluster = TestCluster::new();
+    let stage = stage_following(&cluster);
+    let c = ip(&stage, "x/c");
+    stage.set_manifest("web.yaml", Some(&web(&stage, 80, 80, &["x/b"]))).unwrap();
+    stage.set_manifest("policy.yaml", Some(&isolate("c"))).unwrap();
+    assert_eq!(request(&stage, "x/a", VIP, 80).as_deref(), Ok("x/b"));
+    assert!(request(&stage, "x/a", c, 80).is_err());
+    let relists = datapath(&stage)["facts"]["api_watch_restarts"].as_u64().unwrap();
+
+    // Gone: the datapath keeps the cluster's last state, and says so.
+    cluster.kill_api_server();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || {
+            let status = datapath(&stage);
+            status["state"] == "degraded"
+                && status["detail"].as_str().unwrap().contains("the API server is unreachable since")
+        }),
+        "{}",
+        datapath(&stage)
+    );
+    for _ in 0..20 {
+        assert_eq!(request(&stage, "x/a", VIP, 80).as_deref(), Ok("x/b"), "the Service while the API is gone");
+        assert!(request(&stage, "x/a", c, 80).is_err(), "the policy while the API is gone");
+    }
+
+    // Behind its back, the Service, its slice and the policy go; the API
+    // server comes back with a history that starts after that: nodeplaned's
+    // watches get 410 Gone, list again, and drop what did not come back.
+    etcd_delete(&stage, "/registry/services/specs/x/web");
+    etcd_delete(&stage, "/registry/endpointslices/x/web-1");
+    etcd_delete(&stage, "/registry/networkpolicies/x/isolate-c");
+    cluster.restart();
+    // Within seconds of its return (kube-runtime's default backoff would take up to a minute).
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || {
+            request(&stage, "x/a", VIP, 80).is_err() && request(&stage, "x/a", c, 80).as_deref() == Ok("x/c")
+        }),
+        "stale state after the API server came back: VIP {:?}, x/c {:?}\n{}\n{}",
+        request(&stage, "x/a", VIP, 80),
+        request(&stage, "x/a", c, 80),
+        datapath(&stage),
+        stage.nodeplaned_log()
+    );
+    let status = datapath(&stage);
+    assert!(status["facts"]["api_watch_restarts"].as_u64().unwrap() > relists, "no relist: {status}");
+    assert!(nodeplane_testkit::eventually(FOLLOW, || datapath(&stage)["state"] == "healthy"), "{}", datapath(&stage));
+}
+
+/// `nodeplane-cluster`'s `[kubernetes]` sections are ones nodeplaned takes: a
+/// node given anything else boots standalone.
+#[test]
+fn the_test_clusters_node_toml_sections_are_valid_node_configs() {
+    let pem = |kind: &str| format!("-----BEGIN {kind}-----\nAAAA\n-----END {kind}-----\n");
+    let credentials = nodeplane_cluster::NodeCredentials {
+        name: "node-1".into(),
+        ca: pem("CERTIFICATE"),
+        cert: pem("CERTIFICATE"),
+        key: pem("PRIVATE KEY"),
+    };
+    for text in [credentials.node_toml(), credentials.node_toml_at("https://127.0.0.1:16443")] {
+        let config = nodeplane::config::NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.kubernetes.expect("a [kubernetes] section").node_name, "node-1");
+    }
+}
