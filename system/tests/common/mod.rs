@@ -279,12 +279,14 @@ impl nodeplane_probe::Cluster for TestCluster {
         let plane = nodeplane_cluster::ControlPlane::new(&self.dir.path().join("cluster"), API_PORT, repo, &cache)
             .map_err(|e| e.to_string())?
             .in_netns(netns);
+        // Held before it starts: a start that fails half-way is stopped on drop too.
+        let _ = self.plane.set(plane);
+        let plane = self.plane();
         plane.up().map_err(|e| e.to_string())?;
         let credentials = plane.node_credentials(NODE_NAME).map_err(|e| e.to_string())?;
         let kubeconfig = plane.node_kubeconfig(NODE_NAME).map_err(|e| e.to_string())?;
         let section = credentials.node_toml_at(&format!("https://127.0.0.1:{API_PORT}"))
             + &format!("kubeconfig = \"{}\"\n", kubeconfig.display());
-        let _ = self.plane.set(plane);
         Ok(section)
     }
 
