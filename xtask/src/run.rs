@@ -8,8 +8,9 @@
 //! up`), and the node joins it: its `target/run/node.toml`, written on the
 //! first run with the node's credentials in `[kubernetes]` (edit it freely; it
 //! is kept), goes to the node through fw_cfg. `--headless` then waits for the
-//! node to be Ready, prints `kubectl get nodes -o wide`, and exits 0 only when
-//! the node is Ready and healthy.
+//! node to be Ready (its Node object from an earlier boot is deleted first),
+//! prints `kubectl get nodes -o wide`, and exits 0 only when the node is Ready
+//! and healthy.
 //!
 //! The state disk (`/var`) is kept in `target/run/state.img` between runs.
 
@@ -46,6 +47,11 @@ pub fn run(headless: bool) -> Result<(), String> {
         // node_ip: QEMU's guest address, the Node's InternalIP and where NodePorts are served.
         let text = format!("[datapath]\nnode_ip = \"10.0.2.15\"\n\n{}", credentials.node_toml());
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+    }
+    // A Node kept from an earlier boot may still say Ready: this boot's must.
+    let forgot = plane.kubectl().args(["delete", "node", NODE, "--ignore-not-found", "--wait=false"]).output();
+    if !forgot.as_ref().is_ok_and(|o| o.status.success()) {
+        return Err(format!("kubectl delete node {NODE}: {forgot:?}"));
     }
     eprintln!("==> passing {} to the node (fw_cfg opt/org.nodeplane/node.toml)", config.display());
     eprintln!("    kubectl --kubeconfig {} get nodes", plane.admin_kubeconfig().display());
