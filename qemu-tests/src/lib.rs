@@ -99,6 +99,12 @@ impl GuestResults {
     }
 }
 
+/// The last `lines` lines of `text` (a console, for a failure's message).
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// The number of a `key=value` line in what a guest script reported (the guest's
 /// times are microseconds since its kernel started).
 pub fn reported(text: &str, key: &str) -> Option<u64> {

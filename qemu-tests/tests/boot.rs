@@ -44,17 +44,12 @@ impl Outcome {
             panic!(
                 "check {name} did not run: {}\n--- console (last 60 lines) ---\n{}",
                 self.failure.as_deref().unwrap_or("no result"),
-                tail(&self.console, 60)
+                nodeplane_qemu::tail(&self.console, 60)
             );
         };
         assert_eq!(rc, "0", "check {name} failed:\n{out}");
         out.to_owned()
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Boots directly from the image with `state` as its state disk, runs `script`
@@ -238,7 +233,7 @@ fn an_invalid_node_toml_is_reported_and_the_node_comes_up_with_the_last_good_one
     assert!(
         second_boot().console.contains("is invalid and was NOT applied"),
         "the console shows the report:\n{}",
-        tail(&second_boot().console, 40)
+        nodeplane_qemu::tail(&second_boot().console, 40)
     );
 }
 
@@ -263,6 +258,6 @@ fn the_uefi_disk_image_boots_to_ready() {
     let mut vm = Vm::start(boot).expect("start QEMU");
     let took = vm
         .wait_console("== end of nodeplane status (exit 0) ==", Duration::from_secs(600))
-        .unwrap_or_else(|e| panic!("{e}\n--- console ---\n{}", tail(&vm.console(), 60)));
+        .unwrap_or_else(|e| panic!("{e}\n--- console ---\n{}", nodeplane_qemu::tail(&vm.console(), 60)));
     eprintln!("UEFI disk image: QEMU start to a healthy status on the console: {:.1} s", took.as_secs_f64());
 }

@@ -104,7 +104,10 @@ struct Outcome {
 impl Outcome {
     fn host(&self) -> &HostView {
         self.host.as_ref().unwrap_or_else(|e| {
-            panic!("driving the cluster failed: {e}\n--- console (last 60 lines) ---\n{}", tail(&self.console, 60))
+            panic!(
+                "driving the cluster failed: {e}\n--- console (last 60 lines) ---\n{}",
+                nodeplane_qemu::tail(&self.console, 60)
+            )
         })
     }
 
@@ -113,17 +116,12 @@ impl Outcome {
             panic!(
                 "check {name} did not run (host: {})\n--- console (last 60 lines) ---\n{}",
                 self.host.as_ref().err().map_or("fine", String::as_str),
-                tail(&self.console, 60)
+                nodeplane_qemu::tail(&self.console, 60)
             );
         };
         assert_eq!(rc, "0", "check {name} failed:\n{out}");
         out.to_owned()
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn repo() -> PathBuf {
