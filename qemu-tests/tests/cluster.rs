@@ -185,14 +185,7 @@ fn phase_file(pods: &[(String, String)], extra: &str) -> String {
 }
 
 fn apply(plane: &ControlPlane, objects: &str) -> Result<(), String> {
-    let mut apply = plane.kubectl();
-    apply.args(["apply", "-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = apply.spawn().map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), objects.as_bytes()).map_err(|e| e.to_string())?;
-    if !child.wait().map_err(|e| e.to_string())?.success() {
-        return Err(format!("kubectl apply failed:\n{objects}"));
-    }
-    Ok(())
+    plane.kubectl_with(&["apply", "-f", "-"], objects).map(drop).map_err(|e| e.to_string())
 }
 
 /// `GET /` to the host's `port` on loopback: the body.

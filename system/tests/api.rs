@@ -20,20 +20,9 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
 /// How long a change may take to reach the datapath here (the goal is milliseconds).
 const FOLLOW: Duration = Duration::from_secs(15);
 
-/// A Service `web` at VIP:`port` → `target` of `backends` (x's pods), and its EndpointSlice.
+/// A Service `web` in x at VIP:`port` → `target` of `backends`, and its EndpointSlice.
 fn web(stage: &Stage, port: u16, target: u16, backends: &[&str]) -> String {
-    let endpoints: Vec<Value> = backends
-        .iter()
-        .map(|b| json!({"addresses": [ip(stage, b).to_string()], "conditions": {"ready": true}}))
-        .collect();
-    documents(&[
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "x"},
-               "spec": {"clusterIP": VIP.to_string(), "ports": [{"name": "p", "port": port, "protocol": "TCP"}]}}),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": "web-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "web"}},
-               "addressType": "IPv4", "endpoints": endpoints,
-               "ports": [{"name": "p", "port": target, "protocol": "TCP"}]}),
-    ])
+    service(stage, "web", VIP, port, target, "TCP", backends)
 }
 
 /// A NetworkPolicy isolating x's pod `pod` for ingress.

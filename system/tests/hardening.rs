@@ -52,30 +52,6 @@ fn counter(stage: &Stage, name: &str) -> u64 {
     facts(stage)[format!("count_{name}")].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
 }
 
-/// A Service `name` at `vip`:`port` → `target` of `backends`, with its EndpointSlice.
-fn service(
-    stage: &Stage,
-    name: &str,
-    vip: Ipv4Addr,
-    port: u16,
-    target: u16,
-    protocol: &str,
-    backends: &[&str],
-) -> String {
-    let addresses: Vec<Value> = backends
-        .iter()
-        .map(|b| json!({"addresses": [ip(stage, b).to_string()], "conditions": {"ready": true}}))
-        .collect();
-    documents(&[
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "x"},
-               "spec": {"clusterIP": vip.to_string(), "ports": [{"name": "p", "port": port, "protocol": protocol}]}}),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": format!("{name}-1"), "namespace": "x", "labels": {"kubernetes.io/service-name": name}},
-               "addressType": "IPv4", "endpoints": addresses,
-               "ports": [{"name": "p", "port": target, "protocol": protocol}]}),
-    ])
-}
-
 /// The Internet checksum of `bytes`.
 fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum();

@@ -179,17 +179,22 @@ impl ControlPlane {
 
     /// What nodeplaned on the nodes reads ([`RBAC`]), granted to `system:nodes`.
     fn grant_nodes(&self) -> Result<(), ClusterError> {
-        let mut apply = self.kubectl();
-        apply.args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = apply.spawn().map_err(|source| ClusterError::Spawn { program: "kubectl".into(), source })?;
-        let written = std::io::Write::write_all(&mut child.stdin.take().expect("piped"), RBAC.as_bytes());
-        let out =
-            child.wait_with_output().map_err(|source| ClusterError::Spawn { program: "kubectl".into(), source })?;
+        self.kubectl_with(&["apply", "-f", "-"], RBAC).map(drop)
+    }
+
+    /// kubectl as the admin with `input` on its stdin; its output.
+    pub fn kubectl_with(&self, args: &[&str], input: &str) -> Result<String, ClusterError> {
+        let spawn = |source| ClusterError::Spawn { program: "kubectl".into(), source };
+        let mut command = self.kubectl();
+        command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(spawn)?;
+        let written = std::io::Write::write_all(&mut child.stdin.take().expect("piped"), input.as_bytes());
+        let out = child.wait_with_output().map_err(spawn)?;
         if written.is_err() || !out.status.success() {
             let output = String::from_utf8_lossy(&out.stderr).into_owned();
-            return Err(ClusterError::Failed { what: "kubectl apply of nodeplane's RBAC".into(), output });
+            return Err(ClusterError::Failed { what: format!("kubectl {}", args.join(" ")), output });
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Stops the components this directory's pid files name (only those).

@@ -240,20 +240,7 @@ impl TestCluster {
 
     /// kubectl as the admin, `stdin` piped in; its output, or why it failed.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        use std::io::Write as _;
-        let mut command = self.plane().kubectl();
-        command.args(args).stdin(std::process::Stdio::piped());
-        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().map_err(|e| format!("kubectl: {e}"))?;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or_default().as_bytes()).map_err(|e| format!("kubectl stdin: {e}"))?;
-        drop(input);
-        let out = child.wait_with_output().map_err(|e| format!("kubectl: {e}"))?;
-        if out.status.success() {
-            Ok(text(&out.stdout))
-        } else {
-            Err(format!("kubectl {}: {}", args.join(" "), text(&out.stderr)))
-        }
+        self.plane().kubectl_with(args, stdin.unwrap_or_default()).map_err(|e| e.to_string())
     }
 
     /// Stops the API server (SIGKILL), leaving etcd and its data.
@@ -339,4 +326,28 @@ pub fn stage_following(cluster: &std::sync::Arc<TestCluster>) -> Stage {
     let cluster: std::sync::Arc<dyn nodeplane_probe::Cluster> = cluster.clone();
     Stage::with_cluster(dir.path(), &binaries(), &|_| {}, Some(cluster))
         .unwrap_or_else(|e| panic!("standing up x, y, z following the API server: {e}"))
+}
+
+/// A Service `name` at `vip`:`port` → `target` of `backends`, with its EndpointSlice.
+pub fn service(
+    stage: &Stage,
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    target: u16,
+    protocol: &str,
+    backends: &[&str],
+) -> String {
+    let addresses: Vec<Value> = backends
+        .iter()
+        .map(|b| json!({"addresses": [ip(stage, b).to_string()], "conditions": {"ready": true}}))
+        .collect();
+    documents(&[
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "x"},
+               "spec": {"clusterIP": vip.to_string(), "ports": [{"name": "p", "port": port, "protocol": protocol}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": format!("{name}-1"), "namespace": "x", "labels": {"kubernetes.io/service-name": name}},
+               "addressType": "IPv4", "endpoints": addresses,
+               "ports": [{"name": "p", "port": target, "protocol": protocol}]}),
+    ])
 }

@@ -149,6 +149,13 @@ struct Shared {
     client_error: Option<(SystemTime, String)>,
 }
 
+impl Shared {
+    /// Whether every kind has been listed once: the stores are the cluster's.
+    fn listed(&self) -> bool {
+        self.stores.iter().all(|s| s.lists > 0)
+    }
+}
+
 /// The watches, running on a task of their own while this lives.
 pub(super) struct ApiSource {
     shared: Arc<Mutex<Shared>>,
@@ -201,7 +208,7 @@ impl ApiSource {
 
     /// Whether every kind has been listed once: the state is the cluster's.
     pub fn synced(&self) -> bool {
-        self.shared.lock().expect("not poisoned").stores.iter().all(|s| s.lists > 0)
+        self.shared.lock().expect("not poisoned").listed()
     }
 
     /// The desired state, when it changed since last given (or `force`d) and
@@ -212,7 +219,7 @@ impl ApiSource {
             return None;
         }
         let shared = self.shared.lock().expect("not poisoned");
-        if shared.stores.iter().any(|s| s.lists == 0) {
+        if !shared.listed() {
             return None;
         }
         self.given = Some(generation);
@@ -237,7 +244,7 @@ impl ApiSource {
     /// (its network may not be up yet: the `kubernetes` component says "joining").
     pub fn problems(&self) -> Vec<String> {
         let shared = self.shared.lock().expect("not poisoned");
-        let listed = shared.stores.iter().all(|s| s.lists > 0);
+        let listed = shared.listed();
         if !listed && self.started.elapsed() < JOIN_GRACE {
             return Vec::new();
         }
@@ -273,7 +280,7 @@ impl ApiSource {
         }
         let relists = shared.stores.iter().map(|s| s.lists.saturating_sub(1)).sum();
         facts.insert("api_watch_restarts".into(), Fact::Count(relists));
-        facts.insert("api_synced".into(), Fact::Text((shared.stores.iter().all(|s| s.lists > 0)).to_string()));
+        facts.insert("api_synced".into(), Fact::Text(shared.listed().to_string()));
         if let Some(delay) = self.last_delay {
             facts.insert("api_event_to_datapath_us".into(), Fact::Count(delay.as_micros() as u64));
         }
