@@ -141,10 +141,16 @@ pub struct SyncStats {
     pub failed: Vec<String>,
 }
 
-/// Remembers what it programmed, to write only differences.
+/// Remembers what it programmed, to write only differences. The maps are
+/// read back only when what it remembers may not be what they hold: at its
+/// first sync (a previous nodeplaned's ports, their ids) and after a failure;
+/// otherwise a sync costs the changes it writes, not the size of the maps.
 #[derive(Default)]
 pub struct Reconciler {
     programmed: HashMap<SvcKey, Service>,
+    /// `programmed` is what the map holds, and `next_id` is free.
+    in_sync: bool,
+    next_id: u32,
 }
 
 /// The map entries of a Service port: its VIP, and its NodePort on `node_ip`.
@@ -170,15 +176,23 @@ impl Reconciler {
         desired: &[ServicePort],
         node_ip: Option<Ipv4Addr>,
     ) -> Result<SyncStats, DatapathError> {
-        let in_maps: HashMap<SvcKey, SvcValue> = maps.programmed()?.into_iter().collect();
-        let mut next_id = in_maps.values().map(|v| v.service_id).max().unwrap_or(0) + 1;
+        // Key → service id of every port in the map.
+        let in_maps: HashMap<SvcKey, u32> = if self.in_sync {
+            self.programmed.iter().map(|(key, service)| (*key, service.id)).collect()
+        } else {
+            let read: HashMap<SvcKey, u32> =
+                maps.programmed()?.into_iter().map(|(key, value)| (key, value.service_id)).collect();
+            self.next_id = read.values().max().unwrap_or(&0) + 1;
+            read
+        };
+        let mut next_id = self.next_id;
         let mut stats = SyncStats::default();
         let mut wanted = std::collections::HashSet::new();
         let mut programmed = HashMap::new();
         for (port, mut service) in desired.iter().flat_map(|p| entries(p, node_ip).map(move |s| (p, s))) {
             let key = service.key();
             service.id = match in_maps.get(&key) {
-                Some(value) => value.service_id,
+                Some(id) => *id,
                 None => {
                     next_id += 1;
                     next_id - 1
@@ -207,6 +221,19 @@ impl Reconciler {
             }
         }
         self.programmed = programmed;
+        self.next_id = next_id;
+        self.in_sync = stats.failed.is_empty();
         Ok(stats)
+    }
+
+    /// Service ports and their backends in the map: what it programmed, or
+    /// (before its first sync, or after a failure) what the map holds.
+    pub fn counts(&self, maps: &mut ServiceMaps<'_>) -> Result<(u64, u64), DatapathError> {
+        if self.in_sync {
+            let backends = self.programmed.values().map(|s| s.backends.len() as u64).sum();
+            return Ok((self.programmed.len() as u64, backends));
+        }
+        let programmed = maps.programmed()?;
+        Ok((programmed.len() as u64, programmed.iter().map(|(_, v)| u64::from(v.backend_count)).sum()))
     }
 }

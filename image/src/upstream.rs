@@ -1,7 +1,8 @@
 //! Upstream components built from source with Go, from pinned module versions
 //! (`image/upstream/*/go.mod`): the kubelet and containerd 2 for the node
 //! image; etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-//! kubectl for the test control plane. `CGO_ENABLED=0`, with the version
+//! kubectl for the test control plane; kube-proxy for `cargo xtask bench api`.
+//! `CGO_ENABLED=0`, with the version
 //! ldflags upstream's own build sets, so `/version` and the node info are
 //! truthful.
 //!
@@ -17,10 +18,12 @@ use std::time::Instant;
 
 use crate::{ImageError, io, run};
 
-/// One Go module's worth of binaries.
+/// Binaries built from one Go module.
 pub struct Component {
-    /// Its directory under `image/upstream/`, and its cache name.
+    /// Its cache name.
     pub name: &'static str,
+    /// The Go module it is built from: its directory under `image/upstream/`.
+    module: &'static str,
     pub version: &'static str,
     /// Package path → binary name.
     pub binaries: &'static [(&'static str, &'static str)],
@@ -31,6 +34,7 @@ pub struct Component {
 
 pub const KUBERNETES: Component = Component {
     name: "kubernetes",
+    module: "kubernetes",
     version: "v1.37.2",
     binaries: &[
         ("k8s.io/kubernetes/cmd/kubelet", "kubelet"),
@@ -39,21 +43,35 @@ pub const KUBERNETES: Component = Component {
         ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
         ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
     ],
-    version_flags: &[
-        "k8s.io/component-base/version.gitVersion=v1.37.2",
-        "k8s.io/component-base/version.gitMajor=1",
-        "k8s.io/component-base/version.gitMinor=37",
-        "k8s.io/component-base/version.gitTreeState=clean",
-        "k8s.io/client-go/pkg/version.gitVersion=v1.37.2",
-        "k8s.io/client-go/pkg/version.gitMajor=1",
-        "k8s.io/client-go/pkg/version.gitMinor=37",
-        "k8s.io/client-go/pkg/version.gitTreeState=clean",
-    ],
+    version_flags: KUBERNETES_VERSION_FLAGS,
     tags: "",
 };
 
+/// kube-proxy from the same Kubernetes release, apart because only `cargo
+/// xtask bench api` runs it (as the anchor users know): the node never does.
+pub const KUBE_PROXY: Component = Component {
+    name: "kube-proxy",
+    module: "kubernetes",
+    version: KUBERNETES.version,
+    binaries: &[("k8s.io/kubernetes/cmd/kube-proxy", "kube-proxy")],
+    version_flags: KUBERNETES_VERSION_FLAGS,
+    tags: "",
+};
+
+const KUBERNETES_VERSION_FLAGS: &[&str] = &[
+    "k8s.io/component-base/version.gitVersion=v1.37.2",
+    "k8s.io/component-base/version.gitMajor=1",
+    "k8s.io/component-base/version.gitMinor=37",
+    "k8s.io/component-base/version.gitTreeState=clean",
+    "k8s.io/client-go/pkg/version.gitVersion=v1.37.2",
+    "k8s.io/client-go/pkg/version.gitMajor=1",
+    "k8s.io/client-go/pkg/version.gitMinor=37",
+    "k8s.io/client-go/pkg/version.gitTreeState=clean",
+];
+
 pub const ETCD: Component = Component {
     name: "etcd",
+    module: "etcd",
     version: "v3.7.3",
     binaries: &[("go.etcd.io/etcd/server/v3", "etcd")],
     version_flags: &[],
@@ -62,6 +80,7 @@ pub const ETCD: Component = Component {
 
 pub const CONTAINERD: Component = Component {
     name: "containerd",
+    module: "containerd",
     version: "v2.4.2",
     binaries: &[
         ("github.com/containerd/containerd/v2/cmd/containerd", "containerd"),
@@ -96,7 +115,7 @@ impl Component {
     /// has no build of this recipe (`repo`: the repository, `cache`: the cache
     /// directory).
     pub fn ensure(&self, repo: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
-        let module = repo.join("image/upstream").join(self.name);
+        let module = repo.join("image/upstream").join(self.module);
         let recipe = self.recipe(&module)?;
         let dir = self.cached(cache);
         let stamp = dir.join(".recipe");

@@ -40,13 +40,7 @@ fn request(stage: &Stage, from: &str, addr: Ipv4Addr, port: u16) -> Result<Strin
 
 /// The datapath component: state, detail and facts.
 fn datapath(stage: &Stage) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeplanectl"))
-        .args(["status", "--json"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", stage.bus_address())
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").unwrap().clone()
+    datapath_status(stage.bus_address())
 }
 
 fn apply(cluster: &TestCluster, documents: &str) {
@@ -212,5 +206,57 @@ fn the_test_clusters_node_toml_sections_are_valid_node_configs() {
     for text in [credentials.node_toml(), credentials.node_toml_at("https://127.0.0.1:16443")] {
         let config = nodeplane::config::NodeConfig::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.kubernetes.expect("a [kubernetes] section").node_name, "node-1");
+    }
+}
+
+/// `nodeplanectl probe --api`: the example's objects written to an API server
+/// on this machine's loopback (as `cargo xtask cluster up`'s) give the table
+/// the manifests directory gives, and the probe takes them away again.
+#[test]
+fn nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_up() {
+    if !privileged("nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_up") {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("nodeplane-probe-api-").tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cache = nodeplane_image::upstream::default_cache();
+    // Apart from `cargo xtask cluster`'s port (16443) and its next four.
+    let plane = nodeplane_cluster::ControlPlane::new(&dir.path().join("cluster"), 17443, repo, &cache).unwrap();
+    struct Down<'a>(&'a nodeplane_cluster::ControlPlane);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.down();
+        }
+    }
+    let _down = Down(&plane);
+    plane.up().unwrap_or_else(|e| panic!("the control plane: {e}"));
+
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz");
+    let probe = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nodeplanectl"))
+            .arg("probe")
+            .arg(&examples)
+            .args(["--json", "--protocols", "tcp"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        rows.sort_by_key(|r| r.to_string());
+        (rows, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let kubeconfig = plane.admin_kubeconfig();
+    let (through_api, log) = probe(&["--api".as_ref(), kubeconfig.as_os_str()]);
+    let (from_dir, _) = probe(&[]);
+    assert_eq!(through_api.len(), 9 * 9 * 2, "{log}");
+    assert!(through_api.iter().any(|r| r["connected"] == true) && through_api.iter().any(|r| r["connected"] == false));
+    assert_eq!(through_api, from_dir, "{log}");
+    assert!(log.contains("removing its"), "{log}");
+
+    // Nothing of the probe's is left: its namespaces, pods and Node.
+    let left = plane.kubectl_with(&["get", "namespaces,nodes", "-o", "name"], "").unwrap();
+    for gone in ["namespace/x", "namespace/y", "namespace/z", "namespace/nodeplane-barrier", "node/nodeplane-probe"] {
+        assert!(!left.lines().any(|l| l.starts_with(gone)), "{gone} is still there:\n{left}");
     }
 }

@@ -12,9 +12,10 @@
 //!   node joins (see `cluster.rs`).
 //! - `fuzz [SECONDS]`: set up, then each fuzz target for SECONDS (600 by
 //!   default) and the datapath's hostile-packet property at length (see `fuzz.rs`).
-//! - `bench ipam|cni|datapath|policy|boot`: set up, then the `cargo bench` target
+//! - `bench ipam|cni|datapath|policy|api|boot`: set up, then the `cargo bench` target
 //!   of that name (see [`BENCHES`]).
-//! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root).
+//! - `probe DIR [options]`: `nodeplanectl probe` from a fresh build (root);
+//!   a bare `--api` follows the local control plane (`cluster up` first).
 //!
 //! xtask itself builds with nothing but the Rust toolchain (no crate in its
 //! graph compiles C or runs protoc): it is what installs those tools. All it
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | cluster up|down|status | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | cluster up|down|status | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|api|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +66,11 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("cni", "nodeplane", "nodeplane-cni ADD and DEL latency over 200 pods"),
     ("datapath", "nodeplane-datapath", "Service connections: nodeplane's VIP against direct, iptables and nftables"),
     ("policy", "nodeplane-datapath", "connections through a pod selected by 0, 100 and 1,000 NetworkPolicy rules"),
+    (
+        "api",
+        "nodeplane",
+        "following a real API server at 10,000 Services: nodeplane against kube-proxy iptables and nftables",
+    ),
     ("boot", "nodeplane-qemu", "the image's boot under QEMU with and without nodeplaned"),
 ];
 
@@ -89,13 +95,22 @@ fn bench(what: &str) -> Result<(), String> {
     step(&format!("bench {name}: {about}"), command.args(["bench", "-p", package, "--bench", name]))
 }
 
-/// Builds nodeplane and runs `nodeplanectl probe` with `options`.
+/// Builds nodeplane and runs `nodeplanectl probe` with `options`; a bare
+/// `--api` means the local control plane's API server (`cluster up` first).
 fn probe(options: &[&str]) -> Result<(), String> {
     packages::ensure()?;
     step("build", cargo().args(["build", "--bins", "-p", "nodeplane"]))?;
+    let mut options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+    if let Some(at) = options.iter().position(|o| o == "--api")
+        && options.get(at + 1).is_none_or(|next| next.starts_with("--"))
+    {
+        let plane = cluster::control_plane()?;
+        timed("start the control plane", || plane.up().map_err(|e| e.to_string()))?;
+        options.insert(at + 1, plane.admin_kubeconfig().display().to_string());
+    }
     let status = Command::new(target_dir().join("debug/nodeplanectl"))
         .arg("probe")
-        .args(options)
+        .args(&options)
         .status()
         .map_err(|e| format!("nodeplanectl: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("nodeplanectl probe: {status}")) }

@@ -193,19 +193,30 @@ impl Manifests {
                 }
             }
         }
-        self.add_objects(objects.iter().map(|(origin, object)| (origin, object)), None);
+        self.add_objects(objects.iter().map(|(origin, object)| (origin, object)), None, None);
     }
 
     /// The desired state from `objects` (as the API server's watches hold
     /// them). `node` is this node's name: with a traffic policy of `Local`,
-    /// only endpoints on it (or naming no node) serve.
-    pub fn from_objects<'a>(objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>, node: Option<&str>) -> Self {
+    /// only endpoints on it (or naming no node) serve. What `cache` holds
+    /// from the last read is reused for every Service whose object and
+    /// EndpointSlices have not changed since (by resourceVersion).
+    pub fn from_objects<'a>(
+        objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>,
+        node: Option<&str>,
+        cache: &mut ServiceCache,
+    ) -> Self {
         let mut found = Manifests::default();
-        found.add_objects(objects, node);
+        found.add_objects(objects, node, Some(cache));
         found
     }
 
-    fn add_objects<'a>(&mut self, objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>, node: Option<&str>) {
+    fn add_objects<'a>(
+        &mut self,
+        objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>,
+        node: Option<&str>,
+        mut cache: Option<&mut ServiceCache>,
+    ) {
         let (mut services, mut slices) = (Vec::new(), Vec::new());
         for (origin, object) in objects {
             match object {
@@ -225,20 +236,101 @@ impl Manifests {
                 by_service.entry((namespace, service.as_str())).or_default().push(slice);
             }
         }
+        let mut next = ServiceCache::default();
         for (origin, service) in &services {
-            match service_ports(service, origin, &by_service, node) {
+            let read = || {
+                let ports = service_ports(service, origin, &by_service, node);
+                let selector = ports.as_ref().ok().and_then(|ports| selector_service(service, ports));
+                (ports, selector)
+            };
+            let (ports, selector) = match (cache.as_deref_mut(), ServiceCache::key(service, &by_service)) {
+                (Some(cache), Some(key)) => {
+                    let read = match cache.services.remove(&key) {
+                        Some(same) => same,
+                        None => read(),
+                    };
+                    next.services.insert(key, read.clone());
+                    read
+                }
+                _ => read(),
+            };
+            match ports {
                 Ok(ports) => {
-                    self.selector_services.extend(selector_service(service, &ports));
+                    self.selector_services.extend(selector);
                     self.ports.extend(ports)
                 }
                 Err(err) => self.errors.push(err),
             }
         }
         for (origin, slice) in &slices {
-            self.errors.extend(bad_addresses(slice, origin));
+            match (cache.as_deref_mut(), ServiceCache::slice_key(slice)) {
+                (Some(cache), Some(key)) => {
+                    let errors = match cache.slices.remove(&key) {
+                        Some(same) => same,
+                        None => bad_addresses(slice, origin),
+                    };
+                    self.errors.extend(errors.iter().cloned());
+                    next.slices.insert(key, errors);
+                }
+                _ => self.errors.extend(bad_addresses(slice, origin)),
+            }
+        }
+        if let Some(cache) = cache {
+            // What was not read this time (deleted, or changed) is dropped.
+            *cache = next;
         }
         self.ports.sort_by(|a, b| a.name.cmp(&b.name));
         self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
+    }
+}
+
+/// What reading each Service (with its EndpointSlices) and each slice's
+/// addresses gave at the last read of the API server's objects, keyed by
+/// their resourceVersions: a change reads again only what it touched.
+/// Reading every endpoint address of the cluster for every change was most
+/// of a change's cost at 10,000 Services.
+#[derive(Default)]
+pub struct ServiceCache {
+    services: HashMap<Vec<String>, ServiceRead>,
+    slices: HashMap<(String, String), Vec<ManifestError>>,
+}
+
+type ServiceRead = (Result<Vec<ServicePort>, ManifestError>, Option<SelectorService>);
+
+impl ServiceCache {
+    /// A Service's namespace, name and resourceVersion, and its slices'
+    /// names and resourceVersions (sorted); none without versions (manifest files).
+    fn key(service: &K8sService, slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>) -> Option<Vec<String>> {
+        let meta = &service.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let name = meta.name.as_deref()?;
+        let mut versions = Vec::new();
+        for slice in slices.get(&(namespace, name)).into_iter().flatten() {
+            versions.push(format!(
+                "{}@{}",
+                slice.metadata.name.as_deref()?,
+                slice.metadata.resource_version.as_deref()?
+            ));
+        }
+        versions.sort();
+        versions.insert(0, format!("{namespace}/{name}@{}", meta.resource_version.as_deref()?));
+        Some(versions)
+    }
+
+    /// A slice's namespace/name@resourceVersion (none without a version).
+    fn slice_key(slice: &EndpointSlice) -> Option<(String, String)> {
+        let meta = &slice.metadata;
+        let name = format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref()?);
+        Some((name, meta.resource_version.clone()?))
+    }
+
+    /// Services remembered (a test's view).
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
     }
 }
 
@@ -275,6 +367,10 @@ impl Manifests {
             Object::Pod(pod) => match pod_manifest(pod, origin) {
                 Ok(pod) => self.pods.push(pod),
                 Err(err) => self.errors.push(err),
+            },
+            Object::PodRead(read) => match &**read {
+                Ok(pod) => self.pods.push(pod.clone()),
+                Err(err) => self.errors.push(err.clone()),
             },
             Object::NetworkPolicy(policy) => match Policy::from_k8s(policy) {
                 Ok(policy) => self.policies.push(policy),
@@ -318,7 +414,18 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
+    /// A Pod already read into what policies see of it ([`Object::read_pod`]):
+    /// how the API source keeps pods, since a `Pod` takes kilobytes even with
+    /// every field empty.
+    PodRead(Box<Result<PodManifest, ManifestError>>),
     NetworkPolicy(Box<NetworkPolicy>),
+}
+
+impl Object {
+    /// `pod` (from `origin`) read as [`Object::PodRead`].
+    pub fn read_pod(pod: &Pod, origin: &Origin) -> Object {
+        Object::PodRead(Box::new(pod_manifest(pod, origin)))
+    }
 }
 
 /// The documents of a YAML stream, split at `---` lines, so that a syntax error

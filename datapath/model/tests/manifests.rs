@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nodeplane_model::Protocol;
-use nodeplane_model::manifests::{Manifests, Object, Origin, load_dir};
+use nodeplane_model::manifests::{Manifests, Object, Origin, ServiceCache, load_dir};
 
 const GOOD: &str = r#"
 apiVersion: v1
@@ -218,7 +218,8 @@ fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
     let parsed = nodeplane_model::manifests::parse(&documents);
     // The objects as the API server's watches hold them, this node named.
     let objects = objects_of(LOCAL);
-    let found = Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"));
+    let found =
+        Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"), &mut ServiceCache::default());
     let port = |name: &str| found.ports.iter().find(|p| p.name.service == name).unwrap();
     let at = |last: u8| (Ipv4Addr::new(10, 200, 0, last), 8080);
     // Both Local: the ClusterIP and the NodePort send to node-1's endpoint and
@@ -256,4 +257,60 @@ fn objects_of(text: &str) -> Vec<(Origin, Object)> {
             (origin, object)
         })
         .collect()
+}
+
+/// The API source reads only what changed: a Service and its slices at the
+/// resourceVersions of the last read come from the cache; a new version (of
+/// the Service or of one of its slices) is read again, and what is gone is
+/// forgotten. Each read equals a read without the cache.
+#[test]
+fn a_read_reuses_only_services_whose_objects_kept_their_versions() {
+    let versioned = |text: &str, version: &str| {
+        let mut objects = objects_of(text);
+        for (_, object) in &mut objects {
+            let meta = match object {
+                Object::Service(s) => &mut s.metadata,
+                Object::EndpointSlice(s) => &mut s.metadata,
+                _ => unreachable!(),
+            };
+            meta.resource_version = Some(version.into());
+        }
+        objects
+    };
+    let read = |objects: &[(Origin, Object)], cache: &mut ServiceCache| {
+        let found = Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"), cache);
+        let fresh = Manifests::from_objects(
+            objects.iter().map(|(o, obj)| (o, obj)),
+            Some("node-1"),
+            &mut ServiceCache::default(),
+        );
+        assert_eq!(found.ports, fresh.ports, "a cached read differs from a fresh one");
+        assert_eq!(found.errors, fresh.errors);
+        found
+    };
+    let mut cache = ServiceCache::default();
+    let first = versioned(LOCAL, "1");
+    read(&first, &mut cache);
+    assert_eq!(cache.len(), 3, "local, external-local and odd");
+
+    // The same versions with other contents (which the API server never
+    // sends) show that the cache answered.
+    let moved = LOCAL.replace("10.200.0.6", "10.200.0.9");
+    let cached =
+        Manifests::from_objects(versioned(&moved, "1").iter().map(|(o, obj)| (o, obj)), Some("node-1"), &mut cache);
+    let port =
+        |found: &Manifests, name: &str| found.ports.iter().find(|p| p.name.service == name).unwrap().backends.clone();
+    assert!(port(&cached, "external-local").contains(&(Ipv4Addr::new(10, 200, 0, 6), 8080)));
+
+    // A new version is read again.
+    let changed = read(&versioned(&moved, "2"), &mut cache);
+    assert!(port(&changed, "external-local").contains(&(Ipv4Addr::new(10, 200, 0, 9), 8080)));
+
+    // A Service gone is forgotten.
+    let without_odd: Vec<(Origin, Object)> = versioned(&moved, "2")
+        .into_iter()
+        .filter(|(_, o)| !matches!(o, Object::Service(s) if s.metadata.name.as_deref() == Some("odd")))
+        .collect();
+    read(&without_odd, &mut cache);
+    assert_eq!(cache.len(), 2);
 }

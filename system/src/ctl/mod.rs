@@ -10,6 +10,7 @@ mod maps;
 mod monitor;
 mod policy;
 mod probe;
+mod probe_api;
 mod reload;
 mod services;
 mod status;
@@ -94,6 +95,10 @@ enum Command {
         /// How long a connection may take before it counts as blocked
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Create the objects in the API server this kubeconfig names (on this machine's loopback), which the
+        /// probe's nodeplaned then follows, instead of in a manifests directory; deleted at the end
+        #[arg(long, value_name = "KUBECONFIG")]
+        api: Option<PathBuf>,
     },
     /// Stream the connection attempts NetworkPolicy drops, as they happen (root only; Ctrl-C ends)
     Monitor {
@@ -136,10 +141,10 @@ pub fn main() -> ExitCode {
         Command::Services { maps } => return services::services(&maps.source(), maps.json),
         Command::Endpoints { maps } => return endpoints::endpoints(&maps.source(), maps.json),
         Command::Conntrack { maps } => return conntrack::conntrack(&maps.source(), maps.json),
-        Command::Probe { dir, json, services, ports, protocols, timeout } => {
+        Command::Probe { dir, json, services, ports, protocols, timeout, api } => {
             let selection =
                 nodeplane_probe::Selection { services: *services, ports: ports.clone(), protocols: protocols.clone() };
-            return probe::probe(dir, &selection, *json, *timeout);
+            return probe::probe(dir, &selection, *json, *timeout, api.as_deref());
         }
         _ => {}
     }

@@ -1,5 +1,6 @@
 //! `nodeplanectl probe DIR`: stands DIR's pods up on this machine and prints
-//! what its NetworkPolicies let through (root only; see `nodeplane-probe`).
+//! what its NetworkPolicies let through (root only; see `nodeplane-probe`);
+//! with `--api`, through a real API server (see `probe_api`).
 
 use std::process::ExitCode;
 
@@ -8,14 +9,25 @@ pub(super) fn probe(
     selection: &nodeplane_probe::Selection,
     json: bool,
     timeout: std::time::Duration,
+    api: Option<&std::path::Path>,
 ) -> ExitCode {
     if !rustix::process::geteuid().is_root() {
         eprintln!("nodeplanectl: probe is for root only (it makes network namespaces and mounts a bpffs)");
         return ExitCode::FAILURE;
     }
+    let cluster: Option<std::sync::Arc<dyn nodeplane_probe::Cluster>> = match api.map(super::probe_api::ApiCluster::new)
+    {
+        None => None,
+        Some(Ok(cluster)) => Some(std::sync::Arc::new(cluster)),
+        Some(Err(err)) => {
+            eprintln!("nodeplanectl: probe --api: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let run = || -> Result<Vec<nodeplane_probe::Outcome>, nodeplane_probe::ProbeError> {
         let binaries = nodeplane_probe::Binaries::beside_current_exe()?;
-        let stage = nodeplane_probe::Stage::new(dir, &binaries, &|step| eprintln!("probe: {step}"))?;
+        let progress = |step: &str| eprintln!("probe: {step}");
+        let stage = nodeplane_probe::Stage::with_cluster(dir, &binaries, &progress, cluster)?;
         let targets = stage.targets(selection);
         eprintln!(
             "probe: {} connection(s) from {} pod(s), {:?} each at most",

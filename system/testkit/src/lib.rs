@@ -22,7 +22,9 @@ pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
 pub use journal::{Entry, Journal, parse_entry, text};
 pub use manifests::{node_port_manifest, service_manifest};
-pub use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, SandboxError, in_netns_at, in_netns_of, in_new_netns};
+pub use nodeplane_sandbox::{
+    Bpffs, DbusDaemon, NamedNetns, SandboxError, enter_then, in_netns_at, in_netns_of, in_new_netns,
+};
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned, datapath_config};
 pub use topology::{Node, Pod, RequestLoop, Server, tcp_request, tcp_request_from};

@@ -216,6 +216,18 @@ pub fn raw_seen(
     false
 }
 
+/// The datapath component in `nodeplanectl status --json` (state, detail,
+/// facts) of the nodeplaned on the bus at `address`.
+pub fn datapath_status(address: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeplanectl"))
+        .args(["status", "--json"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", address)
+        .output()
+        .expect("run nodeplanectl");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    status["components"].as_array().expect("components").iter().find(|c| c["name"] == "datapath").unwrap().clone()
+}
+
 /// A real control plane (etcd, kube-apiserver, the controllers:
 /// `nodeplane-cluster`) run in a stage's node namespace, on its loopback,
 /// for a stage to follow ([`nodeplane_probe::Cluster`]). Stopped on drop.

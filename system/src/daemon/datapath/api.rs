@@ -16,12 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
-use nodeplane_model::manifests::{Manifests, Object, Origin};
+use nodeplane_model::manifests::{Manifests, Object, Origin, ServiceCache};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -94,7 +94,7 @@ impl Store {
     /// Applies a watch event; whether the live objects changed.
     fn apply(&mut self, kind: Kind, event: Event<Object>) -> bool {
         if let Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) = &event {
-            let version = metadata(object).resource_version.as_deref().and_then(|v| v.parse().ok());
+            let version = metadata(object).and_then(|m| m.resource_version.as_deref()?.parse().ok());
             self.revision = self.revision.max(version.unwrap_or(0));
         }
         match event {
@@ -103,7 +103,7 @@ impl Store {
                 false
             }
             Event::InitApply(object) => {
-                let (key, entry) = keyed(kind, object);
+                let (key, entry) = kept(kind, object);
                 self.listing.get_or_insert_default().insert(key, entry);
                 false
             }
@@ -113,30 +113,44 @@ impl Store {
                 true
             }
             Event::Apply(object) => {
-                let (key, entry) = keyed(kind, object);
+                let (key, entry) = kept(kind, object);
                 self.live.insert(key, entry);
                 true
             }
-            Event::Delete(object) => self.live.remove(&keyed(kind, object).0).is_some(),
+            Event::Delete(object) => self.live.remove(&key(kind, &object).0).is_some(),
         }
     }
 }
 
-fn metadata(object: &Object) -> &ObjectMeta {
+/// An object's metadata (none for a Pod already read: only the store keeps those).
+fn metadata(object: &Object) -> Option<&ObjectMeta> {
     match object {
-        Object::Service(o) => &o.metadata,
-        Object::EndpointSlice(o) => &o.metadata,
-        Object::Namespace(o) => &o.metadata,
-        Object::Pod(o) => &o.metadata,
-        Object::NetworkPolicy(o) => &o.metadata,
+        Object::Service(o) => Some(&o.metadata),
+        Object::EndpointSlice(o) => Some(&o.metadata),
+        Object::Namespace(o) => Some(&o.metadata),
+        Object::Pod(o) => Some(&o.metadata),
+        Object::PodRead(_) => None,
+        Object::NetworkPolicy(o) => Some(&o.metadata),
     }
 }
 
-fn keyed(kind: Kind, object: Object) -> (String, (Origin, Object)) {
-    let meta = metadata(&object);
-    let (namespace, name) = (meta.namespace.as_deref(), meta.name.as_deref().unwrap_or_default());
-    let key = format!("{}/{name}", namespace.unwrap_or_default());
-    (key, (Origin::api(kind.name(), namespace, name), object))
+/// An event's object: its key in the store (`namespace/name`) and origin.
+fn key(kind: Kind, object: &Object) -> (String, Origin) {
+    let meta = metadata(object);
+    let namespace = meta.and_then(|m| m.namespace.as_deref());
+    let name = meta.and_then(|m| m.name.as_deref()).unwrap_or_default();
+    (format!("{}/{name}", namespace.unwrap_or_default()), Origin::api(kind.name(), namespace, name))
+}
+
+/// An event's object as the store keeps it: Pods read at once (what
+/// policies see of a pod is a small part of a `Pod`).
+fn kept(kind: Kind, object: Object) -> (String, (Origin, Object)) {
+    let (key, origin) = key(kind, &object);
+    let object = match object {
+        Object::Pod(pod) => Object::read_pod(&pod, &origin),
+        other => other,
+    };
+    (key, (origin, object))
 }
 
 /// What the watch tasks share with the datapath component.
@@ -167,6 +181,8 @@ pub(super) struct ApiSource {
     /// The event-to-datapath delay of the last change applied.
     last_delay: Option<Duration>,
     started: Instant,
+    /// Each Service as last read: a change reads again only what it touched.
+    cache: ServiceCache,
 }
 
 impl Drop for ApiSource {
@@ -195,6 +211,7 @@ impl ApiSource {
             given: None,
             last_delay: None,
             started: Instant::now(),
+            cache: ServiceCache::default(),
         }
     }
 
@@ -224,7 +241,7 @@ impl ApiSource {
         }
         self.given = Some(generation);
         let objects = shared.stores.iter().flat_map(|s| s.live.values().map(|(origin, object)| (origin, object)));
-        Some(Manifests::from_objects(objects, Some(&self.node)))
+        Some(Manifests::from_objects(objects, Some(&self.node), &mut self.cache))
     }
 
     /// The state read last could not be programmed: read it again next time.
@@ -442,8 +459,21 @@ fn service(s: Service) -> Service {
     Service { metadata: meta(s.metadata), spec: s.spec, status: None }
 }
 
+/// An EndpointSlice as Services read it: each endpoint's addresses,
+/// conditions and node (not its target reference, zone or hints, most of
+/// what a controller-made slice holds).
 fn endpoint_slice(s: EndpointSlice) -> EndpointSlice {
-    EndpointSlice { metadata: meta(s.metadata), ..s }
+    let endpoints = s
+        .endpoints
+        .into_iter()
+        .map(|e| Endpoint {
+            addresses: e.addresses,
+            conditions: e.conditions,
+            node_name: e.node_name,
+            ..Endpoint::default()
+        })
+        .collect();
+    EndpointSlice { metadata: meta(s.metadata), endpoints, ..s }
 }
 
 fn namespace(n: Namespace) -> Namespace {

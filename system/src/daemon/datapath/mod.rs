@@ -472,9 +472,9 @@ impl DatapathComponent {
     fn publish(&mut self) {
         let Some(running) = &mut self.running else { return };
         let mut facts = Facts::new();
-        let programmed = running.datapath.services().programmed().unwrap_or_default();
-        facts.insert("services".into(), Fact::Count(programmed.len() as u64));
-        facts.insert("endpoints".into(), Fact::Count(programmed.iter().map(|(_, v)| u64::from(v.backend_count)).sum()));
+        let (ports, backends) = running.reconciler.counts(&mut running.datapath.services()).unwrap_or_default();
+        facts.insert("services".into(), Fact::Count(ports));
+        facts.insert("endpoints".into(), Fact::Count(backends));
         // Counted by the last GC pass: walking the whole map every sync would cost more than it tells.
         let entries = running.gc.last_stats.entries.saturating_sub(running.gc.last_stats.expired);
         facts.insert("conntrack_entries".into(), Fact::Count(entries));
@@ -513,7 +513,7 @@ impl DatapathComponent {
                 State::Healthy,
                 format!(
                     "{} Service port(s), {} pod interface(s), {} NetworkPolicy object(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
-                    programmed.len(),
+                    ports,
                     attached.len(),
                     running.manifests.policies.len()
                 ),
