@@ -158,6 +158,7 @@ fn bench() -> Result<(), Error> {
 }
 
 /// A proxy following the cluster from the node's namespace.
+#[allow(clippy::large_enum_variant)] // one at a time, on the stack of one function
 enum Running {
     KubeProxy {
         child: Child,
@@ -223,20 +224,7 @@ impl Running {
                     manifests.path(),
                     "pod_interface_prefix = \"np\"\nsync_interval = \"1s\"",
                 ) + kubernetes;
-                let nodeplaned = nodeplane_testkit::Nodeplaned::spawn(
-                    &bus,
-                    nodeplane_testkit::Launch {
-                        binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
-                        config: &config,
-                        preset: &[],
-                        env: &[],
-                        capture_stderr: true,
-                        journal: None,
-                        netns: Some(&node.netns.path()),
-                    },
-                )
-                .map_err(|e| format!("nodeplaned: {e}"))?;
-                nodeplaned.wait_ready(common::READY_TIMEOUT).map_err(|e| format!("{e}\n{}", nodeplaned.stderr()))?;
+                let nodeplaned = common::start_with_config(node, &bus, &config);
                 let synced = nodeplane_testkit::eventually(Duration::from_secs(60), || {
                     common::datapath_status(bus.address())["facts"]["api_synced"] == "true"
                 });

@@ -91,10 +91,10 @@ pub trait Cluster: Send + Sync {
     /// Has the API server answer in the node's network namespace (at
     /// `netns`), on its loopback; returns nodeplaned's `[kubernetes]` section.
     fn start(&self, netns: &Path) -> Result<String, String>;
-    /// Creates or updates the objects of a YAML stream; each one's kind and
-    /// resourceVersion after the write.
+    /// Creates or updates the objects of a stream of JSON documents (`---`
+    /// lines between them); each one's kind and resourceVersion after the write.
     fn apply(&self, documents: &str) -> Result<Vec<(String, u64)>, String>;
-    /// Deletes the objects of a YAML stream (those that exist).
+    /// Deletes the objects of a stream of JSON documents (those that exist).
     fn delete(&self, documents: &str) -> Result<(), String>;
 }
 
@@ -449,7 +449,7 @@ impl Stage {
     pub fn settle(&self) -> Result<(), ProbeError> {
         let Some((cluster, _)) = &self.cluster else { return self.sync() };
         let n = self.barrier.fetch_add(1, Ordering::SeqCst) + 1;
-        let written = cluster.apply(&barrier_objects(n)).map_err(ProbeError::Setup)?;
+        let written = cluster.apply(&as_json(&barrier_objects(n))).map_err(ProbeError::Setup)?;
         let deadline = Instant::now() + START_TIMEOUT;
         for (kind, revision) in written {
             // nodeplaned's facts name the kinds in plural: api_services_revision, api_networkpolicies_revision.

@@ -174,8 +174,9 @@ impl ApiCluster {
     }
 }
 
+/// Deletes at once: no kubelet runs the probe's pods to confirm a graceful end.
 async fn delete(api: &Api<DynamicObject>, name: &str) -> Result<(), kube::Error> {
-    match api.delete(name, &DeleteParams::default()).await {
+    match api.delete(name, &DeleteParams::default().grace_period(0)).await {
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         result => result.map(drop),
     }

@@ -131,9 +131,15 @@ pub fn start_in_with(
         manifests,
         &format!("{datapath}\npod_interface_prefix = \"np\"\nsync_interval = \"200ms\""),
     );
+    start_with_config(node, bus, &config)
+}
+
+/// Starts nodeplaned inside `node`'s network namespace with `config` (a whole
+/// node.toml); waits for READY.
+pub fn start_with_config(node: &nodeplane_testkit::Node, bus: &DbusDaemon, config: &str) -> Nodeplaned {
     let launch = Launch {
         binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
-        config: &config,
+        config,
         preset: &[],
         env: &[],
         capture_stderr: true,
