@@ -46,6 +46,7 @@ const CLEANUP_WAIT: Duration = Duration::from_secs(60);
 const FIELD_MANAGER: &str = "nodeplane-probe";
 
 /// One object the probe wrote, to delete at the end.
+#[derive(PartialEq)]
 struct Written {
     resource: ApiResource,
     namespace: Option<String>,
@@ -124,34 +125,41 @@ impl ApiCluster {
         }
     }
 
+    /// Where `object` lives: its kind and name, its resource and namespace.
+    async fn target(&self, object: &Value) -> Result<Target, String> {
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+        let (Some(api_version), Some(kind), Some(name)) =
+            (text(object, "apiVersion"), text(object, "kind"), text(&object["metadata"], "name"))
+        else {
+            return Err(format!("an object without apiVersion, kind and name: {object}"));
+        };
+        let (resource, capabilities) = self.resource(&api_version, &kind).await?;
+        let namespace = (capabilities.scope == Scope::Namespaced)
+            .then(|| text(&object["metadata"], "namespace").unwrap_or_else(|| "default".into()));
+        Ok(Target { kind, written: Written { resource, namespace, name } })
+    }
+
     /// Creates or updates one object (server-side apply); its kind and resourceVersion.
     fn apply_one(&self, mut object: Value) -> Result<(String, u64), String> {
-        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-        let (Some(api_version), Some(kind)) = (text(&object, "apiVersion"), text(&object, "kind")) else {
-            return Err(format!("an object without apiVersion and kind: {object}"));
-        };
-        let name = text(&object["metadata"], "name").ok_or_else(|| format!("{kind} without a name"))?;
-        if kind == "Pod" {
+        if object["kind"] == "Pod" {
             object["spec"]["nodeName"] = Value::String(self.node.clone());
         }
         self.runtime.block_on(async {
-            let (resource, capabilities) = self.resource(&api_version, &kind).await?;
-            let namespace = (capabilities.scope == Scope::Namespaced)
-                .then(|| text(&object["metadata"], "namespace").unwrap_or_else(|| "default".into()));
-            let api = self.api(&resource, namespace.as_deref());
+            let Target { kind, written: target } = self.target(&object).await?;
+            let api = self.api(&target.resource, target.namespace.as_deref());
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let deadline = Instant::now() + ADMISSION_WAIT;
             let applied = loop {
-                match api.patch(&name, &params, &Patch::Apply(&object)).await {
+                match api.patch(&target.name, &params, &Patch::Apply(&object)).await {
                     Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") && Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(200)).await
                     }
-                    result => break result.map_err(|e| format!("{kind} {name}: {e}"))?,
+                    result => break result.map_err(|e| format!("{kind} {}: {e}", target.name))?,
                 }
             };
             let mut written = self.written.lock().expect("not poisoned");
-            if !written.iter().any(|w| w.resource == resource && w.namespace == namespace && w.name == name) {
-                written.push(Written { resource, namespace, name: name.clone() });
+            if !written.contains(&target) {
+                written.push(target);
             }
             let version = applied.metadata.resource_version.as_deref().and_then(|v| v.parse().ok());
             Ok((kind, version.unwrap_or(0)))
@@ -159,19 +167,19 @@ impl ApiCluster {
     }
 
     fn delete_one(&self, object: &Value) -> Result<(), String> {
-        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-        let (Some(api_version), Some(kind), Some(name)) =
-            (text(object, "apiVersion"), text(object, "kind"), text(&object["metadata"], "name"))
-        else {
-            return Err(format!("an object without apiVersion, kind and name: {object}"));
-        };
         self.runtime.block_on(async {
-            let (resource, capabilities) = self.resource(&api_version, &kind).await?;
-            let namespace = (capabilities.scope == Scope::Namespaced)
-                .then(|| text(&object["metadata"], "namespace").unwrap_or_else(|| "default".into()));
-            delete(&self.api(&resource, namespace.as_deref()), &name).await.map_err(|e| format!("{kind} {name}: {e}"))
+            let Target { kind, written: target } = self.target(object).await?;
+            delete(&self.api(&target.resource, target.namespace.as_deref()), &target.name)
+                .await
+                .map_err(|e| format!("{kind} {}: {e}", target.name))
         })
     }
+}
+
+/// An object's kind and where it is written.
+struct Target {
+    kind: String,
+    written: Written,
 }
 
 /// Deletes at once: no kubelet runs the probe's pods to confirm a graceful end.

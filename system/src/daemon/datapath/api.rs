@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -332,7 +332,8 @@ async fn follow_all(config: KubernetesConfig, shared: Arc<Mutex<Shared>>, notify
         follow(Api::<Namespace>::all(client.clone()), ctx(Kind::Namespace), |n| {
             Object::Namespace(Box::new(namespace(n)))
         }),
-        follow(Api::<Pod>::all(client.clone()), ctx(Kind::Pod), |p| Object::Pod(Box::new(pod(p)))),
+        // Read into what policies see as it is stored (Object::PodRead).
+        follow(Api::<Pod>::all(client.clone()), ctx(Kind::Pod), |p| Object::Pod(Box::new(p))),
         follow(Api::<NetworkPolicy>::all(client), ctx(Kind::NetworkPolicy), |p| {
             Object::NetworkPolicy(Box::new(network_policy(p)))
         }),
@@ -482,27 +483,6 @@ fn namespace(n: Namespace) -> Namespace {
 
 fn network_policy(p: NetworkPolicy) -> NetworkPolicy {
     NetworkPolicy { metadata: meta(p.metadata), ..p }
-}
-
-/// A Pod as policies see it: its labels and its containers' named ports
-/// (a Pod's whole spec would be most of what the stores hold).
-fn pod(p: Pod) -> Pod {
-    let containers = p
-        .spec
-        .map(|spec| {
-            spec.containers
-                .into_iter()
-                .filter(|c| c.ports.as_ref().is_some_and(|ports| ports.iter().any(|port| port.name.is_some())))
-                .map(|c| Container { name: c.name, ports: c.ports, ..Container::default() })
-                .collect()
-        })
-        .unwrap_or_default();
-    let pod_ip = p.status.and_then(|s| s.pod_ip);
-    Pod {
-        metadata: meta(p.metadata),
-        spec: Some(PodSpec { containers, ..PodSpec::default() }),
-        status: Some(PodStatus { pod_ip, ..PodStatus::default() }),
-    }
 }
 
 #[cfg(test)]
