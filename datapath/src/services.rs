@@ -1,13 +1,14 @@
 //! Service load balancing as the maps hold it: a Service port's entry at its
 //! VIP (or, for a NodePort, the node's IP) and its backend slots, written so
 //! that a packet never picks an empty slot; and the [`Reconciler`] that turns
-//! desired Service ports into map updates, incrementally: only ports whose VIP,
-//! backends or affinity changed are written, and ports no longer desired —
-//! including ones a previous nodeplaned programmed — are removed. Service ids
+//! desired Service ports into map updates, incrementally: it is given only
+//! the Services that changed, writes only ports whose VIP, backends or
+//! affinity changed, and removes ports no longer desired — including ones a
+//! previous nodeplaned programmed. Service ids
 //! are read back from the maps, so they survive a restart. A port with a
 //! NodePort is a second map entry, at the node's IP, with the same backends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -141,13 +142,18 @@ pub struct SyncStats {
     pub failed: Vec<String>,
 }
 
-/// Remembers what it programmed, to write only differences. The maps are
-/// read back only when what it remembers may not be what they hold: at its
-/// first sync (a previous nodeplaned's ports, their ids) and after a failure;
-/// otherwise a sync costs the changes it writes, not the size of the maps.
+/// Remembers what it programmed, by Service, to write only differences: a
+/// sync is given the Services that changed (or every one), and costs what
+/// they hold, not the size of the maps. The maps are read back only when what
+/// it remembers may not be what they hold: at its first sync (a previous
+/// nodeplaned's ports, their ids) and after a failure; such a sync must be
+/// given every Service ([`Reconciler::in_sync`]).
 #[derive(Default)]
 pub struct Reconciler {
-    programmed: HashMap<SvcKey, Service>,
+    /// Each map entry it wrote, with the Service (`namespace/name`) that owns it.
+    programmed: HashMap<SvcKey, (String, Service)>,
+    /// Each Service's entries.
+    owned: HashMap<String, Vec<SvcKey>>,
     /// `programmed` is what the map holds, and `next_id` is free.
     in_sync: bool,
     next_id: u32,
@@ -169,59 +175,98 @@ fn entries(port: &ServicePort, node_ip: Option<Ipv4Addr>) -> impl Iterator<Item 
 }
 
 impl Reconciler {
-    /// Programs `desired`, with NodePorts at `node_ip` (none without one).
+    /// Whether it knows what the maps hold: if not, the next sync must be
+    /// given every Service.
+    pub fn in_sync(&self) -> bool {
+        self.in_sync
+    }
+
+    /// Programs `services` (each Service's key and all of its ports; none for
+    /// a Service gone), with NodePorts at `node_ip`. With `everything`, those
+    /// are all the Services there are, and any other entry in the maps is
+    /// removed. An entry two Services claim stays the first one's.
     pub fn sync(
         &mut self,
         maps: &mut ServiceMaps<'_>,
-        desired: &[ServicePort],
+        services: &[(String, Vec<ServicePort>)],
+        everything: bool,
         node_ip: Option<Ipv4Addr>,
     ) -> Result<SyncStats, DatapathError> {
-        // Key → service id of every port in the map.
-        let in_maps: HashMap<SvcKey, u32> = if self.in_sync {
-            self.programmed.iter().map(|(key, service)| (*key, service.id)).collect()
-        } else {
-            let read: HashMap<SvcKey, u32> =
-                maps.programmed()?.into_iter().map(|(key, value)| (key, value.service_id)).collect();
-            self.next_id = read.values().max().unwrap_or(&0) + 1;
-            read
-        };
-        let mut next_id = self.next_id;
+        // Key → service id of what the map holds, when that is not known.
+        let mut in_maps: HashMap<SvcKey, u32> = HashMap::new();
+        if !self.in_sync {
+            in_maps = maps.programmed()?.into_iter().map(|(key, value)| (key, value.service_id)).collect();
+            self.next_id = in_maps.values().max().unwrap_or(&0) + 1;
+            for (key, (_, service)) in &self.programmed {
+                in_maps.entry(*key).or_insert(service.id);
+            }
+            (self.programmed, self.owned) = (HashMap::new(), HashMap::new());
+        }
         let mut stats = SyncStats::default();
-        let mut wanted = std::collections::HashSet::new();
-        let mut programmed = HashMap::new();
-        for (port, mut service) in desired.iter().flat_map(|p| entries(p, node_ip).map(move |s| (p, s))) {
-            let key = service.key();
-            service.id = match in_maps.get(&key) {
-                Some(id) => *id,
-                None => {
-                    next_id += 1;
-                    next_id - 1
-                }
-            };
-            wanted.insert(key);
-            match self.programmed.get(&key) {
-                Some(current) if *current == service && in_maps.contains_key(&key) => stats.unchanged += 1,
-                previous => match maps.set(&service) {
-                    Ok(()) if previous.is_some() || in_maps.contains_key(&key) => stats.updated += 1,
-                    Ok(()) => stats.added += 1,
-                    // One bad port must not hold up the others: report it, go on (and
-                    // retry it next time: it is not recorded as programmed).
-                    Err(err) => {
-                        stats.failed.push(format!("{}: {err}", port.name));
-                        continue;
-                    }
-                },
-            }
-            programmed.insert(key, service);
+        let wanted: Vec<(&String, Vec<(&ServicePort, Service)>)> = services
+            .iter()
+            .map(|(owner, ports)| {
+                (owner, ports.iter().flat_map(|p| entries(p, node_ip).map(move |s| (p, s))).collect())
+            })
+            .collect();
+        // Entries their Services no longer have go first: another may take them.
+        let mut gone: Vec<SvcKey> = Vec::new();
+        for (owner, entries) in &wanted {
+            let keep: HashSet<SvcKey> = entries.iter().map(|(_, s)| s.key()).collect();
+            let old = self.owned.remove(*owner).unwrap_or_default();
+            gone.extend(old.into_iter().filter(|k| !keep.contains(k)));
         }
-        for key in in_maps.keys().filter(|k| !wanted.contains(k)) {
-            match maps.remove(key) {
+        if everything {
+            let listed: HashSet<&String> = services.iter().map(|(owner, _)| owner).collect();
+            let others: Vec<String> = self.owned.keys().filter(|o| !listed.contains(o)).cloned().collect();
+            for owner in others {
+                gone.extend(self.owned.remove(&owner).unwrap_or_default());
+            }
+            let claimed: HashSet<SvcKey> = wanted.iter().flat_map(|(_, e)| e.iter().map(|(_, s)| s.key())).collect();
+            gone.extend(in_maps.keys().filter(|k| !claimed.contains(k)));
+        }
+        for key in gone {
+            self.programmed.remove(&key);
+            match maps.remove(&key) {
                 Ok(()) => stats.removed += 1,
-                Err(err) => stats.failed.push(format!("removing {:?}: {err}", key)),
+                Err(err) => stats.failed.push(format!("removing {key:?}: {err}")),
             }
         }
-        self.programmed = programmed;
-        self.next_id = next_id;
+        for (owner, entries) in wanted {
+            let mut owned = Vec::new();
+            for (port, mut service) in entries {
+                let key = service.key();
+                let current = self.programmed.get(&key);
+                if let Some((other, _)) = current.filter(|(other, _)| other != owner) {
+                    stats.failed.push(format!("{}: {}:{} is {other}'s already", port.name, service.vip, service.port));
+                    continue;
+                }
+                service.id = match current.map(|(_, s)| s.id).or_else(|| in_maps.get(&key).copied()) {
+                    Some(id) => id,
+                    None => {
+                        self.next_id += 1;
+                        self.next_id - 1
+                    }
+                };
+                match current {
+                    Some((_, programmed)) if *programmed == service => stats.unchanged += 1,
+                    _ => match maps.set(&service) {
+                        Ok(()) if current.is_some() || in_maps.contains_key(&key) => stats.updated += 1,
+                        Ok(()) => stats.added += 1,
+                        // One bad port must not hold up the others: report it, go on.
+                        Err(err) => {
+                            stats.failed.push(format!("{}: {err}", port.name));
+                            continue;
+                        }
+                    },
+                }
+                owned.push(key);
+                self.programmed.insert(key, (owner.clone(), service));
+            }
+            if !owned.is_empty() {
+                self.owned.insert(owner.clone(), owned);
+            }
+        }
         self.in_sync = stats.failed.is_empty();
         Ok(stats)
     }
@@ -230,7 +275,7 @@ impl Reconciler {
     /// (before its first sync, or after a failure) what the map holds.
     pub fn counts(&self, maps: &mut ServiceMaps<'_>) -> Result<(u64, u64), DatapathError> {
         if self.in_sync {
-            let backends = self.programmed.values().map(|s| s.backends.len() as u64).sum();
+            let backends = self.programmed.values().map(|(_, s)| s.backends.len() as u64).sum();
             return Ok((self.programmed.len() as u64, backends));
         }
         let programmed = maps.programmed()?;

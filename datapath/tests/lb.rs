@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Reconciler, Service, SyncStats};
 use nodeplane_model::Protocol;
-use nodeplane_model::manifests::load_dir;
+use nodeplane_model::manifests::{PortName, ServicePort, load_dir};
+use nodeplane_model::services::by_service;
 use nodeplane_testkit::{Bpffs, Node, Pod, RequestLoop, privileged, service_manifest};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -290,7 +291,7 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     let sync = |datapath: &mut Datapath, reconciler: &mut Reconciler| {
         let found = load_dir(dir.path());
         assert!(found.errors.is_empty(), "{:?}", found.errors);
-        reconciler.sync(&mut datapath.services(), &found.ports, None).unwrap()
+        reconciler.sync(&mut datapath.services(), &by_service(found.ports), true, None).unwrap()
     };
 
     std::fs::write(&manifest, service_manifest("web", VIP, &[b1.ip])).unwrap();
@@ -312,6 +313,65 @@ fn manifests_are_applied_incrementally_and_survive_a_new_reconciler() {
     assert_eq!(sync(&mut datapath, &mut reconciler), SyncStats { updated: 1, removed: 1, ..Default::default() });
     assert!(client.tcp_request(VIP, 80).is_err(), "a removed Service no longer answers");
     assert_eq!(datapath.services().programmed().unwrap().len(), 1);
+}
+
+/// A sync given some Services (the API source's changes) touches only
+/// theirs; an entry two Services claim stays the first one's until it lets
+/// go, and the refusal leaves the reconciler wanting everything next time.
+#[test]
+fn a_sync_of_some_services_leaves_the_others_and_a_claimed_entry_stays_its_owners() {
+    if !privileged("a_sync_of_some_services_leaves_the_others_and_a_claimed_entry_stays_its_owners") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 16, 2)).unwrap();
+    let b1 = node.add_pod(Ipv4Addr::new(10, 200, 16, 3)).unwrap();
+    let b2 = node.add_pod(Ipv4Addr::new(10, 200, 16, 4)).unwrap();
+    let _servers = [b1.serve_tcp(8080, "b1"), b2.serve_tcp(8080, "b2")];
+    let mut datapath = load(&node, &bpffs, &[&client, &b1, &b2]);
+    let other_vip = Ipv4Addr::new(10, 96, 0, 11);
+    let service = |name: &str, vip: Ipv4Addr, backend: Ipv4Addr| {
+        let port = ServicePort {
+            name: PortName { namespace: "default".into(), service: name.into(), port: String::new() },
+            vip,
+            port: 80,
+            protocol: Protocol::Tcp,
+            affinity: None,
+            backends: vec![(backend, 8080)],
+            node_port: None,
+            node_port_backends: Vec::new(),
+        };
+        (format!("default/{name}"), vec![port])
+    };
+    let mut reconciler = Reconciler::default();
+    let mut sync = |services: &[(String, Vec<ServicePort>)], everything: bool| {
+        let stats = reconciler.sync(&mut datapath.services(), services, everything, None).unwrap();
+        (stats, reconciler.in_sync(), datapath.services().programmed().unwrap().len())
+    };
+    let both = [service("a", VIP, b1.ip), service("b", other_vip, b2.ip)];
+    assert_eq!(sync(&both, true).0, SyncStats { added: 2, ..Default::default() });
+
+    // Only b changed: a is not looked at, and keeps serving.
+    assert_eq!(sync(&[service("b", other_vip, b1.ip)], false).0, SyncStats { updated: 1, ..Default::default() });
+    assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b1");
+    assert_eq!(client.tcp_request(other_vip, 80).unwrap(), "b1");
+
+    // b moves to a's VIP: refused while a has it (b's old entry goes).
+    let (stats, in_sync, _) = sync(&[service("b", VIP, b2.ip)], false);
+    assert_eq!(stats.removed, 1);
+    assert_eq!(stats.failed.len(), 1, "{stats:?}");
+    assert!(stats.failed[0].contains("default/a's already"), "{stats:?}");
+    assert!(!in_sync, "the next sync is to be given everything");
+    assert!((0..5).all(|_| client.tcp_request(VIP, 80).unwrap() == "b1"));
+    assert!(client.tcp_request(other_vip, 80).is_err());
+
+    // Given everything, without a: b takes the VIP.
+    let (stats, in_sync, programmed) = sync(&[service("b", VIP, b2.ip)], true);
+    assert_eq!(stats, SyncStats { updated: 1, ..Default::default() });
+    assert!(in_sync);
+    assert_eq!(programmed, 1, "a's entry became b's");
+    assert!((0..5).all(|_| client.tcp_request(VIP, 80).unwrap() == "b2"));
 }
 
 #[test]

@@ -3,12 +3,15 @@
 //! Pods and NetworkPolicies read from a manifests directory and validated
 //! ([`manifests`]); the NetworkPolicy semantics ([`policy`]); and their
 //! compilation into per-pod rules ([`compile`]), which `nodeplane-datapath`
-//! writes into its maps. The reachability probe uses it as it is; the API
-//! watcher will feed the same types.
+//! writes into its maps. Services and EndpointSlices are read into compact
+//! forms and related by a [`services::ServiceIndex`], which the API source
+//! keeps up to date event by event.
 
 pub mod compile;
 pub mod manifests;
+mod origin;
 pub mod policy;
 mod protocol;
+pub mod services;
 
 pub use protocol::{ICMP, Protocol, UnknownProtocol, ip_protocol_name};

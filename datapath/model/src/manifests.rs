@@ -1,104 +1,24 @@
 //! Desired state from Kubernetes objects: Services and EndpointSlices, and the
 //! Namespaces, Pods and NetworkPolicies that policy enforcement works from, in
-//! the Kubernetes API types. They come from a directory of manifests
-//! (multi-document YAML or JSON; [`load_dir`]) or from the API server's
-//! watches ([`Manifests::from_objects`]); both end in the same [`Manifests`]. A
-//! bad object is reported — file and document, or kind and name; field — and
-//! skipped; the rest applies. Other kinds are ignored.
+//! the Kubernetes API types. A directory of manifests (multi-document YAML or
+//! JSON; [`load_dir`]) ends in a [`Manifests`]; the API source keeps its
+//! Services and EndpointSlices in a [`crate::services::ServiceIndex`] and
+//! reads the other kinds with [`Manifests::from_objects`]. A bad object is
+//! reported — file and document, or kind and name; field — and skipped; the
+//! rest applies. Other kinds are ignored.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service as K8sService, ServicePort as ServicePortSpec, ServiceSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+pub use crate::origin::{ManifestError, Origin};
 use crate::policy::{Labels, NamedPort, PodManifest, Policy};
 use crate::protocol::Protocol;
-
-/// A Service port by its Kubernetes name, for reports.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortName {
-    pub namespace: String,
-    pub service: String,
-    /// The port's name; empty for a single unnamed port.
-    pub port: String,
-}
-
-impl fmt::Display for PortName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.service)?;
-        if !self.port.is_empty() {
-            write!(f, ":{}", self.port)?;
-        }
-        Ok(())
-    }
-}
-
-/// One Service port as the node should balance it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServicePort {
-    pub name: PortName,
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub affinity: Option<Duration>,
-    /// Ready endpoints, sorted, without duplicates; this node's only with
-    /// `internalTrafficPolicy: Local`.
-    pub backends: Vec<(Ipv4Addr, u16)>,
-    /// The port on the node's IP that also reaches it (type NodePort or LoadBalancer).
-    pub node_port: Option<u16>,
-    /// Where the NodePort sends: the ready endpoints, this node's only with
-    /// `externalTrafficPolicy: Local`.
-    pub node_port_backends: Vec<(Ipv4Addr, u16)>,
-}
-
-/// A Service with a selector, as written: what a tool that stands up its pods
-/// (the reachability probe) needs to write its EndpointSlices.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SelectorService {
-    pub namespace: String,
-    pub name: String,
-    pub vip: Ipv4Addr,
-    pub selector: Labels,
-    /// (port name, protocol, port, target: a number or a container port name).
-    pub ports: Vec<(String, Protocol, u16, TargetPort)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetPort {
-    Number(u16),
-    Name(String),
-}
-
-/// A manifest the node could not use, and where the problem is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManifestError {
-    /// The file; for an object from the API server, its kind and name.
-    pub file: PathBuf,
-    /// 1-based document number within the file; 0 for the whole file or object.
-    pub document: usize,
-    /// Field path, e.g. `spec.ports[0].protocol`; empty for the whole document.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.document > 0 {
-            write!(f, ": document {}", self.document)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub use crate::services::{PortName, SelectorService, ServicePort, TargetPort};
+use crate::services::{ServiceIndex, read_service, read_slice, service_key};
 
 /// Everything found in a manifests directory.
 #[derive(Debug, Default)]
@@ -116,31 +36,6 @@ pub struct Manifests {
     pub policies_incomplete: bool,
     pub errors: Vec<ManifestError>,
 }
-
-/// Where an object came from: a file's document, or the API server.
-#[derive(Clone, Debug)]
-pub struct Origin {
-    file: PathBuf,
-    document: usize,
-}
-
-impl Origin {
-    /// An object of the API server's, e.g. `Service default/web`.
-    pub fn api(kind: &str, namespace: Option<&str>, name: &str) -> Self {
-        let name = match namespace {
-            Some(namespace) => format!("{kind} {namespace}/{name}"),
-            None => format!("{kind} {name}"),
-        };
-        Origin { file: PathBuf::from(name), document: 0 }
-    }
-
-    fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ManifestError {
-        ManifestError { file: self.file.clone(), document: self.document, field: field.into(), message: message.into() }
-    }
-}
-
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
 
 /// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` (sorted by name).
 pub fn load_dir(dir: &Path) -> Manifests {
@@ -182,7 +77,7 @@ impl Manifests {
         let mut objects = Vec::new();
         for (file, text) in texts {
             for (index, document) in documents(text).enumerate() {
-                let origin = Origin { file: file.clone(), document: index + 1 };
+                let origin = Origin::document(file.clone(), index + 1);
                 match parse_document(document, &origin) {
                     Ok(Some(object)) => objects.push((origin, object)),
                     Ok(None) => {}
@@ -193,144 +88,53 @@ impl Manifests {
                 }
             }
         }
-        self.add_objects(objects.iter().map(|(origin, object)| (origin, object)), None, None);
+        self.add_objects(objects.iter().map(|(origin, object)| (origin, object)));
     }
 
-    /// The desired state from `objects` (as the API server's watches hold
-    /// them). `node` is this node's name: with a traffic policy of `Local`,
-    /// only endpoints on it (or naming no node) serve. What `cache` holds
-    /// from the last read is reused for every Service whose object and
-    /// EndpointSlices have not changed since (by resourceVersion).
-    pub fn from_objects<'a>(
-        objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>,
-        node: Option<&str>,
-        cache: &mut ServiceCache,
-    ) -> Self {
+    /// The desired state from `objects`: Namespaces, Pods and
+    /// NetworkPolicies (as the API source keeps them), or any kind.
+    pub fn from_objects<'a>(objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>) -> Self {
         let mut found = Manifests::default();
-        found.add_objects(objects, node, Some(cache));
+        found.add_objects(objects);
         found
     }
 
-    fn add_objects<'a>(
-        &mut self,
-        objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>,
-        node: Option<&str>,
-        mut cache: Option<&mut ServiceCache>,
-    ) {
-        let (mut services, mut slices) = (Vec::new(), Vec::new());
+    fn add_objects<'a>(&mut self, objects: impl IntoIterator<Item = (&'a Origin, &'a Object)>) {
+        let mut index = ServiceIndex::default();
+        // Where each Service was first found: a second one of the name is an error.
+        let mut services: HashMap<String, &Origin> = HashMap::new();
         for (origin, object) in objects {
             match object {
-                Object::Service(service) => services.push((origin, &**service)),
-                Object::EndpointSlice(slice) => slices.push((origin, &**slice)),
+                Object::Service(service) => {
+                    let Some(name) = service.metadata.name.as_deref() else {
+                        self.errors.push(origin.error("metadata.name", "missing"));
+                        continue;
+                    };
+                    let key = service_key(service.metadata.namespace.as_deref(), name);
+                    if let Some(first) = services.get(&key) {
+                        self.errors.push(
+                            origin.error(
+                                "metadata.name",
+                                format!("Service {key} is also in {first}; this one is skipped"),
+                            ),
+                        );
+                        continue;
+                    }
+                    index.insert_service(key.clone(), read_service(service, origin));
+                    services.insert(key, origin);
+                }
+                // Keyed by where each is: a directory's slices need no names.
+                Object::EndpointSlice(slice) => {
+                    index.insert_slice(origin.to_string(), read_slice(slice, origin, None));
+                }
                 object => self.add(object, origin),
             }
         }
-        // Each Service's slices, by namespace and the service-name label.
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for (_, slice) in &slices {
-            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-                continue;
-            };
-            if slice.address_type == "IPv4" {
-                let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-                by_service.entry((namespace, service.as_str())).or_default().push(slice);
-            }
-        }
-        let mut next = ServiceCache::default();
-        for (origin, service) in &services {
-            let read = || {
-                let ports = service_ports(service, origin, &by_service, node);
-                let selector = ports.as_ref().ok().and_then(|ports| selector_service(service, ports));
-                (ports, selector)
-            };
-            let (ports, selector) = match (cache.as_deref_mut(), ServiceCache::key(service, &by_service)) {
-                (Some(cache), Some(key)) => {
-                    let read = match cache.services.remove(&key) {
-                        Some(same) => same,
-                        None => read(),
-                    };
-                    next.services.insert(key, read.clone());
-                    read
-                }
-                _ => read(),
-            };
-            match ports {
-                Ok(ports) => {
-                    self.selector_services.extend(selector);
-                    self.ports.extend(ports)
-                }
-                Err(err) => self.errors.push(err),
-            }
-        }
-        for (origin, slice) in &slices {
-            match (cache.as_deref_mut(), ServiceCache::slice_key(slice)) {
-                (Some(cache), Some(key)) => {
-                    let errors = match cache.slices.remove(&key) {
-                        Some(same) => same,
-                        None => bad_addresses(slice, origin),
-                    };
-                    self.errors.extend(errors.iter().cloned());
-                    next.slices.insert(key, errors);
-                }
-                _ => self.errors.extend(bad_addresses(slice, origin)),
-            }
-        }
-        if let Some(cache) = cache {
-            // What was not read this time (deleted, or changed) is dropped.
-            *cache = next;
-        }
+        self.ports.extend(index.everything().into_iter().flat_map(|(_, ports)| ports));
+        self.selector_services = index.selector_services();
+        self.errors.extend(index.errors().cloned());
         self.ports.sort_by(|a, b| a.name.cmp(&b.name));
         self.errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
-    }
-}
-
-/// What reading each Service (with its EndpointSlices) and each slice's
-/// addresses gave at the last read of the API server's objects, keyed by
-/// their resourceVersions: a change reads again only what it touched.
-/// Reading every endpoint address of the cluster for every change was most
-/// of a change's cost at 10,000 Services.
-#[derive(Default)]
-pub struct ServiceCache {
-    services: HashMap<Vec<String>, ServiceRead>,
-    slices: HashMap<(String, String), Vec<ManifestError>>,
-}
-
-type ServiceRead = (Result<Vec<ServicePort>, ManifestError>, Option<SelectorService>);
-
-impl ServiceCache {
-    /// A Service's namespace, name and resourceVersion, and its slices'
-    /// names and resourceVersions (sorted); none without versions (manifest files).
-    fn key(service: &K8sService, slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>) -> Option<Vec<String>> {
-        let meta = &service.metadata;
-        let namespace = meta.namespace.as_deref().unwrap_or("default");
-        let name = meta.name.as_deref()?;
-        let mut versions = Vec::new();
-        for slice in slices.get(&(namespace, name)).into_iter().flatten() {
-            versions.push(format!(
-                "{}@{}",
-                slice.metadata.name.as_deref()?,
-                slice.metadata.resource_version.as_deref()?
-            ));
-        }
-        versions.sort();
-        versions.insert(0, format!("{namespace}/{name}@{}", meta.resource_version.as_deref()?));
-        Some(versions)
-    }
-
-    /// A slice's namespace/name@resourceVersion (none without a version).
-    fn slice_key(slice: &EndpointSlice) -> Option<(String, String)> {
-        let meta = &slice.metadata;
-        let name = format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref()?);
-        Some((name, meta.resource_version.clone()?))
-    }
-
-    /// Services remembered (a test's view).
-    pub fn len(&self) -> usize {
-        self.services.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
     }
 }
 
@@ -379,28 +183,9 @@ impl Manifests {
                     self.errors.push(origin.error(err.field, err.message))
                 }
             },
-            Object::Service(_) | Object::EndpointSlice(_) => unreachable!("read with the other files' slices"),
+            Object::Service(_) | Object::EndpointSlice(_) => unreachable!("read together, by the ServiceIndex"),
         }
     }
-}
-
-/// An IPv4 EndpointSlice's addresses that are not IPv4 addresses.
-fn bad_addresses(slice: &EndpointSlice, origin: &Origin) -> Vec<ManifestError> {
-    if slice.address_type != "IPv4" {
-        return Vec::new();
-    }
-    let mut errors = Vec::new();
-    for (i, endpoint) in slice.endpoints.iter().enumerate() {
-        for (j, address) in endpoint.addresses.iter().enumerate() {
-            if address.parse::<Ipv4Addr>().is_err() {
-                errors.push(
-                    origin
-                        .error(format!("endpoints[{i}].addresses[{j}]"), format!("{address:?} is not an IPv4 address")),
-                );
-            }
-        }
-    }
-    errors
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -408,7 +193,7 @@ fn is_manifest(path: &Path) -> bool {
 }
 
 /// A Kubernetes object the node works from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Box<K8sService>),
     EndpointSlice(Box<EndpointSlice>),
@@ -470,173 +255,6 @@ fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, (
         "" => Err((None, origin.error("kind", "missing"))),
         _ => Ok(None),
     }
-}
-
-/// A Service's ports, each with the ready endpoints of its EndpointSlices.
-fn service_ports(
-    service: &K8sService,
-    origin: &Origin,
-    slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>,
-    node: Option<&str>,
-) -> Result<Vec<ServicePort>, ManifestError> {
-    let namespace = service.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = service.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
-    let spec = service.spec.as_ref().ok_or_else(|| origin.error("spec", "missing"))?;
-    let has_node_ports = match spec.type_.as_deref() {
-        Some("ExternalName") => return Ok(Vec::new()),
-        None | Some("ClusterIP") => false,
-        Some("NodePort" | "LoadBalancer") => true,
-        Some(other) => {
-            return Err(origin
-                .error("spec.type", format!("{other:?} is not ClusterIP, NodePort, LoadBalancer or ExternalName")));
-        }
-    };
-    let vip = match spec.cluster_ip.as_deref() {
-        Some("None") => return Ok(Vec::new()), // headless: nothing to balance
-        Some(ip) => ip
-            .parse::<Ipv4Addr>()
-            .map_err(|_| origin.error("spec.clusterIP", format!("{ip:?} is not an IPv4 address")))?,
-        None => return Err(origin.error("spec.clusterIP", "missing (no API server allocates one on this node)")),
-    };
-    let affinity = affinity(spec, origin)?;
-    let internal_local = traffic_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy", origin)?;
-    let external_local = traffic_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy", origin)?;
-    let ours = slices.get(&(namespace.as_str(), name.as_str())).map_or(&[][..], Vec::as_slice);
-    let mut ports = Vec::new();
-    for (i, port) in spec.ports.iter().flatten().enumerate() {
-        let (protocol, number, node_port) = port_numbers(port, has_node_ports, i, origin)?;
-        let port_name = port.name.clone().unwrap_or_default();
-        let backends = |local: bool| ready_backends(ours, &port_name, protocol, local.then_some(node).flatten());
-        ports.push(ServicePort {
-            name: PortName { namespace: namespace.clone(), service: name.clone(), port: port_name.clone() },
-            vip,
-            port: number,
-            protocol,
-            affinity,
-            backends: backends(internal_local),
-            node_port,
-            node_port_backends: if node_port.is_some() { backends(external_local) } else { Vec::new() },
-        });
-    }
-    Ok(ports)
-}
-
-/// An internal or external traffic policy: whether it is `Local`.
-fn traffic_policy(written: Option<&str>, field: &str, origin: &Origin) -> Result<bool, ManifestError> {
-    match written {
-        None | Some("Cluster") => Ok(false),
-        Some("Local") => Ok(true),
-        Some(other) => Err(origin.error(field, format!("{other:?} is not Cluster or Local"))),
-    }
-}
-
-/// `spec.sessionAffinity`: the ClientIP timeout, `None` without affinity.
-fn affinity(spec: &ServiceSpec, origin: &Origin) -> Result<Option<Duration>, ManifestError> {
-    match spec.session_affinity.as_deref() {
-        Some("ClientIP") => Ok(Some(
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .map_or(DEFAULT_AFFINITY_TIMEOUT, |s| Duration::from_secs(s.max(1) as u64)),
-        )),
-        None | Some("None") => Ok(None),
-        Some(other) => Err(origin.error("spec.sessionAffinity", format!("{other:?} is not None or ClientIP"))),
-    }
-}
-
-/// Port `i` of a Service: its protocol, number and, for a Service with node
-/// ports, its NodePort.
-fn port_numbers(
-    port: &ServicePortSpec,
-    has_node_ports: bool,
-    i: usize,
-    origin: &Origin,
-) -> Result<(Protocol, u16, Option<u16>), ManifestError> {
-    let protocol = match Protocol::parse(port.protocol.as_deref()) {
-        Ok(protocol @ (Protocol::Tcp | Protocol::Udp)) => protocol,
-        _ => {
-            let written = port.protocol.as_deref().unwrap_or_default();
-            return Err(
-                origin.error(format!("spec.ports[{i}].protocol"), format!("{written} is not supported (TCP, UDP)"))
-            );
-        }
-    };
-    let number = u16::try_from(port.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| origin.error(format!("spec.ports[{i}].port"), format!("{} is not a port number", port.port)))?;
-    let node_port =
-        match (has_node_ports, port.node_port) {
-            (false, _) => None,
-            (true, None) => {
-                return Err(origin
-                    .error(format!("spec.ports[{i}].nodePort"), "missing (no API server allocates one on this node)"));
-            }
-            (true, Some(n)) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
-                origin.error(format!("spec.ports[{i}].nodePort"), format!("{n} is not a port number"))
-            })?),
-        };
-    Ok((protocol, number, node_port))
-}
-
-/// The ready endpoints of a Service port in its slices, sorted, without
-/// duplicates; with `local`, only those on that node (or naming none).
-/// Terminating endpoints are not ready: they keep the flows conntrack holds, no new ones.
-fn ready_backends(
-    slices: &[&EndpointSlice],
-    port_name: &str,
-    protocol: Protocol,
-    local: Option<&str>,
-) -> Vec<(Ipv4Addr, u16)> {
-    let mut backends = Vec::new();
-    for slice in slices {
-        let matching = slice.ports.iter().flatten().filter(|p| {
-            p.name.as_deref().unwrap_or_default() == port_name
-                && Protocol::parse(p.protocol.as_deref()).is_ok_and(|p| p == protocol)
-        });
-        for target in matching.filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok())) {
-            let ready = slice.endpoints.iter().filter(|e| {
-                e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
-                    && local.is_none_or(|node| e.node_name.as_deref().is_none_or(|n| n == node))
-            });
-            for endpoint in ready {
-                backends
-                    .extend(endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()).map(|a| (a, target)));
-            }
-        }
-    }
-    backends.sort();
-    backends.dedup();
-    backends
-}
-
-/// The selector and target ports of a Service whose `ports` read well.
-fn selector_service(service: &K8sService, ports: &[ServicePort]) -> Option<SelectorService> {
-    let spec = service.spec.as_ref()?;
-    let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
-    let first = ports.first()?;
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .zip(ports)
-        .map(|(written, port)| {
-            let target = match &written.target_port {
-                Some(IntOrString::String(name)) => TargetPort::Name(name.clone()),
-                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).unwrap_or(port.port)),
-                None => TargetPort::Number(port.port),
-            };
-            (port.name.port.clone(), port.protocol, port.port, target)
-        })
-        .collect();
-    Some(SelectorService {
-        namespace: first.name.namespace.clone(),
-        name: first.name.service.clone(),
-        vip: first.vip,
-        selector,
-        ports,
-    })
 }
 
 /// A Pod's namespace, name, labels and named container ports.

@@ -4,8 +4,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nodeplane_model::Protocol;
-use nodeplane_model::manifests::{Manifests, Object, Origin, ServiceCache, load_dir};
+use nodeplane_model::manifests::{Origin, load_dir};
+use nodeplane_model::services::{ServiceIndex, read_service, read_slice, service_key};
 
 const GOOD: &str = r#"
 apiVersion: v1
@@ -216,11 +219,11 @@ spec:
 fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
     let documents = [(std::path::PathBuf::from("local.yaml"), LOCAL.to_owned())];
     let parsed = nodeplane_model::manifests::parse(&documents);
-    // The objects as the API server's watches hold them, this node named.
-    let objects = objects_of(LOCAL);
-    let found =
-        Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"), &mut ServiceCache::default());
-    let port = |name: &str| found.ports.iter().find(|p| p.name.service == name).unwrap();
+    // The objects as the API source reads them, this node named.
+    let mut index = ServiceIndex::default();
+    apply(&mut index, LOCAL);
+    let found: Vec<_> = index.everything().into_iter().flat_map(|(_, ports)| ports).collect();
+    let port = |name: &str| found.iter().find(|p| p.name.service == name).unwrap();
     let at = |last: u8| (Ipv4Addr::new(10, 200, 0, last), 8080);
     // Both Local: the ClusterIP and the NodePort send to node-1's endpoint and
     // the one naming no node; another node's is not ours to pick.
@@ -229,7 +232,7 @@ fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
     // External only: the ClusterIP keeps every endpoint.
     assert_eq!(port("external-local").backends, vec![at(6), at(7)]);
     assert_eq!(port("external-local").node_port_backends, vec![at(6)]);
-    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    let errors: Vec<String> = index.errors().map(ToString::to_string).collect();
     assert_eq!(
         errors,
         ["Service shop/odd: spec.internalTrafficPolicy: \"Nearby\" is not Cluster or Local"],
@@ -240,77 +243,65 @@ fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
     assert_eq!(local.backends, vec![at(3), at(4), at(5)]);
 }
 
-/// The objects of a YAML stream, each with its origin as the API source gives it.
-fn objects_of(text: &str) -> Vec<(Origin, Object)> {
-    text.split("\n---\n")
-        .map(|document| {
-            let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(document).unwrap();
-            let meta = &value["metadata"];
-            let (namespace, name) = (meta["namespace"].as_str(), meta["name"].as_str().unwrap());
-            let kind = value["kind"].as_str().unwrap();
-            let origin = Origin::api(kind, namespace, name);
-            let object = match kind {
-                "Service" => Object::Service(serde_yaml_ng::from_value(value).unwrap()),
-                "EndpointSlice" => Object::EndpointSlice(serde_yaml_ng::from_value(value).unwrap()),
-                other => panic!("{other}"),
-            };
-            (origin, object)
-        })
-        .collect()
+/// Puts the Services and EndpointSlices of a YAML stream into `index` as the
+/// API source does (keyed by namespace and name, read for node-1); the keys
+/// of the Services whose ports changed.
+fn apply(index: &mut ServiceIndex, text: &str) -> Vec<String> {
+    for document in text.split("\n---\n") {
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(document).unwrap();
+        let meta = &value["metadata"];
+        let (namespace, name) = (meta["namespace"].as_str(), meta["name"].as_str().unwrap());
+        let kind = value["kind"].as_str().unwrap();
+        let origin = Origin::api(kind, namespace, name);
+        let key = service_key(namespace, name);
+        match kind {
+            "Service" => {
+                let service: Service = serde_yaml_ng::from_value(value).unwrap();
+                index.insert_service(key, read_service(&service, &origin));
+            }
+            "EndpointSlice" => {
+                let slice: EndpointSlice = serde_yaml_ng::from_value(value).unwrap();
+                index.insert_slice(key, read_slice(&slice, &origin, Some("node-1")));
+            }
+            other => panic!("{other}"),
+        }
+    }
+    index.changed().into_iter().map(|(key, _)| key).collect()
 }
 
-/// The API source reads only what changed: a Service and its slices at the
-/// resourceVersions of the last read come from the cache; a new version (of
-/// the Service or of one of its slices) is read again, and what is gone is
-/// forgotten. Each read equals a read without the cache.
+/// A change recomputes only the Services it touched: a slice's Service (both
+/// of them when its label moves), a Service itself; the same object again
+/// touches none. Each answer equals a fresh read of everything.
 #[test]
-fn a_read_reuses_only_services_whose_objects_kept_their_versions() {
-    let versioned = |text: &str, version: &str| {
-        let mut objects = objects_of(text);
-        for (_, object) in &mut objects {
-            let meta = match object {
-                Object::Service(s) => &mut s.metadata,
-                Object::EndpointSlice(s) => &mut s.metadata,
-                _ => unreachable!(),
-            };
-            meta.resource_version = Some(version.into());
-        }
-        objects
-    };
-    let read = |objects: &[(Origin, Object)], cache: &mut ServiceCache| {
-        let found = Manifests::from_objects(objects.iter().map(|(o, obj)| (o, obj)), Some("node-1"), cache);
-        let fresh = Manifests::from_objects(
-            objects.iter().map(|(o, obj)| (o, obj)),
-            Some("node-1"),
-            &mut ServiceCache::default(),
-        );
-        assert_eq!(found.ports, fresh.ports, "a cached read differs from a fresh one");
-        assert_eq!(found.errors, fresh.errors);
-        found
-    };
-    let mut cache = ServiceCache::default();
-    let first = versioned(LOCAL, "1");
-    read(&first, &mut cache);
-    assert_eq!(cache.len(), 3, "local, external-local and odd");
+fn the_index_recomputes_only_the_services_a_change_touched() {
+    let mut index = ServiceIndex::default();
+    assert_eq!(apply(&mut index, LOCAL), ["shop/external-local", "shop/local", "shop/odd"]);
+    assert_eq!(apply(&mut index, LOCAL), Vec::<String>::new(), "nothing changed");
 
-    // The same versions with other contents (which the API server never
-    // sends) show that the cache answered.
     let moved = LOCAL.replace("10.200.0.6", "10.200.0.9");
-    let cached =
-        Manifests::from_objects(versioned(&moved, "1").iter().map(|(o, obj)| (o, obj)), Some("node-1"), &mut cache);
-    let port =
-        |found: &Manifests, name: &str| found.ports.iter().find(|p| p.name.service == name).unwrap().backends.clone();
-    assert!(port(&cached, "external-local").contains(&(Ipv4Addr::new(10, 200, 0, 6), 8080)));
+    assert_eq!(apply(&mut index, &moved), ["shop/external-local"]);
+    let relabelled = moved.replace(
+        "name: external-local-1, namespace: shop, labels: {kubernetes.io/service-name: external-local}",
+        "name: external-local-1, namespace: shop, labels: {kubernetes.io/service-name: local}",
+    );
+    assert_eq!(apply(&mut index, &relabelled), ["shop/external-local", "shop/local"]);
+    let fresh = |text: &str| {
+        let mut fresh = ServiceIndex::default();
+        apply(&mut fresh, text);
+        fresh.everything()
+    };
+    assert_eq!(index.everything(), fresh(&relabelled));
 
-    // A new version is read again.
-    let changed = read(&versioned(&moved, "2"), &mut cache);
-    assert!(port(&changed, "external-local").contains(&(Ipv4Addr::new(10, 200, 0, 9), 8080)));
+    assert!(index.remove_slice("shop/external-local-1"));
+    assert!(!index.remove_slice("shop/external-local-1"), "gone already");
+    let changed = index.changed();
+    assert_eq!(changed.len(), 1);
+    let (key, ports) = &changed[0];
+    assert_eq!(key, "shop/local");
+    assert_eq!(ports[0].backends, vec![(Ipv4Addr::new(10, 200, 0, 3), 8080), (Ipv4Addr::new(10, 200, 0, 5), 8080)]);
 
-    // A Service gone is forgotten.
-    let without_odd: Vec<(Origin, Object)> = versioned(&moved, "2")
-        .into_iter()
-        .filter(|(_, o)| !matches!(o, Object::Service(s) if s.metadata.name.as_deref() == Some("odd")))
-        .collect();
-    read(&without_odd, &mut cache);
-    assert_eq!(cache.len(), 2);
+    assert!(index.remove_service("shop/odd"));
+    assert_eq!(index.changed(), [("shop/odd".to_owned(), Vec::new())], "a Service gone has no ports");
+    assert!(index.errors().next().is_none(), "its problem went with it");
+    assert_eq!(index.len(), (2, 1));
 }

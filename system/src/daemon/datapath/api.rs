@@ -16,12 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
-use nodeplane_model::manifests::{Manifests, Object, Origin, ServiceCache};
+use nodeplane_model::manifests::{ManifestError, Manifests, Object, Origin, ServicePort};
+use nodeplane_model::services::{ServiceIndex, ServiceRead, SliceRead, read_service, read_slice, service_key};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -73,14 +74,14 @@ impl Kind {
     }
 }
 
-type Objects = HashMap<String, (Origin, Object)>;
-
-/// One kind's objects and how its watch fares.
+/// One kind's watch: how it fares, and a list under way.
 #[derive(Default)]
 struct Store {
-    live: Objects,
-    /// A list under way: it replaces `live` when it ends.
-    listing: Option<Objects>,
+    /// Namespaces, Pods and NetworkPolicies (Services and EndpointSlices are
+    /// in [`Shared::index`]), by `namespace/name`.
+    live: HashMap<String, (Origin, Object)>,
+    /// A list under way: it replaces what is kept when it ends.
+    listing: Option<Vec<(String, Kept)>>,
     /// Lists completed (the first, then relists).
     lists: u64,
     /// The newest resourceVersion an event carried: how far the watch has come.
@@ -90,39 +91,15 @@ struct Store {
     failing: Option<(SystemTime, String)>,
 }
 
-impl Store {
-    /// Applies a watch event; whether the live objects changed.
-    fn apply(&mut self, kind: Kind, event: Event<Object>) -> bool {
-        if let Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) = &event {
-            let version = metadata(object).and_then(|m| m.resource_version.as_deref()?.parse().ok());
-            self.revision = self.revision.max(version.unwrap_or(0));
-        }
-        match event {
-            Event::Init => {
-                self.listing = Some(Objects::new());
-                false
-            }
-            Event::InitApply(object) => {
-                let (key, entry) = kept(kind, object);
-                self.listing.get_or_insert_default().insert(key, entry);
-                false
-            }
-            Event::InitDone => {
-                self.live = self.listing.take().unwrap_or_default();
-                self.lists += 1;
-                true
-            }
-            Event::Apply(object) => {
-                let (key, entry) = kept(kind, object);
-                self.live.insert(key, entry);
-                true
-            }
-            Event::Delete(object) => self.live.remove(&key(kind, &object).0).is_some(),
-        }
-    }
+/// An object as it is kept: Services and EndpointSlices read into the index's
+/// forms, Pods read into what policies see of them, the rest trimmed.
+enum Kept {
+    Service(ServiceRead),
+    Slice(SliceRead),
+    Other(Origin, Object),
 }
 
-/// An object's metadata (none for a Pod already read: only the store keeps those).
+/// An object's metadata.
 fn metadata(object: &Object) -> Option<&ObjectMeta> {
     match object {
         Object::Service(o) => Some(&o.metadata),
@@ -134,29 +111,28 @@ fn metadata(object: &Object) -> Option<&ObjectMeta> {
     }
 }
 
-/// An event's object: its key in the store (`namespace/name`) and origin.
+/// An event's object: its key (`namespace/name` as [`service_key`] makes
+/// it, or the name of a Namespace) and origin.
 fn key(kind: Kind, object: &Object) -> (String, Origin) {
     let meta = metadata(object);
     let namespace = meta.and_then(|m| m.namespace.as_deref());
     let name = meta.and_then(|m| m.name.as_deref()).unwrap_or_default();
-    (format!("{}/{name}", namespace.unwrap_or_default()), Origin::api(kind.name(), namespace, name))
-}
-
-/// An event's object as the store keeps it: Pods read at once (what
-/// policies see of a pod is a small part of a `Pod`).
-fn kept(kind: Kind, object: Object) -> (String, (Origin, Object)) {
-    let (key, origin) = key(kind, &object);
-    let object = match object {
-        Object::Pod(pod) => Object::read_pod(&pod, &origin),
-        other => other,
+    let key = match namespace {
+        Some(_) => service_key(namespace, name),
+        None => name.to_owned(),
     };
-    (key, (origin, object))
+    (key, Origin::api(kind.name(), namespace, name))
 }
 
 /// What the watch tasks share with the datapath component.
 #[derive(Default)]
 struct Shared {
     stores: [Store; KINDS.len()],
+    index: ServiceIndex,
+    /// Namespaces, Pods or NetworkPolicies changed since the last read.
+    policy_changed: bool,
+    /// This node's name: EndpointSlices are read for it.
+    node: String,
     /// When the oldest change not yet given to the datapath came in.
     pending_since: Option<Instant>,
     /// No client could be made (a kubeconfig not there yet, say).
@@ -168,6 +144,120 @@ impl Shared {
     fn listed(&self) -> bool {
         self.stores.iter().all(|s| s.lists > 0)
     }
+
+    /// Applies a watch event; whether it is news for the datapath. A relist
+    /// (after a `410 Gone`, say) replaces the kind's objects when it ends:
+    /// what did not come back is gone, and nothing is half-listed meanwhile.
+    fn apply(&mut self, kind: Kind, event: Event<Object>) -> bool {
+        let store = &mut self.stores[kind as usize];
+        if let Event::Apply(object) | Event::Delete(object) | Event::InitApply(object) = &event {
+            let version = metadata(object).and_then(|m| m.resource_version.as_deref()?.parse().ok());
+            store.revision = store.revision.max(version.unwrap_or(0));
+        }
+        match event {
+            Event::Init => {
+                store.listing = Some(Vec::new());
+                false
+            }
+            Event::InitApply(object) => {
+                let kept = self.kept(kind, object);
+                self.stores[kind as usize].listing.get_or_insert_default().push(kept);
+                false
+            }
+            Event::InitDone => {
+                let listed = store.listing.take().unwrap_or_default();
+                store.lists += 1;
+                self.replace(kind, listed);
+                // News even when nothing changed: the first list may complete the set.
+                true
+            }
+            Event::Apply(object) => {
+                let (key, kept) = self.kept(kind, object);
+                self.put(kind, key, kept)
+            }
+            Event::Delete(object) => self.remove(kind, &key(kind, &object).0),
+        }
+    }
+
+    /// An event's object as it is kept, with its key.
+    fn kept(&self, kind: Kind, object: Object) -> (String, Kept) {
+        let (key, origin) = key(kind, &object);
+        let kept = match object {
+            Object::Service(service) => Kept::Service(read_service(&service, &origin)),
+            Object::EndpointSlice(slice) => Kept::Slice(read_slice(&slice, &origin, Some(&self.node))),
+            Object::Pod(pod) => Kept::Other(origin.clone(), Object::read_pod(&pod, &origin)),
+            other => Kept::Other(origin, other),
+        };
+        (key, kept)
+    }
+
+    /// Keeps an object; whether that changed anything.
+    fn put(&mut self, kind: Kind, key: String, kept: Kept) -> bool {
+        match kept {
+            Kept::Service(read) => self.index.insert_service(key, read),
+            Kept::Slice(read) => self.index.insert_slice(key, read),
+            Kept::Other(origin, object) => {
+                let live = &mut self.stores[kind as usize].live;
+                if live.get(&key).is_some_and(|(_, kept)| *kept == object) {
+                    return false;
+                }
+                live.insert(key, (origin, object));
+                self.policy_changed = true;
+                true
+            }
+        }
+    }
+
+    /// Forgets an object; whether there was one.
+    fn remove(&mut self, kind: Kind, key: &str) -> bool {
+        let removed = match kind {
+            Kind::Service => return self.index.remove_service(key),
+            Kind::EndpointSlice => return self.index.remove_slice(key),
+            _ => self.stores[kind as usize].live.remove(key).is_some(),
+        };
+        self.policy_changed |= removed;
+        removed
+    }
+
+    /// Replaces a kind's objects with a list's.
+    fn replace(&mut self, kind: Kind, listed: Vec<(String, Kept)>) {
+        let keys: std::collections::HashSet<&String> = listed.iter().map(|(key, _)| key).collect();
+        let kept: Vec<&String> = match kind {
+            Kind::Service => self.index.service_keys().collect(),
+            Kind::EndpointSlice => self.index.slice_keys().collect(),
+            _ => self.stores[kind as usize].live.keys().collect(),
+        };
+        let gone: Vec<String> = kept.into_iter().filter(|key| !keys.contains(key)).cloned().collect();
+        for key in gone {
+            self.remove(kind, &key);
+        }
+        for (key, kept) in listed {
+            self.put(kind, key, kept);
+        }
+    }
+
+    /// The objects of a kind.
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Service => self.index.len().0,
+            Kind::EndpointSlice => self.index.len().1,
+            _ => self.stores[kind as usize].live.len(),
+        }
+    }
+}
+
+/// What the API source has for the datapath.
+pub(super) struct ApiRead {
+    /// `services` holds every Service: any other in the maps is to go.
+    pub everything: bool,
+    /// The Services that changed (or every one), each with its ports now.
+    pub services: Vec<(String, Vec<ServicePort>)>,
+    /// The Namespaces, Pods and NetworkPolicies, when any changed.
+    pub policy: Option<Manifests>,
+    /// Every object that could not be read, in order.
+    pub errors: Vec<ManifestError>,
+    /// A NetworkPolicy could not be read: the policies in force stay.
+    pub policies_incomplete: bool,
 }
 
 /// The watches, running on a task of their own while this lives.
@@ -175,14 +265,14 @@ pub(super) struct ApiSource {
     shared: Arc<Mutex<Shared>>,
     changes: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
-    node: String,
     /// The change generation last given to the datapath.
     given: Option<u64>,
     /// The event-to-datapath delay of the last change applied.
     last_delay: Option<Duration>,
     started: Instant,
-    /// Each Service as last read: a change reads again only what it touched.
-    cache: ServiceCache,
+    /// The problems of the Namespaces, Pods and NetworkPolicies at their last read.
+    policy_errors: Vec<ManifestError>,
+    policies_incomplete: bool,
 }
 
 impl Drop for ApiSource {
@@ -200,18 +290,18 @@ impl ApiSource {
     /// Starts following the cluster `config` names (never in the way: the
     /// API server may not answer for a long time).
     pub fn start(config: &KubernetesConfig) -> Self {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared { node: config.node_name.clone(), ..Shared::default() }));
         let (notify, changes) = watch::channel(0u64);
         let task = tokio::spawn(follow_all(config.clone(), shared.clone(), notify));
         ApiSource {
             shared,
             changes,
             task,
-            node: config.node_name.clone(),
             given: None,
             last_delay: None,
             started: Instant::now(),
-            cache: ServiceCache::default(),
+            policy_errors: Vec::new(),
+            policies_incomplete: false,
         }
     }
 
@@ -228,20 +318,33 @@ impl ApiSource {
         self.shared.lock().expect("not poisoned").listed()
     }
 
-    /// The desired state, when it changed since last given (or `force`d) and
-    /// every kind has been listed.
-    pub fn read(&mut self, force: bool) -> Option<Manifests> {
+    /// What changed since last given — or, with `everything` (and at the
+    /// first read, or after a [`ApiSource::retry`]), all of it — once every
+    /// kind has been listed. A change costs the Service it touched; the
+    /// policy inputs are read again only when one of them changed.
+    pub fn read(&mut self, everything: bool) -> Option<ApiRead> {
         let generation = *self.changes.borrow_and_update();
-        if !force && self.given == Some(generation) {
+        let everything = everything || self.given.is_none();
+        if !everything && self.given == Some(generation) {
             return None;
         }
-        let shared = self.shared.lock().expect("not poisoned");
+        let mut shared = self.shared.lock().expect("not poisoned");
         if !shared.listed() {
             return None;
         }
         self.given = Some(generation);
-        let objects = shared.stores.iter().flat_map(|s| s.live.values().map(|(origin, object)| (origin, object)));
-        Some(Manifests::from_objects(objects, Some(&self.node), &mut self.cache))
+        let services = if everything { shared.index.everything() } else { shared.index.changed() };
+        let policy = (std::mem::take(&mut shared.policy_changed) || everything).then(|| {
+            let kinds = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+            let objects =
+                kinds.iter().flat_map(|k| shared.stores[*k as usize].live.values().map(|(o, object)| (o, object)));
+            let found = Manifests::from_objects(objects);
+            (self.policy_errors, self.policies_incomplete) = (found.errors.clone(), found.policies_incomplete);
+            found
+        });
+        let mut errors: Vec<ManifestError> = shared.index.errors().chain(&self.policy_errors).cloned().collect();
+        errors.sort_by(|a, b| a.file.cmp(&b.file));
+        Some(ApiRead { everything, services, policy, errors, policies_incomplete: self.policies_incomplete })
     }
 
     /// The state read last could not be programmed: read it again next time.
@@ -289,7 +392,7 @@ impl ApiSource {
         let shared = self.shared.lock().expect("not poisoned");
         let mut facts = BTreeMap::new();
         for (kind, store) in KINDS.iter().zip(&shared.stores) {
-            facts.insert(kind.fact().into(), Fact::Count(store.live.len() as u64));
+            facts.insert(kind.fact().into(), Fact::Count(shared.count(*kind) as u64));
             facts.insert(format!("{}_revision", kind.fact()), Fact::Count(store.revision));
         }
         if let Some(last) = shared.stores.iter().filter_map(|s| s.last_event).max() {
@@ -325,14 +428,14 @@ async fn follow_all(config: KubernetesConfig, shared: Arc<Mutex<Shared>>, notify
     let notify = Arc::new(notify);
     let ctx = |kind| (kind, shared.clone(), notify.clone());
     tokio::join!(
-        follow(Api::<Service>::all(client.clone()), ctx(Kind::Service), |s| Object::Service(Box::new(service(s)))),
+        // Services, EndpointSlices and Pods are read as they come (Shared::kept).
+        follow(Api::<Service>::all(client.clone()), ctx(Kind::Service), |s| Object::Service(Box::new(s))),
         follow(Api::<EndpointSlice>::all(client.clone()), ctx(Kind::EndpointSlice), |s| {
-            Object::EndpointSlice(Box::new(endpoint_slice(s)))
+            Object::EndpointSlice(Box::new(s))
         }),
         follow(Api::<Namespace>::all(client.clone()), ctx(Kind::Namespace), |n| {
             Object::Namespace(Box::new(namespace(n)))
         }),
-        // Read into what policies see as it is stored (Object::PodRead).
         follow(Api::<Pod>::all(client.clone()), ctx(Kind::Pod), |p| Object::Pod(Box::new(p))),
         follow(Api::<NetworkPolicy>::all(client), ctx(Kind::NetworkPolicy), |p| {
             Object::NetworkPolicy(Box::new(network_policy(p)))
@@ -408,19 +511,21 @@ impl Backoff {
 /// Records a watch event (or error) of `kind`; whether it is news: the
 /// objects changed, or the watch failed or recovered.
 fn record(shared: &Mutex<Shared>, kind: Kind, event: Result<Event<Object>, watcher::Error>) -> bool {
-    let mut s = shared.lock().expect("not poisoned");
-    let store = &mut s.stores[kind as usize];
+    let mut guard = shared.lock().expect("not poisoned");
+    let s = &mut *guard;
     let (changed, news) = match event {
         Ok(event) => {
+            let store = &mut s.stores[kind as usize];
             store.last_event = Some(SystemTime::now());
             let recovered = store.failing.take().is_some();
             if recovered {
                 tracing::info!("watching {} again", kind.plural());
             }
-            let changed = store.apply(kind, event);
+            let changed = s.apply(kind, event);
             (changed, changed || recovered)
         }
         Err(err) => {
+            let store = &mut s.stores[kind as usize];
             let since = store.failing.as_ref().map_or_else(SystemTime::now, |(since, _)| *since);
             if store.failing.is_none() {
                 tracing::warn!("watching {}: {err}", kind.plural());
@@ -456,27 +561,6 @@ fn meta(meta: ObjectMeta) -> ObjectMeta {
     }
 }
 
-fn service(s: Service) -> Service {
-    Service { metadata: meta(s.metadata), spec: s.spec, status: None }
-}
-
-/// An EndpointSlice as Services read it: each endpoint's addresses,
-/// conditions and node (not its target reference, zone or hints, most of
-/// what a controller-made slice holds).
-fn endpoint_slice(s: EndpointSlice) -> EndpointSlice {
-    let endpoints = s
-        .endpoints
-        .into_iter()
-        .map(|e| Endpoint {
-            addresses: e.addresses,
-            conditions: e.conditions,
-            node_name: e.node_name,
-            ..Endpoint::default()
-        })
-        .collect();
-    EndpointSlice { metadata: meta(s.metadata), endpoints, ..s }
-}
-
 fn namespace(n: Namespace) -> Namespace {
     Namespace { metadata: meta(n.metadata), spec: None, status: None }
 }
@@ -499,27 +583,62 @@ mod tests {
     /// did not come back is gone, and nothing is half-listed meanwhile.
     #[test]
     fn a_relist_replaces_the_store_when_it_ends() {
-        let mut store = Store::default();
+        let mut shared = Shared::default();
         let kind = Kind::Namespace;
-        assert!(!store.apply(kind, Event::Init));
-        store.apply(kind, Event::InitApply(namespace_object("a", "5")));
-        store.apply(kind, Event::InitApply(namespace_object("b", "6")));
-        assert!(store.live.is_empty(), "nothing live before the list ends");
-        assert!(store.apply(kind, Event::InitDone));
-        assert_eq!(store.lists, 1);
-        assert!(store.apply(kind, Event::Apply(namespace_object("c", "9"))));
-        assert_eq!(store.revision, 9);
+        assert!(!shared.apply(kind, Event::Init));
+        shared.apply(kind, Event::InitApply(namespace_object("a", "5")));
+        shared.apply(kind, Event::InitApply(namespace_object("b", "6")));
+        assert_eq!(shared.count(kind), 0, "nothing kept before the list ends");
+        assert!(shared.apply(kind, Event::InitDone));
+        assert_eq!(shared.stores[kind as usize].lists, 1);
+        assert!(shared.apply(kind, Event::Apply(namespace_object("c", "9"))));
+        assert!(!shared.apply(kind, Event::Apply(namespace_object("c", "9"))), "the same object again is no news");
+        assert_eq!(shared.stores[kind as usize].revision, 9);
 
-        store.apply(kind, Event::Init);
-        store.apply(kind, Event::InitApply(namespace_object("c", "9")));
-        assert_eq!(store.live.len(), 3, "the old objects stay until the relist ends");
-        assert!(store.apply(kind, Event::InitDone));
-        let mut names: Vec<&String> = store.live.keys().collect();
-        names.sort();
-        assert_eq!(names, ["/c"]);
-        assert_eq!(store.lists, 2);
-        assert!(!store.apply(kind, Event::Delete(namespace_object("gone", "12"))), "nothing to delete");
-        assert_eq!(store.revision, 12);
+        shared.apply(kind, Event::Init);
+        shared.apply(kind, Event::InitApply(namespace_object("c", "9")));
+        assert_eq!(shared.count(kind), 3, "the old objects stay until the relist ends");
+        assert!(shared.apply(kind, Event::InitDone));
+        let names: Vec<&String> = shared.stores[kind as usize].live.keys().collect();
+        assert_eq!(names, ["c"]);
+        assert_eq!(shared.stores[kind as usize].lists, 2);
+        assert!(!shared.apply(kind, Event::Delete(namespace_object("gone", "12"))), "nothing to delete");
+        assert_eq!(shared.stores[kind as usize].revision, 12);
+    }
+
+    /// A Service that did not come back from a relist is given to the
+    /// datapath as gone (no ports), and only it: the others did not change.
+    #[test]
+    fn a_service_missing_from_a_relist_is_given_as_gone() {
+        let service = |name: &str| {
+            let spec = k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some("10.96.0.1".into()),
+                ports: Some(vec![k8s_openapi::api::core::v1::ServicePort { port: 80, ..Default::default() }]),
+                ..Default::default()
+            };
+            let metadata = ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                resource_version: Some("1".into()),
+                ..ObjectMeta::default()
+            };
+            Object::Service(Box::new(Service { metadata, spec: Some(spec), status: None }))
+        };
+        let mut shared = Shared::default();
+        let kind = Kind::Service;
+        shared.apply(kind, Event::Init);
+        shared.apply(kind, Event::InitApply(service("a")));
+        shared.apply(kind, Event::InitApply(service("b")));
+        shared.apply(kind, Event::InitDone);
+        let changed: Vec<String> = shared.index.changed().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(changed, ["default/a", "default/b"]);
+
+        shared.apply(kind, Event::Init);
+        shared.apply(kind, Event::InitApply(service("a")));
+        assert!(shared.index.changed().is_empty(), "nothing changes before the list ends");
+        shared.apply(kind, Event::InitDone);
+        assert_eq!(shared.index.changed(), [("default/b".to_owned(), Vec::new())]);
+        assert_eq!(shared.count(kind), 1);
     }
 
     #[test]

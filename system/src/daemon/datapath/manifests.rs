@@ -1,12 +1,12 @@
 //! The manifests directory as the datapath component reads it: again only
 //! when a file changed (names, sizes, times), keeping what cannot be read safe.
-//! What the API server's objects hold is taken the same way.
+//! The API source's problems and policy inputs are taken the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use nodeplane_model::manifests::{Manifests, ServicePort, load_dir};
+use nodeplane_model::manifests::{ManifestError, Manifests, ServicePort, load_dir};
 use nodeplane_model::policy::{Labels, PodManifest, Policy};
 
 /// What the directory said the last time it was read.
@@ -45,19 +45,26 @@ impl ManifestSource {
         Some(Changed { ports, fingerprint })
     }
 
-    /// Takes what a source (the directory, or the API server's objects)
-    /// holds: its problems, Namespaces, Pods and — when every one read —
-    /// NetworkPolicies; returns its Service ports.
-    pub fn take(&mut self, found: Manifests, from: &str) -> Vec<ServicePort> {
-        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        // Each problem once, not at every read.
-        for (error, text) in found.errors.iter().zip(&errors).filter(|(_, text)| !self.errors.contains(text)) {
+    /// Takes what the directory holds: its problems, Namespaces, Pods and —
+    /// when every one read — NetworkPolicies; returns its Service ports.
+    fn take(&mut self, mut found: Manifests, from: &str) -> Vec<ServicePort> {
+        self.take_errors(&found.errors, found.policies_incomplete, from);
+        let ports = std::mem::take(&mut found.ports);
+        self.take_policy_inputs(found);
+        ports
+    }
+
+    /// Takes a source's problems (each logged once, not at every read). With
+    /// `policies_incomplete` the first one says that the policies in force stay.
+    pub fn take_errors(&mut self, errors: &[ManifestError], policies_incomplete: bool, from: &str) {
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        for (error, text) in errors.iter().zip(&texts).filter(|(_, text)| !self.errors.contains(text)) {
             tracing::warn!(datapath_manifest = %error.file.display(), "manifest skipped: {text}");
         }
-        self.errors = errors;
+        self.errors = texts;
         // A policy that could not be read might be the one isolating a pod:
         // the policies in force stay until every one reads.
-        if found.policies_incomplete {
+        if policies_incomplete {
             // First: the status line shows the first problem.
             self.errors.insert(
                 0,
@@ -66,11 +73,16 @@ impl ManifestSource {
                     self.policies.len()
                 ),
             );
-        } else {
+        }
+    }
+
+    /// Takes a source's Namespaces, Pods and — unless one could not be read —
+    /// NetworkPolicies.
+    pub fn take_policy_inputs(&mut self, found: Manifests) {
+        if !found.policies_incomplete {
             self.policies = found.policies;
         }
         (self.namespaces, self.pods) = (found.namespaces, found.pods);
-        found.ports
     }
 
     /// Records that the read's Services were programmed: the same files are not

@@ -20,6 +20,7 @@ use nodeplane_datapath::{Collector, Datapath, DatapathError, GcStats, Reconciler
 use nodeplane_datapath_abi::{CONNTRACK_CAPACITY, PolicyEvent};
 use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::manifests::ServicePort;
+use nodeplane_model::services::by_service;
 
 use super::component::{Component, Fact, Facts, Reporter, State};
 use crate::config::{DatapathConfig, KubernetesConfig, NodeConfig};
@@ -442,20 +443,22 @@ impl DatapathComponent {
         running.follow_interfaces(&self.config, &mut self.endpoints).await;
         let mut policy_inputs_changed = self.endpoints.len() != pods_before;
         if let Some(api) = &mut running.api {
-            if let Some(found) = api.read(force) {
-                policy_inputs_changed = true;
-                let ports = running.manifests.take(found, "the API server's objects");
-                // Until the maps take them, the objects are read again at each sync.
-                if running.program_services(&ports, &self.config) {
-                    running.api.as_mut().expect("followed").applied();
-                } else {
-                    running.api.as_mut().expect("followed").retry();
+            // A reconciler that does not know what the maps hold is given everything.
+            if let Some(read) = api.read(force || !running.reconciler.in_sync()) {
+                running.manifests.take_errors(&read.errors, read.policies_incomplete, "the API server's objects");
+                if let Some(found) = read.policy {
+                    policy_inputs_changed = true;
+                    running.manifests.take_policy_inputs(found);
                 }
+                // Until the maps take them, everything is read again at the next sync.
+                let programmed = running.program_services(&read.services, read.everything, &self.config);
+                let api = running.api.as_mut().expect("followed");
+                if programmed { api.applied() } else { api.retry() }
             }
         } else if let Some(changed) = running.manifests.read(&self.config.manifests_dir, force) {
             policy_inputs_changed = true;
             // Until the maps take them, the same files are read again at each sync.
-            if running.program_services(&changed.ports, &self.config) {
+            if running.program_services(&by_service(changed.ports), true, &self.config) {
                 running.manifests.applied(changed.fingerprint);
             }
         }
@@ -594,28 +597,36 @@ impl Running {
         self.problems.forwarding = result.err().map(|e| format!("turning on IPv4 forwarding ({PATH}): {e}"));
     }
 
-    /// Programs the Service ports the manifests list; false when the maps
-    /// could not be read (single ports that fail are problems, not failures).
-    fn program_services(&mut self, ports: &[ServicePort], config: &DatapathConfig) -> bool {
+    /// Programs `services` (each Service's ports; with `everything`, all
+    /// there are); false when the maps could not be read (single ports that
+    /// fail are problems, not failures).
+    fn program_services(
+        &mut self,
+        services: &[(String, Vec<ServicePort>)],
+        everything: bool,
+        config: &DatapathConfig,
+    ) -> bool {
         let started = Instant::now();
-        match self.reconciler.sync(&mut self.datapath.services(), ports, config.node_ip) {
+        match self.reconciler.sync(&mut self.datapath.services(), services, everything, config.node_ip) {
             Ok(stats) => {
                 for failure in &stats.failed {
                     tracing::error!("programming a Service port failed: {failure}");
                 }
+                // All that fails: a sync given only some Services follows one where nothing failed.
                 self.problems.services = stats.failed.clone();
                 if stats.added + stats.updated + stats.removed > 0 {
+                    let from = match self.api {
+                        Some(_) => "the API server".into(),
+                        None => config.manifests_dir.display().to_string(),
+                    };
+                    let ports: usize = services.iter().map(|(_, ports)| ports.len()).sum();
                     tracing::info!(
                         datapath_added = stats.added,
                         datapath_updated = stats.updated,
                         datapath_removed = stats.removed,
-                        "applied {} Service port(s) from {}",
-                        ports.len(),
-                        if self.api.is_some() {
-                            "the API server".into()
-                        } else {
-                            config.manifests_dir.display().to_string()
-                        }
+                        "applied {ports} Service port(s) of {} {}Service(s) from {from}",
+                        services.len(),
+                        if everything { "" } else { "changed " },
                     );
                 }
                 self.last_sync = Some((SystemTime::now(), started.elapsed(), stats));
