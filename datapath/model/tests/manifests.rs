@@ -88,6 +88,28 @@ fn services_and_endpoint_slices_become_service_ports() {
     assert_eq!(dns.backends.iter().map(|b| b.1).collect::<Vec<_>>(), [5353, 5353]);
 }
 
+/// A second Service of the same namespace and name (in another file, say) is
+/// reported and skipped: the first one's ports stay, not a mix of both.
+#[test]
+fn a_service_defined_twice_is_reported_and_the_first_one_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), GOOD.replace("10.96.0.20", "10.96.0.99")).unwrap();
+    let found = load_dir(dir.path());
+    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    assert_eq!(
+        errors,
+        [format!(
+            "{}: document 1: metadata.name: Service shop/web is also in {}: document 1; this one is skipped",
+            b.display(),
+            a.display()
+        )]
+    );
+    assert_eq!(found.ports.len(), 2);
+    assert!(found.ports.iter().all(|p| p.vip == Ipv4Addr::new(10, 96, 0, 20)), "{:?}", found.ports);
+}
+
 #[test]
 fn each_bad_document_is_reported_and_the_rest_applies() {
     let dir = tempfile::tempdir().unwrap();
