@@ -260,3 +260,76 @@ fn nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_
         assert!(!left.lines().any(|l| l.starts_with(gone)), "{gone} is still there:\n{left}");
     }
 }
+
+/// Another node's pods are reached through the route nodeplaned writes from
+/// its Node object (`spec.podCIDR` via its InternalIP), and the route goes
+/// with the Node. Node-2 is a namespace on an L2 link of its own to this
+/// node, holding a "pod" address of its pod CIDR with a server on it.
+#[test]
+fn another_nodes_pods_are_routed_via_its_internal_ip_until_its_node_is_deleted() {
+    if !privileged("another_nodes_pods_are_routed_via_its_internal_ip_until_its_node_is_deleted") {
+        return;
+    }
+    let cluster = TestCluster::new();
+    let stage = stage_following(&cluster);
+    let node_netns = stage.node_netns();
+    let node = node_netns.file_name().unwrap().to_str().unwrap().to_owned();
+    let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip").args(["-n", &node]).args(args).status().unwrap();
+        assert!(status.success(), "ip -n {node} {args:?}");
+    };
+    ip(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
+    ip(&["addr", "add", "192.168.77.1/24", "dev", "l2"]);
+    ip(&["link", "set", "l2", "up"]);
+    for args in [
+        &["addr", "add", "192.168.77.2/24", "dev", "eth0"][..],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.244.2.5/32", "dev", "lo"],
+        &["route", "add", "default", "via", "192.168.77.1"],
+    ] {
+        peer.ip(args).unwrap();
+    }
+    // Bound in node-2's namespace, the socket stays there; it answers from a thread.
+    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8080")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut stream, b"node-2");
+        }
+    });
+    let remote = Ipv4Addr::new(10, 244, 2, 5);
+    assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
+
+    let node_2 = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-2"},
+        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]},
+    });
+    apply(&cluster, &node_2.to_string());
+    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.2"}]}});
+    cluster
+        .kubectl(
+            &["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()],
+            None,
+        )
+        .unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
+        "node-2's pod is not reached: {}",
+        datapath(&stage)
+    );
+    let facts = &datapath(&stage)["facts"];
+    assert_eq!(facts["node_routes"], 1, "{facts}");
+    assert_eq!(facts["node_routes_to"], "10.244.2.0/24 via 192.168.77.2 (node-2)", "{facts}");
+    let routes = || {
+        let out =
+            std::process::Command::new("ip").args(["-n", &node, "route", "show", "proto", "78"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(routes().starts_with("10.244.2.0/24 via 192.168.77.2 dev l2"), "{}", routes());
+
+    cluster.kubectl(&["delete", "node", "node-2"], None).unwrap();
+    assert!(nodeplane_testkit::eventually(FOLLOW, || routes().is_empty()), "the route stays: {}", routes());
+    assert!(request(&stage, "x/a", remote, 8080).is_err());
+    assert_eq!(datapath(&stage)["facts"]["node_routes"], 0);
+}

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service as K8sService};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -184,6 +184,8 @@ impl Manifests {
                 }
             },
             Object::Service(_) | Object::EndpointSlice(_) => unreachable!("read together, by the ServiceIndex"),
+            // Routes to other nodes come from the API source's Node watch only.
+            Object::Node(_) => {}
         }
     }
 }
@@ -204,6 +206,8 @@ pub enum Object {
     /// every field empty.
     PodRead(Box<Result<PodManifest, ManifestError>>),
     NetworkPolicy(Box<NetworkPolicy>),
+    /// A Node: what the API source routes to other nodes' pods from.
+    Node(Box<Node>),
 }
 
 impl Object {

@@ -1,7 +1,7 @@
 //! The cluster's API server as the datapath's source, on a node with a
 //! `[kubernetes]` section: watches (kube-runtime) of every Service,
-//! EndpointSlice, Namespace, Pod and NetworkPolicy, each kept in a store of
-//! its own, trimmed to what the datapath reads. A relist (the first list, a
+//! EndpointSlice, Namespace, Pod, NetworkPolicy and Node, each object kept
+//! read into what the datapath uses of it. A relist (the first list, a
 //! `410 Gone`, a watch lost for good) replaces a store whole when it ends, so
 //! an object that did not come back is gone; bookmarks are on and errors back
 //! off (at most 5 s: a node follows its cluster again within seconds of an
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -26,6 +26,7 @@ use nodeplane_model::services::{ServiceIndex, ServiceRead, SliceRead, read_servi
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use super::routes::{RemoteNode, read_node};
 use crate::config::KubernetesConfig;
 
 /// The kinds followed, in the order of their stores.
@@ -36,9 +37,11 @@ enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Node,
 }
 
-const KINDS: [Kind; 5] = [Kind::Service, Kind::EndpointSlice, Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+const KINDS: [Kind; 6] =
+    [Kind::Service, Kind::EndpointSlice, Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node];
 
 impl Kind {
     /// The kind in plural, for messages.
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Namespace => "Namespaces",
             Kind::Pod => "Pods",
             Kind::NetworkPolicy => "NetworkPolicies",
+            Kind::Node => "Nodes",
         }
     }
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
         }
     }
 
@@ -70,6 +75,7 @@ impl Kind {
             Kind::Namespace => "api_namespaces",
             Kind::Pod => "api_pods",
             Kind::NetworkPolicy => "api_networkpolicies",
+            Kind::Node => "api_nodes",
         }
     }
 }
@@ -96,6 +102,8 @@ struct Store {
 enum Kept {
     Service(ServiceRead),
     Slice(SliceRead),
+    /// Another node, once it has an address and a pod CIDR; this node: none.
+    Node(Option<RemoteNode>),
     Other(Origin, Object),
 }
 
@@ -108,6 +116,7 @@ fn metadata(object: &Object) -> Option<&ObjectMeta> {
         Object::Pod(o) => Some(&o.metadata),
         Object::PodRead(_) => None,
         Object::NetworkPolicy(o) => Some(&o.metadata),
+        Object::Node(o) => Some(&o.metadata),
     }
 }
 
@@ -131,6 +140,9 @@ struct Shared {
     index: ServiceIndex,
     /// Namespaces, Pods or NetworkPolicies changed since the last read.
     policy_changed: bool,
+    /// Every Node by name, read for routing.
+    nodes: HashMap<String, Option<RemoteNode>>,
+    nodes_changed: bool,
     /// This node's name: EndpointSlices are read for it.
     node: String,
     /// When the oldest change not yet given to the datapath came in.
@@ -186,6 +198,8 @@ impl Shared {
             Object::Service(service) => Kept::Service(read_service(&service, &origin)),
             Object::EndpointSlice(slice) => Kept::Slice(read_slice(&slice, &origin, Some(&self.node))),
             Object::Pod(pod) => Kept::Other(origin.clone(), Object::read_pod(&pod, &origin)),
+            Object::Node(node) if node.metadata.name.as_deref() == Some(&self.node) => Kept::Node(None),
+            Object::Node(node) => Kept::Node(read_node(&node)),
             other => Kept::Other(origin, other),
         };
         (key, kept)
@@ -196,6 +210,12 @@ impl Shared {
         match kept {
             Kept::Service(read) => self.index.insert_service(key, read),
             Kept::Slice(read) => self.index.insert_slice(key, read),
+            Kept::Node(read) => {
+                let changed = self.nodes.get(&key) != Some(&read);
+                self.nodes.insert(key, read);
+                self.nodes_changed |= changed;
+                changed
+            }
             Kept::Other(origin, object) => {
                 let live = &mut self.stores[kind as usize].live;
                 if live.get(&key).is_some_and(|(_, kept)| *kept == object) {
@@ -213,6 +233,11 @@ impl Shared {
         let removed = match kind {
             Kind::Service => return self.index.remove_service(key),
             Kind::EndpointSlice => return self.index.remove_slice(key),
+            Kind::Node => {
+                let removed = self.nodes.remove(key).is_some();
+                self.nodes_changed |= removed;
+                return removed;
+            }
             _ => self.stores[kind as usize].live.remove(key).is_some(),
         };
         self.policy_changed |= removed;
@@ -225,6 +250,7 @@ impl Shared {
         let kept: Vec<&String> = match kind {
             Kind::Service => self.index.service_keys().collect(),
             Kind::EndpointSlice => self.index.slice_keys().collect(),
+            Kind::Node => self.nodes.keys().collect(),
             _ => self.stores[kind as usize].live.keys().collect(),
         };
         let gone: Vec<String> = kept.into_iter().filter(|key| !keys.contains(key)).cloned().collect();
@@ -241,6 +267,7 @@ impl Shared {
         match kind {
             Kind::Service => self.index.len().0,
             Kind::EndpointSlice => self.index.len().1,
+            Kind::Node => self.nodes.len(),
             _ => self.stores[kind as usize].live.len(),
         }
     }
@@ -258,6 +285,8 @@ pub(super) struct ApiRead {
     pub errors: Vec<ManifestError>,
     /// A NetworkPolicy could not be read: the policies in force stay.
     pub policies_incomplete: bool,
+    /// The other nodes with an address and a pod CIDR, when any Node changed.
+    pub nodes: Option<Vec<RemoteNode>>,
 }
 
 /// The watches, running on a task of their own while this lives.
@@ -342,9 +371,14 @@ impl ApiSource {
             (self.policy_errors, self.policies_incomplete) = (found.errors.clone(), found.policies_incomplete);
             found
         });
+        let nodes = (std::mem::take(&mut shared.nodes_changed) || everything).then(|| {
+            let mut nodes: Vec<RemoteNode> = shared.nodes.values().flatten().cloned().collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes
+        });
         let mut errors: Vec<ManifestError> = shared.index.errors().chain(&self.policy_errors).cloned().collect();
         errors.sort_by(|a, b| a.file.cmp(&b.file));
-        Some(ApiRead { everything, services, policy, errors, policies_incomplete: self.policies_incomplete })
+        Some(ApiRead { everything, services, policy, errors, policies_incomplete: self.policies_incomplete, nodes })
     }
 
     /// The state read last could not be programmed: read it again next time.
@@ -437,9 +471,10 @@ async fn follow_all(config: KubernetesConfig, shared: Arc<Mutex<Shared>>, notify
             Object::Namespace(Box::new(namespace(n)))
         }),
         follow(Api::<Pod>::all(client.clone()), ctx(Kind::Pod), |p| Object::Pod(Box::new(p))),
-        follow(Api::<NetworkPolicy>::all(client), ctx(Kind::NetworkPolicy), |p| {
+        follow(Api::<NetworkPolicy>::all(client.clone()), ctx(Kind::NetworkPolicy), |p| {
             Object::NetworkPolicy(Box::new(network_policy(p)))
         }),
+        follow(Api::<Node>::all(client), ctx(Kind::Node), |n| Object::Node(Box::new(n))),
     );
 }
 

@@ -1,8 +1,9 @@
 //! The eBPF datapath as a supervisor component: loads it at start (READY waits),
 //! attaches it to pod interfaces as they appear, applies its source whenever
 //! it changes — Services, and NetworkPolicies for the registered pods —
-//! collects expired conntrack entries, and reports fill levels, sync times and
-//! counters. The source is the cluster's API server on a node with a
+//! collects expired conntrack entries, routes to the other nodes' pods (from
+//! the API source's Nodes; [`routes`]), and reports fill levels, sync times
+//! and counters. The source is the cluster's API server on a node with a
 //! `[kubernetes]` section (see [`api`]), else the manifests directory.
 
 mod api;
@@ -10,6 +11,7 @@ mod endpoints;
 mod interfaces;
 mod manifests;
 mod policy;
+mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -60,6 +62,11 @@ struct Running {
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     policy: PolicyState,
     gc: Gc,
+    /// The other nodes, once the API source has listed them (until then the
+    /// routes a previous nodeplaned wrote stay), and the routes to their pods
+    /// (none: to be written).
+    remote_nodes: Option<Vec<routes::RemoteNode>>,
+    routes: Option<routes::RouteSync>,
     problems: Problems,
 }
 
@@ -93,6 +100,8 @@ struct Problems {
     forwarding: Option<String>,
     /// Masquerade or socket load balancing could not be set up.
     node_setup: Vec<String>,
+    /// Routes to other nodes' pods that could not be written or removed.
+    routes: Vec<String>,
 }
 
 /// Why the datapath component could not start or reload.
@@ -188,6 +197,8 @@ impl Component for DatapathComponent {
                 expired_total: 0,
                 last_stats: GcStats::default(),
             },
+            remote_nodes: None,
+            routes: None,
             problems: Problems { store: unreadable, ..Problems::default() },
         });
         component.apply_node_setup();
@@ -315,6 +326,7 @@ impl Running {
             .chain(&p.gc)
             .chain(&p.forwarding)
             .chain(&p.node_setup)
+            .chain(&p.routes)
             .chain(&self.policy.error)
             .cloned()
             .collect()
@@ -450,6 +462,10 @@ impl DatapathComponent {
                     policy_inputs_changed = true;
                     running.manifests.take_policy_inputs(found);
                 }
+                if let Some(nodes) = read.nodes {
+                    running.remote_nodes = Some(nodes);
+                    running.routes = None;
+                }
                 // Until the maps take them, everything is read again at the next sync.
                 let programmed = running.program_services(&read.services, read.everything, &self.config);
                 let api = running.api.as_mut().expect("followed");
@@ -461,6 +477,10 @@ impl DatapathComponent {
             if running.program_services(&by_service(changed.ports), true, &self.config) {
                 running.manifests.applied(changed.fingerprint);
             }
+        }
+        // Again at each sync while a route fails: its next hop may not be reachable yet.
+        if running.remote_nodes.is_some() && (running.routes.is_none() || !running.problems.routes.is_empty()) {
+            running.sync_routes().await;
         }
         running.ensure_forwarding();
         if running.gc.running || running.gc.last.elapsed() >= self.config.gc_interval {
@@ -508,6 +528,14 @@ impl DatapathComponent {
         facts.insert("policy_isolated_pods".into(), Fact::Count(isolated as u64));
         if let Some(api) = &running.api {
             facts.extend(api.facts());
+        }
+        if let (Some(nodes), Some(routes)) = (&running.remote_nodes, &running.routes) {
+            facts.insert("remote_nodes".into(), Fact::Count(nodes.len() as u64));
+            facts.insert("node_routes".into(), Fact::Count(routes.routes.len() as u64));
+            let by_node = nodes.iter().filter(|n| routes.routes.get(&n.pod_cidr) == Some(&n.address));
+            let text: Vec<String> =
+                by_node.map(|n| format!("{}/{} via {} ({})", n.pod_cidr.0, n.pod_cidr.1, n.address, n.name)).collect();
+            facts.insert("node_routes_to".into(), Fact::Text(text.join(", ")));
         }
         let problems = running.problems();
         let (state, detail) = match problems.first() {
@@ -581,6 +609,29 @@ impl Running {
             })
             .collect();
         self.datapath.pod_interfaces().set(&wanted)
+    }
+
+    /// Makes the routes to other nodes' pods those the API source knows.
+    async fn sync_routes(&mut self) {
+        let Some(nodes) = &self.remote_nodes else { return };
+        match routes::sync(&self.netlink, nodes).await {
+            Ok(result) => {
+                for failure in result.failed.iter().filter(|f| !self.problems.routes.contains(f)) {
+                    tracing::error!("{failure}");
+                }
+                if result.added + result.removed > 0 {
+                    tracing::info!(
+                        "routes to other nodes' pods: {} added, {} removed, {} held",
+                        result.added,
+                        result.removed,
+                        result.routes.len()
+                    );
+                }
+                self.problems.routes = result.failed.clone();
+                self.routes = Some(result);
+            }
+            Err(err) => self.problems.routes = vec![format!("listing the routes: {err}")],
+        }
     }
 
     /// IPv4 forwarding on: the datapath's deliveries need it (a FIB lookup in a
