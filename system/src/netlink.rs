@@ -51,6 +51,15 @@ pub async fn link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, rt
     }
 }
 
+/// The name of the link with index `index`, if there is one.
+pub async fn link_name(handle: &Handle, index: u32) -> Result<Option<String>, rtnetlink::Error> {
+    match handle.link().get().match_index(index).execute().try_next().await {
+        Ok(link) => Ok(link.as_ref().and_then(name)),
+        Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 fn name(link: &LinkMessage) -> Option<String> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(name) => Some(name.clone()),

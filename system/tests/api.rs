@@ -262,12 +262,12 @@ fn nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_
 }
 
 /// Another node's pods are reached through the route nodeplaned writes from
-/// its Node object (`spec.podCIDR` via its InternalIP), and the route goes
-/// with the Node. Node-2 is a namespace on an L2 link of its own to this
+/// its Node object (`spec.podCIDR` via its InternalIP), directly and as a
+/// ClusterIP's backend, and the route goes with the Node. Node-2 is a namespace on an L2 link of its own to this
 /// node, holding a "pod" address of its pod CIDR with a server on it.
 #[test]
-fn another_nodes_pods_are_routed_via_its_internal_ip_until_its_node_is_deleted() {
-    if !privileged("another_nodes_pods_are_routed_via_its_internal_ip_until_its_node_is_deleted") {
+fn another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_node_is_deleted() {
+    if !privileged("another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_node_is_deleted") {
         return;
     }
     let cluster = TestCluster::new();
@@ -327,6 +327,31 @@ fn another_nodes_pods_are_routed_via_its_internal_ip_until_its_node_is_deleted()
         String::from_utf8(out.stdout).unwrap()
     };
     assert!(routes().starts_with("10.244.2.0/24 via 192.168.77.2 dev l2"), "{}", routes());
+
+    // A ClusterIP whose only backend is node-2's pod: its replies come in on
+    // the route's interface and are translated back there.
+    let vip = Ipv4Addr::new(10, 96, 7, 8);
+    let remote_service = documents(&[
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "remote", "namespace": "x"},
+            "spec": {"clusterIP": vip.to_string(), "ports": [{"port": 80, "targetPort": 8080}]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "remote-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "remote"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "node-2"}],
+        }),
+    ]);
+    apply(&cluster, &remote_service);
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", vip, 80).as_deref() == Ok("node-2")),
+        "the ClusterIP with a backend on node-2: {:?}\n{}",
+        request(&stage, "x/a", vip, 80),
+        datapath(&stage)
+    );
 
     cluster.kubectl(&["delete", "node", "node-2"], None).unwrap();
     assert!(nodeplane_testkit::eventually(FOLLOW, || routes().is_empty()), "the route stays: {}", routes());

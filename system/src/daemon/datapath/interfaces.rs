@@ -1,6 +1,6 @@
 //! The node's interfaces and the datapath's attachments to them: every pod
-//! interface (by name prefix) and the interface holding the node's IP, read
-//! over netlink.
+//! interface (by name prefix), the interface holding the node's IP and those
+//! the routes to other nodes go out of, read over netlink.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -28,16 +28,17 @@ pub(super) async fn interfaces(
 }
 
 /// Attaches to every `present` interface whose name has the pod prefix, and to
-/// the node's (NodePorts); forgets the records of ones that are gone. Returns
+/// the `uplinks` (the node's, where NodePorts are, and those the routes to
+/// other nodes go out of); forgets the records of ones that are gone. Returns
 /// the failures.
 pub(super) fn attach_interfaces(
     datapath: &mut Datapath,
     present: &BTreeSet<String>,
     prefix: &str,
-    node_if: Option<&String>,
+    uplinks: &BTreeSet<String>,
 ) -> Vec<String> {
     let mut present: BTreeSet<&String> = present.iter().filter(|n| n.starts_with(prefix)).collect();
-    present.extend(node_if);
+    present.extend(uplinks.iter().filter(|n| !n.starts_with(prefix)));
     let mut errors = Vec::new();
     for gone in datapath.attached_interfaces().unwrap_or_default().into_iter().filter(|n| !present.contains(n)) {
         if let Err(err) = datapath.forget_interface(&gone) {
@@ -45,7 +46,7 @@ pub(super) fn attach_interfaces(
         }
     }
     for interface in present {
-        let attached = if node_if == Some(interface) {
+        let attached = if uplinks.contains(interface) {
             datapath.attach_node_interface(interface)
         } else {
             datapath.attach_pod_interface(interface)

@@ -568,8 +568,11 @@ impl Running {
             }
         };
         let present: BTreeSet<String> = links.values().cloned().collect();
+        // The node's interface, and those the routes to other nodes go out of.
+        let route_ifs = self.routes.iter().flat_map(|r| &r.interfaces).filter_map(|index| links.get(index));
+        let uplinks: BTreeSet<String> = node_if.into_iter().chain(route_ifs.cloned()).collect();
         self.problems.interfaces =
-            interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, node_if.as_ref());
+            interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, &uplinks);
         self.problems.store.clear();
         endpoints.retain(|id, endpoint| {
             let here = present.contains(&endpoint.host_interface);
@@ -628,6 +631,17 @@ impl Running {
                     );
                 }
                 self.problems.routes = result.failed.clone();
+                // At once, not at the next sync: a remote backend's replies come in there.
+                for index in &result.interfaces {
+                    let attached = match crate::netlink::link_name(&self.netlink, *index).await {
+                        Ok(Some(name)) => self.datapath.attach_node_interface(&name).map_err(|e| e.to_string()),
+                        Ok(None) => Ok(()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    if let Err(err) = attached {
+                        self.problems.routes.push(format!("attaching to interface {index}, a route's: {err}"));
+                    }
+                }
                 self.routes = Some(result);
             }
             Err(err) => self.problems.routes = vec![format!("listing the routes: {err}")],

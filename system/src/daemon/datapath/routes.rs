@@ -5,7 +5,7 @@
 //! a route it did not write is never touched and a restarted nodeplaned finds
 //! the ones it did.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use futures_util::TryStreamExt;
@@ -58,6 +58,9 @@ pub struct RouteSync {
     pub removed: usize,
     /// Destination → next hop, of every route of nodeplane's now.
     pub routes: BTreeMap<(Ipv4Addr, u8), Ipv4Addr>,
+    /// The interfaces they go out of: replies from other nodes' pods come in
+    /// there, to be translated back (a Service's remote backend answering).
+    pub interfaces: BTreeSet<u32>,
     /// Routes that could not be written or removed, and why.
     pub failed: Vec<String>,
 }
@@ -68,16 +71,7 @@ pub struct RouteSync {
 pub async fn sync(handle: &Handle, nodes: &[RemoteNode]) -> Result<RouteSync, rtnetlink::Error> {
     let wanted: BTreeMap<(Ipv4Addr, u8), &RemoteNode> = nodes.iter().map(|n| (n.pod_cidr, n)).collect();
     let mut result = RouteSync::default();
-    let mut held = BTreeMap::new();
-    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-    while let Some(route) = routes.try_next().await? {
-        if route.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
-            && let Some((destination, gateway)) = destination_and_gateway(&route)
-        {
-            held.insert(destination, (gateway, route));
-        }
-    }
-    for (destination, (gateway, route)) in held {
+    for (destination, (gateway, route)) in held(handle).await? {
         match wanted.get(&destination) {
             Some(node) if Some(node.address) == gateway => {
                 result.routes.insert(destination, node.address);
@@ -111,7 +105,30 @@ pub async fn sync(handle: &Handle, nodes: &[RemoteNode]) -> Result<RouteSync, rt
             )),
         }
     }
+    result.interfaces = held(handle).await?.values().filter_map(|(_, route)| interface(route)).collect();
     Ok(result)
+}
+
+/// nodeplane's routes: destination → (next hop, the route).
+async fn held(handle: &Handle) -> Result<BTreeMap<(Ipv4Addr, u8), (Option<Ipv4Addr>, RouteMessage)>, rtnetlink::Error> {
+    let mut held = BTreeMap::new();
+    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(route) = routes.try_next().await? {
+        if route.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+            && let Some((destination, gateway)) = destination_and_gateway(&route)
+        {
+            held.insert(destination, (gateway, route));
+        }
+    }
+    Ok(held)
+}
+
+/// The interface a route goes out of.
+fn interface(route: &RouteMessage) -> Option<u32> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
 }
 
 /// A route's destination and its gateway, if it has one.
