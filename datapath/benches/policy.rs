@@ -61,7 +61,8 @@ fn cluster(policies: Vec<Policy>) -> Cluster {
         ip,
         ports: Vec::<NamedPort>::new(),
     };
-    Cluster { namespaces: Default::default(), pods: vec![pod("client", CLIENT), pod("server", SERVER)], policies }
+    let pods = vec![pod("client", CLIENT), pod("server", SERVER)];
+    Cluster { namespaces: Default::default(), pods, remote_pods: Vec::new(), policies }
 }
 
 fn main() -> std::process::ExitCode {

@@ -42,6 +42,7 @@ fn cluster() -> Cluster {
     Cluster {
         namespaces: Default::default(),
         pods: vec![pod("locked", ISOLATED, "locked"), pod("open", NEIGHBOUR, "open")],
+        remote_pods: Vec::new(),
         policies: vec![Policy::from_k8s(&policy).unwrap()],
     }
 }

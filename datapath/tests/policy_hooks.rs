@@ -32,6 +32,7 @@ fn cluster(allowed: &str) -> Cluster {
             ip: POD,
             ports: Vec::new(),
         }],
+        remote_pods: Vec::new(),
         policies: vec![Policy::from_k8s(&policy).unwrap()],
     }
 }

@@ -263,11 +263,12 @@ fn nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_
 
 /// Another node's pods are reached through the route nodeplaned writes from
 /// its Node object (`spec.podCIDR` via its InternalIP), directly and as a
-/// ClusterIP's backend, and the route goes with the Node. Node-2 is a namespace on an L2 link of its own to this
+/// ClusterIP's backend; a policy selects one as a peer by its labels; and
+/// the route goes with the Node. Node-2 is a namespace on an L2 link of its own to this
 /// node, holding a "pod" address of its pod CIDR with a server on it.
 #[test]
-fn another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_node_is_deleted() {
-    if !privileged("another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_node_is_deleted") {
+fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is_deleted() {
+    if !privileged("another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is_deleted") {
         return;
     }
     let cluster = TestCluster::new();
@@ -275,18 +276,18 @@ fn another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_no
     let node_netns = stage.node_netns();
     let node = node_netns.file_name().unwrap().to_str().unwrap().to_owned();
     let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
-    let ip = |args: &[&str]| {
+    let node_ip = |args: &[&str]| {
         let status = std::process::Command::new("ip").args(["-n", &node]).args(args).status().unwrap();
         assert!(status.success(), "ip -n {node} {args:?}");
     };
-    ip(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
-    ip(&["addr", "add", "192.168.77.1/24", "dev", "l2"]);
-    ip(&["link", "set", "l2", "up"]);
+    node_ip(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
+    node_ip(&["addr", "add", "192.168.77.1/24", "dev", "l2"]);
+    node_ip(&["link", "set", "l2", "up"]);
     for args in [
         &["addr", "add", "192.168.77.2/24", "dev", "eth0"][..],
         &["link", "set", "eth0", "up"],
         &["addr", "add", "10.244.2.5/32", "dev", "lo"],
-        &["route", "add", "default", "via", "192.168.77.1"],
+        &["route", "add", "default", "via", "192.168.77.1", "src", "10.244.2.5"],
     ] {
         peer.ip(args).unwrap();
     }
@@ -351,6 +352,41 @@ fn another_nodes_pods_are_reached_directly_and_through_a_cluster_ip_until_its_no
         "the ClusterIP with a backend on node-2: {:?}\n{}",
         request(&stage, "x/a", vip, 80),
         datapath(&stage)
+    );
+
+    // A policy peer on node-2, selected by its labels through the Pod watch
+    // and known by its address: let in while it is a friend, not after.
+    let friend = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "remote", "namespace": "x", "labels": {"role": "friend"}},
+        "spec": {"nodeName": "node-2", "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.2"}]},
+    });
+    let friends_only = netpol(
+        "x",
+        "b-from-friends",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}]}]}),
+    );
+    apply(&cluster, &documents(&[friend, friends_only]));
+    let status = json!({"status": {"podIP": "10.244.2.5", "podIPs": [{"ip": "10.244.2.5"}]}});
+    cluster
+        .kubectl(
+            &["patch", "pod", "-n", "x", "remote", "--subresource=status", "--type=merge", "-p", &status.to_string()],
+            None,
+        )
+        .unwrap();
+    let b = ip(&stage, "x/b");
+    let from_node_2 =
+        || in_netns_at(peer.path(), move || nodeplane_testkit::tcp_request(b, 80).map_err(|e| e.to_string())).unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || from_node_2().as_deref() == Ok("x/b")),
+        "node-2's friend is not let in: {:?}\n{}",
+        from_node_2(),
+        datapath(&stage)
+    );
+    cluster.kubectl(&["label", "pod", "-n", "x", "remote", "role=stranger", "--overwrite"], None).unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || from_node_2().is_err()),
+        "node-2's pod is still let in as a stranger"
     );
 
     cluster.kubectl(&["delete", "node", "node-2"], None).unwrap();

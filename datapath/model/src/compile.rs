@@ -110,12 +110,7 @@ fn grants(cluster: &Cluster, pod: &PodView, direction: Direction) -> Option<Vec<
                     .map(|peer| match peer {
                         Peer::Block { cidr, except } => Addrs::Block(*cidr, except.clone()),
                         Peer::Pods { .. } => Addrs::Hosts(
-                            cluster
-                                .pods
-                                .iter()
-                                .filter(|q| cluster.peer_selects(policy, peer, q))
-                                .map(|q| q.ip)
-                                .collect(),
+                            cluster.peers().filter(|q| cluster.peer_selects(policy, peer, q)).map(|q| q.ip).collect(),
                         ),
                     })
                     .collect()
@@ -140,7 +135,7 @@ fn grants(cluster: &Cluster, pod: &PodView, direction: Direction) -> Option<Vec<
             }
             for addrs in peers {
                 for (proto, name) in &named {
-                    for peer in cluster.pods.iter().filter(|q| addrs.contains(q.ip)) {
+                    for peer in cluster.peers().filter(|q| addrs.contains(q.ip)) {
                         if let Some(number) = named_port(peer, *proto, name) {
                             grants.push(Grant {
                                 addrs: Addrs::Hosts([peer.ip].into()),

@@ -261,7 +261,7 @@ fn parse_document(document: String, origin: &Origin) -> Result<Option<Object>, (
     }
 }
 
-/// A Pod's namespace, name, labels and named container ports.
+/// A Pod's namespace, name, labels, named container ports and address.
 fn pod_manifest(pod: &Pod, origin: &Origin) -> Result<PodManifest, ManifestError> {
     let name = pod.metadata.name.clone().ok_or_else(|| origin.error("metadata.name", "missing"))?;
     let mut ports = Vec::new();
@@ -278,10 +278,13 @@ fn pod_manifest(pod: &Pod, origin: &Origin) -> Result<PodManifest, ManifestError
             ports.push(NamedPort { name: port_name, port: number, protocol });
         }
     }
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()?.parse().ok()).filter(|_| !host_network);
     Ok(PodManifest {
         namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         ports,
+        ip,
     })
 }

@@ -42,6 +42,10 @@ pub struct PodManifest {
     pub name: String,
     pub labels: Labels,
     pub ports: Vec<NamedPort>,
+    /// Its address as the API server reports it (`status.podIP`): how a pod
+    /// of another node is known as a peer. None from a manifest file, before
+    /// it has one, and for a pod on the host's network.
+    pub ip: Option<Ipv4Addr>,
 }
 
 impl PodManifest {
@@ -320,11 +324,19 @@ fn parse_port(port: &NetworkPolicyPort, field: &str) -> Result<PortMatch, Policy
 pub struct Cluster {
     /// Namespace → its labels.
     pub namespaces: BTreeMap<String, Labels>,
+    /// The pods of this node, whose policies are compiled.
     pub pods: Vec<PodView>,
+    /// The pods of other nodes: peers only.
+    pub remote_pods: Vec<PodView>,
     pub policies: Vec<Policy>,
 }
 
 impl Cluster {
+    /// Every pod a peer may select: this node's and the others'.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.iter().chain(&self.remote_pods)
+    }
+
     /// Whether a pod-selecting peer of `policy` selects `pod`.
     pub(crate) fn peer_selects(&self, policy: &Policy, peer: &Peer, pod: &PodView) -> bool {
         let Peer::Pods { namespaces, pods } = peer else { return false };

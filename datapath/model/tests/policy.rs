@@ -294,3 +294,31 @@ fn bad_policies_are_refused_with_the_field() {
         "spec.ingress[0].ports[0].protocol: \"ICMP\" is not TCP, UDP or SCTP"
     );
 }
+
+/// A pod of another node is a peer like one of this node's — selected by its
+/// labels and namespace, known by its address, named ports included — and
+/// gets no rules of its own.
+#[test]
+fn a_pod_of_another_node_is_selected_as_a_peer_by_its_labels() {
+    let mut cluster = cluster(&[
+        r#"{metadata: {name: friends, namespace: x}, spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {role: friend}}}]}]}}"#,
+        r#"{metadata: {name: to-friends, namespace: x}, spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {role: friend}}}], ports: [{port: serve-80-tcp}]}]}}"#,
+    ]);
+    let remote = |name: &str, role: &str, last: u8| PodView {
+        namespace: "x".into(),
+        name: name.into(),
+        labels: labels(&[("role", role)]),
+        ip: Ipv4Addr::new(10, 9, 0, last),
+        ports: vec![NamedPort { name: "serve-80-tcp".into(), port: 8080, protocol: Protocol::Tcp }],
+    };
+    cluster.remote_pods = vec![remote("friend", "friend", 5), remote("stranger", "stranger", 6)];
+    let compiled = CompiledPolicy::compile(&cluster);
+    assert_eq!(compiled.pods.len(), 9, "rules for this node's pods only");
+    let a = &compiled.pods[&pod(&cluster, "x/a").ip];
+    assert!(permits(a.ingress.as_ref(), Ipv4Addr::new(10, 9, 0, 5), 80, Protocol::Tcp));
+    assert!(!permits(a.ingress.as_ref(), Ipv4Addr::new(10, 9, 0, 6), 80, Protocol::Tcp));
+    let b = &compiled.pods[&pod(&cluster, "x/b").ip];
+    assert!(permits(b.egress.as_ref(), Ipv4Addr::new(10, 9, 0, 5), 8080, Protocol::Tcp), "the peer's named port");
+    assert!(!permits(b.egress.as_ref(), Ipv4Addr::new(10, 9, 0, 5), 80, Protocol::Tcp));
+    assert!(!permits(b.egress.as_ref(), Ipv4Addr::new(10, 9, 0, 6), 8080, Protocol::Tcp));
+}

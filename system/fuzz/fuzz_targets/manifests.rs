@@ -26,6 +26,6 @@ fuzz_target!(|input: &str| {
         .enumerate()
         .map(|(n, pod)| pod.with_ip(Ipv4Addr::from(0x0af4_0000 + n as u32)))
         .collect();
-    let cluster = Cluster { namespaces: found.namespaces, pods, policies: found.policies };
+    let cluster = Cluster { namespaces: found.namespaces, pods, remote_pods: Vec::new(), policies: found.policies };
     CompiledPolicy::compile(&cluster);
 });

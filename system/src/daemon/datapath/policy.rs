@@ -2,7 +2,7 @@
 //! registered pods and programmed, and the answers about them (what a pod may
 //! do, which pods a drop was between).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use nodeplane_bus::PolicyDrop;
 use nodeplane_datapath::Datapath;
 use nodeplane_datapath_abi::{POLICY_REASONS, PolicyEvent};
 use nodeplane_model::compile::{CompiledPolicy, PeerRules, PodRules, PortRanges};
-use nodeplane_model::policy::{Cluster, Labels, PodManifest};
+use nodeplane_model::policy::{Cluster, Labels, PodManifest, PodView};
 use nodeplane_model::{ICMP, Protocol, ip_protocol_name};
 
 use super::endpoints::Endpoint;
@@ -44,27 +44,36 @@ pub enum PodPolicyError {
     NotRegistered(String),
 }
 
-/// The pods of this node as policies see them: each registration's IP, with
-/// the labels and named ports of its Pod manifest (none without one).
+/// The pods as policies see them: this node's — each registration's IP,
+/// with the labels and named ports of its Pod manifest (none without one) —
+/// and, as peers, the others with an address of their own.
 fn cluster(endpoints: &BTreeMap<String, Endpoint>, manifests: &ManifestSource) -> Cluster {
-    let pods = endpoints
+    let by_name: HashMap<(&str, &str), &PodManifest> =
+        manifests.pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), p)).collect();
+    let pods: Vec<PodView> = endpoints
         .values()
         .flat_map(|endpoint| {
-            let manifest = manifests
-                .pods
-                .iter()
-                .find(|p| p.namespace == endpoint.pod_namespace && p.name == endpoint.pod_name)
-                .cloned()
+            let manifest = by_name
+                .get(&(endpoint.pod_namespace.as_str(), endpoint.pod_name.as_str()))
+                .map(|p| (*p).clone())
                 .unwrap_or_else(|| PodManifest {
                     namespace: endpoint.pod_namespace.clone(),
                     name: endpoint.pod_name.clone(),
                     labels: Labels::new(),
                     ports: Vec::new(),
+                    ip: None,
                 });
             endpoint.ips.iter().filter_map(|ip| ip.parse().ok()).map(move |ip| manifest.clone().with_ip(ip))
         })
         .collect();
-    Cluster { namespaces: manifests.namespaces.clone(), pods, policies: manifests.policies.clone() }
+    let local: HashSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    let remote_pods = manifests
+        .pods
+        .iter()
+        .filter_map(|p| Some((p, p.ip.filter(|ip| !local.contains(ip))?)))
+        .map(|(p, ip)| p.clone().with_ip(ip))
+        .collect();
+    Cluster { namespaces: manifests.namespaces.clone(), pods, remote_pods, policies: manifests.policies.clone() }
 }
 
 impl PolicyState {
