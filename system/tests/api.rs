@@ -394,3 +394,84 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
     assert!(request(&stage, "x/a", remote, 8080).is_err());
     assert_eq!(datapath(&stage)["facts"]["node_routes"], 0);
 }
+
+/// With `routing = "vxlan"`, another node's pods are reached through
+/// nodeplane's VXLAN device: the route to its pod CIDR goes via its network
+/// address on the device, whose neighbour and forwarding entries send it to
+/// the node's InternalIP; all of it goes with the Node. Node-2 is a namespace
+/// whose VXLAN device is set up by hand the same way.
+#[test]
+fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
+    if !privileged("with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel") {
+        return;
+    }
+    let cluster = TestCluster::with_datapath("routing = \"vxlan\"\n");
+    let stage = stage_following(&cluster);
+    let node = stage.node_netns().file_name().unwrap().to_str().unwrap().to_owned();
+    let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
+    let in_node = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(["-n", &node]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip -n {node} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    in_node(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
+    in_node(&["addr", "add", "192.168.78.1/24", "dev", "l2"]);
+    in_node(&["link", "set", "l2", "up"]);
+    // This node's Node, as its kubelet would register it: nodeplaned learns
+    // its pod CIDR from it, and its VXLAN address and MAC follow from that.
+    let node_1 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_NAME}, "spec": {"podCIDR": "10.244.0.0/24"}});
+    apply(&cluster, &node_1.to_string());
+    let (node_1_gateway, node_1_mac) = ("10.244.0.0", "02:4e:0a:f4:00:00");
+    for args in [
+        &["addr", "add", "192.168.78.2/24", "dev", "eth0"][..],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.244.2.5/32", "dev", "lo"],
+        &["link", "add", "vx", "address", "02:4e:0a:f4:02:00", "type", "vxlan", "id", "78", "dstport", "8472", "nolearning"],
+        &["addr", "add", "10.244.2.0/32", "dev", "vx"],
+        &["link", "set", "vx", "up"],
+        &["neigh", "add", node_1_gateway, "lladdr", node_1_mac, "dev", "vx", "nud", "permanent"],
+        &["route", "add", "10.244.0.0/16", "via", node_1_gateway, "dev", "vx", "onlink", "src", "10.244.2.5"],
+    ] {
+        peer.ip(args).unwrap();
+    }
+    let fdb = std::process::Command::new("bridge")
+        .args(["-n", peer.name(), "fdb", "append", node_1_mac, "dev", "vx", "dst", "192.168.78.1"])
+        .status()
+        .unwrap();
+    assert!(fdb.success());
+    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8080")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut stream, b"node-2");
+        }
+    });
+    let remote = Ipv4Addr::new(10, 244, 2, 5);
+    assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
+
+    let node_2 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"}, "spec": {"podCIDR": "10.244.2.0/24"}});
+    apply(&cluster, &node_2.to_string());
+    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.78.2"}]}});
+    cluster
+        .kubectl(&["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()], None)
+        .unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
+        "node-2's pod is not reached through VXLAN: {:?}\n{}\n{}",
+        request(&stage, "x/a", remote, 8080),
+        datapath(&stage),
+        stage.nodeplaned_log()
+    );
+    let route = in_node(&["route", "show", "proto", "78"]);
+    assert!(route.starts_with("10.244.2.0/24 via 10.244.2.0 dev np-vxlan onlink"), "{route}");
+    let device = in_node(&["-d", "link", "show", "np-vxlan"]);
+    assert!(device.contains("vxlan id 78") && device.contains("dstport 8472"), "{device}");
+    assert!(device.contains(node_1_mac), "node-1's MAC follows from its pod CIDR: {device}");
+
+    cluster.kubectl(&["delete", "node", "node-2"], None).unwrap();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || in_node(&["route", "show", "proto", "78"]).is_empty()),
+        "the route stays"
+    );
+    assert!(nodeplane_testkit::eventually(FOLLOW, || !in_node(&["neigh", "show", "dev", "np-vxlan"]).contains("10.244.2.0")));
+    assert!(request(&stage, "x/a", remote, 8080).is_err());
+}

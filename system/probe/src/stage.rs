@@ -89,7 +89,9 @@ impl StagedPod {
 /// A Kubernetes API server a stage's node follows, instead of a manifests directory.
 pub trait Cluster: Send + Sync {
     /// Has the API server answer in the node's network namespace (at
-    /// `netns`), on its loopback; returns nodeplaned's `[kubernetes]` section.
+    /// `netns`), on its loopback; returns nodeplaned's `[kubernetes]` section,
+    /// after any keys the cluster's nodes need in their `[datapath]` section
+    /// (`routing`, say): it follows the stage's `[datapath]` keys.
     fn start(&self, netns: &Path) -> Result<String, String>;
     /// Creates or updates the objects of a stream of JSON documents (`---`
     /// lines between them); each one's kind and resourceVersion after the write.

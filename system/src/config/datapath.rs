@@ -61,6 +61,21 @@ pub struct DatapathConfig {
     /// Flows one pod may hold in conntrack (0: no limit): a pod opening more
     /// fills its own share, never the map other pods' flows live in.
     pub conntrack_flows_per_pod: u32,
+    /// How pod traffic reaches other nodes (with `[kubernetes]`): `native`
+    /// (routes via their InternalIPs, on a shared L2) or `vxlan`.
+    pub routing: Routing,
+}
+
+/// How pod traffic reaches the other nodes' pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Each other node's pod CIDR via its InternalIP: the nodes share an L2.
+    #[default]
+    Native,
+    /// Encapsulated in VXLAN (UDP 8472) to the other node's InternalIP: any
+    /// IP network between the nodes.
+    Vxlan,
 }
 
 impl Default for DatapathConfig {
@@ -88,6 +103,7 @@ impl Default for DatapathConfig {
             tcp_closed_timeout: timeouts.tcp_closed,
             udp_timeout: timeouts.udp,
             conntrack_flows_per_pod: 16_384,
+            routing: Routing::Native,
         }
     }
 }

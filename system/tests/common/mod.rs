@@ -240,6 +240,8 @@ pub fn datapath_status(address: &str) -> Value {
 pub struct TestCluster {
     dir: tempfile::TempDir,
     plane: std::sync::OnceLock<nodeplane_cluster::ControlPlane>,
+    /// Keys for the stage's `[datapath]` section.
+    datapath: String,
 }
 
 /// The stage's node in the test cluster.
@@ -248,8 +250,14 @@ const API_PORT: u16 = 16443;
 
 impl TestCluster {
     pub fn new() -> std::sync::Arc<Self> {
+        Self::with_datapath("")
+    }
+
+    /// A cluster whose stage's nodeplaned gets these `[datapath]` keys too
+    /// (`routing = "vxlan"\n`, say).
+    pub fn with_datapath(keys: &str) -> std::sync::Arc<Self> {
         let dir = tempfile::Builder::new().prefix("nodeplane-api-").tempdir().unwrap();
-        std::sync::Arc::new(TestCluster { dir, plane: std::sync::OnceLock::new() })
+        std::sync::Arc::new(TestCluster { dir, plane: std::sync::OnceLock::new(), datapath: keys.to_owned() })
     }
 
     pub fn plane(&self) -> &nodeplane_cluster::ControlPlane {
@@ -290,7 +298,8 @@ impl nodeplane_probe::Cluster for TestCluster {
         plane.up().map_err(|e| e.to_string())?;
         let credentials = plane.node_credentials(NODE_NAME).map_err(|e| e.to_string())?;
         let kubeconfig = plane.node_kubeconfig(NODE_NAME).map_err(|e| e.to_string())?;
-        let section = credentials.node_toml_at(&format!("https://127.0.0.1:{API_PORT}"))
+        let section = self.datapath.clone()
+            + &credentials.node_toml_at(&format!("https://127.0.0.1:{API_PORT}"))
             + &format!("kubeconfig = \"{}\"\n", kubeconfig.display());
         Ok(section)
     }

@@ -25,7 +25,7 @@ use nodeplane_model::manifests::ServicePort;
 use nodeplane_model::services::by_service;
 
 use super::component::{Component, Fact, Facts, Reporter, State};
-use crate::config::{DatapathConfig, KubernetesConfig, NodeConfig};
+use crate::config::{DatapathConfig, KubernetesConfig, NodeConfig, Routing};
 use crate::masquerade;
 use api::ApiSource;
 pub use endpoints::Endpoint;
@@ -66,7 +66,9 @@ struct Running {
     /// routes a previous nodeplaned wrote stay), and the routes to their pods
     /// (none: to be written).
     remote_nodes: Option<Vec<routes::RemoteNode>>,
-    routes: Option<routes::RouteSync>,
+    /// The routing setting and pod CIDR they were written for, and what the
+    /// last pass left.
+    routes: Option<((Routing, Option<String>), routes::RouteSync)>,
     problems: Problems,
 }
 
@@ -478,9 +480,13 @@ impl DatapathComponent {
                 running.manifests.applied(changed.fingerprint);
             }
         }
-        // Again at each sync while a route fails: its next hop may not be reachable yet.
-        if running.remote_nodes.is_some() && (running.routes.is_none() || !running.problems.routes.is_empty()) {
-            running.sync_routes().await;
+        // Again at each sync while a route fails (its next hop may not be
+        // reachable yet), and when the routing setting or the pod CIDR changed.
+        let routing = (self.config.routing, self.config.pod_cidr.clone());
+        if running.remote_nodes.is_some()
+            && (running.routes.as_ref().is_none_or(|(done, _)| *done != routing) || !running.problems.routes.is_empty())
+        {
+            running.sync_routes(routing).await;
         }
         running.ensure_forwarding();
         if running.gc.running || running.gc.last.elapsed() >= self.config.gc_interval {
@@ -529,7 +535,7 @@ impl DatapathComponent {
         if let Some(api) = &running.api {
             facts.extend(api.facts());
         }
-        if let (Some(nodes), Some(routes)) = (&running.remote_nodes, &running.routes) {
+        if let (Some(nodes), Some((_, routes))) = (&running.remote_nodes, &running.routes) {
             facts.insert("remote_nodes".into(), Fact::Count(nodes.len() as u64));
             facts.insert("node_routes".into(), Fact::Count(routes.routes.len() as u64));
             let by_node = nodes.iter().filter(|n| routes.routes.get(&n.pod_cidr) == Some(&n.address));
@@ -569,7 +575,7 @@ impl Running {
         };
         let present: BTreeSet<String> = links.values().cloned().collect();
         // The node's interface, and those the routes to other nodes go out of.
-        let route_ifs = self.routes.iter().flat_map(|r| &r.interfaces).filter_map(|index| links.get(index));
+        let route_ifs = self.routes.iter().flat_map(|(_, r)| &r.interfaces).filter_map(|index| links.get(index));
         let uplinks: BTreeSet<String> = node_if.into_iter().chain(route_ifs.cloned()).collect();
         self.problems.interfaces =
             interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, &uplinks);
@@ -614,10 +620,12 @@ impl Running {
         self.datapath.pod_interfaces().set(&wanted)
     }
 
-    /// Makes the routes to other nodes' pods those the API source knows.
-    async fn sync_routes(&mut self) {
+    /// Makes the routes to other nodes' pods those the API source knows, the
+    /// way `routing` says (with this node's pod CIDR).
+    async fn sync_routes(&mut self, routing: (Routing, Option<String>)) {
         let Some(nodes) = &self.remote_nodes else { return };
-        match routes::sync(&self.netlink, nodes).await {
+        let own = routing.1.as_deref().and_then(routes::parse_cidr);
+        match routes::sync(&self.netlink, nodes, routing.0, own).await {
             Ok(result) => {
                 for failure in result.failed.iter().filter(|f| !self.problems.routes.contains(f)) {
                     tracing::error!("{failure}");
@@ -642,9 +650,9 @@ impl Running {
                         self.problems.routes.push(format!("attaching to interface {index}, a route's: {err}"));
                     }
                 }
-                self.routes = Some(result);
+                self.routes = Some((routing, result));
             }
-            Err(err) => self.problems.routes = vec![format!("listing the routes: {err}")],
+            Err(err) => self.problems.routes = vec![format!("the routes to other nodes: {err}")],
         }
     }
 
