@@ -263,8 +263,9 @@ fn nodeplanectl_probe_api_prints_what_the_manifests_directory_prints_and_cleans_
 
 /// Another node's pods are reached through the route nodeplaned writes from
 /// its Node object (`spec.podCIDR` via its InternalIP), directly and as a
-/// ClusterIP's backend; a policy selects one as a peer by its labels; and
-/// the route goes with the Node. Node-2 is a namespace on an L2 link of its own to this
+/// ClusterIP's backend; a policy selects one as a peer by its labels; a
+/// nodeplaned restarted without the API server keeps the route; and the
+/// route goes with the Node. Node-2 is a namespace on an L2 link of its own to this
 /// node, holding a "pod" address of its pod CIDR with a server on it.
 #[test]
 fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is_deleted() {
@@ -272,7 +273,7 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
         return;
     }
     let cluster = TestCluster::new();
-    let stage = stage_following(&cluster);
+    let mut stage = stage_following(&cluster);
     let node_netns = stage.node_netns();
     let node = node_netns.file_name().unwrap().to_str().unwrap().to_owned();
     let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
@@ -322,11 +323,7 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
     let facts = &datapath(&stage)["facts"];
     assert_eq!(facts["node_routes"], 1, "{facts}");
     assert_eq!(facts["node_routes_to"], "10.244.2.0/24 via 192.168.77.2 (node-2)", "{facts}");
-    let routes = || {
-        let out =
-            std::process::Command::new("ip").args(["-n", &node, "route", "show", "proto", "78"]).output().unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let routes = || route_table(&node);
     assert!(routes().starts_with("10.244.2.0/24 via 192.168.77.2 dev l2"), "{}", routes());
 
     // A ClusterIP whose only backend is node-2's pod: its replies come in on
@@ -389,6 +386,35 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
         "node-2's pod is still let in as a stranger"
     );
 
+    // Fail static: a nodeplaned restarted while the API server is away keeps
+    // the routes it wrote (it does not know the Nodes yet), watched all along;
+    // the API server comes back after 4 s, and the restart ends once listed.
+    cluster.kill_api_server();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (node, stop) = (node.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut gone = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                gone += usize::from(route_table(&node).is_empty());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            gone
+        })
+    };
+    let api_back = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(4));
+            cluster.restart();
+        })
+    };
+    stage.restart_nodeplaned(&binaries()).unwrap();
+    api_back.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(watch.join().unwrap(), 0, "the route went while the API server was away");
+    assert_eq!(request(&stage, "x/a", remote, 8080).as_deref(), Ok("node-2"));
+
     cluster.kubectl(&["delete", "node", "node-2"], None).unwrap();
     assert!(nodeplane_testkit::eventually(FOLLOW, || routes().is_empty()), "the route stays: {}", routes());
     assert!(request(&stage, "x/a", remote, 8080).is_err());
@@ -426,7 +452,20 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
         &["addr", "add", "192.168.78.2/24", "dev", "eth0"][..],
         &["link", "set", "eth0", "up"],
         &["addr", "add", "10.244.2.5/32", "dev", "lo"],
-        &["link", "add", "vx", "address", "02:4e:0a:f4:02:00", "type", "vxlan", "id", "78", "dstport", "8472", "nolearning"],
+        &[
+            "link",
+            "add",
+            "vx",
+            "address",
+            "02:4e:0a:f4:02:00",
+            "type",
+            "vxlan",
+            "id",
+            "78",
+            "dstport",
+            "8472",
+            "nolearning",
+        ],
         &["addr", "add", "10.244.2.0/32", "dev", "vx"],
         &["link", "set", "vx", "up"],
         &["neigh", "add", node_1_gateway, "lladdr", node_1_mac, "dev", "vx", "nud", "permanent"],
@@ -452,7 +491,10 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
     apply(&cluster, &node_2.to_string());
     let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.78.2"}]}});
     cluster
-        .kubectl(&["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()], None)
+        .kubectl(
+            &["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()],
+            None,
+        )
         .unwrap();
     assert!(
         nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
@@ -472,6 +514,13 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
         nodeplane_testkit::eventually(FOLLOW, || in_node(&["route", "show", "proto", "78"]).is_empty()),
         "the route stays"
     );
-    assert!(nodeplane_testkit::eventually(FOLLOW, || !in_node(&["neigh", "show", "dev", "np-vxlan"]).contains("10.244.2.0")));
+    assert!(nodeplane_testkit::eventually(FOLLOW, || !in_node(&["neigh", "show", "dev", "np-vxlan"])
+        .contains("10.244.2.0")));
     assert!(request(&stage, "x/a", remote, 8080).is_err());
+}
+
+/// nodeplane's routes in the namespace `netns`.
+fn route_table(netns: &str) -> String {
+    let out = std::process::Command::new("ip").args(["-n", netns, "route", "show", "proto", "78"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -214,7 +214,12 @@ mod tests {
             ("[datapath]\nx = 1\n", "datapath.x", 2, "unknown field `x`"),
             ("[datapath]\nhairpin_address = \"10.0.0.1\"\n", "datapath.hairpin_address", 2, "link-local"),
             ("[datapath]\npod_cidr = \"10.244.1.0\"\n", "datapath.pod_cidr", 2, "not an IPv4 subnet"),
-            ("[datapath]\nrouting = \"geneve\"\n", "datapath.routing", 2, "unknown variant `geneve`, expected `native` or `vxlan`"),
+            (
+                "[datapath]\nrouting = \"geneve\"\n",
+                "datapath.routing",
+                2,
+                "unknown variant `geneve`, expected `native` or `vxlan`",
+            ),
             ("[nonsense]\nx = 1\n", "nonsense", 1, "unknown field `nonsense`"),
             ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
             (

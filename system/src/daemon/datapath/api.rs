@@ -491,6 +491,8 @@ async fn follow<K>(
     let mut backoff = Backoff::default();
     while let Some(event) = events.next().await {
         let pause = match &event {
+            // A list starting says nothing of the server: the watcher says so before each try.
+            Ok(Event::Init) => None,
             Ok(_) => {
                 backoff.reset();
                 None
@@ -552,7 +554,8 @@ fn record(shared: &Mutex<Shared>, kind: Kind, event: Result<Event<Object>, watch
         Ok(event) => {
             let store = &mut s.stores[kind as usize];
             store.last_event = Some(SystemTime::now());
-            let recovered = store.failing.take().is_some();
+            // Only what came from the server shows that it answers again.
+            let recovered = !matches!(event, Event::Init) && store.failing.take().is_some();
             if recovered {
                 tracing::info!("watching {} again", kind.plural());
             }
@@ -674,6 +677,24 @@ mod tests {
         shared.apply(kind, Event::InitDone);
         assert_eq!(shared.index.changed(), [("default/b".to_owned(), Vec::new())]);
         assert_eq!(shared.count(kind), 1);
+    }
+
+    /// The watcher says a list starts before each try: that is not the
+    /// server answering again (which would log "again" and warn anew at
+    /// every retry, and clear "unreachable since"); what it lists is.
+    #[test]
+    fn a_list_starting_is_not_taken_for_the_server_answering_again() {
+        let shared = Mutex::new(Shared::default());
+        let kind = Kind::Namespace;
+        let failing = |shared: &Mutex<Shared>| shared.lock().unwrap().stores[kind as usize].failing.clone();
+        assert!(record(&shared, kind, Err(watcher::Error::NoResourceVersion)), "a failure is news");
+        let since = failing(&shared).expect("failing").0;
+        assert!(!record(&shared, kind, Ok(Event::Init)));
+        assert!(record(&shared, kind, Err(watcher::Error::NoResourceVersion)));
+        assert_eq!(failing(&shared).expect("still failing").0, since, "failing since the first failure");
+        assert!(!record(&shared, kind, Ok(Event::Init)));
+        assert!(record(&shared, kind, Ok(Event::InitDone)), "listed: news");
+        assert!(failing(&shared).is_none());
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::net::Ipv4Addr;
 
 use futures_util::TryStreamExt;
 use k8s_openapi::api::core::v1::Node;
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
 
@@ -133,7 +133,9 @@ pub async fn sync(
             Some(_) => {} // another next hop: replaced below
             None => match handle.route().del(route).execute().await {
                 Ok(()) => result.removed += 1,
-                Err(err) => result.failed.push(format!("removing the route to {}/{}: {err}", destination.0, destination.1)),
+                Err(err) => {
+                    result.failed.push(format!("removing the route to {}/{}: {err}", destination.0, destination.1))
+                }
             },
         }
     }
@@ -239,10 +241,9 @@ async fn vxlan_neighbours(
         let mut forwarding = handle.neighbours().add_bridge(index, &mac).flags(NeighbourFlags::Own);
         forwarding.message_mut().attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(node.address)));
         let neighbour = handle.neighbours().add(index, node.pod_cidr.0.into()).link_layer_address(&mac);
-        for (what, added) in [
-            ("forwarding", forwarding.replace().execute().await),
-            ("neighbour", neighbour.replace().execute().await),
-        ] {
+        for (what, added) in
+            [("forwarding", forwarding.replace().execute().await), ("neighbour", neighbour.replace().execute().await)]
+        {
             if let Err(err) = added {
                 result.failed.push(format!("node {}'s VXLAN {what} entry: {err}", node.name));
             }
