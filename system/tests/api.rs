@@ -292,29 +292,11 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
     ] {
         peer.ip(args).unwrap();
     }
-    // Bound in node-2's namespace, the socket stays there; it answers from a thread.
-    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8080")).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = std::io::Write::write_all(&mut stream, b"node-2");
-        }
-    });
+    serve_node_2(&peer);
     let remote = Ipv4Addr::new(10, 244, 2, 5);
     assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
 
-    let node_2 = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "node-2"},
-        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]},
-    });
-    apply(&cluster, &node_2.to_string());
-    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.77.2"}]}});
-    cluster
-        .kubectl(
-            &["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()],
-            None,
-        )
-        .unwrap();
+    add_node_2(&cluster, "192.168.77.2");
     assert!(
         nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
         "node-2's pod is not reached: {}",
@@ -478,24 +460,11 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
         .status()
         .unwrap();
     assert!(fdb.success());
-    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8080")).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = std::io::Write::write_all(&mut stream, b"node-2");
-        }
-    });
+    serve_node_2(&peer);
     let remote = Ipv4Addr::new(10, 244, 2, 5);
     assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
 
-    let node_2 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"}, "spec": {"podCIDR": "10.244.2.0/24"}});
-    apply(&cluster, &node_2.to_string());
-    let addresses = json!({"status": {"addresses": [{"type": "InternalIP", "address": "192.168.78.2"}]}});
-    cluster
-        .kubectl(
-            &["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &addresses.to_string()],
-            None,
-        )
-        .unwrap();
+    add_node_2(&cluster, "192.168.78.2");
     assert!(
         nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
         "node-2's pod is not reached through VXLAN: {:?}\n{}\n{}",
@@ -523,4 +492,25 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
 fn route_table(netns: &str) -> String {
     let out = std::process::Command::new("ip").args(["-n", netns, "route", "show", "proto", "78"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A server in node-2's namespace at its pod address 10.244.2.5:8080,
+/// answering "node-2": bound there, the socket stays there; it answers from a thread.
+fn serve_node_2(peer: &nodeplane_sandbox::NamedNetns) {
+    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8080")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut stream, b"node-2");
+        }
+    });
+}
+
+/// Node-2's Node: pod CIDR 10.244.2.0/24, InternalIP `address` (a status, set as its kubelet would).
+fn add_node_2(cluster: &TestCluster, address: &str) {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"}, "spec": {"podCIDR": "10.244.2.0/24"}});
+    apply(cluster, &node.to_string());
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
+    cluster
+        .kubectl(&["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &status.to_string()], None)
+        .unwrap();
 }
