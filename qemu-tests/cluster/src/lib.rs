@@ -57,6 +57,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ClusterError + '_ {
     move |source| ClusterError::Io { path: path.to_owned(), source }
 }
 
+/// A control plane's loopback ports.
+struct Ports {
+    api: u16,
+    etcd_client: u16,
+    etcd_peer: u16,
+    controllers: u16,
+    scheduler: u16,
+}
+
 /// The control plane's processes, in start order.
 const COMPONENTS: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
 
@@ -144,14 +153,13 @@ impl ControlPlane {
         for dir in ["logs", "pids", "etcd"] {
             std::fs::create_dir_all(self.dir.join(dir)).map_err(io(&self.dir.join(dir)))?;
         }
-        for name in COMPONENTS {
-            if self.live_pid(name).is_some() {
-                continue;
-            }
-            let port = self.port + COMPONENTS.iter().position(|n| *n == name).unwrap() as u16;
-            if self.netns.is_none() && std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                return Err(ClusterError::PortTaken(port));
-            }
+        let missing: Vec<&str> = COMPONENTS.into_iter().filter(|name| self.live_pid(name).is_none()).collect();
+        // Checked before any starts: a component just started may already hold
+        // its ports, and a probe bind then would race with its own.
+        if self.netns.is_none() {
+            self.ports_free(&missing)?;
+        }
+        for name in missing {
             let log = self.log_file(name);
             let output = std::fs::File::create(&log).map_err(io(&log))?;
             let mut command = self.command(name);
@@ -235,12 +243,38 @@ impl ControlPlane {
         }
     }
 
+    /// Where each component listens on loopback.
+    fn port_plan(&self) -> Ports {
+        let port = self.port;
+        Ports { api: port, etcd_client: port + 1, etcd_peer: port + 2, controllers: port + 3, scheduler: port + 4 }
+    }
+
+    /// The ports component `name` listens on.
+    fn ports(&self, name: &str) -> Vec<u16> {
+        let plan = self.port_plan();
+        match name {
+            "etcd" => vec![plan.etcd_client, plan.etcd_peer],
+            "kube-apiserver" => vec![plan.api],
+            "kube-controller-manager" => vec![plan.controllers],
+            _ => vec![plan.scheduler],
+        }
+    }
+
+    /// Whether every port of `components` is free on loopback.
+    fn ports_free(&self, components: &[&str]) -> Result<(), ClusterError> {
+        for port in components.iter().flat_map(|name| self.ports(name)) {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return Err(ClusterError::PortTaken(port));
+            }
+        }
+        Ok(())
+    }
+
     /// The command line of component `name`.
     fn command(&self, name: &str) -> Command {
         let pki = self.pki();
         let p = |f: &str| pki.join(f).display().to_string();
-        let (api, etcd_client, etcd_peer, controllers, scheduler) =
-            (self.port, self.port + 1, self.port + 2, self.port + 3, self.port + 4);
+        let Ports { api, etcd_client, etcd_peer, controllers, scheduler } = self.port_plan();
         let mut command;
         match name {
             "etcd" => {
@@ -432,4 +466,43 @@ fn kubeconfig(server: &str, ca: &Path, client: &KeyPair) -> String {
         client.cert.display(),
         client.key.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control plane on five free loopback ports (never started: its binaries do not exist).
+    fn unstarted() -> ControlPlane {
+        let none = PathBuf::from("/nonexistent");
+        let plane =
+            |port| ControlPlane { dir: none.clone(), port, kubernetes: none.clone(), etcd: none.clone(), netns: None };
+        // A socket just closed can live on a moment in a child that a concurrent
+        // test forked: a port counts as free once the check itself says so.
+        (20000..29995)
+            .step_by(5)
+            .map(plane)
+            .find(|plane| plane.ports_free(&COMPONENTS).is_ok())
+            .expect("five free ports")
+    }
+
+    #[test]
+    fn each_port_a_component_listens_on_is_checked_before_start() {
+        let plane = unstarted();
+        let mut held = Vec::new();
+        // Taken from the last checked to the first, each held until the end,
+        // so every answer names the port just taken.
+        for name in COMPONENTS.iter().rev() {
+            for port in plane.ports(name).into_iter().rev() {
+                held.push(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+                match plane.ports_free(&COMPONENTS) {
+                    Err(ClusterError::PortTaken(taken)) => assert_eq!(taken, port, "{name}"),
+                    other => panic!("port {port} of {name} held, got {other:?}"),
+                }
+            }
+        }
+        let mut all: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        all.sort();
+        assert_eq!(all, (plane.port..plane.port + 5).collect::<Vec<_>>(), "the five ports, each once");
+    }
 }
