@@ -265,6 +265,7 @@ enum counter {
 	COUNTER_CT_CLASH_UNRESOLVED, /* no free source port for a clashing flow: dropped */
 	COUNTER_FRAGMENTED,      /* the first fragment of a datagram let through: its later ones follow */
 	COUNTER_ICMP_TRANSLATED, /* an ICMP error about a translated flow, translated back */
+	COUNTER_NODE_PORT_SNAT,  /* a NodePort flow from outside to another node's backend, sent on from this node's address */
 	COUNTER_MAX,
 };
 

@@ -69,27 +69,63 @@ enum unopened {
 	FLOW_REFUSED,     /* no room: conntrack full, the pod's share used, no free source port */
 };
 
-/* Ephemeral ports a flow may get when its own source port clashes. */
+/* Ports a flow may get when its own source port clashes or, sent on from this
+ * node's address, falls short of them: above the NodePort range and the
+ * privileged ports. */
 #define CLASH_PORT_FIRST 32768
 #define CLASH_PORT_COUNT 28232
 #define CLASH_TRIES 8
 
-/* Gives the flow about to be opened (`after`, as the backend will see it) a
- * source port whose reply tuple no live flow uses: the client's own when it
- * is free, else a random one. 0 when one was found. */
-static __always_inline int free_source_port(struct ct_key *after, const struct ct_key *flow)
+/* Whether a socket of this node holds the tuple a reply to `after` (sent from
+ * the node's address) would come back on: a listener on that port included. */
+static __always_inline int local_socket_owns(struct __sk_buff *skb, const struct ct_key *after)
+{
+	struct bpf_sock_tuple tuple = { .ipv4 = { .saddr = after->daddr, .daddr = after->saddr,
+						  .sport = after->dport, .dport = after->sport } };
+	struct bpf_sock *sk;
+	if (after->proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else if (after->proto == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0;
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Whether a live flow's reply entry has `after`'s reply tuple. */
+static __always_inline int reply_entry_live(const struct ct_key *after)
 {
 	struct ct_key back = reversed(after);
 	struct ct_value *existing = bpf_map_lookup_elem(&np_conntrack, &back);
+	return existing && !closed(existing);
+}
+
+/* Whether a flow sent on from the node's address may not use `after`'s source
+ * port: below the range this node's translations use, or a local socket's. */
+static __always_inline int node_port_unusable(struct __sk_buff *skb, const struct ct_key *after)
+{
+	return bpf_ntohs(after->sport) < CLASH_PORT_FIRST || local_socket_owns(skb, after);
+}
+
+/* Gives the flow about to be opened (`after`, as the backend will see it) a
+ * source port whose reply tuple is free: the client's own when it is, else a
+ * random one. `from_node`: sent on from the node's address. 0 when one was
+ * found. */
+static __always_inline int free_source_port(struct __sk_buff *skb, struct ct_key *after, const struct ct_key *flow,
+					    int from_node)
+{
 	/* A reply entry of this very flow (reopened) is no clash. */
-	if (!existing || closed(existing) || bpf_map_lookup_elem(&np_conntrack, flow))
+	int clash = reply_entry_live(after) && !bpf_map_lookup_elem(&np_conntrack, flow);
+	if (!clash && !(from_node && node_port_unusable(skb, after)))
 		return 0;
-	count(COUNTER_CT_CLASH);
+	if (clash)
+		count(COUNTER_CT_CLASH);
 	for (int i = 0; i < CLASH_TRIES; i++) {
 		after->sport = bpf_htons(CLASH_PORT_FIRST + bpf_get_prandom_u32() % CLASH_PORT_COUNT);
-		back = reversed(after);
-		existing = bpf_map_lookup_elem(&np_conntrack, &back);
-		if (!existing || closed(existing))
+		if (!reply_entry_live(after) && !(from_node && local_socket_owns(skb, after)))
 			return 0;
 	}
 	count(COUNTER_CT_CLASH_UNRESOLVED);
@@ -150,10 +186,18 @@ static __always_inline struct ct_value *open_flow(struct __sk_buff *skb, struct 
 		after.saddr = config->hairpin_addr;
 		count(COUNTER_HAIRPIN_FLOW);
 	}
+	/* A NodePort flow from outside to a backend on another node is sent on from
+	 * this node's address (the key's), so its replies come back here to be
+	 * translated rather than straight to a client that never dialled the pod. */
+	int from_node = (service->flags & SVC_F_NODE_PORT) && !owner;
+	if (from_node) {
+		after.saddr = svc.vip;
+		count(COUNTER_NODE_PORT_SNAT);
+	}
 	/* The reply tuple may be a live flow's (the client reused its source port
 	 * towards the same backend, or two Services share the backend): never take
 	 * over its entry; give this flow another source port instead. */
-	if (free_source_port(&after, &pkt->flow))
+	if (free_source_port(skb, &after, &pkt->flow, from_node))
 		return NULL;
 	if (after.saddr != pkt->flow.saddr || after.sport != pkt->flow.sport) {
 		original.src_addr = after.saddr;

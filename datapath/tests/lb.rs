@@ -341,6 +341,7 @@ fn a_sync_of_some_services_leaves_the_others_and_a_claimed_entry_stays_its_owner
             backends: vec![(backend, 8080)],
             node_port: None,
             node_port_backends: Vec::new(),
+            health_check_node_port: None,
         };
         (format!("default/{name}"), vec![port])
     };

@@ -7,6 +7,7 @@ pub mod cni;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod health;
 pub mod kubelet;
 pub mod masquerade;
 mod netlink;

@@ -274,24 +274,8 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
     }
     let cluster = TestCluster::new();
     let mut stage = stage_following(&cluster);
-    let node_netns = stage.node_netns();
-    let node = node_netns.file_name().unwrap().to_str().unwrap().to_owned();
-    let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
-    let node_ip = |args: &[&str]| {
-        let status = std::process::Command::new("ip").args(["-n", &node]).args(args).status().unwrap();
-        assert!(status.success(), "ip -n {node} {args:?}");
-    };
-    node_ip(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
-    node_ip(&["addr", "add", "192.168.77.1/24", "dev", "l2"]);
-    node_ip(&["link", "set", "l2", "up"]);
-    for args in [
-        &["addr", "add", "192.168.77.2/24", "dev", "eth0"][..],
-        &["link", "set", "eth0", "up"],
-        &["addr", "add", "10.244.2.5/32", "dev", "lo"],
-        &["route", "add", "default", "via", "192.168.77.1", "src", "10.244.2.5"],
-    ] {
-        peer.ip(args).unwrap();
-    }
+    let (node, peer) = node_2_on_l2(&stage, "192.168.77");
+    peer.ip(&["route", "add", "default", "via", "192.168.77.1", "src", "10.244.2.5"]).unwrap();
     serve_node_2(&peer);
     let remote = Ipv4Addr::new(10, 244, 2, 5);
     assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
@@ -415,25 +399,14 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
     }
     let cluster = TestCluster::with_datapath("routing = \"vxlan\"\n");
     let stage = stage_following(&cluster);
-    let node = stage.node_netns().file_name().unwrap().to_str().unwrap().to_owned();
-    let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
-    let in_node = |args: &[&str]| {
-        let out = std::process::Command::new("ip").args(["-n", &node]).args(args).output().unwrap();
-        assert!(out.status.success(), "ip -n {node} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    in_node(&["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
-    in_node(&["addr", "add", "192.168.78.1/24", "dev", "l2"]);
-    in_node(&["link", "set", "l2", "up"]);
+    let (node, peer) = node_2_on_l2(&stage, "192.168.78");
+    let in_node = |args: &[&str]| in_netns_ip(&node, args);
     // This node's Node, as its kubelet would register it: nodeplaned learns
     // its pod CIDR from it, and its VXLAN address and MAC follow from that.
     let node_1 = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_NAME}, "spec": {"podCIDR": "10.244.0.0/24"}});
     apply(&cluster, &node_1.to_string());
     let (node_1_gateway, node_1_mac) = ("10.244.0.0", "02:4e:0a:f4:00:00");
     for args in [
-        &["addr", "add", "192.168.78.2/24", "dev", "eth0"][..],
-        &["link", "set", "eth0", "up"],
-        &["addr", "add", "10.244.2.5/32", "dev", "lo"],
         &[
             "link",
             "add",
@@ -447,7 +420,7 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
             "dstport",
             "8472",
             "nolearning",
-        ],
+        ][..],
         &["addr", "add", "10.244.2.0/32", "dev", "vx"],
         &["link", "set", "vx", "up"],
         &["neigh", "add", node_1_gateway, "lladdr", node_1_mac, "dev", "vx", "nud", "permanent"],
@@ -488,10 +461,155 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
     assert!(request(&stage, "x/a", remote, 8080).is_err());
 }
 
+/// `ip -n netns ARGS`, which must succeed: its output.
+fn in_netns_ip(netns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip").args(["-n", netns]).args(args).output().unwrap();
+    assert!(out.status.success(), "ip -n {netns} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Node-2: a namespace on an L2 link of its own to this node (`l2`, this
+/// node `{net}.1/24`, node-2 `{net}.2/24`) with its "pod" address 10.244.2.5
+/// on its loopback. Returns this node's namespace name and node-2's.
+fn node_2_on_l2(stage: &Stage, net: &str) -> (String, nodeplane_sandbox::NamedNetns) {
+    let node = stage.node_netns().file_name().unwrap().to_str().unwrap().to_owned();
+    let peer = nodeplane_sandbox::NamedNetns::new(format!("{node}-2")).unwrap();
+    in_netns_ip(&node, &["link", "add", "l2", "type", "veth", "peer", "name", "eth0", "netns", peer.name()]);
+    in_netns_ip(&node, &["addr", "add", &format!("{net}.1/24"), "dev", "l2"]);
+    in_netns_ip(&node, &["link", "set", "l2", "up"]);
+    for args in [
+        &["addr", "add", &format!("{net}.2/24"), "dev", "eth0"][..],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.244.2.5/32", "dev", "lo"],
+    ] {
+        peer.ip(args).unwrap();
+    }
+    (node, peer)
+}
+
+/// A LoadBalancer Service `np` (NodePort 30080) whose backends are x/b on this
+/// node (port 80) and node-2's 10.244.2.5:8081, under externalTrafficPolicy
+/// `policy` (with `Local`, its health check on port 30900).
+fn node_port_across_nodes(stage: &Stage, policy: &str) -> String {
+    let mut spec = json!({"type": "LoadBalancer", "clusterIP": "10.96.7.9", "externalTrafficPolicy": policy,
+                          "ports": [{"name": "p", "port": 80, "nodePort": 30080}]});
+    if policy == "Local" {
+        spec["healthCheckNodePort"] = json!(30900);
+    }
+    let slice = |name: &str, address: String, port: u16, node: &str| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "x", "labels": {"kubernetes.io/service-name": "np"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address], "conditions": {"ready": true}, "nodeName": node}],
+        })
+    };
+    documents(&[
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "x"}, "spec": spec}),
+        slice("np-local", ip(stage, "x/b").to_string(), 80, NODE_NAME),
+        slice("np-remote", "10.244.2.5".into(), 8081, "node-2"),
+    ])
+}
+
+/// A NodePort under `externalTrafficPolicy: Cluster` sends an outside client
+/// to a backend on another node from this node's address, on a port above the
+/// NodePort range whatever the client's, so the reply comes back here to be
+/// translated; under `Local` only this node's backend answers, and
+/// nodeplane-health answers the Service's health check port as kube-proxy
+/// does: 200 while this node has an endpoint, 503 once it has none. The
+/// outside client is node-2 itself, which holds the remote backend too:
+/// without the translation its pod would answer it directly, and the
+/// connection fail.
+#[test]
+fn a_node_port_sends_outside_clients_to_another_nodes_backend_from_this_nodes_address_unless_local() {
+    if !privileged("a_node_port_sends_outside_clients_to_another_nodes_backend_from_this_nodes_address_unless_local") {
+        return;
+    }
+    let cluster = TestCluster::with_datapath("node_ip = \"192.168.76.1\"\n");
+    let stage = stage_following(&cluster);
+    let (_node, peer) = node_2_on_l2(&stage, "192.168.76");
+    // Node-2's backend answers with the address and port it was reached from.
+    let listener = peer.run(|| std::net::TcpListener::bind("10.244.2.5:8081")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let from = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = std::io::Write::write_all(&mut stream, format!("node-2 {from}").as_bytes());
+        }
+    });
+    add_node_2(&cluster, "192.168.76.2");
+    apply(&cluster, &node_port_across_nodes(&stage, "Cluster"));
+    let node_port = Ipv4Addr::new(192, 168, 76, 1);
+    // From a client port inside the NodePort range: the translation must move it.
+    let from_outside = || {
+        in_netns_at(peer.path(), move || {
+            nodeplane_testkit::tcp_request_from(30500, node_port, 30080).map_err(|e| e.to_string())
+        })
+        .unwrap()
+    };
+    let mut answers = std::collections::BTreeSet::new();
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || {
+            answers.extend(from_outside());
+            answers.iter().any(|a| a == "x/b") && answers.iter().any(|a| a.starts_with("node-2"))
+        }),
+        "both nodes' backends should answer: {answers:?}\n{}",
+        datapath(&stage)
+    );
+    for answer in answers.iter().filter(|a| a.starts_with("node-2 ")) {
+        let seen: std::net::SocketAddrV4 = answer["node-2 ".len()..].parse().unwrap();
+        assert_eq!(*seen.ip(), node_port, "node-2's backend sees this node's address");
+        assert!(seen.port() >= 32768, "a port above the NodePort range, not {}", seen.port());
+    }
+    stage.sync().unwrap();
+    assert!(datapath(&stage)["facts"]["count_node_port_snat"].as_u64() > Some(0), "{}", datapath(&stage));
+
+    apply(&cluster, &node_port_across_nodes(&stage, "Local"));
+    assert!(
+        nodeplane_testkit::eventually(FOLLOW, || (0..20).all(|_| from_outside().as_deref() == Ok("x/b"))),
+        "under Local only this node's backend answers"
+    );
+
+    let mut health = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", stage.node_netns().display()))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_nodeplane-health"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", stage.bus_address())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let check = || in_netns_at(peer.path(), move || http_get(node_port, 30900).map_err(|e| e.to_string())).unwrap();
+    let answered = |status: &str, endpoints: u32| {
+        let expected = format!("\"localEndpoints\":{endpoints}");
+        check().is_ok_and(|answer| answer.starts_with(&format!("HTTP/1.1 {status}")) && answer.contains(&expected))
+    };
+    let passing = nodeplane_testkit::eventually(FOLLOW, || answered("200", 1));
+    assert!(passing, "the health check with an endpoint here: {:?}", check());
+    let answer = check().unwrap();
+    assert!(answer.contains(r#""service":{"name":"np","namespace":"x"}"#), "{answer}");
+    assert!(answer.contains("\"serviceProxyHealthy\":true"), "{answer}");
+    cluster.kubectl(&["delete", "-n", "x", "endpointslice/np-local"], None).unwrap();
+    let failing = nodeplane_testkit::eventually(FOLLOW, || answered("503", 0));
+    assert!(failing, "the health check with no endpoint here: {:?}", check());
+    assert!(from_outside().is_err(), "under Local, no endpoint here: nothing answers");
+    let _ = health.kill();
+    let _ = health.wait();
+}
+
+/// `GET /healthz` to `addr:port` in this network namespace: the whole answer.
+fn http_get(addr: Ipv4Addr, port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
 /// nodeplane's routes in the namespace `netns`.
 fn route_table(netns: &str) -> String {
-    let out = std::process::Command::new("ip").args(["-n", netns, "route", "show", "proto", "78"]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap()
+    in_netns_ip(netns, &["route", "show", "proto", "78"])
 }
 
 /// A server in node-2's namespace at its pod address 10.244.2.5:8080,

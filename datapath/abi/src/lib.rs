@@ -294,6 +294,7 @@ pub const COUNTERS: &[&str] = &[
     "ct_clash_unresolved",
     "fragmented",
     "icmp_translated",
+    "node_port_snat",
 ];
 
 /// `enum svc_flags`: the entry is a NodePort on the node's IP.

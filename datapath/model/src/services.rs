@@ -54,6 +54,9 @@ pub struct ServicePort {
     /// Where the NodePort sends: the ready endpoints, this node's only with
     /// `externalTrafficPolicy: Local`.
     pub node_port_backends: Vec<(Ipv4Addr, u16)>,
+    /// The Service's `healthCheckNodePort` (`externalTrafficPolicy: Local`
+    /// only): where load balancers ask whether this node has its endpoints.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// A Service with a selector, as written: what a tool that stands up its pods
@@ -84,6 +87,7 @@ pub struct ServiceDef {
     affinity: Option<Duration>,
     internal_local: bool,
     external_local: bool,
+    health_check_node_port: Option<u16>,
     ports: Vec<PortDef>,
     /// The pods it selects; none when its EndpointSlices are made by hand.
     selector: Option<Labels>,
@@ -160,6 +164,7 @@ pub fn read_service(service: &K8sService, origin: &Origin) -> ServiceRead {
         affinity: None,
         internal_local: false,
         external_local: false,
+        health_check_node_port: None,
         ports: Vec::new(),
         selector: None,
     };
@@ -183,6 +188,15 @@ pub fn read_service(service: &K8sService, origin: &Origin) -> ServiceRead {
     let affinity = affinity(spec, origin)?;
     let internal_local = traffic_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy", origin)?;
     let external_local = traffic_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy", origin)?;
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(n) if has_node_ports && external_local => Some(
+            u16::try_from(n)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| origin.error("spec.healthCheckNodePort", format!("{n} is not a port number")))?,
+        ),
+        _ => None,
+    };
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let (protocol, number, node_port) = port_numbers(port, has_node_ports, i, origin)?;
         let target = match &port.target_port {
@@ -199,6 +213,7 @@ pub fn read_service(service: &K8sService, origin: &Origin) -> ServiceRead {
         affinity,
         internal_local,
         external_local,
+        health_check_node_port,
         ports,
         selector: spec.selector.clone().filter(|s| !s.is_empty()),
     })
@@ -265,6 +280,7 @@ impl ServiceDef {
                     } else {
                         Vec::new()
                     },
+                    health_check_node_port: self.health_check_node_port,
                 }
             })
             .collect()

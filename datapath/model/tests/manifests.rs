@@ -204,9 +204,10 @@ apiVersion: v1
 kind: Service
 metadata: {name: external-local, namespace: shop}
 spec:
-  type: NodePort
+  type: LoadBalancer
   clusterIP: 10.96.0.41
   externalTrafficPolicy: Local
+  healthCheckNodePort: 30900
   ports: [{port: 80, nodePort: 30081}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -254,6 +255,9 @@ fn traffic_policies_of_local_send_to_this_nodes_endpoints_only() {
     // External only: the ClusterIP keeps every endpoint.
     assert_eq!(port("external-local").backends, vec![at(6), at(7)]);
     assert_eq!(port("external-local").node_port_backends, vec![at(6)]);
+    // Load balancers ask the health check port of a Local LoadBalancer only.
+    assert_eq!(port("external-local").health_check_node_port, Some(30900));
+    assert_eq!(port("local").health_check_node_port, None);
     let errors: Vec<String> = index.errors().map(ToString::to_string).collect();
     assert_eq!(
         errors,

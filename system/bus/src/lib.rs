@@ -16,7 +16,9 @@
 //!   problems (root only);
 //!   `PodPolicy(s namespace/name) → (s ip, (b isolated, a(ss) peer and ports)
 //!   ingress, (b, a(ss)) egress)`; signal `PolicyDrop(s from, s to, q port, s
-//!   protocol, s reason, s service)` ([`PolicyDrop`]), received by root only.
+//!   protocol, s reason, s service)` ([`PolicyDrop`]), received by root only;
+//!   `HealthChecks() → a(ssqu)` the health check ports of this node's
+//!   `externalTrafficPolicy: Local` Services ([`HealthCheck`]).
 //!
 //! Every property emits `PropertiesChanged` when it changes. Errors other than
 //! the standard ones are [`NodeError`]s.
@@ -165,6 +167,16 @@ impl PolicyDrop {
     }
 }
 
+/// A Service's `healthCheckNodePort` and how many ready endpoints it has on
+/// this node: what `nodeplane-health` answers load balancers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, zbus::zvariant::Type)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub local_endpoints: u32,
+}
+
 /// Whether `id` is a container id as the CNI specification has them (letters,
 /// digits, `_`, `.`, `-`, starting with a letter or digit; at most 200 here),
 /// as `RegisterEndpoint` takes them: they are safe file names too.
@@ -255,6 +267,8 @@ pub trait Datapath {
 
     #[allow(clippy::type_complexity)]
     fn pod_policy(&self, pod: &str) -> zbus::Result<(String, PolicyRows, PolicyRows)>;
+
+    fn health_checks(&self) -> zbus::Result<Vec<HealthCheck>>;
 }
 
 /// A pod's rules of one direction: isolated, then (peer, ports) rows.

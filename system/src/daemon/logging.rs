@@ -8,8 +8,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// `--log-level` wins over `RUST_LOG`; the default is `info`.
-pub fn init(level: Option<&str>) {
+/// Logging for the program `identifier`: `level` (`--log-level`) wins over
+/// `RUST_LOG`; the default is `info`.
+pub fn init(identifier: &str, level: Option<&str>) {
     let filter = match level {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -25,12 +26,12 @@ pub fn init(level: Option<&str>) {
                 };
                 let journald = journald
                     .with_field_prefix(None)
-                    .with_syslog_identifier("nodeplaned".into())
+                    .with_syslog_identifier(identifier.into())
                     .with_priority_mappings(priorities);
                 tracing_subscriber::registry().with(filter).with(journald).init();
                 return;
             }
-            Err(err) => eprintln!("nodeplaned: journald unavailable ({err}); logging to stderr"),
+            Err(err) => eprintln!("{identifier}: journald unavailable ({err}); logging to stderr"),
         }
     }
     tracing_subscriber::fmt()

@@ -26,7 +26,7 @@ mod datapath;
 mod drops;
 mod ipam;
 mod kubernetes;
-mod logging;
+pub(crate) mod logging;
 mod notify;
 mod server;
 mod sysctl;
@@ -86,7 +86,7 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    logging::init(args.log_level.as_deref());
+    logging::init("nodeplaned", args.log_level.as_deref());
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

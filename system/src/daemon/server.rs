@@ -10,7 +10,7 @@ use zbus::OwnedVariant;
 use zbus::message::Header;
 use zbus::{Connection, fdo};
 
-use nodeplane_bus::{self as bus, ComponentRow, NodeError, PolicyDrop, PolicyRows};
+use nodeplane_bus::{self as bus, ComponentRow, HealthCheck, NodeError, PolicyDrop, PolicyRows};
 use nodeplane_ipam::Freed;
 
 use super::component::{Registry, Snapshot, Status, node_state};
@@ -239,6 +239,15 @@ impl DatapathObject {
             .map_err(|e| NodeError::NoSuchPod(e.to_string()))?;
         let rows = |rules: Option<Vec<(String, String)>>| (rules.is_some(), rules.unwrap_or_default());
         Ok((policy.ip.to_string(), rows(policy.ingress), rows(policy.egress)))
+    }
+
+    /// The health check ports of `externalTrafficPolicy: Local` Services, each
+    /// with its ready endpoints on this node ([`HealthCheck`]).
+    async fn health_checks(&self) -> Result<Vec<HealthCheck>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || NodeError::EndpointFailed("the datapath is not running".into());
+        self.requests.send(DatapathRequest::HealthChecks { reply }).await.map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())
     }
 
     /// A connection attempt NetworkPolicy dropped ([`PolicyDrop`], whose fields

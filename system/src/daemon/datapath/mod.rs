@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use nodeplane_bus::PolicyDrop;
+use nodeplane_bus::{HealthCheck, PolicyDrop};
 use nodeplane_datapath::{Collector, Datapath, DatapathError, GcStats, Reconciler, SyncStats};
 use nodeplane_datapath_abi::{CONNTRACK_CAPACITY, PolicyEvent};
 use nodeplane_model::compile::CompiledPolicy;
@@ -69,6 +69,8 @@ struct Running {
     /// The routing setting and pod CIDR they were written for, and what the
     /// last pass left.
     routes: Option<((Routing, Option<String>), routes::RouteSync)>,
+    /// The health check ports of the Services programmed, by Service key.
+    health_checks: BTreeMap<String, HealthCheck>,
     problems: Problems,
 }
 
@@ -201,6 +203,7 @@ impl Component for DatapathComponent {
             },
             remote_nodes: None,
             routes: None,
+            health_checks: BTreeMap::new(),
             problems: Problems { store: unreadable, ..Problems::default() },
         });
         component.apply_node_setup();
@@ -286,6 +289,10 @@ impl Component for DatapathComponent {
             DatapathRequest::Describe { events, reply } => {
                 let _ = reply.send(events.iter().map(|e| policy::describe(&self.endpoints, e)).collect());
             }
+            DatapathRequest::HealthChecks { reply } => {
+                let checks = self.running.as_ref().map(|r| r.health_checks.values().cloned().collect());
+                let _ = reply.send(checks.unwrap_or_default());
+            }
         }
     }
 }
@@ -307,6 +314,8 @@ pub enum DatapathRequest {
     PodPolicy { pod: String, reply: Reply<Result<PodPolicy, PodPolicyError>> },
     /// Policy drops, told in pod names where the addresses are pods'.
     Describe { events: Vec<PolicyEvent>, reply: Reply<Vec<PolicyDrop>> },
+    /// The health check ports of the Services programmed.
+    HealthChecks { reply: Reply<Vec<HealthCheck>> },
 }
 
 impl Running {
@@ -682,6 +691,7 @@ impl Running {
         let started = Instant::now();
         match self.reconciler.sync(&mut self.datapath.services(), services, everything, config.node_ip) {
             Ok(stats) => {
+                self.note_health_checks(services, everything);
                 for failure in &stats.failed {
                     tracing::error!("programming a Service port failed: {failure}");
                 }
@@ -712,6 +722,20 @@ impl Running {
         }
     }
 
+    /// Keeps the health check ports of `services` (with `everything`, the
+    /// only ones there are).
+    fn note_health_checks(&mut self, services: &[(String, Vec<ServicePort>)], everything: bool) {
+        if everything {
+            self.health_checks.clear();
+        }
+        for (key, ports) in services {
+            match health_check(ports) {
+                Some(check) => self.health_checks.insert(key.clone(), check),
+                None => self.health_checks.remove(key),
+            };
+        }
+    }
+
     /// A step of the current GC pass (starting one when due).
     fn collect_garbage(&mut self, config: &DatapathConfig) {
         self.gc.running = true;
@@ -733,4 +757,19 @@ impl Running {
             }
         }
     }
+}
+
+/// A Service's health check (from its ports, which all carry the same
+/// `healthCheckNodePort`): its distinct ready endpoints on this node are what
+/// its NodePorts send to under `externalTrafficPolicy: Local`.
+fn health_check(ports: &[ServicePort]) -> Option<HealthCheck> {
+    let first = ports.first()?;
+    let port = first.health_check_node_port?;
+    let local: BTreeSet<Ipv4Addr> = ports.iter().flat_map(|p| p.node_port_backends.iter().map(|(a, _)| *a)).collect();
+    Some(HealthCheck {
+        namespace: first.name.namespace.clone(),
+        name: first.name.service.clone(),
+        port,
+        local_endpoints: local.len() as u32,
+    })
 }
