@@ -63,7 +63,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
 pub struct Inputs {
     /// The repository (for `image/` and `units/`).
     pub repo: PathBuf,
-    /// The directory holding release builds of `nodeplaned`, `nodeplanectl`, `nodeplane-cni`.
+    /// The directory holding release builds of `nodeplaned`, `nodeplanectl`, `nodeplane-cni`, `nodeplane-health`.
     pub binaries: PathBuf,
     /// Cache for the debootstrapped base and downloaded packages.
     pub cache: PathBuf,
@@ -219,11 +219,13 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
     eprintln!("==> install nodeplane");
     let repo = &inputs.repo;
     let examples = repo.join("system/probe/examples/xyz");
-    let files: [(PathBuf, &str, u32); 11] = [
+    let files: [(PathBuf, &str, u32); 13] = [
         (inputs.binaries.join("nodeplaned"), "usr/bin/nodeplaned", 0o755),
+        (inputs.binaries.join("nodeplane-health"), "usr/bin/nodeplane-health", 0o755),
         (inputs.binaries.join("nodeplanectl"), "usr/bin/nodeplanectl", 0o755),
         (inputs.binaries.join("nodeplane-cni"), "usr/lib/cni/nodeplane-cni", 0o755),
         (repo.join("units/nodeplaned.service"), "usr/lib/systemd/system/nodeplaned.service", 0o644),
+        (repo.join("units/nodeplane-health.service"), "usr/lib/systemd/system/nodeplane-health.service", 0o644),
         (repo.join("units/org.nodeplane.Node1.conf"), "usr/share/dbus-1/system.d/org.nodeplane.Node1.conf", 0o644),
         (repo.join("units/nodeplane-tmpfiles.conf"), "usr/lib/tmpfiles.d/nodeplane.conf", 0o644),
         (repo.join("sysctl/80-nodeplane.conf"), "usr/lib/sysctl.d/80-nodeplane.conf", 0o644),
@@ -251,6 +253,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
         Command::new("systemctl").arg(format!("--root={}", rootfs.display())).args([
             "enable",
             "nodeplaned.service",
+            "nodeplane-health.service",
             "nodeplane-config.service",
             "nodeplane-console-status.service",
             "containerd.service",

@@ -19,7 +19,10 @@ no_failed_units() {
 	echo "multi_user_us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 	failed=$(systemctl list-units --failed --no-legend --plain)
 	echo "failed units: ${failed:-none}"
-	[ -z "$failed" ]
+	# Not crash-looping either: active, and never restarted.
+	health="$(systemctl is-active nodeplane-health) $(systemctl show -P NRestarts nodeplane-health)"
+	echo "nodeplane-health: $health"
+	[ -z "$failed" ] && [ "$health" = "active 0" ]
 }
 
 root_read_only() {

@@ -1,6 +1,6 @@
-//! The shipped systemd unit: the notify protocol settings the supervisor relies
-//! on, its place before containerd, and its hardening (systemd-analyze's own
-//! exposure score, offline).
+//! The shipped systemd units: the notify protocol settings the supervisor
+//! relies on, its place before containerd, and the hardening of it and of
+//! nodeplane-health (systemd-analyze's own exposure score, offline).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,16 +31,33 @@ fn the_unit_uses_notify_watchdog_restart_and_starts_before_containerd() {
     assert!(tmpfiles.lines().any(|l| l.trim() == "d /var/lib/cni/networks 0755 root root -"), "{tmpfiles}");
 }
 
-#[test]
-fn systemd_analyze_rates_the_unit_exposure_at_most_2_0() {
+/// systemd-analyze's exposure score of `unit` is at most `threshold` (0.0-10.0).
+fn assert_exposure_at_most(unit: &Path, threshold: f32) {
     // --threshold is on the 0-100 scale of the printed 0.0-10.0 score.
     let out = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--no-pager", "--threshold=20"])
-        .arg(unit())
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(format!("--threshold={}", (threshold * 10.0) as u32))
+        .arg(unit)
         .output()
         .expect("systemd-analyze (package systemd)");
     let report = String::from_utf8_lossy(&out.stdout);
     let score = report.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{report}"));
-    eprintln!("{score}");
-    assert!(out.status.success(), "exposure above 2.0: {score}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}: {score}", unit.display());
+    assert!(out.status.success(), "exposure above {threshold}: {score}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn systemd_analyze_rates_the_unit_exposure_at_most_2_0() {
+    assert_exposure_at_most(&unit(), 2.0);
+}
+
+/// The health check server holds IP sockets and nothing else.
+#[test]
+fn systemd_analyze_rates_the_health_unit_exposure_at_most_2_0() {
+    let health = unit().with_file_name("nodeplane-health.service");
+    assert_exposure_at_most(&health, 2.0);
+    let text = std::fs::read_to_string(&health).unwrap();
+    for expected in ["DynamicUser=yes", "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_UNIX AF_INET"] {
+        assert!(text.lines().any(|l| l.trim() == expected), "missing {expected}");
+    }
 }
