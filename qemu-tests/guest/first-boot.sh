@@ -22,6 +22,7 @@ no_failed_units() {
 	# Not crash-looping either: active, and never restarted.
 	health="$(systemctl is-active nodeplane-health) $(systemctl show -P NRestarts nodeplane-health)"
 	echo "nodeplane-health: $health"
+	[ "$health" = "active 0" ] || journalctl -u nodeplane-health -n 20 --no-pager
 	[ -z "$failed" ] && [ "$health" = "active 0" ]
 }
 

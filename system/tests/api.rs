@@ -280,7 +280,7 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
     let remote = Ipv4Addr::new(10, 244, 2, 5);
     assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
 
-    add_node_2(&cluster, "192.168.77.2");
+    add_node(&cluster, "node-2", "10.244.2.0/24", "192.168.77.2");
     assert!(
         nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
         "node-2's pod is not reached: {}",
@@ -330,13 +330,7 @@ fn another_nodes_pods_are_reached_and_selected_as_policy_peers_until_its_node_is
         json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}]}]}),
     );
     apply(&cluster, &documents(&[friend, friends_only]));
-    let status = json!({"status": {"podIP": "10.244.2.5", "podIPs": [{"ip": "10.244.2.5"}]}});
-    cluster
-        .kubectl(
-            &["patch", "pod", "-n", "x", "remote", "--subresource=status", "--type=merge", "-p", &status.to_string()],
-            None,
-        )
-        .unwrap();
+    set_pod_ip(&cluster, "x", "remote", Ipv4Addr::new(10, 244, 2, 5));
     let b = ip(&stage, "x/b");
     let from_node_2 =
         || in_netns_at(peer.path(), move || nodeplane_testkit::tcp_request(b, 80).map_err(|e| e.to_string())).unwrap();
@@ -437,7 +431,7 @@ fn with_vxlan_routing_another_nodes_pods_are_reached_through_the_tunnel() {
     let remote = Ipv4Addr::new(10, 244, 2, 5);
     assert!(request(&stage, "x/a", remote, 8080).is_err(), "no route to node-2's pods yet");
 
-    add_node_2(&cluster, "192.168.78.2");
+    add_node(&cluster, "node-2", "10.244.2.0/24", "192.168.78.2");
     assert!(
         nodeplane_testkit::eventually(FOLLOW, || request(&stage, "x/a", remote, 8080).as_deref() == Ok("node-2")),
         "node-2's pod is not reached through VXLAN: {:?}\n{}\n{}",
@@ -537,7 +531,7 @@ fn a_node_port_sends_outside_clients_to_another_nodes_backend_from_this_nodes_ad
             let _ = std::io::Write::write_all(&mut stream, format!("node-2 {from}").as_bytes());
         }
     });
-    add_node_2(&cluster, "192.168.76.2");
+    add_node(&cluster, "node-2", "10.244.2.0/24", "192.168.76.2");
     apply(&cluster, &node_port_across_nodes(&stage, "Cluster"));
     let node_port = Ipv4Addr::new(192, 168, 76, 1);
     // From a client port inside the NodePort range: the translation must move it.
@@ -621,14 +615,4 @@ fn serve_node_2(peer: &nodeplane_sandbox::NamedNetns) {
             let _ = std::io::Write::write_all(&mut stream, b"node-2");
         }
     });
-}
-
-/// Node-2's Node: pod CIDR 10.244.2.0/24, InternalIP `address` (a status, set as its kubelet would).
-fn add_node_2(cluster: &TestCluster, address: &str) {
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"}, "spec": {"podCIDR": "10.244.2.0/24"}});
-    apply(cluster, &node.to_string());
-    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
-    cluster
-        .kubectl(&["patch", "node", "node-2", "--subresource=status", "--type=merge", "-p", &status.to_string()], None)
-        .unwrap();
 }

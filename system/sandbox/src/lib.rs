@@ -10,9 +10,11 @@
 mod dbus;
 mod error;
 mod fixtures;
+mod forward;
 mod netns;
 
 pub use dbus::DbusDaemon;
 pub use error::SandboxError;
 pub use fixtures::{Bpffs, NamedNetns, Node};
+pub use forward::forward;
 pub use netns::{enter_then, in_netns_at, in_netns_of, in_new_netns};

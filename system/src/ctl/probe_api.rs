@@ -205,7 +205,7 @@ impl nodeplane_probe::Cluster for ApiCluster {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("forwarding {server} into the node's namespace: {e}"))?;
         let accepting = listener.try_clone().map_err(|e| e.to_string())?;
-        std::thread::spawn(move || forward(&accepting, server));
+        std::thread::spawn(move || nodeplane_sandbox::forward(&accepting, move || TcpStream::connect(server)));
         *self.forwarder.lock().expect("not poisoned") = Some(listener);
         Ok(self.section.clone())
     }
@@ -247,23 +247,6 @@ impl Drop for ApiCluster {
                 }
             }
         });
-    }
-}
-
-/// Accepts connections in the node's namespace and joins each to the API
-/// server in this one, until the listener is shut down.
-fn forward(listener: &TcpListener, server: SocketAddrV4) {
-    while let Ok((inside, _)) = listener.accept() {
-        let Ok(outside) = TcpStream::connect(server) else { continue };
-        for (mut from, mut to) in [(inside.try_clone(), outside.try_clone()), (outside.try_clone(), inside.try_clone())]
-            .into_iter()
-            .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
-        {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from, &mut to);
-                let _ = to.shutdown(std::net::Shutdown::Write);
-            });
-        }
     }
 }
 

@@ -31,7 +31,7 @@ const STALE: Duration = Duration::from_secs(10);
 /// A client gets this long for its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why nodeplane-health could not run.
+/// Why nodeplane-health could not run, or ask nodeplaned.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error("a runtime: {0}")]
@@ -78,13 +78,12 @@ impl Drop for Served {
 }
 
 async fn run() -> Result<(), HealthError> {
-    let connection = zbus::Connection::system().await?;
-    let datapath = DatapathProxy::new(&connection).await?;
+    let mut datapath: Option<DatapathProxy<'static>> = None;
     let mut served: HashMap<u16, Served> = HashMap::new();
     let mut last_answer: Option<Instant> = None;
     let mut failing = false;
     loop {
-        match datapath.health_checks().await {
+        match ask(&mut datapath).await {
             Ok(checks) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("nodeplaned answers again");
@@ -96,6 +95,8 @@ async fn run() -> Result<(), HealthError> {
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!("asking nodeplaned for the health check ports: {err}; serving the last ones");
                 }
+                // A new connection next time: the bus may have restarted too.
+                datapath = None;
                 let healthy = last_answer.is_some_and(|at| at.elapsed() < STALE);
                 for port in served.values() {
                     port.answer.send_if_modified(|answer| std::mem::replace(&mut answer.healthy, healthy) != healthy);
@@ -104,6 +105,19 @@ async fn run() -> Result<(), HealthError> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// nodeplaned's health checks, connecting to the system bus first when not
+/// connected (early in boot the bus may not take connections yet).
+async fn ask(datapath: &mut Option<DatapathProxy<'static>>) -> Result<Vec<HealthCheck>, HealthError> {
+    let proxy = match datapath {
+        Some(proxy) => proxy,
+        None => {
+            let connection = zbus::Connection::system().await?;
+            datapath.insert(DatapathProxy::new(&connection).await?)
+        }
+    };
+    Ok(proxy.health_checks().await?)
 }
 
 /// Serves exactly `checks`: new ports opened, gone ones closed, the others' answers updated.

@@ -346,6 +346,23 @@ impl Drop for TestCluster {
 }
 
 /// The netpol e2e cluster ([`stage`]) following `cluster`'s API server.
+/// A Node `name` with pod CIDR `cidr` and InternalIP `address` (a status, set as its kubelet would).
+pub fn add_node(cluster: &TestCluster, name: &str, cidr: &str, address: &str) {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": cidr}});
+    cluster.kubectl(&["apply", "-f", "-"], Some(&node.to_string())).unwrap();
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": address}]}});
+    let patch = ["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status.to_string()];
+    cluster.kubectl(&patch, None).unwrap();
+}
+
+/// Sets Pod `namespace/name`'s `status.podIP` to `ip`, as its kubelet would.
+pub fn set_pod_ip(cluster: &TestCluster, namespace: &str, name: &str, ip: Ipv4Addr) {
+    let status = json!({"status": {"podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}});
+    let patch =
+        ["patch", "pod", "-n", namespace, name, "--subresource=status", "--type=merge", "-p", &status.to_string()];
+    cluster.kubectl(&patch, None).unwrap();
+}
+
 pub fn stage_following(cluster: &std::sync::Arc<TestCluster>) -> Stage {
     let dir = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz/pods.yaml");
