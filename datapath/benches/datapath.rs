@@ -12,6 +12,14 @@
 //! (`iptables-legacy-restore`; Debian's nft-backed `iptables-restore` takes
 //! minutes at this size, see ENVIRONMENT.md) and nftables (`nft -f`). Writes
 //! `target/bench/datapath.json`.
+//!
+//! With `--cross-node` (`cargo xtask bench datapath --cross-node`): the same
+//! four paths with the backends on another node. Each variant has two node
+//! namespaces joined by a veth link, routing each other's pod subnets: the
+//! client pod on one, the four backend pods on the other, one Service. Only
+//! the client's node differs between variants (where the Service is
+//! translated); the backends' node is bare in all four. Writes
+//! `target/bench/datapath-cross-node.json`.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -68,11 +76,14 @@ fn filler(i: usize, e: usize) -> Ipv4Addr {
 }
 
 /// The endpoints of Service `i` of `n`: the last one (probed) has the real backends.
-fn endpoints_of(site: &Site, i: usize, n: usize) -> Vec<Ipv4Addr> {
-    if i == n - 1 { site.endpoints() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
+fn endpoints_of(backends: &[Ipv4Addr], i: usize, n: usize) -> Vec<Ipv4Addr> {
+    if i == n - 1 { backends.to_vec() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
 }
 
 fn main() -> std::process::ExitCode {
+    if std::env::args().any(|a| a == "--cross-node") {
+        return run_bench("datapath --cross-node", cross_node);
+    }
     run_bench("datapath", bench)
 }
 
@@ -96,16 +107,17 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
     let mut programming = serde_json::Map::new();
     for &n in &SIZES {
         eprintln!("==> {n} Service(s) of {ENDPOINTS} endpoints each");
-        let took = program_nodeplane(&mut datapath, &ebpf, n)?;
+        let took = program_nodeplane(&mut datapath, &ebpf.endpoints(), n)?;
         eprintln!("    nodeplane programmed them in {:.1} ms", took.as_secs_f64() * 1e3);
-        let iptables_took = load(&iptables, "iptables-legacy-restore", &[], &iptables_rules(&iptables, n))?;
+        let iptables_took =
+            load(&iptables.node, "iptables-legacy-restore", &[], &iptables_rules(&iptables.endpoints(), n))?;
         eprintln!("    iptables-legacy-restore: {:.1} ms", iptables_took.as_secs_f64() * 1e3);
-        let nft_took = load(&nft, "nft", &["-f", "-"], &nft_rules(&nft, n))?;
+        let nft_took = load(&nft.node, "nft", &["-f", "-"], &nft_rules(&nft.endpoints(), n))?;
         eprintln!("    nft -f: {:.1} ms", nft_took.as_secs_f64() * 1e3);
         if n == *SIZES.last().expect("sizes") {
             let update = update_nodeplane(&mut datapath, n)?;
-            let iptables_update = load(&iptables, "iptables-legacy-restore", &["--noflush"], &iptables_update(n))?;
-            let nft_update = load(&nft, "nft", &["-f", "-"], &nft_update(n))?;
+            let iptables_update = load(&iptables.node, "iptables-legacy-restore", &["--noflush"], &iptables_update(n))?;
+            let nft_update = load(&nft.node, "nft", &["-f", "-"], &nft_update(n))?;
             programming = serde_json::json!({
                 "services": n, "endpoints": n * ENDPOINTS,
                 "program_ms": { "nodeplane": ms(took), "iptables_legacy_restore": ms(iptables_took), "nft": ms(nft_took) },
@@ -129,29 +141,10 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
         results.push((n, samples.map(|s| median(&s))));
     }
 
-    println!("\nconnect+request+close from a pod, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians");
-    println!("| Services | path | conn/s | × direct | p50 µs | p99 µs |");
-    println!("|---|---|---|---|---|---|");
-    let names = ["direct (pod IP)", "nodeplane VIP", "iptables VIP", "nftables VIP"];
-    let mut json_sizes = Vec::new();
-    for (n, medians) in &results {
-        let base = medians[0].rate;
-        let mut variants = serde_json::Map::new();
-        for (name, sample) in names.iter().zip(medians) {
-            println!(
-                "| {n} | {name} | {:.0} | {:.2} | {:.0} | {:.0} |",
-                sample.rate,
-                sample.rate / base,
-                sample.p50_us,
-                sample.p99_us
-            );
-            variants.insert(
-                name.to_string(),
-                serde_json::json!({"rate": sample.rate, "ratio": sample.rate / base, "p50_us": sample.p50_us, "p99_us": sample.p99_us}),
-            );
-        }
-        json_sizes.push(serde_json::json!({"services": n, "variants": variants}));
-    }
+    let json_sizes = print_table(
+        &format!("connect+request+close from a pod, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians"),
+        &results,
+    );
     println!(
         "\nprogramming at {} Services / {} endpoints: {}",
         SIZES[2],
@@ -163,7 +156,11 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
 }
 
 /// Programs `n` Services (replacing the previous size's) with nodeplane's loader.
-fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<Duration, nodeplane_testkit::Error> {
+fn program_nodeplane(
+    datapath: &mut Datapath,
+    backends: &[Ipv4Addr],
+    n: usize,
+) -> Result<Duration, nodeplane_testkit::Error> {
     for key in datapath.services().programmed()?.iter().map(|(k, _)| *k) {
         datapath.services().remove(&key)?;
     }
@@ -173,7 +170,7 @@ fn program_nodeplane(datapath: &mut Datapath, site: &Site, n: usize) -> Result<D
             vip: vip(96, i),
             port: 80,
             protocol: Protocol::Tcp,
-            backends: endpoints_of(site, i, n).into_iter().map(|a| (a, 8080)).collect(),
+            backends: endpoints_of(backends, i, n).into_iter().map(|a| (a, 8080)).collect(),
             affinity: None,
             node_port: false,
         })
@@ -218,12 +215,12 @@ fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], chains: &mut String
 }
 
 /// kube-proxy's iptables mode for `n` Services, the probed one last in KUBE-SERVICES.
-fn iptables_rules(site: &Site, n: usize) -> String {
+fn iptables_rules(backends: &[Ipv4Addr], n: usize) -> String {
     let (mut chains, mut rules) = (String::from("*nat\n:KUBE-SERVICES - [0:0]\n"), String::new());
     rules.push_str("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
     for i in 0..n {
         rules.push_str(&format!("-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n", vip(97, i)));
-        iptables_endpoint_rules(i, &endpoints_of(site, i, n), &mut chains, &mut rules);
+        iptables_endpoint_rules(i, &endpoints_of(backends, i, n), &mut chains, &mut rules);
     }
     format!("{chains}{rules}COMMIT\n")
 }
@@ -248,13 +245,13 @@ fn nft_service(i: usize, endpoints: &[Ipv4Addr]) -> String {
 
 /// kube-proxy's nftables mode, in its spirit: a verdict map from VIP, protocol
 /// and port to a chain per Service that picks an endpoint with numgen.
-fn nft_rules(site: &Site, n: usize) -> String {
+fn nft_rules(backends: &[Ipv4Addr], n: usize) -> String {
     let mut script = String::from("table ip bench\ndelete table ip bench\ntable ip bench {\n");
     let elements: Vec<String> = (0..n).map(|i| format!("{} . tcp . 80 : goto svc-{i}", vip(98, i))).collect();
     script.push_str("\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n");
     script.push_str(&format!("\t\telements = {{ {} }}\n\t}}\n", elements.join(", ")));
     for i in 0..n {
-        script.push_str(&nft_service(i, &endpoints_of(site, i, n)));
+        script.push_str(&nft_service(i, &endpoints_of(backends, i, n)));
     }
     script.push_str("\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n");
     script.push_str("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n}\n");
@@ -266,11 +263,11 @@ fn nft_update(n: usize) -> String {
     format!("flush chain ip bench svc-0\ntable ip bench {{\n{}}}\n", nft_service(0, &endpoints))
 }
 
-/// Feeds `input` to `tool args` in the site's node namespace; how long it took.
-fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration, nodeplane_testkit::Error> {
+/// Feeds `input` to `tool args` in `node`'s namespace; how long it took.
+fn load(node: &Node, tool: &str, args: &[&str], input: &str) -> Result<Duration, nodeplane_testkit::Error> {
     let started = Instant::now();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", site.node.netns.name(), tool])
+        .args(["netns", "exec", node.netns.name(), tool])
         .args(args)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -282,4 +279,119 @@ fn load(site: &Site, tool: &str, args: &[&str], input: &str) -> Result<Duration,
         return Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)).into());
     }
     Ok(started.elapsed())
+}
+
+/// Prints the table of `results` (per Service count, the four variants'
+/// medians) with ratios against the direct path; the same as JSON.
+fn print_table(title: &str, results: &[(usize, [Sample; 4])]) -> Vec<serde_json::Value> {
+    println!("\n{title}");
+    println!("| Services | path | conn/s | × direct | p50 µs | p99 µs | p99 × direct |");
+    println!("|---|---|---|---|---|---|---|");
+    let names = ["direct (pod IP)", "nodeplane VIP", "iptables VIP", "nftables VIP"];
+    let mut json_sizes = Vec::new();
+    for (n, medians) in results {
+        let (base, base_p99) = (medians[0].rate, medians[0].p99_us);
+        let mut variants = serde_json::Map::new();
+        for (name, sample) in names.iter().zip(medians) {
+            println!(
+                "| {n} | {name} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
+                sample.rate,
+                sample.rate / base,
+                sample.p50_us,
+                sample.p99_us,
+                sample.p99_us / base_p99
+            );
+            variants.insert(
+                name.to_string(),
+                serde_json::json!({"rate": sample.rate, "ratio": sample.rate / base, "p50_us": sample.p50_us,
+                                   "p99_us": sample.p99_us, "p99_ratio": sample.p99_us / base_p99}),
+            );
+        }
+        json_sizes.push(serde_json::json!({"services": n, "variants": variants}));
+    }
+    json_sizes
+}
+
+/// A client pod on one node and the Service's backend pods on another, the
+/// nodes joined by a veth link (`192.168.V.1` – `.2`) and routing each other's
+/// pod subnets (`10.203.V.0/24` the client's, `10.204.V.0/24` the backends').
+struct Pair {
+    client_node: Node,
+    _backend_node: Node,
+    client: Pod,
+    backends: Vec<Pod>,
+    /// The client node's end of the link.
+    link: String,
+    _servers: Vec<nodeplane_testkit::Server>,
+}
+
+impl Pair {
+    fn new(v: u8) -> Result<Self, nodeplane_testkit::Error> {
+        let (mut client_node, mut backend_node) = (Node::new()?, Node::new()?);
+        let client = client_node.add_pod(Ipv4Addr::new(10, 203, v, 2))?;
+        let mut backends = Vec::new();
+        for i in 0..ENDPOINTS as u8 {
+            backends.push(backend_node.add_pod(Ipv4Addr::new(10, 204, v, 10 + i))?);
+        }
+        let link = format!("{}l", client_node.prefix());
+        let (a, b) = (&client_node.netns, &backend_node.netns);
+        a.ip(&["link", "add", &link, "type", "veth", "peer", "name", "l2", "netns", b.name()])?;
+        a.ip(&["addr", "add", &format!("192.168.{v}.1/24"), "dev", &link])?;
+        a.ip(&["link", "set", &link, "up"])?;
+        a.ip(&["route", "add", &format!("10.204.{v}.0/24"), "via", &format!("192.168.{v}.2")])?;
+        b.ip(&["addr", "add", &format!("192.168.{v}.2/24"), "dev", "l2"])?;
+        b.ip(&["link", "set", "l2", "up"])?;
+        b.ip(&["route", "add", &format!("10.203.{v}.0/24"), "via", &format!("192.168.{v}.1")])?;
+        for backend in &backends {
+            backend.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
+        }
+        client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        let servers = backends.iter().map(|b| b.serve_tcp(8080, "ok")).collect();
+        Ok(Pair { client_node, _backend_node: backend_node, client, backends, link, _servers: servers })
+    }
+
+    fn endpoints(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(|b| b.ip).collect()
+    }
+}
+
+/// `--cross-node`: one Service whose four backends are on another node.
+fn cross_node() -> Result<(), nodeplane_testkit::Error> {
+    pin_to_one_core()?;
+    let bpffs = Bpffs::mount()?;
+    let pairs = [Pair::new(11)?, Pair::new(12)?, Pair::new(13)?, Pair::new(14)?];
+    let [bare, ebpf, iptables, nft] = &pairs;
+    let (pin, pod_if, link) = (bpffs.path().to_owned(), ebpf.client.host_if.clone(), ebpf.link.clone());
+    // The client's node: its pod's interface, and the link the replies come in by.
+    let mut datapath = ebpf.client_node.run(move || -> Result<Datapath, nodeplane_testkit::Error> {
+        let mut datapath = Datapath::load(&pin)?;
+        datapath.attach_pod_interface(&pod_if)?;
+        datapath.attach_node_interface(&link)?;
+        Ok(datapath)
+    })?;
+    program_nodeplane(&mut datapath, &ebpf.endpoints(), 1)?;
+    load(&iptables.client_node, "iptables-legacy-restore", &[], &iptables_rules(&iptables.endpoints(), 1))?;
+    load(&nft.client_node, "nft", &["-f", "-"], &nft_rules(&nft.endpoints(), 1))?;
+    // Each path answers before it is measured.
+    let probed = [(bare.backends[0].ip, 8080), (vip(96, 0), 80), (vip(97, 0), 80), (vip(98, 0), 80)];
+    for (pair, (addr, port)) in pairs.iter().zip(probed) {
+        pair.client.tcp_request(addr, port).map_err(|e| format!("{addr}:{port} across nodes: {e}"))?;
+    }
+    let mut samples: [Vec<Sample>; 4] = Default::default();
+    for round in 1..=ROUNDS {
+        eprint!("\r    round {round}/{ROUNDS}: direct, nodeplane, iptables, nftables");
+        for (i, (pair, (addr, port))) in pairs.iter().zip(probed).enumerate() {
+            samples[i].push(pair.client.run(move || measure(addr, port))?);
+        }
+    }
+    eprintln!();
+    let results = [(1, samples.map(|s| median(&s)))];
+    let title = format!(
+        "connect+request+close from a pod to a Service whose backends are on another node, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians"
+    );
+    let json_sizes = print_table(&title, &results);
+    drop(datapath);
+    let json = serde_json::json!({ "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes });
+    write_results("datapath-cross-node", &json)
 }

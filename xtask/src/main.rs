@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | cluster up|down|status | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath|policy|api|boot>";
+const USAGE: &str = "usage: cargo xtask <setup | image | run [--headless] | test | cluster up|down|status | fuzz [SECONDS] | probe DIR [OPTIONS] | bench ipam|cni|datapath [--cross-node]|policy|api|boot>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         ["cluster", verb] => cluster::cluster(verb),
         ["fuzz"] => fuzz::fuzz(None),
         ["fuzz", seconds] => fuzz::fuzz(Some(seconds)),
-        ["bench", what] => bench(what),
+        ["bench", what, options @ ..] => bench(what, options),
         ["probe", options @ ..] if !options.is_empty() => probe(options),
         _ => Err(USAGE.to_owned()),
     };
@@ -74,8 +74,9 @@ const BENCHES: &[(&str, &str, &str)] = &[
     ("boot", "nodeplane-qemu", "the image's boot under QEMU with and without nodeplaned"),
 ];
 
-/// `cargo xtask bench WHAT`: packages, the image for `boot`, then the benchmark.
-fn bench(what: &str) -> Result<(), String> {
+/// `cargo xtask bench WHAT [OPTIONS]`: packages, the image for `boot`, then
+/// the benchmark, given `options` (`datapath --cross-node`).
+fn bench(what: &str, options: &[&str]) -> Result<(), String> {
     let Some((name, package, about)) = BENCHES.iter().find(|(name, ..)| *name == what) else {
         let names: Vec<&str> = BENCHES.iter().map(|(name, ..)| *name).collect();
         return Err(format!("unknown benchmark {what:?}; available: {}", names.join(", ")));
@@ -92,7 +93,8 @@ fn bench(what: &str) -> Result<(), String> {
         // The node's containerd 2, built from source once.
         nodeplane_image::upstream::CONTAINERD.ensure(&root(), &image::cache_dir()).map_err(|e| e.to_string())?;
     }
-    step(&format!("bench {name}: {about}"), command.args(["bench", "-p", package, "--bench", name]))
+    let what = [&[*name][..], options].concat().join(" ");
+    step(&format!("bench {what}: {about}"), command.args(["bench", "-p", package, "--bench", name, "--"]).args(options))
 }
 
 /// Builds nodeplane and runs `nodeplanectl probe` with `options`; a bare
