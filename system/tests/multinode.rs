@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use nodeplane_probe::Stage;
-use nodeplane_testkit::{Bpffs, DbusDaemon, Launch, NamedNetns, Nodeplaned, in_netns_at, privileged};
+use nodeplane_testkit::{Bpffs, DbusDaemon, NamedNetns, Nodeplaned, in_netns_at, privileged};
 use serde_json::{Value, json};
 
 /// How long a change may take to reach both datapaths here.
@@ -88,17 +88,7 @@ impl Node2 {
             + &credentials.node_toml_at(&format!("https://127.0.0.1:{api}"))
             + &format!("kubeconfig = \"{}\"\n", kubeconfig.display());
         let bus = bus();
-        let launch = Launch {
-            binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
-            config: &config,
-            preset: &[],
-            env: &[],
-            capture_stderr: true,
-            journal: None,
-            netns: Some(&node.netns.path()),
-        };
-        let nodeplaned = Nodeplaned::spawn(&bus, launch).unwrap();
-        nodeplaned.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", nodeplaned.stderr()));
+        let nodeplaned = start_in_netns(&node.netns.path(), &bus, &config);
         // Its pods are registered once it knows the cluster's policies.
         let listed = eventually(FOLLOW, || datapath_status(bus.address())["facts"]["api_synced"] == "true");
         assert!(listed, "node-2's nodeplaned never listed the API server:\n{}", nodeplaned.stderr());
@@ -190,6 +180,23 @@ fn request(stage: &Stage, from: &str, addr: Ipv4Addr, port: u16) -> Result<Strin
     .unwrap()
 }
 
+/// x/a on node-1 reaches x/web2 on node-2 by its pod IP, and x/web2 x/b.
+fn assert_pods_reach_each_other(stage: &Stage, node_2: &Node2) {
+    let (web2, b) = (node_2.pod_ip, ip(stage, "x/b"));
+    let reached = eventually(FOLLOW, || {
+        request(stage, "x/a", web2, 8080).as_deref() == Ok("x/web2") && node_2.request(b, 80).as_deref() == Ok("x/b")
+    });
+    assert!(
+        reached,
+        "pod to pod across nodes: {:?} / {:?}\nnode-1: {}\nnode-2: {}\n{}",
+        request(stage, "x/a", web2, 8080),
+        node_2.request(b, 80),
+        datapath_status(stage.bus_address()),
+        node_2.datapath(),
+        node_2.nodeplaned.stderr()
+    );
+}
+
 /// A ClusterIP Service `name` at `vip:80` whose one backend is `backend:port` on node `node`.
 fn remote_service(name: &str, vip: &str, backend: Ipv4Addr, port: u16, node: &str) -> String {
     documents(&[
@@ -213,20 +220,8 @@ fn two_nodeplaned_nodes_route_balance_and_enforce_policy_across_nodes() {
         return;
     }
     let (cluster, stage, node_2) = two_nodes("");
-    let web2 = node_2.pod_ip;
-    let b = ip(&stage, "x/b");
-    let reached = eventually(FOLLOW, || {
-        request(&stage, "x/a", web2, 8080).as_deref() == Ok("x/web2") && node_2.request(b, 80).as_deref() == Ok("x/b")
-    });
-    assert!(
-        reached,
-        "pod to pod across nodes: {:?} / {:?}\nnode-1: {}\nnode-2: {}\n{}",
-        request(&stage, "x/a", web2, 8080),
-        node_2.request(b, 80),
-        datapath_status(stage.bus_address()),
-        node_2.datapath(),
-        node_2.nodeplaned.stderr()
-    );
+    let (web2, b) = (node_2.pod_ip, ip(&stage, "x/b"));
+    assert_pods_reach_each_other(&stage, &node_2);
     assert!(
         node_2.routes().starts_with(&format!("10.244.0.0/24 via {NODE_1_ADDRESS} dev eth0")),
         "{}",
@@ -295,19 +290,7 @@ fn two_nodeplaned_nodes_with_vxlan_reach_each_others_pods_through_their_tunnels(
         return;
     }
     let (_cluster, stage, node_2) = two_nodes("routing = \"vxlan\"\n");
-    let web2 = node_2.pod_ip;
-    let b = ip(&stage, "x/b");
-    let reached = eventually(FOLLOW, || {
-        request(&stage, "x/a", web2, 8080).as_deref() == Ok("x/web2") && node_2.request(b, 80).as_deref() == Ok("x/b")
-    });
-    assert!(
-        reached,
-        "pod to pod through VXLAN: {:?} / {:?}\nnode-2: {}\n{}",
-        request(&stage, "x/a", web2, 8080),
-        node_2.request(b, 80),
-        node_2.datapath(),
-        node_2.nodeplaned.stderr()
-    );
+    assert_pods_reach_each_other(&stage, &node_2);
     assert!(node_2.routes().starts_with("10.244.0.0/24 via 10.244.0.0 dev np-vxlan onlink"), "{}", node_2.routes());
     let tunnel = node_2.node.netns.ip(&["-d", "link", "show", "np-vxlan"]).unwrap();
     assert!(tunnel.contains("vxlan id 78"), "{tunnel}");

@@ -137,6 +137,12 @@ pub fn start_in_with(
 /// Starts nodeplaned inside `node`'s network namespace with `config` (a whole
 /// node.toml); waits for READY.
 pub fn start_with_config(node: &nodeplane_testkit::Node, bus: &DbusDaemon, config: &str) -> Nodeplaned {
+    start_in_netns(&node.netns.path(), bus, config)
+}
+
+/// Starts nodeplaned inside the network namespace at `netns` with `config`
+/// (a whole node.toml); waits for READY.
+pub fn start_in_netns(netns: &Path, bus: &DbusDaemon, config: &str) -> Nodeplaned {
     let launch = Launch {
         binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
         config,
@@ -144,7 +150,7 @@ pub fn start_with_config(node: &nodeplane_testkit::Node, bus: &DbusDaemon, confi
         env: &[],
         capture_stderr: true,
         journal: None,
-        netns: Some(&node.netns.path()),
+        netns: Some(netns),
     };
     let node = Nodeplaned::spawn(bus, launch).unwrap();
     node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));
