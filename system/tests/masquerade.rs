@@ -30,7 +30,7 @@ fn ten_thousand_masqueraded_connections_never_use_a_node_port() {
         non_masquerade_cidrs: Vec::new(),
         ..DatapathConfig::default()
     };
-    let rules = config.masquerade_rules((30000, 32767)).expect("masquerade is on with a pod CIDR");
+    let rules = config.masquerade_rules((30000, 32767), &[]).expect("masquerade is on with a pod CIDR");
     assert_eq!(rules.ports, (32768, 65535));
     node.run(move || rules.apply()).unwrap();
 

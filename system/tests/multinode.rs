@@ -81,8 +81,10 @@ impl Node2 {
         let bpffs = Bpffs::mount().unwrap();
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests).unwrap();
+        // Masquerading everything but pod CIDRs: traffic to the other node's
+        // pods must keep its pod's address all the same.
         let keys = format!(
-            "{datapath}node_ip = \"{NODE_2_ADDRESS}\"\npod_cidr = \"{NODE_2_CIDR}\"\nmasquerade = false\nsync_interval = \"200ms\""
+            "{datapath}node_ip = \"{NODE_2_ADDRESS}\"\npod_cidr = \"{NODE_2_CIDR}\"\nnon_masquerade_cidrs = []\nsync_interval = \"200ms\""
         );
         let config = nodeplane_testkit::datapath_config(&bpffs, &manifests, &keys)
             + &credentials.node_toml_at(&format!("https://127.0.0.1:{api}"))
@@ -228,6 +230,20 @@ fn two_nodeplaned_nodes_route_balance_and_enforce_policy_across_nodes() {
         node_2.routes()
     );
     assert_eq!(node_2.datapath()["facts"]["node_routes_to"], format!("10.244.0.0/24 via {NODE_1_ADDRESS} (node-1)"));
+
+    // Node-2 masquerades all but pod CIDRs, the other node's included: its
+    // pod arrives at x/b with its own address, which x/b's policy admits.
+    let b_from_web2 = netpol(
+        "x",
+        "b-from-web2",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "web2"}}}]}]}),
+    );
+    cluster.kubectl(&["apply", "-f", "-"], Some(&b_from_web2.to_string())).unwrap();
+    let admitted =
+        eventually(FOLLOW, || request(&stage, "x/a", b, 80).is_err() && node_2.request(b, 80).as_deref() == Ok("x/b"));
+    assert!(admitted, "x/b admits node-2's pod by its own address: {:?}", node_2.request(b, 80));
+    cluster.kubectl(&["delete", "-n", "x", "networkpolicy/b-from-web2"], None).unwrap();
+    assert!(eventually(FOLLOW, || request(&stage, "x/a", b, 80).is_ok()), "x/b still isolated");
 
     // ClusterIPs whose only backend is on the other node, from both sides.
     let to_node_2 = remote_service("to-node-2", "10.96.8.1", web2, 8080, "node-2");

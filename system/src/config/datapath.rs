@@ -169,8 +169,9 @@ impl DatapathConfig {
     }
 
     /// The masquerade rules this config asks for (none without a pod CIDR), with
-    /// source ports clear of `nodeports`.
-    pub fn masquerade_rules(&self, nodeports: (u16, u16)) -> Option<Masquerade> {
+    /// source ports clear of `nodeports`; the other nodes' pod CIDRs
+    /// (`cluster`) are never masqueraded to.
+    pub fn masquerade_rules(&self, nodeports: (u16, u16), cluster: &[String]) -> Option<Masquerade> {
         let pod_cidr = self.pod_cidr.clone().filter(|_| self.masquerade)?;
         let mut non_masquerade = self.non_masquerade_cidrs.clone();
         if !self.masquerade_link_local {
@@ -178,6 +179,7 @@ impl DatapathConfig {
         }
         // Pods reach each other with their own addresses, whatever the list says.
         non_masquerade.push(pod_cidr.clone());
+        non_masquerade.extend(cluster.iter().cloned());
         non_masquerade.sort();
         non_masquerade.dedup();
         let ports = masquerade::ports_clear_of(nodeports);

@@ -71,6 +71,8 @@ struct Running {
     routes: Option<((Routing, Option<String>), routes::RouteSync)>,
     /// The health check ports of the Services programmed, by Service key.
     health_checks: BTreeMap<String, HealthCheck>,
+    /// The masquerade rules installed last (`Some(None)`: none, removed).
+    masquerade: Option<Option<masquerade::Masquerade>>,
     problems: Problems,
 }
 
@@ -102,8 +104,10 @@ struct Problems {
     gc: Option<String>,
     /// IPv4 forwarding could not be turned on.
     forwarding: Option<String>,
-    /// Masquerade or socket load balancing could not be set up.
+    /// Socket load balancing could not be set up.
     node_setup: Vec<String>,
+    /// The masquerade rules could not be installed or removed.
+    masquerade: Option<String>,
     /// Routes to other nodes' pods that could not be written or removed.
     routes: Vec<String>,
 }
@@ -204,6 +208,7 @@ impl Component for DatapathComponent {
             remote_nodes: None,
             routes: None,
             health_checks: BTreeMap::new(),
+            masquerade: None,
             problems: Problems { store: unreadable, ..Problems::default() },
         });
         component.apply_node_setup();
@@ -337,6 +342,7 @@ impl Running {
             .chain(&p.gc)
             .chain(&p.forwarding)
             .chain(&p.node_setup)
+            .chain(&p.masquerade)
             .chain(&p.routes)
             .chain(&self.policy.error)
             .cloned()
@@ -428,6 +434,7 @@ impl DatapathComponent {
     /// Sets up (or removes) what the config asks for beyond pod interfaces:
     /// socket load balancing for the node's processes, and masquerade.
     fn apply_node_setup(&mut self) {
+        self.apply_masquerade();
         let Some(running) = &mut self.running else { return };
         let problems = &mut running.problems.node_setup;
         problems.clear();
@@ -440,7 +447,24 @@ impl DatapathComponent {
             tracing::error!("socket load balancing: {err}");
             problems.push(format!("socket load balancing: {err}"));
         }
-        let result = match self.config.masquerade_rules(self.nodeports) {
+    }
+
+    /// Installs the masquerade rules the config asks for, the other nodes' pod
+    /// CIDRs among the destinations kept un-masqueraded (pods reach every pod
+    /// with their own addresses), when they differ from those installed.
+    fn apply_masquerade(&mut self) {
+        let Some(running) = &mut self.running else { return };
+        let cluster: Vec<String> = running
+            .remote_nodes
+            .iter()
+            .flatten()
+            .map(|node| format!("{}/{}", node.pod_cidr.0, node.pod_cidr.1))
+            .collect();
+        let rules = self.config.masquerade_rules(self.nodeports, &cluster);
+        if running.masquerade.as_ref() == Some(&rules) {
+            return;
+        }
+        let result = match &rules {
             Some(rules) => rules.apply().map(|()| {
                 tracing::info!(
                     "masquerading {} beyond {} CIDR(s), source ports {}-{}",
@@ -452,9 +476,13 @@ impl DatapathComponent {
             }),
             None => masquerade::remove(),
         };
-        if let Err(err) = result {
-            tracing::error!("masquerade: {err}");
-            problems.push(format!("masquerade: {err}"));
+        running.problems.masquerade = result.as_ref().err().map(|err| format!("masquerade: {err}"));
+        match result {
+            Ok(()) => running.masquerade = Some(rules),
+            Err(err) => {
+                tracing::error!("masquerade: {err}");
+                running.masquerade = None;
+            }
         }
     }
 
@@ -465,6 +493,7 @@ impl DatapathComponent {
         let pods_before = self.endpoints.len();
         running.follow_interfaces(&self.config, &mut self.endpoints).await;
         let mut policy_inputs_changed = self.endpoints.len() != pods_before;
+        let mut nodes_changed = false;
         if let Some(api) = &mut running.api {
             // A reconciler that does not know what the maps hold is given everything.
             if let Some(read) = api.read(force || !running.reconciler.in_sync()) {
@@ -476,6 +505,7 @@ impl DatapathComponent {
                 if let Some(nodes) = read.nodes {
                     running.remote_nodes = Some(nodes);
                     running.routes = None;
+                    nodes_changed = true;
                 }
                 // Until the maps take them, everything is read again at the next sync.
                 let programmed = running.program_services(&read.services, read.everything, &self.config);
@@ -503,6 +533,10 @@ impl DatapathComponent {
         }
         if (policy_inputs_changed || running.policy.error.is_some()) && running.policies_known() {
             running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
+        }
+        // Retried at each sync after a failure.
+        if nodes_changed || running.masquerade.is_none() {
+            self.apply_masquerade();
         }
         self.publish();
     }
