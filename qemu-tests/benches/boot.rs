@@ -99,6 +99,7 @@ fn boot_direct(image: &Image, masked: bool) -> Result<Times, nodeplane_testkit::
         kernel_args,
         forward: Vec::new(),
         netdev: Vec::new(),
+        lan: None,
     };
     let mut vm = Vm::start(boot)?;
     vm.wait_exit(Duration::from_secs(600))?;
@@ -126,6 +127,7 @@ fn boot_uefi(image: &Image) -> Result<f64, nodeplane_testkit::Error> {
         kernel_args: Vec::new(),
         forward: Vec::new(),
         netdev: Vec::new(),
+        lan: None,
     };
     let mut vm = Vm::start(boot)?;
     let took = vm.wait_console("== end of nodeplane status (exit 0) ==", Duration::from_secs(600))?;

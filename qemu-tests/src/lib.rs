@@ -142,6 +142,17 @@ pub struct Boot<'a> {
     pub forward: Vec<(u16, u16)>,
     /// More `-netdev user` options, e.g. a `guestfwd=` to a control plane.
     pub netdev: Vec<String>,
+    /// A second network card on an L2 shared with other VMs of this host.
+    pub lan: Option<Lan>,
+}
+
+/// A second network card joined to other VMs' by a QEMU socket netdev on
+/// loopback: one VM `listen=127.0.0.1:PORT`s, the others `connect=` to it.
+pub struct Lan {
+    /// `listen=…` or `connect=…`.
+    pub socket: String,
+    /// Its MAC address: the guest names the card by it (`ifname=`).
+    pub mac: String,
 }
 
 /// A running VM. Dropping it ends QEMU.
@@ -196,6 +207,10 @@ impl Vm {
             forwards.push_str(option);
         }
         qemu.args(["-netdev", &format!("user,id=net0,restrict=on{forwards}"), "-device", "virtio-net-pci,netdev=net0"]);
+        if let Some(lan) = &boot.lan {
+            qemu.args(["-netdev", &format!("socket,id=lan,{}", lan.socket)]);
+            qemu.args(["-device", &format!("virtio-net-pci,netdev=lan,mac={}", lan.mac)]);
+        }
         let console = match boot.console {
             Console::File(path) => {
                 qemu.arg("-serial").arg(format!("file:{}", path.display()));
@@ -264,12 +279,19 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
+impl Vm {
+    /// Ends QEMU at once, as a machine that loses power.
+    pub fn power_off(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.power_off();
     }
 }
 

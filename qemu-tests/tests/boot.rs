@@ -78,6 +78,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
         kernel_args: nodeplane_qemu::run_from_share(script),
         forward: vec![(host_port, NODE_PORT)],
         netdev: Vec::new(),
+        lan: None,
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
     let host_share = share.clone();
@@ -254,6 +255,7 @@ fn the_uefi_disk_image_boots_to_ready() {
         kernel_args: Vec::new(),
         forward: Vec::new(),
         netdev: Vec::new(),
+        lan: None,
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
     let took = vm

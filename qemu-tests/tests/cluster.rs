@@ -11,12 +11,15 @@
 //! Needs the image (`cargo xtask test` builds it) and the control plane's
 //! binaries (built from source on first use, then cached).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nodeplane_cluster::ControlPlane;
 use nodeplane_qemu::{Boot, Console, Firmware, GuestResults, Vm, copy_disk};
+
+mod common;
+use common::*;
 
 const NODE: &str = "node-1";
 /// Ready from scratch under TCG: boot, containerd, the image import, the kubelet.
@@ -124,40 +127,6 @@ impl Outcome {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
-/// Five consecutive free ports on loopback (the control plane's).
-fn free_ports() -> u16 {
-    (0..200)
-        .map(|i| 20000 + (std::process::id() % 100) as u16 * 100 + i * 5)
-        .find(|base| (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .expect("five free ports")
-}
-
-fn kubectl(plane: &ControlPlane, args: &[&str]) -> Result<String, String> {
-    let out = plane.kubectl().args(args).output().map_err(|e| format!("kubectl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
-fn wait<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what}: not within {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 /// The echo pods: (name, phase, IP).
 fn pods(plane: &ControlPlane) -> Vec<(String, String, String)> {
     let jsonpath = "{range .items[*]}{.metadata.name} {.status.phase} {.status.podIP}{\"\\n\"}{end}";
@@ -182,10 +151,6 @@ fn running(plane: &ControlPlane, count: usize, not: &[String]) -> Option<Vec<(St
 
 fn phase_file(pods: &[(String, String)], extra: &str) -> String {
     pods.iter().map(|(name, ip)| format!("pod {name} {ip}\n")).collect::<String>() + extra
-}
-
-fn apply(plane: &ControlPlane, objects: &str) -> Result<(), String> {
-    plane.kubectl_with(&["apply", "-f", "-"], objects).map(drop).map_err(|e| e.to_string())
 }
 
 /// `GET /` to the host's `port` on loopback: the body.
@@ -315,6 +280,7 @@ fn outcome() -> &'static Outcome {
             kernel_args: nodeplane_qemu::run_from_share("cluster.sh"),
             forward: vec![(host_port, NODE_PORT)],
             netdev: vec![plane.guest_forward()],
+            lan: None,
         };
         let started = Instant::now();
         let mut vm = Vm::start(boot).expect("start QEMU");

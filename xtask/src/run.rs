@@ -68,6 +68,7 @@ pub fn run(headless: bool) -> Result<(), String> {
         kernel_args: vec!["nodeplane.autologin".into()],
         forward: Vec::new(),
         netdev: vec![plane.guest_forward()],
+        lan: None,
     };
     eprintln!("==> booting the node under QEMU (TCG; about a minute)");
     if !headless {
