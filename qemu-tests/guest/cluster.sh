@@ -12,17 +12,6 @@ pods() {
 	sed -n 's/^pod \([^ ]*\) \([^ ]*\)$/\1 \2/p' "$1"
 }
 
-# The network namespace (ip netns name) of the pod with address $1.
-netns_of() {
-	for ns in $(ip netns list | cut -d' ' -f1); do
-		if ip -n "$ns" -4 -o addr show eth0 2>/dev/null | grep -q " $1/"; then
-			echo "$ns"
-			return 0
-		fi
-	done
-	return 1
-}
-
 # Every pod of $1 reaches every other by pod IP (HTTP to the echo server), and
 # gets its name back.
 pods_reach_each_other() {

@@ -40,6 +40,17 @@ show_ports() {
 	echo "ip_local_reserved_ports: $(cat /proc/sys/net/ipv4/ip_local_reserved_ports)"
 }
 
+# The network namespace (ip netns name) of the pod with address $1.
+netns_of() {
+	for ns in $(ip netns list | cut -d' ' -f1); do
+		if ip -n "$ns" -4 -o addr show eth0 2>/dev/null | grep -q " $1/"; then
+			echo "$ns"
+			return 0
+		fi
+	done
+	return 1
+}
+
 # Waits for nodeplaned to be active (Type=notify: after READY=1).
 nodeplaned_up() {
 	wait_for 300 systemctl is-active nodeplaned || {

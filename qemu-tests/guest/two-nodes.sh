@@ -15,17 +15,6 @@ value() {
 	sed -n "s/^$1 //p" "$S/phase1"
 }
 
-# The network namespace (ip netns name) of the pod with address $1.
-netns_of() {
-	for ns in $(ip netns list | cut -d' ' -f1); do
-		if ip -n "$ns" -4 -o addr show eth0 2>/dev/null | grep -q " $1/"; then
-			echo "$ns"
-			return 0
-		fi
-	done
-	return 1
-}
-
 # $1 runs `np-guest get $2 $3` twelve times; the distinct replies, sorted.
 replies() {
 	for i in 1 2 3 4 5 6 7 8 9 10 11 12; do

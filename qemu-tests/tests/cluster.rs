@@ -98,34 +98,7 @@ struct HostView {
     node_port_reply: String,
 }
 
-struct Outcome {
-    results: GuestResults,
-    console: String,
-    host: Result<HostView, String>,
-}
-
-impl Outcome {
-    fn host(&self) -> &HostView {
-        self.host.as_ref().unwrap_or_else(|e| {
-            panic!(
-                "driving the cluster failed: {e}\n--- console (last 60 lines) ---\n{}",
-                nodeplane_qemu::tail(&self.console, 60)
-            )
-        })
-    }
-
-    fn check(&self, name: &str) -> String {
-        let Some((rc, out)) = self.results.check(name) else {
-            panic!(
-                "check {name} did not run (host: {})\n--- console (last 60 lines) ---\n{}",
-                self.host.as_ref().err().map_or("fine", String::as_str),
-                nodeplane_qemu::tail(&self.console, 60)
-            );
-        };
-        assert_eq!(rc, "0", "check {name} failed:\n{out}");
-        out.to_owned()
-    }
-}
+type Outcome = common::Outcome<HostView>;
 
 /// The echo pods: (name, phase, IP).
 fn pods(plane: &ControlPlane) -> Vec<(String, String, String)> {

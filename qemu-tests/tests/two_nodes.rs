@@ -102,35 +102,7 @@ struct HostView {
     gone_after: Duration,
 }
 
-struct Outcome {
-    results: GuestResults,
-    console: String,
-    host: Result<HostView, String>,
-}
-
-impl Outcome {
-    fn host(&self) -> &HostView {
-        self.host.as_ref().unwrap_or_else(|e| {
-            panic!("driving the cluster failed: {e}\n--- node-1's console (last 60 lines) ---\n{}", self.tail())
-        })
-    }
-
-    fn tail(&self) -> String {
-        nodeplane_qemu::tail(&self.console, 60)
-    }
-
-    fn check(&self, name: &str) -> String {
-        let Some((rc, out)) = self.results.check(name) else {
-            panic!(
-                "check {name} did not run (host: {})\n--- node-1's console (last 60 lines) ---\n{}",
-                self.host.as_ref().err().map_or("fine", String::as_str),
-                self.tail()
-            );
-        };
-        assert_eq!(rc, "0", "check {name} failed:\n{out}");
-        out.to_owned()
-    }
-}
+type Outcome = common::Outcome<HostView>;
 
 /// The node's `lan0` address and MAC.
 fn lan(i: usize) -> (String, String) {

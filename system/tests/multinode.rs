@@ -182,6 +182,24 @@ fn request(stage: &Stage, from: &str, addr: Ipv4Addr, port: u16) -> Result<Strin
     .unwrap()
 }
 
+/// A NodePort Service `np` (30080) under externalTrafficPolicy `policy` whose
+/// backends are node-1's `b` (port 80) and node-2's `web2` (port 8080).
+fn node_port_service(policy: &str, b: Ipv4Addr, web2: Ipv4Addr) -> String {
+    let slice = |name: &str, address: Ipv4Addr, port: u16, node: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "x", "labels": {"kubernetes.io/service-name": "np"}},
+               "addressType": "IPv4", "ports": [{"name": "p", "port": port, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [address.to_string()], "conditions": {"ready": true}, "nodeName": node}]})
+    };
+    documents(&[
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "x"},
+               "spec": {"type": "NodePort", "clusterIP": "10.96.8.3", "externalTrafficPolicy": policy,
+                        "ports": [{"name": "p", "port": 80, "nodePort": 30080}]}}),
+        slice("np-1", b, 80, NODE_NAME),
+        slice("np-2", web2, 8080, "node-2"),
+    ])
+}
+
 /// x/a on node-1 reaches x/web2 on node-2 by its pod IP, and x/web2 x/b.
 fn assert_pods_reach_each_other(stage: &Stage, node_2: &Node2) {
     let (web2, b) = (node_2.pod_ip, ip(stage, "x/b"));
@@ -212,7 +230,8 @@ fn remote_service(name: &str, vip: &str, backend: Ipv4Addr, port: u16, node: &st
 }
 
 /// Pods on two nodes with natively routed pod CIDRs: each reaches the other's
-/// pod directly and through a ClusterIP whose only backend is across; a
+/// pod directly and through a ClusterIP whose only backend is across; node-2's
+/// NodePort reaches both nodes' pods under Cluster, its own under Local; a
 /// NetworkPolicy table across nodes (node-2's ingress rule selecting node-1's
 /// pods by label, node-1's egress isolation) holds both ways and lifts; the
 /// Node deleted takes node-1's route to node-2's pods.
@@ -260,6 +279,27 @@ fn two_nodeplaned_nodes_route_balance_and_enforce_policy_across_nodes() {
         request(&stage, "x/a", vip(1), 80),
         node_2.request(vip(2), 80)
     );
+
+    // Node-2's NodePort from node-1's host, a client outside node-2: under
+    // Cluster both nodes' pods answer (x/b through node-2, translated back
+    // there); under Local only node-2's.
+    let from_node_1 = || {
+        let node_port = NODE_2_ADDRESS.parse().unwrap();
+        in_netns_at(stage.node_netns(), move || {
+            nodeplane_testkit::tcp_request(node_port, 30080).map_err(|e| e.to_string())
+        })
+        .unwrap()
+    };
+    cluster.kubectl(&["apply", "-f", "-"], Some(&node_port_service("Cluster", b, web2))).unwrap();
+    let mut answers = std::collections::BTreeSet::new();
+    let both = eventually(FOLLOW, || {
+        answers.extend(from_node_1());
+        answers.len() == 2
+    });
+    assert!(both, "node-2's NodePort under Cluster reached {answers:?}: {}", node_2.datapath());
+    cluster.kubectl(&["apply", "-f", "-"], Some(&node_port_service("Local", b, web2))).unwrap();
+    let local = eventually(FOLLOW, || (0..12).all(|_| from_node_1().as_deref() == Ok("x/web2")));
+    assert!(local, "node-2's NodePort under Local: {:?}", from_node_1());
 
     // Policy across nodes: node-2's pod lets in x/a only (selected by labels
     // through node-2's Pod watch); x/c may send nothing (node-1's egress).

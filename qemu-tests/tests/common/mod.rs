@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nodeplane_cluster::ControlPlane;
+use nodeplane_qemu::GuestResults;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -43,4 +44,38 @@ pub fn wait<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
 
 pub fn apply(plane: &ControlPlane, objects: &str) -> Result<(), String> {
     plane.kubectl_with(&["apply", "-f", "-"], objects).map(drop).map_err(|e| e.to_string())
+}
+
+/// A cluster boot's results: what the guest script's checks left, the
+/// (checking) guest's console, and what the host saw (`H`) or where driving
+/// the cluster stopped.
+pub struct Outcome<H> {
+    pub results: GuestResults,
+    pub console: String,
+    pub host: Result<H, String>,
+}
+
+impl<H> Outcome<H> {
+    pub fn host(&self) -> &H {
+        self.host.as_ref().unwrap_or_else(|e| {
+            panic!("driving the cluster failed: {e}\n--- console (last 60 lines) ---\n{}", self.tail())
+        })
+    }
+
+    fn tail(&self) -> String {
+        nodeplane_qemu::tail(&self.console, 60)
+    }
+
+    /// Check `name`'s output; panics unless it ran and passed.
+    pub fn check(&self, name: &str) -> String {
+        let Some((rc, out)) = self.results.check(name) else {
+            panic!(
+                "check {name} did not run (host: {})\n--- console (last 60 lines) ---\n{}",
+                self.host.as_ref().err().map_or("fine", String::as_str),
+                self.tail()
+            );
+        };
+        assert_eq!(rc, "0", "check {name} failed:\n{out}");
+        out.to_owned()
+    }
 }
