@@ -7,7 +7,10 @@
 //! Services, a numgen map of endpoints). At 1, 1,000 and 10,000 Services of four
 //! endpoints each: connect+request+close rate and p50/p99 latency, variants
 //! interleaved, rounds repeated, medians, ratios against (a), everything on one
-//! core. Also the time to program 10,000 Services with 40,000 endpoints and one
+//! core. On one connection, the same way: the rate and p50/p99 of small
+//! requests and replies (a second Service to an echo server), and bulk
+//! throughput in MiB/s with each MiB's p50/p99 (a third, to a server
+//! streaming). Also the time to program 10,000 Services with 40,000 endpoints and one
 //! Service update at that scale, for nodeplane (map updates), iptables
 //! (`iptables-legacy-restore`; Debian's nft-backed `iptables-restore` takes
 //! minutes at this size, see ENVIRONMENT.md) and nftables (`nft -f`). Writes
@@ -28,12 +31,21 @@ use std::time::{Duration, Instant};
 
 use nodeplane_datapath::{Datapath, Service};
 use nodeplane_model::Protocol;
-use nodeplane_testkit::bench::{SAMPLE, Sample, measure, median, ms, pin_to_one_core, run_bench, write_results};
+use nodeplane_testkit::bench::{
+    SAMPLE, Sample, measure, measure_bulk, measure_requests, median, ms, pin_to_one_core, run_bench, write_results,
+};
 use nodeplane_testkit::{Bpffs, Node, Pod};
 
 const ROUNDS: usize = 3;
 const SIZES: [usize; 3] = [1, 1_000, 10_000];
 const ENDPOINTS: usize = 4;
+/// A client's measurement of one kind of load against an address and port.
+type Measure = fn(Ipv4Addr, u16) -> Result<Sample, nodeplane_testkit::Error>;
+
+/// The backends' ports: connect+request+close, requests on one connection, bulk.
+const SERVE: u16 = 8080;
+const ECHO: u16 = 8081;
+const BULK: u16 = 8082;
 
 /// A node namespace with a client pod and the probed Service's backend pods.
 struct Site {
@@ -57,7 +69,10 @@ impl Site {
         }
         client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-        let servers = backends.iter().map(|b| b.serve_tcp(8080, "ok")).collect();
+        let servers = backends
+            .iter()
+            .flat_map(|b| [b.serve_tcp(SERVE, "ok"), b.serve_tcp_echo(ECHO, "ok"), b.serve_tcp_bulk(BULK)])
+            .collect();
         Ok(Site { node, client, backends, _servers: servers })
     }
 
@@ -75,9 +90,19 @@ fn filler(i: usize, e: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 250, (i >> 6) as u8, ((i & 63) * 4 + e) as u8)
 }
 
-/// The endpoints of Service `i` of `n`: the last one (probed) has the real backends.
+/// The endpoints of Service `i` of `n` (and of the two more after them, for
+/// requests on one connection and bulk): the last ones (probed) have the real backends.
 fn endpoints_of(backends: &[Ipv4Addr], i: usize, n: usize) -> Vec<Ipv4Addr> {
-    if i == n - 1 { backends.to_vec() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
+    if i >= n - 1 { backends.to_vec() } else { (0..ENDPOINTS).map(|e| filler(i, e)).collect() }
+}
+
+/// The backends' port Service `i` of `n` (and of the two after them) sends to.
+fn target_of(i: usize, n: usize) -> u16 {
+    match i.saturating_sub(n - 1) {
+        0 => SERVE,
+        1 => ECHO,
+        _ => BULK,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,7 +128,7 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
         Ok(datapath)
     })?;
 
-    let mut results = Vec::new();
+    let (mut results, mut request_results, mut bulk_results) = (Vec::new(), Vec::new(), Vec::new());
     let mut programming = serde_json::Map::new();
     for &n in &SIZES {
         eprintln!("==> {n} Service(s) of {ENDPOINTS} endpoints each");
@@ -127,31 +152,50 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
             .expect("an object")
             .clone();
         }
-        let probed = (vip(96, n - 1), vip(97, n - 1), vip(98, n - 1));
-        let mut samples: [Vec<Sample>; 4] = Default::default();
+        // Per kind of load, the address each variant's client dials: the direct
+        // path a backend's port, the others their probed Service's VIP.
+        let sites = [&bare, &ebpf, &iptables, &nft];
+        let direct = bare.backends[0].ip;
+        let target = |variant: usize, kind: usize| match variant {
+            0 => (direct, [SERVE, ECHO, BULK][kind]),
+            v => (vip(95 + v as u8, n - 1 + kind), 80),
+        };
+        let measures: [Measure; 3] = [measure, measure_requests, measure_bulk];
+        let mut samples: [[Vec<Sample>; 4]; 3] = Default::default();
         for round in 1..=ROUNDS {
-            eprint!("\r    round {round}/{ROUNDS}: direct, nodeplane, iptables, nftables");
-            let direct = bare.backends[0].ip;
-            samples[0].push(bare.client.run(move || measure(direct, 8080))?);
-            samples[1].push(ebpf.client.run(move || measure(probed.0, 80))?);
-            samples[2].push(iptables.client.run(move || measure(probed.1, 80))?);
-            samples[3].push(nft.client.run(move || measure(probed.2, 80))?);
+            eprint!(
+                "\r    round {round}/{ROUNDS}: direct, nodeplane, iptables, nftables; new connections, requests, bulk"
+            );
+            for (kind, measure) in measures.into_iter().enumerate() {
+                for (variant, site) in sites.iter().enumerate() {
+                    let (addr, port) = target(variant, kind);
+                    samples[kind][variant].push(site.client.run(move || measure(addr, port))?);
+                }
+            }
         }
         eprintln!();
-        results.push((n, samples.map(|s| median(&s))));
+        let [connections, requests, bulk] = samples.map(|kind| kind.map(|s| median(&s)));
+        results.push((n, connections));
+        request_results.push((n, requests));
+        bulk_results.push((n, bulk));
     }
 
-    let json_sizes = print_table(
-        &format!("connect+request+close from a pod, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians"),
-        &results,
-    );
+    let rounds = format!("{ROUNDS} interleaved rounds of {SAMPLE:?}, medians");
+    let json_sizes = print_table(&format!("connect+request+close from a pod, {rounds}"), &results, "conn/s");
+    let json_requests =
+        print_table(&format!("requests on one connection from a pod, {rounds}"), &request_results, "requests/s");
+    let json_bulk =
+        print_table(&format!("bulk on one connection to a pod (latency: per MiB), {rounds}"), &bulk_results, "MiB/s");
     println!(
         "\nprogramming at {} Services / {} endpoints: {}",
         SIZES[2],
         SIZES[2] * ENDPOINTS,
         serde_json::Value::Object(programming.clone())
     );
-    let json = serde_json::json!({ "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes, "programming": programming });
+    let json = serde_json::json!({
+        "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes,
+        "requests": json_requests, "bulk": json_bulk, "programming": programming,
+    });
     write_results("datapath", &json)
 }
 
@@ -164,13 +208,13 @@ fn program_nodeplane(
     for key in datapath.services().programmed()?.iter().map(|(k, _)| *k) {
         datapath.services().remove(&key)?;
     }
-    let services: Vec<Service> = (0..n)
+    let services: Vec<Service> = (0..n + 2)
         .map(|i| Service {
             id: i as u32 + 1,
             vip: vip(96, i),
             port: 80,
             protocol: Protocol::Tcp,
-            backends: endpoints_of(backends, i, n).into_iter().map(|a| (a, 8080)).collect(),
+            backends: endpoints_of(backends, i, n).into_iter().map(|a| (a, target_of(i, n))).collect(),
             affinity: None,
             node_port: false,
         })
@@ -189,7 +233,7 @@ fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, nodep
         vip: vip(96, 0),
         port: 80,
         protocol: Protocol::Tcp,
-        backends: (0..ENDPOINTS).map(|e| (filler(n + 1, e), 8080)).collect(),
+        backends: (0..ENDPOINTS).map(|e| (filler(n + 3, e), SERVE)).collect(),
         affinity: None,
         node_port: false,
     };
@@ -199,7 +243,7 @@ fn update_nodeplane(datapath: &mut Datapath, n: usize) -> Result<Duration, nodep
 }
 
 /// The KUBE-SVC chain of Service `i` (random choice among its endpoints) and its KUBE-SEP chains.
-fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], chains: &mut String, rules: &mut String) {
+fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], target: u16, chains: &mut String, rules: &mut String) {
     chains.push_str(&format!(":KUBE-SVC-{i} - [0:0]\n"));
     for (e, endpoint) in endpoints.iter().enumerate() {
         chains.push_str(&format!(":KUBE-SEP-{i}-{e} - [0:0]\n"));
@@ -210,7 +254,7 @@ fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], chains: &mut String
             String::new()
         };
         rules.push_str(&format!("-A KUBE-SVC-{i} {statistic}-j KUBE-SEP-{i}-{e}\n"));
-        rules.push_str(&format!("-A KUBE-SEP-{i}-{e} -p tcp -m tcp -j DNAT --to-destination {endpoint}:8080\n"));
+        rules.push_str(&format!("-A KUBE-SEP-{i}-{e} -p tcp -m tcp -j DNAT --to-destination {endpoint}:{target}\n"));
     }
 }
 
@@ -218,9 +262,9 @@ fn iptables_endpoint_rules(i: usize, endpoints: &[Ipv4Addr], chains: &mut String
 fn iptables_rules(backends: &[Ipv4Addr], n: usize) -> String {
     let (mut chains, mut rules) = (String::from("*nat\n:KUBE-SERVICES - [0:0]\n"), String::new());
     rules.push_str("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
-    for i in 0..n {
+    for i in 0..n + 2 {
         rules.push_str(&format!("-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}\n", vip(97, i)));
-        iptables_endpoint_rules(i, &endpoints_of(backends, i, n), &mut chains, &mut rules);
+        iptables_endpoint_rules(i, &endpoints_of(backends, i, n), target_of(i, n), &mut chains, &mut rules);
     }
     format!("{chains}{rules}COMMIT\n")
 }
@@ -228,14 +272,14 @@ fn iptables_rules(backends: &[Ipv4Addr], n: usize) -> String {
 /// The first Service's endpoints change: its chains rewritten (a restore
 /// flushes the chains it declares), as kube-proxy does.
 fn iptables_update(n: usize) -> String {
-    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 1, e)).collect();
+    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 3, e)).collect();
     let (mut chains, mut rules) = (String::from("*nat\n"), String::new());
-    iptables_endpoint_rules(0, &endpoints, &mut chains, &mut rules);
+    iptables_endpoint_rules(0, &endpoints, SERVE, &mut chains, &mut rules);
     format!("{chains}{rules}COMMIT\n")
 }
 
-fn nft_service(i: usize, endpoints: &[Ipv4Addr]) -> String {
-    let map: Vec<String> = endpoints.iter().enumerate().map(|(e, a)| format!("{e} : {a} . 8080")).collect();
+fn nft_service(i: usize, endpoints: &[Ipv4Addr], target: u16) -> String {
+    let map: Vec<String> = endpoints.iter().enumerate().map(|(e, a)| format!("{e} : {a} . {target}")).collect();
     format!(
         "\tchain svc-{i} {{\n\t\tmeta l4proto tcp dnat ip to numgen random mod {} map {{ {} }}\n\t}}\n",
         endpoints.len(),
@@ -247,11 +291,11 @@ fn nft_service(i: usize, endpoints: &[Ipv4Addr]) -> String {
 /// and port to a chain per Service that picks an endpoint with numgen.
 fn nft_rules(backends: &[Ipv4Addr], n: usize) -> String {
     let mut script = String::from("table ip bench\ndelete table ip bench\ntable ip bench {\n");
-    let elements: Vec<String> = (0..n).map(|i| format!("{} . tcp . 80 : goto svc-{i}", vip(98, i))).collect();
+    let elements: Vec<String> = (0..n + 2).map(|i| format!("{} . tcp . 80 : goto svc-{i}", vip(98, i))).collect();
     script.push_str("\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n");
     script.push_str(&format!("\t\telements = {{ {} }}\n\t}}\n", elements.join(", ")));
-    for i in 0..n {
-        script.push_str(&nft_service(i, &endpoints_of(backends, i, n)));
+    for i in 0..n + 2 {
+        script.push_str(&nft_service(i, &endpoints_of(backends, i, n), target_of(i, n)));
     }
     script.push_str("\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n");
     script.push_str("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n}\n");
@@ -259,8 +303,8 @@ fn nft_rules(backends: &[Ipv4Addr], n: usize) -> String {
 }
 
 fn nft_update(n: usize) -> String {
-    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 1, e)).collect();
-    format!("flush chain ip bench svc-0\ntable ip bench {{\n{}}}\n", nft_service(0, &endpoints))
+    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|e| filler(n + 3, e)).collect();
+    format!("flush chain ip bench svc-0\ntable ip bench {{\n{}}}\n", nft_service(0, &endpoints, SERVE))
 }
 
 /// Feeds `input` to `tool args` in `node`'s namespace; how long it took.
@@ -283,9 +327,9 @@ fn load(node: &Node, tool: &str, args: &[&str], input: &str) -> Result<Duration,
 
 /// Prints the table of `results` (per Service count, the four variants'
 /// medians) with ratios against the direct path; the same as JSON.
-fn print_table(title: &str, results: &[(usize, [Sample; 4])]) -> Vec<serde_json::Value> {
+fn print_table(title: &str, results: &[(usize, [Sample; 4])], unit: &str) -> Vec<serde_json::Value> {
     println!("\n{title}");
-    println!("| Services | path | conn/s | × direct | p50 µs | p99 µs | p99 × direct |");
+    println!("| Services | path | {unit} | × direct | p50 µs | p99 µs | p99 × direct |");
     println!("|---|---|---|---|---|---|---|");
     let names = ["direct (pod IP)", "nodeplane VIP", "iptables VIP", "nftables VIP"];
     let mut json_sizes = Vec::new();
@@ -347,7 +391,7 @@ impl Pair {
         }
         client.netns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         client.netns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
-        let servers = backends.iter().map(|b| b.serve_tcp(8080, "ok")).collect();
+        let servers = backends.iter().map(|b| b.serve_tcp(SERVE, "ok")).collect();
         Ok(Pair { client_node, _backend_node: backend_node, client, backends, link, _servers: servers })
     }
 
@@ -374,7 +418,7 @@ fn cross_node() -> Result<(), nodeplane_testkit::Error> {
     load(&iptables.client_node, "iptables-legacy-restore", &[], &iptables_rules(&iptables.endpoints(), 1))?;
     load(&nft.client_node, "nft", &["-f", "-"], &nft_rules(&nft.endpoints(), 1))?;
     // Each path answers before it is measured.
-    let probed = [(bare.backends[0].ip, 8080), (vip(96, 0), 80), (vip(97, 0), 80), (vip(98, 0), 80)];
+    let probed = [(bare.backends[0].ip, SERVE), (vip(96, 0), 80), (vip(97, 0), 80), (vip(98, 0), 80)];
     for (pair, (addr, port)) in pairs.iter().zip(probed) {
         pair.client.tcp_request(addr, port).map_err(|e| format!("{addr}:{port} across nodes: {e}"))?;
     }
@@ -390,7 +434,7 @@ fn cross_node() -> Result<(), nodeplane_testkit::Error> {
     let title = format!(
         "connect+request+close from a pod to a Service whose backends are on another node, {ROUNDS} interleaved rounds of {SAMPLE:?}, medians"
     );
-    let json_sizes = print_table(&title, &results);
+    let json_sizes = print_table(&title, &results, "conn/s");
     drop(datapath);
     let json = serde_json::json!({ "rounds": ROUNDS, "sample_s": SAMPLE.as_secs_f64(), "sizes": json_sizes });
     write_results("datapath-cross-node", &json)

@@ -56,6 +56,47 @@ pub fn measure(addr: Ipv4Addr, port: u16) -> Result<Sample, crate::Error> {
     Ok(Sample::from_latencies(latencies, started.elapsed()))
 }
 
+/// One connection, a small request and its reply again and again for
+/// [`SAMPLE`] (a server of [`Pod::serve_tcp_echo`](crate::Pod::serve_tcp_echo)):
+/// requests per second and their latencies.
+pub fn measure_requests(addr: Ipv4Addr, port: u16) -> Result<Sample, crate::Error> {
+    use std::io::{BufRead, Write};
+    let stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| format!("{addr}:{port}: {e}"))?; // the server's tag
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < SAMPLE {
+        let one = Instant::now();
+        line.clear();
+        writer.write_all(b"ping\n").map_err(|e| e.to_string())?;
+        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err(format!("{addr}:{port} closed the connection").into());
+        }
+        latencies.push(one.elapsed());
+    }
+    Ok(Sample::from_latencies(latencies, started.elapsed()))
+}
+
+/// One connection reading a server's endless stream (a server of
+/// [`Pod::serve_tcp_bulk`](crate::Pod::serve_tcp_bulk)) for [`SAMPLE`]: MiB
+/// per second, and how long each MiB took.
+pub fn measure_bulk(addr: Ipv4Addr, port: u16) -> Result<Sample, crate::Error> {
+    let mut stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect {addr}:{port}: {e}"))?;
+    let mut mib = vec![0u8; 1 << 20];
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < SAMPLE {
+        let one = Instant::now();
+        stream.read_exact(&mut mib).map_err(|e| format!("{addr}:{port}: {e}"))?;
+        latencies.push(one.elapsed());
+    }
+    Ok(Sample::from_latencies(latencies, started.elapsed()))
+}
+
 /// What every datapath benchmark starts with: root, and this thread (and the
 /// threads it starts: client and servers) on one core, as ENVIRONMENT.md's
 /// baselines were measured: far steadier than letting the scheduler move them.

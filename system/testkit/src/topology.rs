@@ -167,6 +167,17 @@ impl Pod {
         })
     }
 
+    /// Serves TCP on `port`: each connection gets an endless stream of bytes,
+    /// until the client closes it.
+    pub fn serve_tcp_bulk(&self, port: u16) -> Server {
+        self.serve_tcp_with(port, |mut stream| {
+            std::thread::spawn(move || {
+                let chunk = vec![0u8; 64 * 1024];
+                while stream.write_all(&chunk).is_ok() {}
+            });
+        })
+    }
+
     /// Accepts TCP connections on `port` and hands each (blocking) to `handle`.
     fn serve_tcp_with(&self, port: u16, mut handle: impl FnMut(std::net::TcpStream) + Send + 'static) -> Server {
         self.serve(move |stop| {
