@@ -493,7 +493,6 @@ impl DatapathComponent {
         let pods_before = self.endpoints.len();
         running.follow_interfaces(&self.config, &mut self.endpoints).await;
         let mut policy_inputs_changed = self.endpoints.len() != pods_before;
-        let mut nodes_changed = false;
         if let Some(api) = &mut running.api {
             // A reconciler that does not know what the maps hold is given everything.
             if let Some(read) = api.read(force || !running.reconciler.in_sync()) {
@@ -505,7 +504,6 @@ impl DatapathComponent {
                 if let Some(nodes) = read.nodes {
                     running.remote_nodes = Some(nodes);
                     running.routes = None;
-                    nodes_changed = true;
                 }
                 // Until the maps take them, everything is read again at the next sync.
                 let programmed = running.program_services(&read.services, read.everything, &self.config);
@@ -534,10 +532,9 @@ impl DatapathComponent {
         if (policy_inputs_changed || running.policy.error.is_some()) && running.policies_known() {
             running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
         }
-        // Retried at each sync after a failure.
-        if nodes_changed || running.masquerade.is_none() {
-            self.apply_masquerade();
-        }
+        // Follows the other nodes' pod CIDRs; installs nothing while the rules
+        // stand, and tries again after a failure.
+        self.apply_masquerade();
         self.publish();
     }
 
