@@ -6,8 +6,12 @@
 //! node from inside, in phases handed over through the 9p share: the node
 //! joined, a Deployment's pods, restarts; then a Service and a NetworkPolicy
 //! from the API at work (the host reaching the NodePort through a forward).
+//! Then the power is cut, with the kubelet's serving certificate left empty as
+//! a power loss leaves it, and the node boots again on its state disk: it
+//! rejoins, its pods run again and the NodePort answers.
 //!
-//! One boot for every check (TCG boots are slow), each check its own test.
+//! One boot for every check (TCG boots are slow; the reboot is the second),
+//! each check its own test.
 //! Needs the image (`cargo xtask test` builds it) and the control plane's
 //! binaries (built from source on first use, then cached).
 
@@ -96,6 +100,25 @@ struct HostView {
     before_restarts: Vec<String>,
     /// What the host got through the forwarded NodePort.
     node_port_reply: String,
+    /// The boot after the power loss.
+    reboot: Result<Reboot, String>,
+}
+
+/// The second boot, after the power was cut.
+struct Reboot {
+    /// QEMU start to the Node Ready with the new boot's ID.
+    ready_after: Duration,
+    /// QEMU start to both echo pods restarted and ready.
+    pods_after: Duration,
+    /// What the host got through the forwarded NodePort.
+    node_port_reply: String,
+    console: String,
+}
+
+impl Reboot {
+    fn tail(&self) -> String {
+        nodeplane_qemu::tail(&self.console, 60)
+    }
 }
 
 type Outcome = common::Outcome<HostView>;
@@ -145,6 +168,7 @@ fn drive(
     started: Instant,
     share: &Path,
     host_port: u16,
+    boot_again: impl FnOnce(&str) -> Result<Reboot, String>,
 ) -> Result<HostView, String> {
     let results = share.join("results");
     let ready = wait(&format!("node {NODE} Ready"), READY_TIMEOUT, || {
@@ -201,7 +225,10 @@ fn drive(
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(n, c)| (n.to_owned(), c.trim().parse().unwrap_or(u32::MAX))))
         .collect();
+    let boot_id = kubectl(plane, &["get", "node", NODE, "-o", "jsonpath={.status.nodeInfo.bootID}"])?;
     std::fs::write(share.join("finish"), "").map_err(|e| e.to_string())?;
+    wait("the guest ready for the power loss", RUNNING_TIMEOUT, || results.join("done").exists().then_some(()))?;
+    vm.power_off();
     Ok(HostView {
         ready_after,
         pod_cidr,
@@ -209,7 +236,47 @@ fn drive(
         after_restarts,
         before_restarts: second.into_iter().map(|(n, _)| n).collect(),
         node_port_reply,
+        reboot: boot_again(&boot_id),
     })
+}
+
+/// After the power loss: the same state disk booted again (no guest script)
+/// until the Node is Ready under a new boot ID, the echo pods restarted and
+/// ready, and the NodePort answering the host.
+fn reboot(plane: &ControlPlane, boot: Boot<'_>, host_port: u16, boot_id: &str) -> Result<Reboot, String> {
+    let started = Instant::now();
+    let mut vm = Vm::start(boot).map_err(|e| format!("start QEMU: {e}"))?;
+    let rejoined = (|| -> Result<(Duration, Duration, String), String> {
+        let ready = wait(&format!("node {NODE} Ready after the reboot"), READY_TIMEOUT, || {
+            if let Ok(Some(status)) = vm.try_exit() {
+                return Some(Err(format!("QEMU exited ({status})")));
+            }
+            let jsonpath = "{.status.nodeInfo.bootID} {.status.conditions[?(@.type==\"Ready\")].status}";
+            let now = kubectl(plane, &["get", "node", NODE, "-o", &format!("jsonpath={jsonpath}")]).ok()?;
+            let (id, ready) = now.split_once(' ')?;
+            (id != boot_id && ready == "True").then_some(Ok(started.elapsed()))
+        })??;
+        let jsonpath = "{range .items[*]}{.status.containerStatuses[0].restartCount} \
+                        {.status.containerStatuses[0].ready}{\"\\n\"}{end}";
+        let pods_after = wait("both echo pods restarted and ready", RUNNING_TIMEOUT, || {
+            let pods =
+                kubectl(plane, &["get", "pods", "-l", "app=echo", "-o", &format!("jsonpath={jsonpath}")]).ok()?;
+            let restarted = pods.lines().filter(|l| l.split_once(' ').is_some_and(|(n, r)| n != "0" && r == "true"));
+            (restarted.count() == 2).then(|| started.elapsed())
+        })?;
+        let node_port_reply = wait("the NodePort answering the host after the reboot", RUNNING_TIMEOUT, || {
+            http_get(host_port).ok().filter(|reply| reply.starts_with("echo-"))
+        })?;
+        Ok((ready, pods_after, node_port_reply))
+    })();
+    vm.power_off();
+    let console = vm.console();
+    match rejoined {
+        Ok((ready_after, pods_after, node_port_reply)) => {
+            Ok(Reboot { ready_after, pods_after, node_port_reply, console })
+        }
+        Err(e) => Err(format!("{e}\n--- console (last 60 lines) ---\n{}", nodeplane_qemu::tail(&console, 60))),
+    }
 }
 
 fn outcome() -> &'static Outcome {
@@ -243,26 +310,27 @@ fn outcome() -> &'static Outcome {
         let host_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let state = dir.path().join("state.img");
         copy_disk(&image.state_template(), &state).unwrap();
-        let console = dir.path().join("console.log");
-        let boot = Boot {
+        // The first boot runs the guest script from the share; the one after the power loss, nothing.
+        let boot = |console: &str, first: bool| Boot {
             image: &image,
-            firmware: Firmware::Direct { state },
-            console: Console::File(console),
+            firmware: Firmware::Direct { state: state.clone() },
+            console: Console::File(dir.path().join(console)),
             config: Some(&config),
-            share: Some(&share),
-            kernel_args: nodeplane_qemu::run_from_share("cluster.sh"),
+            share: first.then_some(share.as_path()),
+            kernel_args: if first { nodeplane_qemu::run_from_share("cluster.sh") } else { Vec::new() },
             forward: vec![(host_port, NODE_PORT)],
             netdev: vec![plane.guest_forward()],
             lan: None,
         };
         let started = Instant::now();
-        let mut vm = Vm::start(boot).expect("start QEMU");
-        let host = drive(&plane, &mut vm, started, &share, host_port);
+        let mut vm = Vm::start(boot("console.log", true)).expect("start QEMU");
+        let boot_again = |boot_id: &str| reboot(&plane, boot("reboot-console.log", false), host_port, boot_id);
+        let host = drive(&plane, &mut vm, started, &share, host_port, boot_again);
         if host.is_err() {
             // Let the guest end: it waits for files that will not come.
             let _ = std::fs::write(share.join("finish"), "");
+            let _ = vm.wait_exit(Duration::from_secs(300));
         }
-        let _ = vm.wait_exit(Duration::from_secs(300));
         let _ = plane.down();
         Outcome { console: vm.console(), results: GuestResults::collect(&share.join("results")), host }
     })
@@ -326,4 +394,16 @@ fn a_service_from_the_api_balances_pods_and_its_node_port_answers_the_host() {
 fn a_network_policy_from_the_api_blocks_a_denied_pod_and_nodeplanectl_says_so() {
     outcome().check("policy-denies");
     outcome().check("policy-tools-agree");
+}
+
+#[test]
+fn after_a_power_loss_that_left_kubelet_state_empty_the_node_rejoins_and_serves_again() {
+    let reboot = outcome().host().reboot.as_ref().unwrap_or_else(|e| panic!("the boot after the power loss: {e}"));
+    eprintln!(
+        "QEMU start to the node Ready again: {:.0} s; to both pods restarted and ready: {:.0} s",
+        reboot.ready_after.as_secs_f64(),
+        reboot.pods_after.as_secs_f64()
+    );
+    assert!(reboot.node_port_reply.starts_with("echo-"), "{}", reboot.node_port_reply);
+    assert!(reboot.console.contains("removed the kubelet's serving certificate and key"), "{}", reboot.tail());
 }

@@ -12,7 +12,9 @@
 //! - `/etc/kubernetes/kubelet.env`, the kubelet's arguments (kubelet.service
 //!   runs only when it exists; `--node-ip` is `[datapath] node_ip`);
 //! - a drop-in letting nodeplaned reach the API server (its unit allows no IP
-//!   traffic otherwise).
+//!   traffic otherwise);
+//! - the kubelet's own state in `/var/lib/kubelet` repaired where a power loss
+//!   left a file empty or torn ([`repair_state`]).
 //!
 //! Without the section it removes them: the node stays a standalone node, and
 //! says so.
@@ -23,6 +25,8 @@ use crate::config::{KubernetesConfig, NodeConfig};
 
 /// Where the kubelet's files go, relative to the root.
 pub const DIR: &str = "etc/kubernetes";
+/// The kubelet's own state, relative to the root.
+const STATE: &str = "var/lib/kubelet";
 /// nodeplaned's drop-in, relative to the root.
 const DROP_IN: &str = "run/systemd/system/nodeplaned.service.d/50-kubernetes.conf";
 
@@ -132,7 +136,78 @@ pub fn prepare(config: &NodeConfig, root: &Path) -> Result<String, PrepareError>
          [Service]\nRestrictAddressFamilies=AF_INET AF_INET6\nIPAddressAllow={allow}\n"
     );
     write(&drop_in, &unit, 0o644)?;
-    Ok(format!("joining {} as node {}", kubernetes.api_server, kubernetes.node_name))
+    let mut said = format!("joining {} as node {}", kubernetes.api_server, kubernetes.node_name);
+    for repaired in repair_state(&root.join(STATE))? {
+        said.push_str("\nnodeplane: ");
+        said.push_str(&repaired);
+    }
+    Ok(said)
+}
+
+/// The kubelet writes some of its state without syncing it, and a power loss
+/// soon after leaves such a file empty (ext4 allocates a new file's blocks
+/// late) or torn. On those the kubelet refuses to start, at every restart
+/// ("missing content for serving cert", "could not restore state from
+/// checkpoint"), yet it makes each of them anew when it is absent. So this
+/// removes each one that does not parse, before the kubelet starts, and says
+/// what it removed:
+/// - its self-signed serving certificate and key (both, so they match);
+/// - with a bootstrap token, its client certificate (it asks for a new one);
+/// - its checkpoints (JSON), rebuilt from the container runtime.
+pub fn repair_state(state: &Path) -> Result<Vec<String>, PrepareError> {
+    let mut said = Vec::new();
+    let serving = [state.join("pki/kubelet.crt"), state.join("pki/kubelet.key")];
+    if serving.iter().any(|p| p.exists()) && !(holds_certificate(&serving[0]) && holds_key(&serving[1])) {
+        for path in &serving {
+            remove(path)?;
+        }
+        said.push(format!(
+            "removed the kubelet's serving certificate and key ({}, {}): not a certificate and key (left empty or \
+             torn by a power loss?); the kubelet makes new ones",
+            serving[0].display(),
+            serving[1].display()
+        ));
+    }
+    let client = state.join("pki/kubelet-client-current.pem");
+    if client.symlink_metadata().is_ok() && !(holds_certificate(&client) && holds_key(&client)) {
+        remove(&client)?;
+        said.push(format!(
+            "removed {}: not a certificate and key (left empty or torn by a power loss?); the kubelet asks for a \
+             new one with its bootstrap token",
+            client.display()
+        ));
+    }
+    for checkpoint in CHECKPOINTS {
+        let path = state.join(checkpoint);
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+            remove(&path)?;
+            said.push(format!(
+                "removed the kubelet checkpoint {} ({} bytes, not JSON: left empty or torn by a power loss?); the \
+                 kubelet writes it anew",
+                path.display(),
+                bytes.len()
+            ));
+        }
+    }
+    Ok(said)
+}
+
+/// The kubelet's checkpoints under its state directory.
+const CHECKPOINTS: [&str; 4] =
+    ["cpu_manager_state", "memory_manager_state", "dra_manager_state", "device-plugins/kubelet_internal_checkpoint"];
+
+fn holds_certificate(path: &Path) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    std::fs::read(path).is_ok_and(|pem| {
+        let mut certificates = CertificateDer::pem_slice_iter(&pem).peekable();
+        certificates.peek().is_some() && certificates.all(|c| c.is_ok())
+    })
+}
+
+fn holds_key(path: &Path) -> bool {
+    use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+    std::fs::read(path).is_ok_and(|pem| PrivateKeyDer::from_pem_slice(&pem).is_ok())
 }
 
 fn kubeconfig(cluster: &str, user: &str) -> String {
@@ -217,6 +292,46 @@ mod tests {
         assert!(env.contains("--kubeconfig=/var/lib/kubelet/kubeconfig"), "{env}");
         let bootstrap = std::fs::read_to_string(root.path().join("etc/kubernetes/bootstrap-kubelet.conf")).unwrap();
         assert!(bootstrap.contains("token: abcdef.0123456789abcdef"));
+    }
+
+    #[test]
+    fn state_a_power_loss_left_empty_or_torn_is_removed_and_good_state_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join(STATE);
+        let put = |p: &str, text: &str| {
+            std::fs::create_dir_all(state.join(p).parent().unwrap()).unwrap();
+            std::fs::write(state.join(p), text).unwrap();
+        };
+        put("pki/kubelet.crt", CERT);
+        put("pki/kubelet.key", KEY);
+        put("pki/kubelet-client-2026-12-02.pem", &format!("{CERT}{KEY}"));
+        std::os::unix::fs::symlink("kubelet-client-2026-12-02.pem", state.join("pki/kubelet-client-current.pem"))
+            .unwrap();
+        put("cpu_manager_state", r#"{"policyName":"none","defaultCpuSet":"","checksum":1}"#);
+        put("memory_manager_state", "");
+        let config = joining(&format!("client_certificate = \"\"\"\n{CERT}\"\"\"\nclient_key = \"\"\"\n{KEY}\"\"\"\n"));
+        let said = prepare(&config, root.path()).unwrap();
+        assert_eq!(said.lines().count(), 2, "only the empty checkpoint: {said}");
+        assert!(said.contains("memory_manager_state (0 bytes, not JSON"), "{said}");
+        assert!(!state.join("memory_manager_state").exists());
+        for kept in ["pki/kubelet.crt", "pki/kubelet.key", "pki/kubelet-client-current.pem", "cpu_manager_state"] {
+            assert!(state.join(kept).exists(), "{kept} kept");
+        }
+
+        // The serving certificate empty: the pair goes, the kubelet makes both anew.
+        put("pki/kubelet.crt", "");
+        // The client certificate torn: its key is missing.
+        put("pki/kubelet-client-2026-12-02.pem", CERT);
+        put("cpu_manager_state", r#"{"policyName":"no"#);
+        let said = prepare(&config, root.path()).unwrap();
+        assert_eq!(said.lines().count(), 4, "{said}");
+        assert!(said.contains("removed the kubelet's serving certificate and key"), "{said}");
+        assert!(said.contains("kubelet-client-current.pem: not a certificate and key"), "{said}");
+        assert!(said.contains("cpu_manager_state (17 bytes, not JSON"), "{said}");
+        for gone in ["pki/kubelet.crt", "pki/kubelet.key", "pki/kubelet-client-current.pem", "cpu_manager_state"] {
+            assert!(state.join(gone).symlink_metadata().is_err(), "{gone} removed");
+        }
+        assert_eq!(prepare(&config, root.path()).unwrap().lines().count(), 1, "nothing left to repair");
     }
 
     #[test]
