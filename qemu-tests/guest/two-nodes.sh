@@ -75,6 +75,21 @@ survivor_serves() {
 	[ "$seen" = "$survivor" ]
 }
 
+# The second card: named lan0 and addressed from the kernel command line
+# (ifname=, ip=: systemd-network-generator). What udev and networkd did with
+# it is kept either way.
+lan_named() {
+	wait_for 120 sh -c 'ip -4 -o addr show dev lan0 | grep -q " 192.168.100.1/24 "'
+	ok=$?
+	ip -br link
+	ip -br -4 addr
+	ls -l /run/systemd/network/
+	journalctl -b --no-pager -o short-monotonic -u systemd-udevd -u systemd-networkd -u systemd-network-generator
+	journalctl -b --no-pager -o short-monotonic -k | grep -Ei 'virtio|renamed|eth|lan0'
+	return $ok
+}
+
+check lan lan_named
 nodeplaned_up || true
 wait_for 1500 test -e "$S/phase1"
 check routes routes
