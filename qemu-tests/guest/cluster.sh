@@ -134,6 +134,4 @@ wait_for 600 test -e "$S/finish"
 # `cargo xtask run`'s second boot): its serving certificate, never written
 # back, empty. The state disk is synced; the host cuts the power.
 : >/var/lib/kubelet/pki/kubelet.crt
-journalctl -b --no-pager >"$R/journal.txt" 2>&1
-sync
-touch "$R/done"
+collect

@@ -59,8 +59,14 @@ nodeplaned_up() {
 	}
 }
 
-finish() {
+# The boot's journal, synced, and results/done: the host may cut the power.
+collect() {
 	journalctl -b --no-pager >"$R/journal.txt" 2>&1
+	sync
 	touch "$R/done"
+}
+
+finish() {
+	collect
 	systemctl poweroff
 }

@@ -115,12 +115,6 @@ struct Reboot {
     console: String,
 }
 
-impl Reboot {
-    fn tail(&self) -> String {
-        nodeplane_qemu::tail(&self.console, 60)
-    }
-}
-
 type Outcome = common::Outcome<HostView>;
 
 /// The echo pods: (name, phase, IP).
@@ -405,5 +399,7 @@ fn after_a_power_loss_that_left_kubelet_state_empty_the_node_rejoins_and_serves_
         reboot.pods_after.as_secs_f64()
     );
     assert!(reboot.node_port_reply.starts_with("echo-"), "{}", reboot.node_port_reply);
-    assert!(reboot.console.contains("removed the kubelet's serving certificate and key"), "{}", reboot.tail());
+    let console = &reboot.console;
+    let tail = nodeplane_qemu::tail(console, 60);
+    assert!(console.contains("removed the kubelet's serving certificate and key"), "{tail}");
 }

@@ -154,10 +154,10 @@ pub fn prepare(config: &NodeConfig, root: &Path) -> Result<String, PrepareError>
 /// - its self-signed serving certificate and key (both, so they match);
 /// - with a bootstrap token, its client certificate (it asks for a new one);
 /// - its checkpoints (JSON), rebuilt from the container runtime.
-pub fn repair_state(state: &Path) -> Result<Vec<String>, PrepareError> {
+fn repair_state(state: &Path) -> Result<Vec<String>, PrepareError> {
     let mut said = Vec::new();
     let serving = [state.join("pki/kubelet.crt"), state.join("pki/kubelet.key")];
-    if serving.iter().any(|p| p.exists()) && !(holds_certificate(&serving[0]) && holds_key(&serving[1])) {
+    if serving.iter().any(|p| p.exists()) && !(holds_certificate(&read(&serving[0])) && holds_key(&read(&serving[1]))) {
         for path in &serving {
             remove(path)?;
         }
@@ -169,7 +169,8 @@ pub fn repair_state(state: &Path) -> Result<Vec<String>, PrepareError> {
         ));
     }
     let client = state.join("pki/kubelet-client-current.pem");
-    if client.symlink_metadata().is_ok() && !(holds_certificate(&client) && holds_key(&client)) {
+    let pair = read(&client);
+    if client.symlink_metadata().is_ok() && !(holds_certificate(&pair) && holds_key(&pair)) {
         remove(&client)?;
         said.push(format!(
             "removed {}: not a certificate and key (left empty or torn by a power loss?); the kubelet asks for a \
@@ -197,17 +198,20 @@ pub fn repair_state(state: &Path) -> Result<Vec<String>, PrepareError> {
 const CHECKPOINTS: [&str; 4] =
     ["cpu_manager_state", "memory_manager_state", "dra_manager_state", "device-plugins/kubelet_internal_checkpoint"];
 
-fn holds_certificate(path: &Path) -> bool {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    std::fs::read(path).is_ok_and(|pem| {
-        let mut certificates = CertificateDer::pem_slice_iter(&pem).peekable();
-        certificates.peek().is_some() && certificates.all(|c| c.is_ok())
-    })
+/// A file's bytes; none when it cannot be read (missing: nothing to repair).
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
 }
 
-fn holds_key(path: &Path) -> bool {
+fn holds_certificate(pem: &[u8]) -> bool {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut certificates = CertificateDer::pem_slice_iter(pem).peekable();
+    certificates.peek().is_some() && certificates.all(|c| c.is_ok())
+}
+
+fn holds_key(pem: &[u8]) -> bool {
     use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
-    std::fs::read(path).is_ok_and(|pem| PrivateKeyDer::from_pem_slice(&pem).is_ok())
+    PrivateKeyDer::from_pem_slice(pem).is_ok()
 }
 
 fn kubeconfig(cluster: &str, user: &str) -> String {
