@@ -1,6 +1,10 @@
 /* Every map of the datapath, pinned by name under nodeplaned's bpffs
  * directory (a later load reuses them: traffic outlives the supervisor). Their
- * names and capacities are checked against datapath/abi/src/lib.rs by a test. */
+ * names and capacities are checked against datapath/abi/src/lib.rs by a test.
+ * The capacities here are a node of 64 GiB's: the loader sizes most maps from
+ * the node's memory (datapath/src/capacity.rs). The tables only userspace
+ * writes are not preallocated (BPF_F_NO_PREALLOC): an entry costs memory once
+ * it is added, and their capacity is only a limit. */
 #ifndef NODEPLANE_MAPS_H
 #define NODEPLANE_MAPS_H
 
@@ -12,6 +16,7 @@
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -20,6 +25,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_key);
 	__type(value, struct backend_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -28,6 +34,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct backend_id);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -56,6 +63,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __be32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -64,6 +72,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __be32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -83,6 +92,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct pod_iface);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -99,6 +109,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NODEPLANE_MAX_ENDPOINTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __be32);
 	__type(value, struct endpoint_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::CgroupSockAddr;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::tc::{self, SchedClassifier, SchedClassifierLink, TcAttachType, TcHandle};
@@ -16,6 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use nodeplane_datapath_abi::{self as abi, LbConfig};
 
 use crate::DatapathError;
+use crate::capacity::{Capacities, Footprint};
 use crate::conntrack::Conntrack;
 use crate::maps::map;
 use crate::pins::{self, CGROUP_LINKS, NETLINK_MARK};
@@ -54,6 +55,8 @@ pub struct Datapath {
     current: HashSet<String>,
     /// Pinned maps whose layout differed from the program's, recreated empty.
     recreated: Vec<String>,
+    /// Pinned maps kept at a capacity other than the one asked for.
+    kept_sizes: Vec<String>,
     /// What this instance last wrote to the policy maps (`None`: read them back).
     policy: Option<ProgrammedPolicy>,
 }
@@ -71,15 +74,22 @@ pub enum AttachMode {
 
 impl Datapath {
     /// Loads the load balancer; its maps are pinned in (or reused from) `pin_dir`,
-    /// which must be on a bpffs.
+    /// which must be on a bpffs. The maps have the object's capacities.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_with(pin_dir, AttachMode::Auto)
+        Self::load_with(pin_dir, AttachMode::Auto, &Capacities::reference())
     }
 
-    /// [`load`](Self::load), attaching by `attach`.
-    pub fn load_with(pin_dir: &Path, attach: AttachMode) -> Result<Self, DatapathError> {
-        let recreated = unpin_changed_maps(pin_dir)?;
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(abi::OBJECT)?;
+    /// [`load`](Self::load), attaching by `attach`, new maps with `capacities`.
+    /// A pinned map keeps its capacity (it holds live flows and Services): a
+    /// new one takes effect once it is unpinned ([`kept_sizes`](Self::kept_sizes)).
+    pub fn load_with(pin_dir: &Path, attach: AttachMode, capacities: &Capacities) -> Result<Self, DatapathError> {
+        let (recreated, kept_sizes) = unpin_changed_maps(pin_dir, capacities)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir);
+        for (map, entries) in capacities.iter() {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader.load(abi::OBJECT)?;
         for hook in HOOKS {
             program(&mut ebpf, hook)?.load()?;
             let links = pin_dir.join(hook.links);
@@ -92,7 +102,15 @@ impl Datapath {
         for name in SOCKET_PROGRAMS {
             socket_program(&mut ebpf, name)?.load()?;
         }
-        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned(), attach, current: HashSet::new(), recreated, policy: None })
+        Ok(Datapath {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            attach,
+            current: HashSet::new(),
+            recreated,
+            kept_sizes,
+            policy: None,
+        })
     }
 
     /// The kernel's id of this instance's from_pod program (what its ingress
@@ -125,6 +143,40 @@ impl Datapath {
     /// recreated empty (what changed, one line each).
     pub fn recreated_maps(&self) -> &[String] {
         &self.recreated
+    }
+
+    /// The pinned maps kept at a capacity other than the one asked for, and
+    /// how to apply it (one line each).
+    pub fn kept_sizes(&self) -> &[String] {
+        &self.kept_sizes
+    }
+
+    /// Each map with its capacity as loaded, entries and memory; `entries` is
+    /// counted by walking the map (a syscall per entry; not the ring buffer and
+    /// arrays), except conntrack's, `conntrack_entries` (its GC counts them).
+    pub fn map_usage(&mut self, conntrack_entries: u64) -> Result<Vec<MapUsage>, DatapathError> {
+        let mut usage = Vec::new();
+        for (name, _) in abi::MAPS {
+            let data = map_data(&self.ebpf, name)?;
+            let info = data.info()?;
+            let map_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+            let footprint =
+                Footprint::of(map_type, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+            let entries =
+                if *name == abi::CONNTRACK { Some(conntrack_entries) } else { count_entries(&mut self.ebpf, name)? };
+            usage.push(MapUsage {
+                name,
+                capacity: info.max_entries(),
+                entries,
+                bytes: footprint.bytes(entries.unwrap_or(0)),
+            });
+        }
+        Ok(usage)
+    }
+
+    /// `map`'s capacity as loaded (a kept pinned map's own).
+    pub fn capacity(&self, map: &'static str) -> Result<u32, DatapathError> {
+        Ok(map_data(&self.ebpf, map)?.info()?.max_entries())
     }
 
     /// Attaches the datapath to tc ingress (from_pod) and egress (to_pod) of
@@ -365,12 +417,64 @@ fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-/// Unpins the maps whose pinned type, key or value size or capacity differ from
+/// A map as loaded: its capacity, what it holds and what that costs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub capacity: u32,
+    /// `None` where entries are not counted (arrays, the ring buffer).
+    pub entries: Option<u64>,
+    /// Kernel memory, estimated: what is reserved, and what the entries take.
+    pub bytes: u64,
+}
+
+fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, DatapathError> {
+    let map = ebpf.map(name).ok_or(DatapathError::Missing(name))?;
+    Ok(match map {
+        aya::maps::Map::HashMap(m)
+        | aya::maps::Map::LruHashMap(m)
+        | aya::maps::Map::LpmTrie(m)
+        | aya::maps::Map::Array(m)
+        | aya::maps::Map::PerCpuArray(m)
+        | aya::maps::Map::RingBuf(m) => m,
+        _ => return Err(DatapathError::Missing(name)),
+    })
+}
+
+/// The keys in `name`, walked; `None` for the maps that are not walked.
+fn count_entries(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
+    fn keys<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
+        let map: HashMap<&mut MapData, K, V> = HashMap::try_from(map(ebpf, name)?)?;
+        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
+    }
+    fn trie_keys<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
+        let map: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map(ebpf, name)?)?;
+        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
+    }
+    match name {
+        abi::SERVICES => keys::<abi::SvcKey, abi::SvcValue>(ebpf, name),
+        abi::BACKENDS => keys::<abi::BackendKey, abi::BackendValue>(ebpf, name),
+        abi::BACKEND_ALIVE => keys::<abi::BackendId, u8>(ebpf, name),
+        abi::AFFINITY => keys::<abi::AffinityKey, abi::AffinityValue>(ebpf, name),
+        abi::SOCK_REVNAT => keys::<abi::SockRevnatKey, abi::SockRevnatValue>(ebpf, name),
+        abi::ENDPOINTS => keys::<[u8; 4], abi::EndpointValue>(ebpf, name),
+        abi::CT_OPENED | abi::CT_CLOSED => keys::<[u8; 4], u64>(ebpf, name),
+        abi::FRAGMENTS => keys::<abi::FragKey, abi::FragValue>(ebpf, name),
+        abi::POD_IFACES => keys::<u32, abi::PodIface>(ebpf, name),
+        abi::POLICY => trie_keys::<abi::PolicyPeer, abi::PolicyValue>(ebpf, name),
+        abi::POLICY_PORTS => trie_keys::<abi::PortMatch, u8>(ebpf, name),
+        _ => Ok(None),
+    }
+}
+
+/// Unpins the maps whose pinned type, key or value size or flags differ from
 /// the embedded object's (an upgrade changed them), so the load creates them anew
-/// rather than run the program on a map it would misread. Returns what changed.
-fn unpin_changed_maps(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
+/// rather than run the program on a map it would misread. A map whose capacity
+/// alone differs from `capacities` is kept: it holds live state, and the
+/// programs read any capacity alike. Returns what was recreated and what kept.
+fn unpin_changed_maps(pin_dir: &Path, capacities: &Capacities) -> Result<(Vec<String>, Vec<String>), DatapathError> {
     let object = aya_obj::Object::parse(abi::OBJECT)?;
-    let mut changed = Vec::new();
+    let (mut changed, mut kept) = (Vec::new(), Vec::new());
     for (name, wanted) in &object.maps {
         let path = pin_dir.join(name);
         if !path.exists() {
@@ -378,21 +482,32 @@ fn unpin_changed_maps(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
         }
         let info = MapData::from_pin(&path)?.info()?;
         let pinned =
-            (info.map_type().map_or(u32::MAX, |t| t as u32), info.key_size(), info.value_size(), info.max_entries());
-        let wanted = (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.max_entries());
-        if pinned != wanted {
+            (info.map_type().map_or(u32::MAX, |t| t as u32), info.key_size(), info.value_size(), info.map_flags());
+        let wanted_layout = (wanted.map_type(), wanted.key_size(), wanted.value_size(), wanted.map_flags());
+        if pinned != wanted_layout {
             std::fs::remove_file(&path).map_err(|source| DatapathError::Pin {
                 what: "unpinning",
                 path: path.clone(),
                 source,
             })?;
             changed.push(format!(
-                "{name}: pinned as (type, key, value, entries) {pinned:?}, the program needs {wanted:?}; recreated empty"
+                "{name}: pinned as (type, key, value, flags) {pinned:?}, the program needs {wanted_layout:?}; recreated empty"
+            ));
+            continue;
+        }
+        let asked = capacities.get(name).unwrap_or(wanted.max_entries());
+        if info.max_entries() != asked {
+            kept.push(format!(
+                "{name}: pinned with {} entries, {asked} asked for; kept, as it holds live state (the new size applies \
+                 after a reboot, or once {} is removed and nodeplaned restarted)",
+                info.max_entries(),
+                path.display()
             ));
         }
     }
     changed.sort();
-    Ok(changed)
+    kept.sort();
+    Ok((changed, kept))
 }
 
 fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {

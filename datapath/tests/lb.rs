@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nodeplane_datapath::{AttachMode, CtTimeouts, Datapath, Reconciler, Service, SyncStats};
+use nodeplane_datapath::{AttachMode, Capacities, CtTimeouts, Datapath, MapSettings, Reconciler, Service, SyncStats};
+use nodeplane_datapath_abi as abi;
 use nodeplane_model::Protocol;
 use nodeplane_model::manifests::{PortName, ServicePort, load_dir};
 use nodeplane_model::services::by_service;
@@ -466,7 +467,7 @@ fn the_netlink_path_of_older_kernels_balances_and_outlives_the_loader() {
     let load_netlink = || {
         let (pin, interfaces) = (bpffs.path().to_owned(), vec![client.host_if.clone(), backend.host_if.clone()]);
         node.run(move || {
-            let mut datapath = Datapath::load_with(&pin, AttachMode::Netlink).expect("load");
+            let mut datapath = Datapath::load_with(&pin, AttachMode::Netlink, &Capacities::reference()).expect("load");
             for interface in &interfaces {
                 datapath.attach_pod_interface(interface).expect("attach over netlink");
             }
@@ -568,6 +569,51 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
     drop(first);
     // The layout now matches: a second load reuses every map.
     assert!(Datapath::load(bpffs.path()).unwrap().recreated_maps().is_empty());
+}
+
+#[test]
+fn maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries() {
+    if !privileged("maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let sized = |services, conntrack| {
+        let settings = MapSettings { services: Some(services), conntrack: Some(conntrack), ..MapSettings::default() };
+        Capacities::for_memory(1 << 30).with(&settings)
+    };
+    let services_of = |datapath: &mut Datapath| {
+        let usage = datapath.map_usage(0).unwrap();
+        let services = usage.iter().find(|m| m.name == abi::SERVICES).unwrap().clone();
+        (services.capacity, services.entries, usage)
+    };
+    let mut first = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(1024, 4096)).unwrap();
+    assert_eq!(first.capacity(abi::CONNTRACK).unwrap(), 4096);
+    first.services().set(&service(15, 80, Protocol::Tcp, &[(Ipv4Addr::new(10, 200, 12, 3), 8080)])).unwrap();
+    let (capacity, entries, usage) = services_of(&mut first);
+    assert_eq!((capacity, entries), (1024, Some(1)), "{usage:?}");
+    // Preallocated, conntrack's memory is all there while it is empty; a table's is its buckets.
+    let conntrack = usage.iter().find(|m| m.name == abi::CONNTRACK).unwrap();
+    assert!(conntrack.bytes >= 4096 * 100, "{conntrack:?}");
+    let backends = usage.iter().find(|m| m.name == abi::BACKENDS).unwrap();
+    assert_eq!(backends.entries, Some(1), "{backends:?}");
+    assert!(backends.bytes < 65_536 * 16 + 1024, "{backends:?}");
+    drop(first);
+
+    // Asked for more, the pinned map stays as it is, with its Service, and says how to apply the size.
+    let mut second = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
+    let kept = second.kept_sizes();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with("np_services: pinned with 1024 entries, 2048 asked for; kept"), "{kept:?}");
+    assert!(second.recreated_maps().is_empty());
+    assert_eq!(services_of(&mut second).0, 1024);
+    assert_eq!(services_of(&mut second).1, Some(1));
+    drop(second);
+
+    // Once unpinned, the next load makes it at the new size.
+    std::fs::remove_file(bpffs.path().join(abi::SERVICES)).unwrap();
+    let mut third = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
+    assert!(third.kept_sizes().is_empty(), "{:?}", third.kept_sizes());
+    assert_eq!(services_of(&mut third).0, 2048);
 }
 
 #[test]

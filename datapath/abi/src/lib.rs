@@ -340,7 +340,8 @@ pub const FRAGMENTS: &str = "np_fragments";
 pub const POD_IFACES: &str = "np_pod_ifaces";
 
 /// Every map: (name, capacity), the capacities as `enum map_capacity` sets
-/// them (for the ring buffer, bytes).
+/// them (for the ring buffer, bytes): a node of 64 GiB's, the reference the
+/// loader sizes most maps from.
 pub const MAPS: &[(&str, u32)] = &[
     (SERVICES, 65_536),
     (BACKENDS, 262_144),
@@ -360,5 +361,5 @@ pub const MAPS: &[(&str, u32)] = &[
     (POD_IFACES, 65_536),
 ];
 
-/// `NODEPLANE_CT_ENTRIES`: the conntrack map's capacity.
+/// `NODEPLANE_CT_ENTRIES`: the conntrack map's reference capacity.
 pub const CONNTRACK_CAPACITY: u32 = 262_144;

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nodeplane_datapath::{AttachMode, CtTimeouts};
+use nodeplane_datapath::{AttachMode, CtTimeouts, MapSettings, capacity};
 use serde::{Deserialize, Serialize};
 
 use crate::masquerade::{self, Masquerade};
@@ -59,8 +59,12 @@ pub struct DatapathConfig {
     #[serde(with = "humantime_serde")]
     pub udp_timeout: Duration,
     /// Flows one pod may hold in conntrack (0: no limit): a pod opening more
-    /// fills its own share, never the map other pods' flows live in.
-    pub conntrack_flows_per_pod: u32,
+    /// fills its own share, never the map other pods' flows live in. Unset: an
+    /// eighth of the conntrack map's flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_flows_per_pod: Option<u32>,
+    /// Map capacities, overriding those the node's memory gives.
+    pub maps: MapSettings,
     /// How pod traffic reaches other nodes (with `[kubernetes]`): `native`
     /// (routes via their InternalIPs, on a shared L2) or `vxlan`.
     pub routing: Routing,
@@ -102,7 +106,8 @@ impl Default for DatapathConfig {
             tcp_established_timeout: timeouts.tcp_established,
             tcp_closed_timeout: timeouts.tcp_closed,
             udp_timeout: timeouts.udp,
-            conntrack_flows_per_pod: 16_384,
+            conntrack_flows_per_pod: None,
+            maps: MapSettings::default(),
             routing: Routing::Native,
         }
     }
@@ -121,9 +126,13 @@ impl DatapathConfig {
         if !self.hairpin_address.is_link_local() {
             return invalid("hairpin_address", "must be a link-local address (169.254.0.0/16): pods must not own it");
         }
-        // Two entries a flow: one pod may take at most half the map.
-        let half = nodeplane_datapath_abi::CONNTRACK_CAPACITY / 4;
-        if self.conntrack_flows_per_pod > half {
+        if let Err((key, message)) = self.maps.validate() {
+            return Err(Invalid { field: key, message });
+        }
+        // What the node's memory gives is known at start (flows_per_pod then
+        // takes at most half the map); a map set here is known now.
+        let half = self.maps.conntrack.map_or(CONNTRACK_CEILING, max_flows_per_pod);
+        if self.conntrack_flows_per_pod.is_some_and(|flows| flows > half) {
             return Err(Invalid {
                 field: "conntrack_flows_per_pod",
                 message: format!("must be at most {half} (half of the conntrack map's flows), or 0 for no limit"),
@@ -186,6 +195,16 @@ impl DatapathConfig {
         Some(Masquerade { pod_cidr, non_masquerade, ports })
     }
 
+    /// The flows one pod may hold in a conntrack map of `capacity` entries,
+    /// and whether the setting had to be lowered to half the map's flows.
+    pub fn flows_per_pod(&self, capacity: u32) -> (u32, bool) {
+        match self.conntrack_flows_per_pod {
+            None => (capacity / 16, false),
+            Some(flows) if flows > max_flows_per_pod(capacity) => (max_flows_per_pod(capacity), true),
+            Some(flows) => (flows, false),
+        }
+    }
+
     pub fn timeouts(&self) -> CtTimeouts {
         CtTimeouts {
             tcp_syn: self.tcp_syn_timeout,
@@ -195,6 +214,14 @@ impl DatapathConfig {
         }
     }
 }
+
+/// Two entries a flow: one pod may take at most half the map.
+const fn max_flows_per_pod(capacity: u32) -> u32 {
+    capacity / 4
+}
+
+/// Half the flows of the largest conntrack the node's memory can give.
+const CONNTRACK_CEILING: u32 = max_flows_per_pod(capacity::sizing(nodeplane_datapath_abi::CONNTRACK).ceiling);
 
 /// `ADDRESS/LEN` with an IPv4 address and a prefix length in `lengths`.
 fn is_subnet(cidr: &str, lengths: std::ops::RangeInclusive<u8>) -> bool {

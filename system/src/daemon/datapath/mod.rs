@@ -18,8 +18,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodeplane_bus::{HealthCheck, PolicyDrop};
-use nodeplane_datapath::{Collector, Datapath, DatapathError, GcStats, Reconciler, SyncStats};
-use nodeplane_datapath_abi::{CONNTRACK_CAPACITY, PolicyEvent};
+use nodeplane_datapath::{Capacities, Collector, Datapath, DatapathError, GcStats, MapUsage, Reconciler, SyncStats};
+use nodeplane_datapath_abi::{self as abi, PolicyEvent};
 use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::manifests::ServicePort;
 use nodeplane_model::services::by_service;
@@ -62,6 +62,10 @@ struct Running {
     last_sync: Option<(SystemTime, Duration, SyncStats)>,
     policy: PolicyState,
     gc: Gc,
+    /// The conntrack map's capacity as loaded.
+    conntrack_capacity: u32,
+    /// Each map's capacity, fill and memory, as the last GC pass found them.
+    maps: Vec<MapUsage>,
     /// The other nodes, once the API source has listed them (until then the
     /// routes a previous nodeplaned wrote stay), and the routes to their pods
     /// (none: to be written).
@@ -129,6 +133,8 @@ pub enum DatapathComponentError {
     Netlink(std::io::Error),
     #[error("limiting the flows per pod: {0}")]
     FlowsPerPod(DatapathError),
+    #[error("sizing the maps: reading the node's memory: {0}")]
+    Memory(std::io::Error),
 }
 
 /// Why a pod could not be registered or unregistered. A registration that
@@ -170,18 +176,26 @@ impl Component for DatapathComponent {
         let root = component.config.bpffs_root.clone();
         std::fs::create_dir_all(&root)
             .map_err(|source| DatapathComponentError::PinDirectory { path: root.clone(), source })?;
+        let (capacities, memory) =
+            Capacities::for_node(&component.config.maps).map_err(DatapathComponentError::Memory)?;
+        let sizes: Vec<String> = capacities.iter().map(|(map, entries)| format!("{map} {entries}")).collect();
+        tracing::info!("map capacities for {} MiB of memory: {}", memory >> 20, sizes.join(", "));
         // Seconds of CPU under emulation (map allocation, the verifier): off the
         // runtime's thread, so the bus connection goes on meanwhile.
         let (pins, attach) = (root.clone(), component.config.attach);
-        let loaded = tokio::task::spawn_blocking(move || Datapath::load_with(&pins, attach)).await?;
+        let loaded = tokio::task::spawn_blocking(move || Datapath::load_with(&pins, attach, &capacities)).await?;
         let mut datapath = loaded.map_err(|source| DatapathComponentError::Load { root, source })?;
         datapath.set_hairpin_address(component.config.hairpin_address).map_err(DatapathComponentError::Hairpin)?;
-        datapath
-            .set_flows_per_pod(component.config.conntrack_flows_per_pod)
-            .map_err(DatapathComponentError::FlowsPerPod)?;
         for change in datapath.recreated_maps() {
             tracing::warn!("pinned map of an older layout replaced, its entries are lost: {change}");
         }
+        for kept in datapath.kept_sizes() {
+            tracing::warn!("pinned map kept at its size: {kept}");
+        }
+        let conntrack_capacity = datapath.capacity(abi::CONNTRACK).map_err(DatapathComponentError::FlowsPerPod)?;
+        Self::apply_flows_per_pod(&component.config, &mut datapath, conntrack_capacity)
+            .map_err(DatapathComponentError::FlowsPerPod)?;
+        let maps = datapath.map_usage(0).unwrap_or_default();
         let store = EndpointStore::open(&component.config.state_dir)?;
         let (endpoints, unreadable) = store.load();
         for problem in &unreadable {
@@ -205,6 +219,8 @@ impl Component for DatapathComponent {
                 expired_total: 0,
                 last_stats: GcStats::default(),
             },
+            conntrack_capacity,
+            maps,
             remote_nodes: None,
             routes: None,
             health_checks: BTreeMap::new(),
@@ -221,12 +237,13 @@ impl Component for DatapathComponent {
         if new.enabled != self.config.enabled
             || new.bpffs_root != self.config.bpffs_root
             || new.attach != self.config.attach
+            || new.maps != self.config.maps
         {
             tracing::warn!(
-                "datapath.enabled, bpffs_root and attach take effect at the next start; keeping the running ones"
+                "datapath.enabled, bpffs_root, attach and maps take effect at the next start; keeping the running ones"
             );
-            (new.enabled, new.bpffs_root, new.attach) =
-                (self.config.enabled, self.config.bpffs_root.clone(), self.config.attach);
+            (new.enabled, new.bpffs_root, new.attach, new.maps) =
+                (self.config.enabled, self.config.bpffs_root.clone(), self.config.attach, self.config.maps.clone());
         }
         self.config = new;
         self.nodeports = (config.sysctl.nodeport_range.start(), config.sysctl.nodeport_range.end());
@@ -242,9 +259,8 @@ impl Component for DatapathComponent {
                 .datapath
                 .set_hairpin_address(self.config.hairpin_address)
                 .map_err(DatapathComponentError::Hairpin)?;
-            running
-                .datapath
-                .set_flows_per_pod(self.config.conntrack_flows_per_pod)
+            let capacity = running.conntrack_capacity;
+            Self::apply_flows_per_pod(&self.config, &mut running.datapath, capacity)
                 .map_err(DatapathComponentError::FlowsPerPod)?;
         }
         self.apply_node_setup();
@@ -359,6 +375,22 @@ impl Running {
 }
 
 impl DatapathComponent {
+    /// Limits each pod's flows in a conntrack map of `capacity` entries, saying
+    /// so when the setting asks for more than half of it.
+    fn apply_flows_per_pod(
+        config: &DatapathConfig,
+        datapath: &mut Datapath,
+        capacity: u32,
+    ) -> Result<(), DatapathError> {
+        let (flows, lowered) = config.flows_per_pod(capacity);
+        if lowered {
+            tracing::warn!(
+                "datapath.conntrack_flows_per_pod is more than half of the {capacity}-entry conntrack's flows: {flows} applies"
+            );
+        }
+        datapath.set_flows_per_pod(flows)
+    }
+
     /// Attaches the pod's interface at once (not at the next sync), binds it to
     /// the pod's address, records the pod and puts its policies in force, or
     /// undoes all of it and says why: a pod never runs unprotected.
@@ -547,9 +579,20 @@ impl DatapathComponent {
         // Counted by the last GC pass: walking the whole map every sync would cost more than it tells.
         let entries = running.gc.last_stats.entries.saturating_sub(running.gc.last_stats.expired);
         facts.insert("conntrack_entries".into(), Fact::Count(entries));
-        facts.insert("conntrack_capacity".into(), Fact::Count(CONNTRACK_CAPACITY.into()));
+        let capacity = running.conntrack_capacity;
+        facts.insert("conntrack_capacity".into(), Fact::Count(capacity.into()));
         facts.insert("conntrack_expired_total".into(), Fact::Count(running.gc.expired_total));
-        facts.insert("conntrack_flows_per_pod".into(), Fact::Count(self.config.conntrack_flows_per_pod.into()));
+        let (flows_per_pod, _) = self.config.flows_per_pod(capacity);
+        facts.insert("conntrack_flows_per_pod".into(), Fact::Count(flows_per_pod.into()));
+        for map in &running.maps {
+            let entries = map.entries.map_or_else(|| "-".to_owned(), |e| e.to_string());
+            let memory = format!("{:.1} MiB", map.bytes as f64 / f64::from(1 << 20));
+            facts.insert(format!("map_{}", map.name), Fact::Text(format!("{entries}/{} {memory}", map.capacity)));
+            if map.name == abi::CONNTRACK {
+                facts.insert("conntrack_memory_bytes".into(), Fact::Count(map.bytes));
+            }
+        }
+        facts.insert("maps_memory_bytes".into(), Fact::Count(running.maps.iter().map(|m| m.bytes).sum()));
         // The pod holding the most flows, with how many: who to look at when it fills.
         if let Some((pod, flows)) = running.gc.last_stats.flows_by_pod.iter().max_by_key(|(_, flows)| **flows) {
             let name = policy::pod_name(&self.endpoints, *pod).unwrap_or_else(|| pod.to_string());
@@ -589,7 +632,7 @@ impl DatapathComponent {
             None => (
                 State::Healthy,
                 format!(
-                    "{} Service port(s), {} pod interface(s), {} NetworkPolicy object(s), conntrack {entries}/{CONNTRACK_CAPACITY}",
+                    "{} Service port(s), {} pod interface(s), {} NetworkPolicy object(s), conntrack {entries}/{capacity}",
                     ports,
                     attached.len(),
                     running.manifests.policies.len()
@@ -777,6 +820,9 @@ impl Running {
                 self.gc.running = false;
                 self.gc.last = Instant::now();
                 self.gc.expired_total += stats.expired;
+                // Once a pass, as it walks the maps (the conntrack the pass just counted).
+                let conntrack = stats.entries.saturating_sub(stats.expired);
+                self.maps = self.datapath.map_usage(conntrack).unwrap_or_default();
                 self.gc.last_stats = stats;
                 self.problems.gc = None;
             }
