@@ -65,6 +65,16 @@ dbus() {
 	[ "$health" = 's "healthy"' ]
 }
 
+# The idle node's supervisor (no pods yet): what its cgroup holds, and the
+# maps' capacities and memory as it reports them.
+memory() {
+	echo "mem_total_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+	cgroup=/sys/fs/cgroup/system.slice/nodeplaned.service
+	echo "memory_current_bytes=$(cat $cgroup/memory.current)"
+	grep -E '^(anon|file|kernel|kernel_stack|percpu|slab|sock|vmalloc) ' $cgroup/memory.stat
+	nodeplanectl status | tr ' ' '\n' | grep -E '^(map_np_|maps_memory_bytes|conntrack_memory_bytes|conntrack_capacity|conntrack_flows_per_pod)'
+}
+
 net_config() {
 	echo '{"cniVersion":"1.0.0","name":"nodeplane","type":"nodeplane-cni","ipam":{"type":"host-local"}}'
 }
@@ -274,6 +284,7 @@ check etc-overlay etc_volatile_overlay
 check mark-var mark_var
 check sysctls sysctls
 check dbus dbus
+check memory memory
 check datapath datapath
 check socket-lb socket_lb
 check node-port node_port

@@ -169,6 +169,26 @@ fn health_is_served_over_dbus() {
     assert!(out.contains("healthy"), "{out}");
 }
 
+/// The most an idle node of 1.5 GiB may charge to nodeplaned's cgroup.
+const IDLE_MEMORY_GOAL: u64 = 30_000_000;
+
+#[test]
+fn an_idle_node_sizes_its_maps_from_its_memory_and_its_supervisor_stays_small() {
+    let out = first_boot().check("memory");
+    let memory = figure(&out, "mem_total_kib") * 1024;
+    let expected = nodeplane_datapath::Capacities::for_memory(memory);
+    for (map, capacity) in expected.iter() {
+        let line = out.lines().find_map(|l| l.strip_prefix(&format!("map_{map}="))).unwrap_or_else(|| {
+            panic!("no map_{map} in:\n{out}");
+        });
+        let shown = line.split_once('/').and_then(|(_, rest)| rest.split(',').next()).unwrap_or_default();
+        assert_eq!(shown, capacity.to_string(), "{map} for {memory} bytes of memory:\n{out}");
+    }
+    let current = figure(&out, "memory_current_bytes");
+    eprintln!("idle nodeplaned.service memory.current: {:.1} MB\n{out}", current as f64 / 1e6);
+    assert!(current < IDLE_MEMORY_GOAL, "nodeplaned's cgroup holds {current} bytes:\n{out}");
+}
+
 #[test]
 fn pods_made_through_the_cni_plugin_reach_each_other_and_a_service() {
     first_boot().check("datapath");

@@ -1,5 +1,6 @@
 //! The `[datapath]` section of `node.toml`.
 
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,8 +60,8 @@ pub struct DatapathConfig {
     #[serde(with = "humantime_serde")]
     pub udp_timeout: Duration,
     /// Flows one pod may hold in conntrack (0: no limit): a pod opening more
-    /// fills its own share, never the map other pods' flows live in. Unset: an
-    /// eighth of the conntrack map's flows.
+    /// fills its own share, never the map other pods' flows live in. Unset:
+    /// 16,384, or half the conntrack map's flows where that is fewer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack_flows_per_pod: Option<u32>,
     /// Map capacities, overriding those the node's memory gives.
@@ -116,25 +117,27 @@ impl Default for DatapathConfig {
 /// A setting that is well-formed on its own but wrong in context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
-    pub field: &'static str,
+    /// The key within `[datapath]` (or `[kubernetes]`): `pod_cidr`, `maps.conntrack`.
+    pub field: Cow<'static, str>,
     pub message: String,
 }
 
 impl DatapathConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
-        let invalid = |field, message: &str| Err(Invalid { field, message: message.to_owned() });
+        let invalid =
+            |field: &'static str, message: &str| Err(Invalid { field: field.into(), message: message.to_owned() });
         if !self.hairpin_address.is_link_local() {
             return invalid("hairpin_address", "must be a link-local address (169.254.0.0/16): pods must not own it");
         }
         if let Err((key, message)) = self.maps.validate() {
-            return Err(Invalid { field: key, message });
+            return Err(Invalid { field: format!("maps.{key}").into(), message });
         }
         // What the node's memory gives is known at start (flows_per_pod then
         // takes at most half the map); a map set here is known now.
         let half = self.maps.conntrack.map_or(CONNTRACK_CEILING, max_flows_per_pod);
         if self.conntrack_flows_per_pod.is_some_and(|flows| flows > half) {
             return Err(Invalid {
-                field: "conntrack_flows_per_pod",
+                field: "conntrack_flows_per_pod".into(),
                 message: format!("must be at most {half} (half of the conntrack map's flows), or 0 for no limit"),
             });
         }
@@ -145,13 +148,13 @@ impl DatapathConfig {
         }
         if let Some(cidr) = self.pod_cidr.as_ref().filter(|c| !is_subnet(c, 8..=30)) {
             return Err(Invalid {
-                field: "pod_cidr",
+                field: "pod_cidr".into(),
                 message: format!("{cidr:?} is not an IPv4 subnet (ADDRESS/8..30, e.g. 10.244.1.0/24)"),
             });
         }
         if let Some(bad) = self.non_masquerade_cidrs.iter().find(|c| !is_subnet(c, 0..=32)) {
             return Err(Invalid {
-                field: "non_masquerade_cidrs",
+                field: "non_masquerade_cidrs".into(),
                 message: format!("{bad:?} is not an IPv4 subnet (ADDRESS/0..32, e.g. 10.0.0.0/8)"),
             });
         }
@@ -199,7 +202,7 @@ impl DatapathConfig {
     /// and whether the setting had to be lowered to half the map's flows.
     pub fn flows_per_pod(&self, capacity: u32) -> (u32, bool) {
         match self.conntrack_flows_per_pod {
-            None => (capacity / 16, false),
+            None => (DEFAULT_FLOWS_PER_POD.min(max_flows_per_pod(capacity)), false),
             Some(flows) if flows > max_flows_per_pod(capacity) => (max_flows_per_pod(capacity), true),
             Some(flows) => (flows, false),
         }
@@ -215,6 +218,9 @@ impl DatapathConfig {
     }
 }
 
+/// Flows one pod may hold unless `conntrack_flows_per_pod` says otherwise.
+const DEFAULT_FLOWS_PER_POD: u32 = 16_384;
+
 /// Two entries a flow: one pod may take at most half the map.
 const fn max_flows_per_pod(capacity: u32) -> u32 {
     capacity / 4
@@ -228,4 +234,20 @@ fn is_subnet(cidr: &str, lengths: std::ops::RangeInclusive<u8>) -> bool {
     cidr.split_once('/').is_some_and(|(addr, len)| {
         addr.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| lengths.contains(&l))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_may_hold_at_most_half_the_conntracks_flows() {
+        let unset = DatapathConfig::default();
+        assert_eq!(unset.flows_per_pod(32_768), (8_192, false));
+        assert_eq!(unset.flows_per_pod(262_144), (16_384, false));
+        let set = |flows| DatapathConfig { conntrack_flows_per_pod: Some(flows), ..DatapathConfig::default() };
+        assert_eq!(set(20_000).flows_per_pod(32_768), (8_192, true), "lowered to half the map's flows");
+        assert_eq!(set(20_000).flows_per_pod(262_144), (20_000, false));
+        assert_eq!(set(0).flows_per_pod(32_768), (0, false), "no limit");
+    }
 }

@@ -56,7 +56,7 @@ fn redacted<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::O
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> Result<(), Invalid> {
-    Err(Invalid { field, message: message.into() })
+    Err(Invalid { field: field.into(), message: message.into() })
 }
 
 /// Whether `name` is a DNS subdomain as Kubernetes names nodes (RFC 1123).

@@ -92,9 +92,9 @@ impl NodeConfig {
         let at = |section: &str, field: &str| format!("{section}.{field}");
         self.sysctl.validate().map_err(|i| (at("sysctl", i.field), i.message))?;
         self.ipam.validate().map_err(|i| (at("ipam", i.field), i.message))?;
-        self.datapath.validate().map_err(|i| (at("datapath", i.field), i.message))?;
+        self.datapath.validate().map_err(|i| (at("datapath", &i.field), i.message))?;
         if let Some(kubernetes) = &self.kubernetes {
-            kubernetes.validate().map_err(|i| (at("kubernetes", i.field), i.message))?;
+            kubernetes.validate().map_err(|i| (at("kubernetes", &i.field), i.message))?;
         }
         Ok(())
     }
@@ -214,6 +214,15 @@ mod tests {
             ("[datapath]\nx = 1\n", "datapath.x", 2, "unknown field `x`"),
             ("[datapath]\nhairpin_address = \"10.0.0.1\"\n", "datapath.hairpin_address", 2, "link-local"),
             ("[datapath]\npod_cidr = \"10.244.1.0\"\n", "datapath.pod_cidr", 2, "not an IPv4 subnet"),
+            ("[datapath.maps]\nconntrack = 0\n", "datapath.maps.conntrack", 2, "from 64 to 67108864"),
+            ("[datapath.maps]\nconntrak = 1\n", "datapath.maps.conntrak", 2, "unknown field"),
+            ("[datapath]\nconntrack_flows_per_pod = 300000\n", "datapath.conntrack_flows_per_pod", 2, "at most 262144"),
+            (
+                "[datapath]\nconntrack_flows_per_pod = 2000\n[datapath.maps]\nconntrack = 4096\n",
+                "datapath.conntrack_flows_per_pod",
+                2,
+                "at most 1024",
+            ),
             (
                 "[datapath]\nrouting = \"geneve\"\n",
                 "datapath.routing",

@@ -586,8 +586,9 @@ impl DatapathComponent {
         facts.insert("conntrack_flows_per_pod".into(), Fact::Count(flows_per_pod.into()));
         for map in &running.maps {
             let entries = map.entries.map_or_else(|| "-".to_owned(), |e| e.to_string());
-            let memory = format!("{:.1} MiB", map.bytes as f64 / f64::from(1 << 20));
-            facts.insert(format!("map_{}", map.name), Fact::Text(format!("{entries}/{} {memory}", map.capacity)));
+            // No spaces: status prints the facts on one line, split by them.
+            let memory = format!("{:.1}MiB", map.bytes as f64 / f64::from(1 << 20));
+            facts.insert(format!("map_{}", map.name), Fact::Text(format!("{entries}/{},{memory}", map.capacity)));
             if map.name == abi::CONNTRACK {
                 facts.insert("conntrack_memory_bytes".into(), Fact::Count(map.bytes));
             }
