@@ -18,7 +18,9 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct ct_key *a
 		.l4_protocol = after->proto,
 		.sport = after->sport,
 		.dport = after->dport,
-		.tot_len = skb->len - ETH_HLEN, /* host order, for the MTU check */
+		/* No tot_len: the kernel then checks the packet against the MTU as
+		 * forwarding does, a GSO packet by its segments; with one, a 64 KiB GSO
+		 * packet (every bulk transfer's) is "too big" and took the host stack. */
 		.ipv4_src = after->saddr,
 		.ipv4_dst = after->daddr,
 		.ifindex = skb->ingress_ifindex,

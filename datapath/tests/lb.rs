@@ -572,6 +572,39 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
 }
 
 #[test]
+fn a_bulk_transfer_through_a_vip_is_delivered_past_the_host_stack_whole() {
+    if !privileged("a_bulk_transfer_through_a_vip_is_delivered_past_the_host_stack_whole") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 13, 2)).unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 13, 3)).unwrap();
+    let _server = backend.serve_tcp_bulk(9000);
+    let (pin, interfaces) = (bpffs.path().to_owned(), vec![client.host_if.clone(), backend.host_if.clone()]);
+    let mut datapath = node.run(move || {
+        let mut datapath = Datapath::load(&pin).expect("load");
+        for interface in &interfaces {
+            datapath.attach_pod_interface(interface).expect("attach");
+        }
+        datapath
+    });
+    datapath.services().set(&service(16, 80, Protocol::Tcp, &[(backend.ip, 9000)])).unwrap();
+    client
+        .run(|| -> std::io::Result<()> {
+            let mut stream = std::net::TcpStream::connect((VIP, 80))?;
+            let mut data = vec![0u8; 64 << 20];
+            std::io::Read::read_exact(&mut stream, &mut data)
+        })
+        .expect("64 MiB through the VIP");
+    let counters: BTreeMap<&str, u64> = datapath.counters().unwrap().into_iter().collect();
+    // The server's segments are GSO packets far above the MTU: each is still
+    // forwardable, and none may fall back to the host stack (and its netfilter).
+    assert!(counters["translated"] > 1000, "{counters:?}");
+    assert_eq!(counters["redirected"], counters["translated"], "{counters:?}");
+}
+
+#[test]
 fn maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries() {
     if !privileged("maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries") {
         return;
