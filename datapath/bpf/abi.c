@@ -14,4 +14,5 @@ struct abi_constants {
 	enum policy_reason policy_reason;
 	enum counter counter;
 	enum map_capacity map_capacity;
+	enum pod_netns pod_netns;
 } abi_constants;

@@ -127,9 +127,15 @@ struct frag_value {
 };
 
 /* A pod's host-side interface (np_pod_ifaces, by ifindex): the address the
- * pod may send from. */
+ * pod may send from, and the id of the pod's network namespace as the node's
+ * sees it (IFLA_LINK_NETNSID; NO_NETNS_ID when unknown). */
 struct pod_iface {
 	__be32 addr;
+	__u32 netns_id;
+};
+
+enum pod_netns {
+	NO_NETNS_ID = 0xffffffff,
 };
 
 /* NetworkPolicy, compiled by nodeplaned (datapath/model, programmed by
@@ -241,7 +247,7 @@ enum counter {
 	COUNTER_NO_BACKEND,      /* a Service without backends: passed on untranslated */
 	COUNTER_CT_FULL,         /* conntrack insert failed: a Service flow's packet dropped, a plain one passed untracked */
 	COUNTER_REWRITE_FAILED,  /* checksum or store failed: packet dropped */
-	COUNTER_CT_CLASH,        /* a new flow's reply tuple is a live flow's: it got another source port */
+	COUNTER_CT_CLASH,        /* a new flow's tuple is a live flow's or a backend socket's: it got another source port */
 	COUNTER_REDIRECTED,      /* a translated packet delivered past the host stack */
 	COUNTER_SOCK_BALANCED,   /* a host socket's connect/sendmsg to a VIP sent to a backend */
 	COUNTER_POLICY_DENIED_EGRESS_PEER,  /* drops by enum policy_reason, in its order */

@@ -5,8 +5,6 @@
 #include "counters.h"
 #include "parse.h"
 
-#define AF_INET 2 /* for the FIB lookup; the socket headers do not build for BPF */
-
 /* Delivers a translated packet (tuple `after`) to the interface the routing
  * table sends its destination through, with that hop's MACs. What the FIB does
  * not forward (the node's own addresses, no route, forwarding off) goes up the

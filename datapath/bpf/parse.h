@@ -16,6 +16,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#define AF_INET 2 /* for FIB lookups; the socket headers do not build for BPF */
+
 #include "abi.h"
 
 #ifndef IPPROTO_SCTP

@@ -95,6 +95,42 @@ static __always_inline int local_socket_owns(struct __sk_buff *skb, const struct
 	return 1;
 }
 
+/* The network namespace of the pod of this node that `after`'s destination is
+ * (its interface as routing has it), for a TCP flow; NO_NETNS_ID otherwise. */
+static __always_inline __u32 backend_netns(struct __sk_buff *skb, const struct ct_key *after)
+{
+	if (after->proto != IPPROTO_TCP)
+		return NO_NETNS_ID;
+	struct bpf_fib_lookup fib = { .family = AF_INET, .ipv4_src = after->saddr, .ipv4_dst = after->daddr,
+				      .ifindex = skb->ingress_ifindex };
+	long found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (found != BPF_FIB_LKUP_RET_SUCCESS && found != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return NO_NETNS_ID;
+	__u32 ifindex = fib.ifindex;
+	struct pod_iface *pod = bpf_map_lookup_elem(&np_pod_ifaces, &ifindex);
+	return pod && pod->addr == after->daddr ? pod->netns_id : NO_NETNS_ID;
+}
+
+/* Whether a socket of the backend pod in `netns` other than its listener holds
+ * `after`'s tuple: a connection in TIME_WAIT, most often, from a direct
+ * connection of the client's on the same source port. The client's TCP
+ * timestamps for the VIP run on another offset than for the pod's address
+ * (Linux derives them per address pair), so the backend would refuse the new
+ * SYN as an old duplicate and the client retry. */
+static __always_inline int backend_socket_holds(struct __sk_buff *skb, const struct ct_key *after, __u32 netns)
+{
+	if (netns == NO_NETNS_ID)
+		return 0;
+	struct bpf_sock_tuple tuple = { .ipv4 = { .saddr = after->saddr, .daddr = after->daddr,
+						  .sport = after->sport, .dport = after->dport } };
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), netns, 0);
+	if (!sk)
+		return 0;
+	int held = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return held;
+}
+
 /* Whether a live flow's reply entry has `after`'s reply tuple. */
 static __always_inline int reply_entry_live(const struct ct_key *after)
 {
@@ -117,15 +153,18 @@ static __always_inline int node_port_unusable(struct __sk_buff *skb, const struc
 static __always_inline int free_source_port(struct __sk_buff *skb, struct ct_key *after, const struct ct_key *flow,
 					    int from_node)
 {
+	__u32 netns = backend_netns(skb, after);
 	/* A reply entry of this very flow (reopened) is no clash. */
-	int clash = reply_entry_live(after) && !bpf_map_lookup_elem(&np_conntrack, flow);
+	int clash = (reply_entry_live(after) && !bpf_map_lookup_elem(&np_conntrack, flow)) ||
+		    backend_socket_holds(skb, after, netns);
 	if (!clash && !(from_node && node_port_unusable(skb, after)))
 		return 0;
 	if (clash)
 		count(COUNTER_CT_CLASH);
 	for (int i = 0; i < CLASH_TRIES; i++) {
 		after->sport = bpf_htons(CLASH_PORT_FIRST + bpf_get_prandom_u32() % CLASH_PORT_COUNT);
-		if (!reply_entry_live(after) && !(from_node && local_socket_owns(skb, after)))
+		if (!reply_entry_live(after) && !(from_node && local_socket_owns(skb, after)) &&
+		    !backend_socket_holds(skb, after, netns))
 			return 0;
 	}
 	count(COUNTER_CT_CLASH_UNRESOLVED);

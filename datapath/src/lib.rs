@@ -21,6 +21,6 @@ pub use capacity::{Capacities, MapSettings};
 pub use conntrack::{Collector, Conntrack, CtTimeouts, GcStats};
 pub use error::DatapathError;
 pub use loader::{AttachMode, Datapath, MapUsage};
-pub use pods::PodInterfaces;
+pub use pods::{PodAt, PodInterfaces};
 pub use policy_maps::{PolicyMaps, PolicyStats};
 pub use services::{Reconciler, Service, ServiceMaps, SyncStats};

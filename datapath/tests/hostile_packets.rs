@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use aya::maps::{HashMap, Map, MapData};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
-use nodeplane_datapath::Datapath;
+use nodeplane_datapath::{Datapath, PodAt};
 use nodeplane_datapath_abi::{self as abi, CtKey, CtValue, FragKey, FragValue};
 use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::policy::{Cluster, PodView, Policy};
@@ -211,7 +211,11 @@ fn no_ip_frame_gets_from_or_to_an_isolated_pod_nor_leaves_state() {
         for interface in &interfaces {
             datapath.attach_pod_interface(interface).unwrap();
         }
-        datapath.pod_interfaces().set(&BTreeMap::from([(at_isolated, ISOLATED), (at_neighbour, NEIGHBOUR)])).unwrap();
+        let pod = |addr| PodAt { addr, netns_id: None };
+        datapath
+            .pod_interfaces()
+            .set(&BTreeMap::from([(at_isolated, pod(ISOLATED)), (at_neighbour, pod(NEIGHBOUR))]))
+            .unwrap();
         datapath.policy().apply(&CompiledPolicy::compile(&cluster())).unwrap();
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(&root).load(abi::OBJECT).unwrap();
         let (from_pod, to_pod) = (program(&mut ebpf, "from_pod"), program(&mut ebpf, "to_pod"));

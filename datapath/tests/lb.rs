@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use nodeplane_datapath::{AttachMode, Capacities, CtTimeouts, Datapath, MapSettings, Reconciler, Service, SyncStats};
+use nodeplane_datapath::{
+    AttachMode, Capacities, CtTimeouts, Datapath, MapSettings, PodAt, Reconciler, Service, SyncStats,
+};
 use nodeplane_datapath_abi as abi;
 use nodeplane_model::Protocol;
 use nodeplane_model::manifests::{PortName, ServicePort, load_dir};
@@ -569,6 +571,54 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
     drop(first);
     // The layout now matches: a second load reuses every map.
     assert!(Datapath::load(bpffs.path()).unwrap().recreated_maps().is_empty());
+}
+
+/// Binds each pod's host-side interface to its address and network namespace
+/// id (as nodeplaned does from netlink), read with `ip -j link` in the node.
+fn bind_pods(node: &Node, datapath: &mut Datapath, pods: &[&Pod]) {
+    let pods: BTreeMap<u32, PodAt> = pods
+        .iter()
+        .map(|pod| {
+            let interface = pod.host_if.clone();
+            let out =
+                node.run(move || std::process::Command::new("ip").args(["-j", "link", "show", &interface]).output());
+            let link: serde_json::Value = serde_json::from_slice(&out.expect("ip link").stdout).expect("ip -j");
+            let (index, netns) = (&link[0]["ifindex"], &link[0]["link_netnsid"]);
+            let netns_id = Some(netns.as_u64().expect("a veth into the pod's namespace") as u32);
+            (index.as_u64().expect("ifindex") as u32, PodAt { addr: pod.ip, netns_id })
+        })
+        .collect();
+    datapath.pod_interfaces().set(&pods).unwrap();
+}
+
+#[test]
+fn a_service_flow_on_the_tuple_of_a_backend_socket_in_time_wait_gets_another_source_port() {
+    if !privileged("a_service_flow_on_the_tuple_of_a_backend_socket_in_time_wait_gets_another_source_port") {
+        return;
+    }
+    let bpffs = Bpffs::mount().unwrap();
+    let mut node = Node::new().unwrap();
+    let client = node.add_pod(Ipv4Addr::new(10, 200, 14, 2)).unwrap();
+    let backend = node.add_pod(Ipv4Addr::new(10, 200, 14, 3)).unwrap();
+    let _server = backend.serve_tcp_peer(8080);
+    let mut datapath = load(&node, &bpffs, &[&client, &backend]);
+    bind_pods(&node, &mut datapath, &[&client, &backend]);
+    datapath.services().set(&service(17, 80, Protocol::Tcp, &[(backend.ip, 8080)])).unwrap();
+    let clashes =
+        |datapath: &mut Datapath| datapath.counters().unwrap().into_iter().find(|(n, _)| *n == "ct_clash").unwrap().1;
+    for n in 0..10 {
+        let port = 42000 + n;
+        let itself = format!("{}:{port}", client.ip);
+        // Straight to the backend first: it closes first, so it keeps the tuple in TIME_WAIT.
+        assert_eq!(client.tcp_request_from(port, backend.ip, 8080).unwrap(), itself, "round {n} direct");
+        let before = clashes(&mut datapath);
+        // Then through the VIP from the same port. The client's timestamps for
+        // the VIP run on another offset, so on that tuple the backend might take
+        // the SYN for an old duplicate: the flow must come from another port.
+        let seen = client.tcp_request_from(port, VIP, 80).unwrap_or_else(|e| panic!("round {n} via the VIP: {e}"));
+        assert!(seen.starts_with(&format!("{}:", client.ip)) && seen != itself, "round {n}: the backend saw {seen}");
+        assert_eq!(clashes(&mut datapath), before + 1, "round {n}");
+    }
 }
 
 #[test]

@@ -17,16 +17,32 @@ pub fn connect() -> std::io::Result<Handle> {
     Ok(handle)
 }
 
-/// Every link: index → name.
-pub async fn links(handle: &Handle) -> Result<BTreeMap<u32, String>, rtnetlink::Error> {
+/// Every link by index.
+pub async fn links(handle: &Handle) -> Result<BTreeMap<u32, Link>, rtnetlink::Error> {
     let mut links = BTreeMap::new();
     let mut stream = handle.link().get().execute();
     while let Some(link) = stream.try_next().await? {
         if let Some(name) = name(&link) {
-            links.insert(link.header.index, name);
+            links.insert(link.header.index, Link { name, netns_id: netns_id(&link) });
         }
     }
     Ok(links)
+}
+
+/// A link: its name, and for a veth whose peer is in another network
+/// namespace, that namespace's id here (`IFLA_LINK_NETNSID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub netns_id: Option<u32>,
+}
+
+/// The id (in this namespace) of the namespace `link`'s peer is in.
+pub fn netns_id(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkNetNsId(id) => u32::try_from(*id).ok(),
+        _ => None,
+    })
 }
 
 /// The index of the link that holds `addr`, if one does.

@@ -479,6 +479,33 @@ fn a_clashing_reply_tuple_gets_another_source_port_not_a_black_hole() {
 }
 
 #[test]
+fn a_service_flow_on_the_tuple_of_a_direct_one_in_time_wait_at_the_backend_gets_another_source_port() {
+    if !privileged("a_service_flow_on_the_tuple_of_a_direct_one_in_time_wait_at_the_backend_gets_another_source_port") {
+        return;
+    }
+    let stage = stage();
+    // Says who connected, and closes first: the backend keeps each tuple in TIME_WAIT.
+    let server = in_pod(&stage, "x/a", || std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 9301)).unwrap());
+    std::thread::spawn(move || {
+        for mut stream in server.incoming().flatten() {
+            let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            let _ = stream.write_all(peer.as_bytes());
+        }
+    });
+    stage.set_manifest("service.yaml", Some(&service(&stage, "peer", VIP, 9301, 9301, "TCP", &["x/a"]))).unwrap();
+    let (a, b) = (ip(&stage, "x/a"), ip(&stage, "x/b"));
+    let (direct, via) = in_pod(&stage, "x/b", move || {
+        let request = |addr| nodeplane_testkit::tcp_request_from(43300, addr, 9301);
+        (request(a), request(VIP))
+    });
+    assert_eq!(direct.expect("straight to x/a"), format!("{b}:43300"));
+    // nodeplaned told the datapath x/a's network namespace: it sees the
+    // TIME_WAIT socket there, and the flow through the VIP takes another port.
+    let via = via.expect("through the VIP from the same port");
+    assert!(via.starts_with(&format!("{b}:")) && via != format!("{b}:43300"), "x/a saw {via}");
+}
+
+#[test]
 fn an_icmp_error_about_a_translated_flow_is_translated_back() {
     if !privileged("an_icmp_error_about_a_translated_flow_is_translated_back") {
         return;

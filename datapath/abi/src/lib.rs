@@ -147,12 +147,18 @@ pub struct FragValue {
 }
 
 /// A pod's host-side interface (`struct pod_iface`, in `np_pod_ifaces` by
-/// ifindex): the address the pod may send from.
+/// ifindex): the address the pod may send from, and its network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodIface {
     pub addr: [u8; 4],
+    /// The pod's network namespace as the node's sees it (`IFLA_LINK_NETNSID`),
+    /// or [`NO_NETNS_ID`].
+    pub netns_id: u32,
 }
+
+/// `enum pod_netns`: a pod interface whose network namespace id is not known.
+pub const NO_NETNS_ID: u32 = u32::MAX;
 
 impl CtValue {
     /// Both FINs or a RST: the flow is over.

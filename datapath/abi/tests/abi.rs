@@ -69,7 +69,7 @@ fn every_map_struct_matches_its_rust_twin() {
         layout!("lb_config" => LbConfig { hairpin_addr, ct_per_pod, node_netns }),
         layout!("frag_key" => FragKey { saddr, daddr, id, proto, pad }),
         layout!("frag_value" => FragValue { sport, dport }),
-        layout!("pod_iface" => PodIface { addr }),
+        layout!("pod_iface" => PodIface { addr, netns_id }),
         layout!("endpoint_value" => EndpointValue { flags }),
         layout!("policy_peer" => PolicyPeer { pod, direction, pad, peer }),
         layout!("policy_value" => PolicyValue { port_set }),
@@ -116,7 +116,7 @@ fn every_shared_constant_matches_its_rust_twin() {
     let members = |name: &str| -> BTreeMap<String, u64> {
         enums.get(name).unwrap_or_else(|| panic!("enum {name} is not in abi.o's BTF")).iter().cloned().collect()
     };
-    let twins: [(&str, Vec<(&str, u64)>); 6] = [
+    let twins: [(&str, Vec<(&str, u64)>); 7] = [
         ("svc_flags", vec![("SVC_F_NODE_PORT", SVC_F_NODE_PORT.into())]),
         ("ct_rewrite", vec![("CT_REWRITE_SRC", CT_REWRITE_SRC.into()), ("CT_REWRITE_DST", CT_REWRITE_DST.into())]),
         (
@@ -140,6 +140,7 @@ fn every_shared_constant_matches_its_rust_twin() {
             "policy_bits",
             vec![("POLICY_PEER_BITS", POLICY_PEER_BITS.into()), ("PORT_MATCH_BITS", PORT_MATCH_BITS.into())],
         ),
+        ("pod_netns", vec![("NO_NETNS_ID", NO_NETNS_ID.into())]),
     ];
     for (name, rust) in twins {
         let rust: BTreeMap<String, u64> = rust.into_iter().map(|(m, v)| (m.to_owned(), v)).collect();

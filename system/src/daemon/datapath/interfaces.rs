@@ -8,17 +8,17 @@ use std::net::Ipv4Addr;
 use nodeplane_datapath::Datapath;
 use rtnetlink::Handle;
 
-use crate::netlink;
+use crate::netlink::{self, Link};
 
-/// The interfaces of this network namespace (ifindex → name), and the one
-/// holding `node_ip` (when given and held).
+/// The interfaces of this network namespace by ifindex, and the name of the
+/// one holding `node_ip` (when given and held).
 pub(super) async fn interfaces(
     handle: &Handle,
     node_ip: Option<Ipv4Addr>,
-) -> Result<(BTreeMap<u32, String>, Option<String>), rtnetlink::Error> {
+) -> Result<(BTreeMap<u32, Link>, Option<String>), rtnetlink::Error> {
     let links = netlink::links(handle).await?;
     let node_if = match node_ip {
-        Some(ip) => netlink::link_with(handle, ip).await?.and_then(|index| links.get(&index).cloned()),
+        Some(ip) => netlink::link_with(handle, ip).await?.and_then(|index| links.get(&index).map(|l| l.name.clone())),
         None => None,
     };
     if node_ip.is_some() && node_if.is_none() {

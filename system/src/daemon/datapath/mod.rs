@@ -18,7 +18,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
 use nodeplane_bus::{HealthCheck, PolicyDrop};
-use nodeplane_datapath::{Capacities, Collector, Datapath, DatapathError, GcStats, MapUsage, Reconciler, SyncStats};
+use nodeplane_datapath::{
+    Capacities, Collector, Datapath, DatapathError, GcStats, MapUsage, PodAt, Reconciler, SyncStats,
+};
 use nodeplane_datapath_abi::{self as abi, PolicyEvent};
 use nodeplane_model::compile::CompiledPolicy;
 use nodeplane_model::manifests::ServicePort;
@@ -52,8 +54,9 @@ struct Running {
     datapath: Datapath,
     /// Netlink to this namespace: its interfaces and addresses.
     netlink: rtnetlink::Handle,
-    /// The registered pods' host-side interfaces: container id → ifindex.
-    interfaces: BTreeMap<String, u32>,
+    /// The registered pods' host-side interfaces: container id → ifindex and
+    /// the pod's network namespace id.
+    interfaces: BTreeMap<String, (u32, Option<u32>)>,
     store: EndpointStore,
     reconciler: Reconciler,
     /// What the source said last (the manifests directory's, or the API's).
@@ -408,8 +411,8 @@ impl DatapathComponent {
             ));
         }
         let interface = endpoint.host_interface.clone();
-        let ifindex = match crate::netlink::link(&running.netlink, &interface).await {
-            Ok(Some(link)) => link.header.index,
+        let link = match crate::netlink::link(&running.netlink, &interface).await {
+            Ok(Some(link)) => (link.header.index, crate::netlink::netns_id(&link)),
             Ok(None) => return Err(EndpointError::Interface { interface, reason: "no such interface".into() }),
             Err(err) => return Err(EndpointError::Interface { interface, reason: err.to_string() }),
         };
@@ -418,7 +421,7 @@ impl DatapathComponent {
             .attach_pod_interface(&interface)
             .map_err(|e| EndpointError::Attach { interface: interface.clone(), source: Box::new(e) })?;
         let previous = self.endpoints.insert(endpoint.container_id.clone(), endpoint.clone());
-        running.interfaces.insert(endpoint.container_id.clone(), ifindex);
+        running.interfaces.insert(endpoint.container_id.clone(), link);
         let bound = running.bind_pod_interfaces(&self.endpoints);
         running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
         let result = match (bound, running.policy.error.clone()) {
@@ -657,10 +660,10 @@ impl Running {
                 return;
             }
         };
-        let present: BTreeSet<String> = links.values().cloned().collect();
+        let present: BTreeSet<String> = links.values().map(|l| l.name.clone()).collect();
         // The node's interface, and those the routes to other nodes go out of.
         let route_ifs = self.routes.iter().flat_map(|(_, r)| &r.interfaces).filter_map(|index| links.get(index));
-        let uplinks: BTreeSet<String> = node_if.into_iter().chain(route_ifs.cloned()).collect();
+        let uplinks: BTreeSet<String> = node_if.into_iter().chain(route_ifs.map(|l| l.name.clone())).collect();
         self.problems.interfaces =
             interfaces::attach_interfaces(&mut self.datapath, &present, &config.pod_interface_prefix, &uplinks);
         self.problems.store.clear();
@@ -680,7 +683,8 @@ impl Running {
             here
         });
         // Each pod's interface by its current index (a restart knows none yet).
-        let index: BTreeMap<&String, u32> = links.iter().map(|(index, name)| (name, *index)).collect();
+        let index: BTreeMap<&String, (u32, Option<u32>)> =
+            links.iter().map(|(index, link)| (&link.name, (*index, link.netns_id))).collect();
         self.interfaces = endpoints
             .iter()
             .filter_map(|(id, endpoint)| Some((id.clone(), *index.get(&endpoint.host_interface)?)))
@@ -691,14 +695,15 @@ impl Running {
     }
 
     /// Binds each registered pod's interface to its address (np_pod_ifaces):
-    /// the datapath lets a pod send from that address only.
+    /// the datapath lets a pod send from that address only, and looks its
+    /// sockets up in its network namespace.
     fn bind_pod_interfaces(&mut self, endpoints: &BTreeMap<String, Endpoint>) -> Result<(), DatapathError> {
-        let wanted: BTreeMap<u32, Ipv4Addr> = endpoints
+        let wanted: BTreeMap<u32, PodAt> = endpoints
             .iter()
             .filter_map(|(id, endpoint)| {
-                let ifindex = *self.interfaces.get(id)?;
-                let address = endpoint.ips.iter().find_map(|ip| ip.parse().ok())?;
-                Some((ifindex, address))
+                let (ifindex, netns_id) = *self.interfaces.get(id)?;
+                let addr = endpoint.ips.iter().find_map(|ip| ip.parse().ok())?;
+                Some((ifindex, PodAt { addr, netns_id }))
             })
             .collect();
         self.datapath.pod_interfaces().set(&wanted)
