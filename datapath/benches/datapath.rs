@@ -24,12 +24,13 @@
 //! translated); the backends' node is bare in all four. Writes
 //! `target/bench/datapath-cross-node.json`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nodeplane_datapath::{Datapath, Service};
+use nodeplane_datapath::{Datapath, PodAt, Service};
 use nodeplane_model::Protocol;
 use nodeplane_testkit::bench::{
     SAMPLE, Sample, measure, measure_bulk, measure_requests, median, ms, pin_to_one_core, run_bench, write_results,
@@ -127,6 +128,13 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
         }
         Ok(datapath)
     })?;
+    // As nodeplaned binds them: a new flow looks the backend's sockets up in its namespace.
+    let mut pods = BTreeMap::new();
+    for pod in std::iter::once(&ebpf.client).chain(&ebpf.backends) {
+        let (index, netns) = ebpf.node.pod_link(pod)?;
+        pods.insert(index, PodAt { addr: pod.ip, netns_id: Some(netns) });
+    }
+    datapath.pod_interfaces().set(&pods)?;
 
     let (mut results, mut request_results, mut bulk_results) = (Vec::new(), Vec::new(), Vec::new());
     let mut programming = serde_json::Map::new();

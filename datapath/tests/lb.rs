@@ -574,18 +574,13 @@ fn a_pinned_map_of_another_layout_is_recreated_not_misread() {
 }
 
 /// Binds each pod's host-side interface to its address and network namespace
-/// id (as nodeplaned does from netlink), read with `ip -j link` in the node.
+/// id, as nodeplaned does from netlink.
 fn bind_pods(node: &Node, datapath: &mut Datapath, pods: &[&Pod]) {
     let pods: BTreeMap<u32, PodAt> = pods
         .iter()
         .map(|pod| {
-            let interface = pod.host_if.clone();
-            let out =
-                node.run(move || std::process::Command::new("ip").args(["-j", "link", "show", &interface]).output());
-            let link: serde_json::Value = serde_json::from_slice(&out.expect("ip link").stdout).expect("ip -j");
-            let (index, netns) = (&link[0]["ifindex"], &link[0]["link_netnsid"]);
-            let netns_id = Some(netns.as_u64().expect("a veth into the pod's namespace") as u32);
-            (index.as_u64().expect("ifindex") as u32, PodAt { addr: pod.ip, netns_id })
+            let (index, netns) = node.pod_link(pod).unwrap();
+            (index, PodAt { addr: pod.ip, netns_id: Some(netns) })
         })
         .collect();
     datapath.pod_interfaces().set(&pods).unwrap();

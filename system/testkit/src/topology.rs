@@ -70,6 +70,20 @@ impl Node {
         self.netns.run(f).unwrap_or_else(|e| panic!("in the node's namespace: {e}"))
     }
 
+    /// `pod`'s host-side interface here: its index, and the id of the pod's
+    /// network namespace as this one sees it (what nodeplaned reads from
+    /// netlink for `np_pod_ifaces`).
+    pub fn pod_link(&self, pod: &Pod) -> Result<(u32, u32), crate::Error> {
+        let interface = pod.host_if.clone();
+        let out = self.run(move || Command::new("ip").args(["-j", "link", "show", &interface]).output())?;
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let field = |name: &str| link[0][name].as_u64().and_then(|v| u32::try_from(v).ok());
+        match (field("ifindex"), field("link_netnsid")) {
+            (Some(index), Some(netns)) => Ok((index, netns)),
+            _ => Err(format!("{}: no ifindex and link_netnsid in `ip -j link`: {link}", pod.host_if).into()),
+        }
+    }
+
     pub fn add_pod(&mut self, ip: Ipv4Addr) -> Result<Pod, SandboxError> {
         let n = self.pods;
         self.pods += 1;
