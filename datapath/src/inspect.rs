@@ -1,15 +1,17 @@
 //! Reading the pinned maps directly, without the supervisor: what
 //! `nodeplanectl services`, `endpoints` and `conntrack` show, so they work even
-//! while nodeplaned is down.
+//! while nodeplaned is down; and each map's capacity, fill and memory, which
+//! nodeplaned counts off its own thread.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use nodeplane_datapath_abi::{self as abi, BackendKey, BackendValue, CtKey, CtValue, SvcKey, SvcValue};
 use nodeplane_model::ip_protocol_name;
 
+use crate::capacity::Footprint;
 use crate::conntrack::{lifetime, monotonic_ns};
 use crate::{CtTimeouts, DatapathError};
 
@@ -128,4 +130,63 @@ pub fn policy_events(root: &Path) -> Result<PolicyEvents, DatapathError> {
     let data = MapData::from_pin(root.join(abi::POLICY_EVENTS))?;
     let ring = aya::maps::RingBuf::try_from(Map::from_map_data(data)?)?;
     Ok(PolicyEvents { ring })
+}
+
+/// A map as pinned: its capacity, what it holds and what that costs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub capacity: u32,
+    /// `None` where entries are not counted (arrays, the ring buffer).
+    pub entries: Option<u64>,
+    /// Kernel memory, estimated: what is reserved, and what the entries take.
+    pub bytes: u64,
+}
+
+/// Each map under `root` with its capacity, entries and memory. Entries are
+/// counted by walking the map, a syscall each (not the arrays and the ring
+/// buffer), except conntrack's, `conntrack_entries` (its GC counts them).
+pub fn map_usage(root: &Path, conntrack_entries: u64) -> Result<Vec<MapUsage>, DatapathError> {
+    let mut usage = Vec::new();
+    for (name, _) in abi::MAPS {
+        let data = MapData::from_pin(root.join(name))?;
+        let info = data.info()?;
+        let map_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let footprint =
+            Footprint::of(map_type, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+        let entries = if *name == abi::CONNTRACK { Some(conntrack_entries) } else { count_entries(data, name)? };
+        usage.push(MapUsage {
+            name,
+            capacity: info.max_entries(),
+            entries,
+            bytes: footprint.bytes(entries.unwrap_or(0)),
+        });
+    }
+    Ok(usage)
+}
+
+/// The keys in the map `name`, walked; `None` for the maps that are not walked.
+fn count_entries(data: MapData, name: &'static str) -> Result<Option<u64>, DatapathError> {
+    fn keys<K: aya::Pod, V: aya::Pod>(data: MapData) -> Result<Option<u64>, DatapathError> {
+        let map: HashMap<MapData, K, V> = HashMap::try_from(Map::from_map_data(data)?)?;
+        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
+    }
+    fn trie_keys<K: aya::Pod, V: aya::Pod>(data: MapData) -> Result<Option<u64>, DatapathError> {
+        let map: LpmTrie<MapData, K, V> = LpmTrie::try_from(Map::from_map_data(data)?)?;
+        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
+    }
+    match name {
+        abi::SERVICES => keys::<SvcKey, SvcValue>(data),
+        abi::BACKENDS => keys::<BackendKey, BackendValue>(data),
+        abi::BACKEND_ALIVE => keys::<abi::BackendId, u8>(data),
+        abi::AFFINITY => keys::<abi::AffinityKey, abi::AffinityValue>(data),
+        abi::SOCK_REVNAT => keys::<abi::SockRevnatKey, abi::SockRevnatValue>(data),
+        abi::ENDPOINTS => keys::<[u8; 4], abi::EndpointValue>(data),
+        abi::CT_OPENED | abi::CT_CLOSED => keys::<[u8; 4], u64>(data),
+        abi::FRAGMENTS => keys::<abi::FragKey, abi::FragValue>(data),
+        abi::POD_IFACES => keys::<u32, abi::PodIface>(data),
+        abi::POLICY => trie_keys::<abi::PolicyPeer, abi::PolicyValue>(data),
+        abi::POLICY_PORTS => trie_keys::<abi::PortMatch, u8>(data),
+        _ => Ok(None),
+    }
 }

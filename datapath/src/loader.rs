@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::CgroupSockAddr;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::tc::{self, SchedClassifier, SchedClassifierLink, TcAttachType, TcHandle};
@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use nodeplane_datapath_abi::{self as abi, LbConfig};
 
 use crate::DatapathError;
-use crate::capacity::{Capacities, Footprint};
+use crate::capacity::Capacities;
 use crate::conntrack::Conntrack;
 use crate::maps::map;
 use crate::pins::{self, CGROUP_LINKS, NETLINK_MARK};
@@ -149,29 +149,6 @@ impl Datapath {
     /// how to apply it (one line each).
     pub fn kept_sizes(&self) -> &[String] {
         &self.kept_sizes
-    }
-
-    /// Each map with its capacity as loaded, entries and memory; `entries` is
-    /// counted by walking the map (a syscall per entry; not the ring buffer and
-    /// arrays), except conntrack's, `conntrack_entries` (its GC counts them).
-    pub fn map_usage(&mut self, conntrack_entries: u64) -> Result<Vec<MapUsage>, DatapathError> {
-        let mut usage = Vec::new();
-        for (name, _) in abi::MAPS {
-            let data = map_data(&self.ebpf, name)?;
-            let info = data.info()?;
-            let map_type = info.map_type().map_or(u32::MAX, |t| t as u32);
-            let footprint =
-                Footprint::of(map_type, info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
-            let entries =
-                if *name == abi::CONNTRACK { Some(conntrack_entries) } else { count_entries(&mut self.ebpf, name)? };
-            usage.push(MapUsage {
-                name,
-                capacity: info.max_entries(),
-                entries,
-                bytes: footprint.bytes(entries.unwrap_or(0)),
-            });
-        }
-        Ok(usage)
     }
 
     /// `map`'s capacity as loaded (a kept pinned map's own).
@@ -417,17 +394,6 @@ fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-/// A map as loaded: its capacity, what it holds and what that costs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapUsage {
-    pub name: &'static str,
-    pub capacity: u32,
-    /// `None` where entries are not counted (arrays, the ring buffer).
-    pub entries: Option<u64>,
-    /// Kernel memory, estimated: what is reserved, and what the entries take.
-    pub bytes: u64,
-}
-
 fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, DatapathError> {
     let map = ebpf.map(name).ok_or(DatapathError::Missing(name))?;
     Ok(match map {
@@ -439,32 +405,6 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, Datap
         | aya::maps::Map::RingBuf(m) => m,
         _ => return Err(DatapathError::Missing(name)),
     })
-}
-
-/// The keys in `name`, walked; `None` for the maps that are not walked.
-fn count_entries(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
-    fn keys<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
-        let map: HashMap<&mut MapData, K, V> = HashMap::try_from(map(ebpf, name)?)?;
-        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
-    }
-    fn trie_keys<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str) -> Result<Option<u64>, DatapathError> {
-        let map: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map(ebpf, name)?)?;
-        Ok(Some(map.keys().filter(Result::is_ok).count() as u64))
-    }
-    match name {
-        abi::SERVICES => keys::<abi::SvcKey, abi::SvcValue>(ebpf, name),
-        abi::BACKENDS => keys::<abi::BackendKey, abi::BackendValue>(ebpf, name),
-        abi::BACKEND_ALIVE => keys::<abi::BackendId, u8>(ebpf, name),
-        abi::AFFINITY => keys::<abi::AffinityKey, abi::AffinityValue>(ebpf, name),
-        abi::SOCK_REVNAT => keys::<abi::SockRevnatKey, abi::SockRevnatValue>(ebpf, name),
-        abi::ENDPOINTS => keys::<[u8; 4], abi::EndpointValue>(ebpf, name),
-        abi::CT_OPENED | abi::CT_CLOSED => keys::<[u8; 4], u64>(ebpf, name),
-        abi::FRAGMENTS => keys::<abi::FragKey, abi::FragValue>(ebpf, name),
-        abi::POD_IFACES => keys::<u32, abi::PodIface>(ebpf, name),
-        abi::POLICY => trie_keys::<abi::PolicyPeer, abi::PolicyValue>(ebpf, name),
-        abi::POLICY_PORTS => trie_keys::<abi::PortMatch, u8>(ebpf, name),
-        _ => Ok(None),
-    }
 }
 
 /// Unpins the maps whose pinned type, key or value size or flags differ from

@@ -659,15 +659,15 @@ fn maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries
         let settings = MapSettings { services: Some(services), conntrack: Some(conntrack), ..MapSettings::default() };
         Capacities::for_memory(1 << 30).with(&settings)
     };
-    let services_of = |datapath: &mut Datapath| {
-        let usage = datapath.map_usage(0).unwrap();
+    let services_of = |_loaded: &Datapath| {
+        let usage = nodeplane_datapath::inspect::map_usage(bpffs.path(), 0).unwrap();
         let services = usage.iter().find(|m| m.name == abi::SERVICES).unwrap().clone();
         (services.capacity, services.entries, usage)
     };
     let mut first = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(1024, 4096)).unwrap();
     assert_eq!(first.capacity(abi::CONNTRACK).unwrap(), 4096);
     first.services().set(&service(15, 80, Protocol::Tcp, &[(Ipv4Addr::new(10, 200, 12, 3), 8080)])).unwrap();
-    let (capacity, entries, usage) = services_of(&mut first);
+    let (capacity, entries, usage) = services_of(&first);
     assert_eq!((capacity, entries), (1024, Some(1)), "{usage:?}");
     // Preallocated, conntrack's memory is all there while it is empty; a table's is its buckets.
     let conntrack = usage.iter().find(|m| m.name == abi::CONNTRACK).unwrap();
@@ -678,20 +678,20 @@ fn maps_get_the_capacities_asked_for_and_a_pinned_one_keeps_its_size_and_entries
     drop(first);
 
     // Asked for more, the pinned map stays as it is, with its Service, and says how to apply the size.
-    let mut second = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
+    let second = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
     let kept = second.kept_sizes();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].starts_with("np_services: pinned with 1024 entries, 2048 asked for; kept"), "{kept:?}");
     assert!(second.recreated_maps().is_empty());
-    assert_eq!(services_of(&mut second).0, 1024);
-    assert_eq!(services_of(&mut second).1, Some(1));
+    assert_eq!(services_of(&second).0, 1024);
+    assert_eq!(services_of(&second).1, Some(1));
     drop(second);
 
     // Once unpinned, the next load makes it at the new size.
     std::fs::remove_file(bpffs.path().join(abi::SERVICES)).unwrap();
-    let mut third = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
+    let third = Datapath::load_with(bpffs.path(), AttachMode::Auto, &sized(2048, 4096)).unwrap();
     assert!(third.kept_sizes().is_empty(), "{:?}", third.kept_sizes());
-    assert_eq!(services_of(&mut third).0, 2048);
+    assert_eq!(services_of(&third).0, 2048);
 }
 
 #[test]

@@ -37,6 +37,16 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     assert_eq!(datapath["state"], "healthy", "{datapath}");
     assert_eq!(datapath["facts"]["services"], 1);
     assert_eq!(datapath["facts"]["attached_interfaces"], 3);
+    // Each map's fill and capacity, counted off the supervisor's thread: the
+    // Service's one port is in np_services, sized for this machine's memory.
+    let (sized, _) = nodeplane_datapath::Capacities::for_node(&Default::default()).unwrap();
+    let services = format!("1/{},", sized.get("np_services").unwrap());
+    let map_fact = || {
+        let status: serde_json::Value = serde_json::from_slice(&ctl(&bus, &["status", "--json"]).stdout).unwrap();
+        let datapath = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "datapath").cloned();
+        datapath.and_then(|d| d["facts"]["map_np_services"].as_str().map(str::to_owned)).unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(10), || map_fact().starts_with(&services)), "{}", map_fact());
 
     // A request loop runs while nodeplaned is SIGKILLed and started again.
     let looping = RequestLoop::start(client.clone(), VIP, 80);

@@ -67,8 +67,12 @@ struct Running {
     gc: Gc,
     /// The conntrack map's capacity as loaded.
     conntrack_capacity: u32,
-    /// Each map's capacity, fill and memory, as the last GC pass found them.
+    /// Each map's capacity, fill and memory, as the last count found them.
     maps: Vec<MapUsage>,
+    /// The count under way: walking large maps takes a syscall an entry, so
+    /// it runs off the supervisor's thread (after the first sync and after
+    /// each GC pass).
+    map_count: Option<tokio::task::JoinHandle<Vec<MapUsage>>>,
     /// The other nodes, once the API source has listed them (until then the
     /// routes a previous nodeplaned wrote stay), and the routes to their pods
     /// (none: to be written).
@@ -198,7 +202,6 @@ impl Component for DatapathComponent {
         let conntrack_capacity = datapath.capacity(abi::CONNTRACK).map_err(DatapathComponentError::FlowsPerPod)?;
         Self::apply_flows_per_pod(&component.config, &mut datapath, conntrack_capacity)
             .map_err(DatapathComponentError::FlowsPerPod)?;
-        let maps = datapath.map_usage(0).unwrap_or_default();
         let store = EndpointStore::open(&component.config.state_dir)?;
         let (endpoints, unreadable) = store.load();
         for problem in &unreadable {
@@ -223,7 +226,8 @@ impl Component for DatapathComponent {
                 last_stats: GcStats::default(),
             },
             conntrack_capacity,
-            maps,
+            maps: Vec::new(),
+            map_count: None,
             remote_nodes: None,
             routes: None,
             health_checks: BTreeMap::new(),
@@ -232,6 +236,10 @@ impl Component for DatapathComponent {
         });
         component.apply_node_setup();
         component.sync(true).await;
+        // What the first sync programmed, counted before the first GC pass.
+        if let Some(running) = &mut component.running {
+            running.map_count = Some(count_maps(&component.config.bpffs_root, 0));
+        }
         Ok(component)
     }
 
@@ -564,6 +572,9 @@ impl DatapathComponent {
         if running.gc.running || running.gc.last.elapsed() >= self.config.gc_interval {
             running.collect_garbage(&self.config);
         }
+        if let Some(done) = running.map_count.take_if(|count| count.is_finished()) {
+            running.maps = done.await.unwrap_or_default();
+        }
         if (policy_inputs_changed || running.policy.error.is_some()) && running.policies_known() {
             running.policy.apply(&mut running.datapath, &self.endpoints, &running.manifests);
         }
@@ -826,9 +837,11 @@ impl Running {
                 self.gc.running = false;
                 self.gc.last = Instant::now();
                 self.gc.expired_total += stats.expired;
-                // Once a pass, as it walks the maps (the conntrack the pass just counted).
-                let conntrack = stats.entries.saturating_sub(stats.expired);
-                self.maps = self.datapath.map_usage(conntrack).unwrap_or_default();
+                // Once a pass, with the conntrack entries the pass just counted.
+                if self.map_count.is_none() {
+                    let conntrack = stats.entries.saturating_sub(stats.expired);
+                    self.map_count = Some(count_maps(&config.bpffs_root, conntrack));
+                }
                 self.gc.last_stats = stats;
                 self.problems.gc = None;
             }
@@ -840,6 +853,18 @@ impl Running {
             }
         }
     }
+}
+
+/// Counts the maps pinned under `root` on a blocking thread (an empty list if
+/// that fails: the facts then show no maps).
+fn count_maps(root: &std::path::Path, conntrack_entries: u64) -> tokio::task::JoinHandle<Vec<MapUsage>> {
+    let root = root.to_owned();
+    tokio::task::spawn_blocking(move || {
+        nodeplane_datapath::inspect::map_usage(&root, conntrack_entries).unwrap_or_else(|err| {
+            tracing::debug!("counting the maps: {err}");
+            Vec::new()
+        })
+    })
 }
 
 /// A Service's health check (from its ports, which all carry the same
