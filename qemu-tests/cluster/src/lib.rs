@@ -477,8 +477,7 @@ mod tests {
         let none = PathBuf::from("/nonexistent");
         let plane =
             |port| ControlPlane { dir: none.clone(), port, kubernetes: none.clone(), etcd: none.clone(), netns: None };
-        // A socket just closed can live on a moment in a child that a concurrent
-        // test forked: a port counts as free once the check itself says so.
+        // A port counts as free once the check itself says so.
         (20000..29995)
             .step_by(5)
             .map(plane)
@@ -486,8 +485,14 @@ mod tests {
             .expect("five free ports")
     }
 
+    /// Held by the tests that fork (openssl) and those that bind ports: a
+    /// child forked while a port's socket is open holds it until it execs, and
+    /// the port would seem taken.
+    pub(crate) static FORKS_AND_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn each_port_a_component_listens_on_is_checked_before_start() {
+        let _alone = FORKS_AND_PORTS.lock().unwrap_or_else(|e| e.into_inner());
         let plane = unstarted();
         let mut held = Vec::new();
         // Taken from the last checked to the first, each held until the end,

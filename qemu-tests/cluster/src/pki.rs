@@ -184,6 +184,7 @@ mod tests {
     /// guest address did) gets a certificate with the new names.
     #[test]
     fn a_certificate_is_made_again_when_its_names_change() {
+        let _alone = crate::tests::FORKS_AND_PORTS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let first = issue(dir.path(), "server", "/CN=server", Usage::Server(&["IP:10.0.2.2"])).unwrap();
         assert!(names_in(&first.cert).contains("10.0.2.2"));
