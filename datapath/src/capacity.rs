@@ -49,18 +49,6 @@ pub const SIZED: [Sizing; 13] = [
     sized(abi::POLICY_PORTS, u32::MAX, 1),
 ];
 
-/// The sizing of `map`, one of [`SIZED`].
-pub const fn sizing(map: &str) -> Sizing {
-    let mut i = 0;
-    while i < SIZED.len() {
-        if const_eq(SIZED[i].map, map) {
-            return SIZED[i];
-        }
-        i += 1;
-    }
-    panic!("a map of SIZED")
-}
-
 /// `floor` clipped to the reference; the ceiling `growth` × the reference.
 const fn sized(map: &'static str, floor: u32, growth: u32) -> Sizing {
     let reference = reference(map);

@@ -153,7 +153,7 @@ impl Datapath {
 
     /// `map`'s capacity as loaded (a kept pinned map's own).
     pub fn capacity(&self, map: &'static str) -> Result<u32, DatapathError> {
-        Ok(map_data(&self.ebpf, map)?.info()?.max_entries())
+        Ok(MapData::from_pin(self.pin_dir.join(map))?.info()?.max_entries())
     }
 
     /// Attaches the datapath to tc ingress (from_pod) and egress (to_pod) of
@@ -392,19 +392,6 @@ fn netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
-}
-
-fn map_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, DatapathError> {
-    let map = ebpf.map(name).ok_or(DatapathError::Missing(name))?;
-    Ok(match map {
-        aya::maps::Map::HashMap(m)
-        | aya::maps::Map::LruHashMap(m)
-        | aya::maps::Map::LpmTrie(m)
-        | aya::maps::Map::Array(m)
-        | aya::maps::Map::PerCpuArray(m)
-        | aya::maps::Map::RingBuf(m) => m,
-        _ => return Err(DatapathError::Missing(name)),
-    })
 }
 
 /// Unpins the maps whose pinned type, key or value size or flags differ from

@@ -134,7 +134,7 @@ impl DatapathConfig {
         }
         // What the node's memory gives is known at start (flows_per_pod then
         // takes at most half the map); a map set here is known now.
-        let half = self.maps.conntrack.map_or(CONNTRACK_CEILING, max_flows_per_pod);
+        let half = self.maps.conntrack.map_or_else(most_flows_per_pod, max_flows_per_pod);
         if self.conntrack_flows_per_pod.is_some_and(|flows| flows > half) {
             return Err(Invalid {
                 field: "conntrack_flows_per_pod".into(),
@@ -222,12 +222,15 @@ impl DatapathConfig {
 const DEFAULT_FLOWS_PER_POD: u32 = 16_384;
 
 /// Two entries a flow: one pod may take at most half the map.
-const fn max_flows_per_pod(capacity: u32) -> u32 {
+fn max_flows_per_pod(capacity: u32) -> u32 {
     capacity / 4
 }
 
 /// Half the flows of the largest conntrack the node's memory can give.
-const CONNTRACK_CEILING: u32 = max_flows_per_pod(capacity::sizing(nodeplane_datapath_abi::CONNTRACK).ceiling);
+fn most_flows_per_pod() -> u32 {
+    let conntrack = capacity::SIZED.iter().find(|s| s.map == nodeplane_datapath_abi::CONNTRACK);
+    max_flows_per_pod(conntrack.expect("conntrack is sized").ceiling)
+}
 
 /// `ADDRESS/LEN` with an IPv4 address and a prefix length in `lengths`.
 fn is_subnet(cidr: &str, lengths: std::ops::RangeInclusive<u8>) -> bool {
