@@ -219,13 +219,14 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
     eprintln!("==> install nodeplane");
     let repo = &inputs.repo;
     let examples = repo.join("system/probe/examples/xyz");
-    let files: [(PathBuf, &str, u32); 13] = [
+    let files: [(PathBuf, &str, u32); 14] = [
         (inputs.binaries.join("nodeplaned"), "usr/bin/nodeplaned", 0o755),
         (inputs.binaries.join("nodeplane-health"), "usr/bin/nodeplane-health", 0o755),
         (inputs.binaries.join("nodeplanectl"), "usr/bin/nodeplanectl", 0o755),
         (inputs.binaries.join("nodeplane-cni"), "usr/lib/cni/nodeplane-cni", 0o755),
         (repo.join("units/nodeplaned.service"), "usr/lib/systemd/system/nodeplaned.service", 0o644),
         (repo.join("units/nodeplane-health.service"), "usr/lib/systemd/system/nodeplane-health.service", 0o644),
+        (repo.join("units/nodeplaned-metrics.socket"), "usr/lib/systemd/system/nodeplaned-metrics.socket", 0o644),
         (repo.join("units/org.nodeplane.Node1.conf"), "usr/share/dbus-1/system.d/org.nodeplane.Node1.conf", 0o644),
         (repo.join("units/nodeplane-tmpfiles.conf"), "usr/lib/tmpfiles.d/nodeplane.conf", 0o644),
         (repo.join("sysctl/80-nodeplane.conf"), "usr/lib/sysctl.d/80-nodeplane.conf", 0o644),
@@ -253,6 +254,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
         Command::new("systemctl").arg(format!("--root={}", rootfs.display())).args([
             "enable",
             "nodeplaned.service",
+            "nodeplaned-metrics.socket",
             "nodeplane-health.service",
             "nodeplane-config.service",
             "nodeplane-console-status.service",

@@ -155,6 +155,7 @@ fn native_ready() -> Result<Vec<f64>, nodeplane_testkit::Error> {
             capture_stderr: true,
             journal: None,
             netns: None,
+            metrics: None,
         };
         let started = Instant::now();
         let node = Nodeplaned::spawn(&bus, launch).map_err(|e| format!("nodeplaned: {e}"))?;

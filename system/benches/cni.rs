@@ -40,6 +40,7 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
         capture_stderr: true,
         journal: None,
         netns: Some(&node.path()),
+        metrics: None,
     };
     let nodeplaned = Nodeplaned::spawn(&bus, launch)?;
     nodeplaned.wait_ready(Duration::from_secs(30)).map_err(|e| format!("{e}\n{}", nodeplaned.stderr()))?;

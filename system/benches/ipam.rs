@@ -60,6 +60,7 @@ fn bench() -> Result<(), nodeplane_testkit::Error> {
             capture_stderr: true,
             journal: None,
             netns: None,
+            metrics: None,
         };
         let node = Nodeplaned::spawn(&bus, launch)?;
         node.wait_ready(Duration::from_secs(30))?;

@@ -1,4 +1,4 @@
-//! `nodeplaned --prepare-kubelet CONFIG`: turns node.toml's `[kubernetes]`
+//! `nodeplaned --prepare CONFIG` (with [`crate::metrics_socket`]): turns node.toml's `[kubernetes]`
 //! section into what the kubelet reads, at boot (nodeplane-config.service runs
 //! it once the node's config is chosen):
 //! - `/etc/kubernetes/pki/ca.crt`, and the node's client certificate and key
@@ -36,6 +36,12 @@ const DROP_IN: &str = "run/systemd/system/nodeplaned.service.d/50-kubernetes.con
 pub struct PrepareError {
     path: PathBuf,
     source: std::io::Error,
+}
+
+impl PrepareError {
+    pub(crate) fn new(path: &Path, source: std::io::Error) -> Self {
+        PrepareError { path: path.to_owned(), source }
+    }
 }
 
 /// The kubeconfig the kubelet (and nodeplaned, for its own Node) uses.
@@ -131,7 +137,7 @@ pub fn prepare(config: &NodeConfig, root: &Path) -> Result<String, PrepareError>
         _ => "any".into(),
     };
     let unit = format!(
-        "# Written at boot by `nodeplaned --prepare-kubelet` from node.toml's [kubernetes]:\n\
+        "# Written at boot by `nodeplaned --prepare` from node.toml's [kubernetes]:\n\
          # nodeplaned reads its own Node from the API server, and nothing else over IP.\n\
          [Service]\nRestrictAddressFamilies=AF_INET AF_INET6\nIPAddressAllow={allow}\n"
     );
@@ -221,16 +227,16 @@ fn kubeconfig(cluster: &str, user: &str) -> String {
     )
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), PrepareError> {
-    let failed = |source| PrepareError { path: path.to_owned(), source };
+pub(crate) fn write(path: &Path, text: &str, mode: u32) -> Result<(), PrepareError> {
+    let failed = |source| PrepareError::new(path, source);
     std::fs::create_dir_all(path.parent().expect("a file in a directory")).map_err(failed)?;
     std::fs::write(path, text).map_err(failed)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(failed)
 }
 
-fn remove(path: &Path) -> Result<(), PrepareError> {
+pub(crate) fn remove(path: &Path) -> Result<(), PrepareError> {
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PrepareError { path: path.to_owned(), source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PrepareError::new(path, e)),
         _ => Ok(()),
     }
 }

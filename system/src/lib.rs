@@ -8,6 +8,8 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod health;
+mod http;
 pub mod kubelet;
 pub mod masquerade;
+pub mod metrics_socket;
 mod netlink;

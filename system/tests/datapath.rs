@@ -1,6 +1,7 @@
 //! The datapath inside the real `nodeplaned`, run in a node network namespace
 //! with pods: Services from the manifests directory, pod interfaces attached as
-//! found, traffic that keeps flowing while nodeplaned is killed and restarted.
+//! found, traffic that keeps flowing while nodeplaned is killed and restarted,
+//! and the metrics endpoint counting it.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use nodeplane_testkit::{Bpffs, Node, RequestLoop, node_port_manifest, privileged, service_manifest};
+use nodeplane_testkit::{
+    Bpffs, Exposition, Node, RequestLoop, Scrape, node_port_manifest, privileged, scrape, service_manifest,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 7);
 
@@ -48,6 +51,36 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     };
     assert!(eventually(Duration::from_secs(10), || map_fact().starts_with(&services)), "{}", map_fact());
 
+    // The metrics count the traffic: twenty requests through the VIP are
+    // twenty more Service flows, each translated both ways.
+    let metrics = first.metrics().address();
+    let service_flows = |s: &Scrape| s.value("nodeplane_datapath_flows_total", &[("kind", "service")]).unwrap_or(0.0);
+    let translated =
+        |s: &Scrape| s.value("nodeplane_datapath_translations_total", &[("kind", "packet")]).unwrap_or(0.0);
+    let before = scrape(metrics, Exposition::Text).unwrap();
+    assert_eq!(before.value("nodeplane_datapath_service_ports", &[]), Some(1.0), "{before:?}");
+    let state = [("component", "datapath"), ("state", "healthy")];
+    assert_eq!(before.value("nodeplane_component_state", &state), Some(1.0), "{before:?}");
+    assert_eq!(before.value("nodeplane_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert!(before.value("nodeplane_datapath_sync_duration_seconds_count", &[]) >= Some(1.0), "{before:?}");
+    assert_eq!(before.kind("nodeplane_datapath_flows"), Some("counter"));
+    for _ in 0..20 {
+        assert_eq!(client.tcp_request(VIP, 80).unwrap(), "b1");
+    }
+    // The counters are summed at each sync (200 ms here).
+    let counted = || {
+        let after = scrape(metrics, Exposition::Text).unwrap();
+        service_flows(&after) >= service_flows(&before) + 20.0 && translated(&after) >= translated(&before) + 40.0
+    };
+    assert!(eventually(Duration::from_secs(5), counted), "{:?}", scrape(metrics, Exposition::Text).unwrap());
+    // OpenMetrics too, through its strict parser.
+    let open = scrape(metrics, Exposition::OpenMetrics).unwrap();
+    assert!(open.content_type.starts_with("application/openmetrics-text; version=1.0.0"), "{}", open.content_type);
+    assert!(service_flows(&open) >= service_flows(&before) + 20.0, "{open:?}");
+    let counted_before_kill = service_flows(&open);
+    let (config, socket) =
+        (std::fs::read_to_string(first.config_path()).unwrap(), first.metrics().try_clone().unwrap());
+
     // A request loop runs while nodeplaned is SIGKILLed and started again.
     let looping = RequestLoop::start(client.clone(), VIP, 80);
     std::thread::sleep(Duration::from_millis(300));
@@ -77,7 +110,18 @@ fn services_from_manifests_reach_pods_and_survive_kill_9() {
     assert!(flows.iter().any(|f| f["direction"] == "reply" && f["rewrite"] == format!("src→{VIP}:80")), "{flows:?}");
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(manifests.path().join("web.yaml"), service_manifest("web", VIP, &[b1.ip, b2.ip])).unwrap();
-    let second = start_in(&node, &bus, &bpffs, manifests.path());
+    // A scrape while nodeplaned is down waits in the socket's queue (systemd
+    // holds the socket, as the test does here) and the next one answers it.
+    let waiting = std::thread::spawn(move || scrape(metrics, Exposition::Text));
+    std::thread::sleep(Duration::from_millis(300));
+    let second = restart_in(&node, &bus, &config, &socket);
+    let answered = waiting.join().unwrap().unwrap();
+    assert!(
+        answered.value("nodeplane_component_state", &[("component", "datapath"), ("state", "failed")]) == Some(0.0)
+    );
+    // The counters are pinned with the maps: a restart loses none.
+    let kept = || service_flows(&scrape(metrics, Exposition::Text).unwrap()) >= counted_before_kill;
+    assert!(eventually(Duration::from_secs(5), kept), "{:?}", scrape(metrics, Exposition::Text).unwrap());
     std::thread::sleep(Duration::from_millis(500));
     let replies: Vec<_> = looping.finish().into_iter().map(|(_, reply)| reply).collect();
     let failed: Vec<_> = replies.iter().filter_map(|r| r.as_ref().err()).collect();

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "UEFI firmware to boot the disk image under QEMU"),
     ("qemu-system-x86", "boots the node image (TCG)"),
     ("openssl", "the test control plane's CA and certificates"),
+    (
+        "python3-prometheus-client",
+        "the Prometheus project's parsers (text format and OpenMetrics), which the metrics tests read scrapes with",
+    ),
     ("socat", "relays a QEMU guest's connections to the test control plane's API server"),
 ];
 

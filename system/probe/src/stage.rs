@@ -22,7 +22,7 @@ use nodeplane_bus::DatapathProxy;
 use nodeplane_model::Protocol;
 use nodeplane_model::manifests::{Manifests, SelectorService, TargetPort, load_dir};
 use nodeplane_model::policy::{Labels, NamedPort};
-use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, Node, SandboxError, in_netns_at};
+use nodeplane_sandbox::{Bpffs, DbusDaemon, NamedNetns, Node, PassedSocket, SET_LISTEN_PID, SandboxError, in_netns_at};
 
 use crate::ProbeError;
 
@@ -105,6 +105,8 @@ pub struct Stage {
     pub(crate) runtime: tokio::runtime::Runtime,
     pub pods: Vec<StagedPod>,
     nodeplaned: Option<Child>,
+    /// The metrics socket nodeplaned is given, as systemd would give it.
+    metrics: PassedSocket,
     node: Node,
     bus: DbusDaemon,
     bpffs: Bpffs,
@@ -186,10 +188,12 @@ impl Stage {
             }
             None => None,
         };
+        let metrics = PassedSocket::loopback().map_err(sandbox("the metrics socket"))?;
         let mut stage = Stage {
             runtime,
             pods: Vec::new(),
             nodeplaned: None,
+            metrics,
             node,
             bus,
             bpffs,
@@ -237,6 +241,11 @@ impl Stage {
         self.bus.address()
     }
 
+    /// Where nodeplaned's metrics are served (on this machine's loopback).
+    pub fn metrics_address(&self) -> std::net::SocketAddr {
+        self.metrics.address()
+    }
+
     /// The node's network namespace (`/var/run/netns/…`).
     pub fn node_netns(&self) -> PathBuf {
         self.node.netns.path()
@@ -270,9 +279,10 @@ impl Stage {
         }
         std::fs::write(&config, text).map_err(setup("writing node.toml"))?;
         let log = std::fs::File::create(self.dir.path().join("nodeplaned.log")).map_err(setup("a log file"))?;
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net={}", self.node.netns.path().display()))
-            .arg("--")
+            .args(["--", "sh", "-c", &format!("{SET_LISTEN_PID}\nexec \"$@\""), "sh"])
             .arg(&binaries.nodeplaned)
             .arg("--config")
             .arg(&config)
@@ -281,7 +291,9 @@ impl Stage {
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        self.metrics.pass(&mut command, "metrics");
+        let child = command
             .spawn()
             .map_err(|e| ProbeError::Setup(format!("starting {}: {e}", binaries.nodeplaned.display())))?;
         self.nodeplaned = Some(child);

@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 mod datapath;
 mod kubernetes;
+mod metrics;
 
 pub use datapath::{DatapathConfig, Invalid, Routing};
 pub use kubernetes::KubernetesConfig;
+pub use metrics::{Listen, MetricsConfig};
 
 /// Where the node's configuration lives unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/nodeplane/node.toml";
@@ -28,6 +30,7 @@ pub struct NodeConfig {
     pub sysctl: SysctlConfig,
     pub ipam: IpamConfig,
     pub datapath: DatapathConfig,
+    pub metrics: MetricsConfig,
     /// How the node joins its cluster; absent, it is a standalone node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
@@ -93,6 +96,7 @@ impl NodeConfig {
         self.sysctl.validate().map_err(|i| (at("sysctl", i.field), i.message))?;
         self.ipam.validate().map_err(|i| (at("ipam", i.field), i.message))?;
         self.datapath.validate().map_err(|i| (at("datapath", &i.field), i.message))?;
+        self.metrics.validate(self.sysctl.nodeport_range).map_err(|i| (at("metrics", &i.field), i.message))?;
         if let Some(kubernetes) = &self.kubernetes {
             kubernetes.validate().map_err(|i| (at("kubernetes", &i.field), i.message))?;
         }
@@ -229,6 +233,12 @@ mod tests {
                 2,
                 "unknown variant `geneve`, expected `native` or `vxlan`",
             ),
+            ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen", 2, "expected one of `off`, `loopback`, `all`"),
+            ("[metrics]\nport = 30080\n", "metrics.port", 2, "in the NodePort range 30000-32767"),
+            ("[metrics]\nport = 10249\n", "metrics.port", 2, "kube-proxy's metrics port"),
+            ("[metrics]\nport = 9963\n", "metrics.port", 2, "Cilium's"),
+            ("[metrics]\nport = 0\n", "metrics.port", 2, "port 0"),
+            ("[metrics]\nport = 70000\n", "metrics.port", 2, "invalid value"),
             ("[nonsense]\nx = 1\n", "nonsense", 1, "unknown field `nonsense`"),
             ("[sysctl]\nnodeport_range = \n", "", 2, "string values must be quoted"),
             (

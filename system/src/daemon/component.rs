@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::metrics::{Timing, Timings};
 use crate::config::NodeConfig;
 
 /// The node's health from every component's status.
@@ -37,13 +38,17 @@ pub struct Status {
 /// Every component's status, by name.
 pub type Snapshot = BTreeMap<&'static str, Status>;
 
-/// The shared table of component statuses; observers subscribe to its changes.
+/// The shared table of component statuses; observers subscribe to its
+/// changes. With the durations the components observe, for the metrics.
 #[derive(Clone)]
-pub struct Registry(Arc<watch::Sender<Snapshot>>);
+pub struct Registry {
+    statuses: Arc<watch::Sender<Snapshot>>,
+    timings: Arc<Timings>,
+}
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry(Arc::new(watch::Sender::new(Snapshot::new())))
+        Registry { statuses: Arc::new(watch::Sender::new(Snapshot::new())), timings: Arc::default() }
     }
 }
 
@@ -56,18 +61,22 @@ impl Registry {
             last_change: SystemTime::now(),
             facts: Facts::new(),
         };
-        self.0.send_modify(|snapshot| {
+        self.statuses.send_modify(|snapshot| {
             snapshot.insert(name, status);
         });
         Reporter { name, registry: self.clone() }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.0.subscribe()
+        self.statuses.subscribe()
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.0.borrow().clone()
+        self.statuses.borrow().clone()
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.timings
     }
 }
 
@@ -83,7 +92,7 @@ impl Reporter {
     pub fn set(&self, state: State, detail: impl Into<String>) {
         let detail = detail.into();
         let name = self.name;
-        self.registry.0.send_if_modified(|snapshot| {
+        self.registry.statuses.send_if_modified(|snapshot| {
             let status = snapshot.get_mut(name).expect("reporters are registered");
             if status.state == state && status.detail == detail {
                 return false;
@@ -110,12 +119,17 @@ impl Reporter {
     /// Replaces the component's facts (not a change of state).
     pub fn set_facts(&self, facts: Facts) {
         let name = self.name;
-        self.registry.0.send_if_modified(|snapshot| {
+        self.registry.statuses.send_if_modified(|snapshot| {
             let status = snapshot.get_mut(name).expect("reporters are registered");
             let changed = status.facts != facts;
             status.facts = facts;
             changed
         });
+    }
+
+    /// Records how long one of the component's operations took.
+    pub fn observe(&self, timing: Timing, took: Duration) {
+        self.registry.timings.observe(timing, took);
     }
 }
 

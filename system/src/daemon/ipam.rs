@@ -8,6 +8,7 @@ use nodeplane_ipam::{IpamConfig, SweepCounts, SweepError, SweepReport};
 use tokio::sync::oneshot;
 
 use super::component::{Component, Fact, Facts, Reporter, State};
+use super::metrics::Timing;
 use crate::config::NodeConfig;
 
 /// A sweep asked for over D-Bus.
@@ -102,6 +103,7 @@ impl IpamComponent {
                 if !dry_run {
                     self.freed_total += report.counts.freed;
                 }
+                self.reporter.observe(Timing::Sweep, report.took);
                 self.last = Some(LastSweep {
                     at: SystemTime::now(),
                     dry_run,

@@ -27,6 +27,7 @@ mod drops;
 mod ipam;
 mod kubernetes;
 pub(crate) mod logging;
+mod metrics;
 mod notify;
 mod server;
 mod sysctl;
@@ -56,11 +57,12 @@ pub struct Args {
     /// Validate FILE, print the effective config and exit: 0 when valid, 2 when not
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
-    /// Write the kubelet's configuration (/etc/kubernetes) from FILE's
-    /// [kubernetes] section, or remove it when FILE has none, and exit: 0 when
-    /// done, 2 when FILE is invalid or a file cannot be written
+    /// Apply FILE to the node's units, at boot: the kubelet's configuration
+    /// (/etc/kubernetes) and nodeplaned's drop-in from its [kubernetes] section
+    /// (removed when it has none), the metrics socket's address from [metrics];
+    /// then exit: 0 when done, 2 when FILE is invalid or a file cannot be written
     #[arg(long, value_name = "FILE")]
-    prepare_kubelet: Option<PathBuf>,
+    prepare: Option<PathBuf>,
     /// Log filter, e.g. `debug` or `info,nodeplane::sysctl=debug` [default: $RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = logging::parse_level)]
     log_level: Option<String>,
@@ -71,10 +73,13 @@ pub fn main() -> ExitCode {
     if let Some(file) = &args.check_config {
         return config::check_file(file);
     }
-    if let Some(file) = &args.prepare_kubelet {
-        let prepared = NodeConfig::load(file)
-            .map_err(|e| e.to_string())
-            .and_then(|config| crate::kubelet::prepare(&config, Path::new("/")).map_err(|e| e.to_string()));
+    if let Some(file) = &args.prepare {
+        let prepared = NodeConfig::load(file).map_err(|e| e.to_string()).and_then(|config| {
+            let root = Path::new("/");
+            let kubelet = crate::kubelet::prepare(&config, root).map_err(|e| e.to_string())?;
+            let metrics = crate::metrics_socket::prepare(&config.metrics, root).map_err(|e| e.to_string())?;
+            Ok(format!("{kubelet}\nnodeplane: {metrics}"))
+        });
         return match prepared {
             Ok(what) => {
                 println!("nodeplane: {what}");
@@ -123,6 +128,12 @@ async fn run(args: Args) -> Result<(), DaemonError> {
     let config_path = args.config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let config = load(&config_path, explicit_path)?;
     let registry = Registry::default();
+    // Served from the start: a scrape during start-up sees the components starting.
+    let metrics = Arc::new(metrics::Metrics::new(&registry));
+    for listener in metrics::passed_listeners() {
+        let metrics = metrics.clone();
+        tokio::spawn(crate::http::serve(listener, move |request| metrics.respond(request)));
+    }
     let (reloads, mut reload_requests) = mpsc::channel(4);
     // The bus connection and the components' start are independent: both at once
     // (the datapath loads on a blocking thread), which shortens the node's boot.

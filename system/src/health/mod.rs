@@ -9,7 +9,6 @@
 //! last while nodeplaned restarts.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,8 +26,6 @@ use nodeplane_bus::{DatapathProxy, HealthCheck};
 const POLL: Duration = Duration::from_secs(1);
 /// nodeplaned silent for longer than this: the answers say unhealthy.
 const STALE: Duration = Duration::from_secs(10);
-/// A client gets this long for its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why nodeplane-health could not run, or ask nodeplaned.
 #[derive(Debug, thiserror::Error)]
@@ -167,18 +163,7 @@ async fn serve(served: &mut HashMap<u16, Served>, checks: Vec<HealthCheck>) {
 }
 
 async fn accept(listener: TcpListener, answer: watch::Receiver<Answer>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_request: Request<hyper::body::Incoming>| {
-                let response = respond(&answer.borrow());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
-        });
-    }
+    crate::http::serve(listener, move |_request: &Request<hyper::body::Incoming>| respond(&answer.borrow())).await;
 }
 
 /// kube-proxy's answer: 200 with endpoints here and a healthy proxy, else 503.

@@ -1,7 +1,7 @@
 //! Real-component fixtures for nodeplane's tests and benchmarks, a
 //! dev-dependency only: pods on a node namespace, a private containerd, the
 //! real CNI host-local plugin, `nodeplaned` processes, a notify socket standing
-//! in for systemd's and a journal stand-in, on top of `nodeplane-sandbox`'s
+//! in for systemd's, a journal stand-in and a metrics scraper, on top of `nodeplane-sandbox`'s
 //! namespaces, bpffs mounts and D-Bus daemon.
 //!
 //! Nothing here fakes a component: the daemon is `dbus-daemon`, namespaces are the
@@ -13,6 +13,7 @@ mod hostlocal;
 mod ipam;
 mod journal;
 mod manifests;
+mod metrics;
 mod notify;
 mod process;
 mod topology;
@@ -22,8 +23,9 @@ pub use hostlocal::{HOST_LOCAL, HostLocal};
 pub use ipam::{backdate, sandbox_id};
 pub use journal::{Entry, Journal, parse_entry, text};
 pub use manifests::{node_port_manifest, service_manifest};
+pub use metrics::{Exposition, Scrape, scrape};
 pub use nodeplane_sandbox::{
-    Bpffs, DbusDaemon, NamedNetns, SandboxError, enter_then, in_netns_at, in_netns_of, in_new_netns,
+    Bpffs, DbusDaemon, NamedNetns, PassedSocket, SandboxError, enter_then, in_netns_at, in_netns_of, in_new_netns,
 };
 pub use notify::NotifySocket;
 pub use process::{Launch, Nodeplaned, datapath_config};

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nodeplane_sandbox::{PassedSocket, SET_LISTEN_PID};
+
 use crate::{DbusDaemon, NotifySocket};
 
 /// How to start a [`Nodeplaned`].
@@ -28,6 +30,9 @@ pub struct Launch<'a> {
     /// Run in this existing network namespace (`/var/run/netns/NAME`) instead of a
     /// fresh one.
     pub netns: Option<&'a Path>,
+    /// The metrics socket systemd would pass (another run's, to keep it across
+    /// a restart); `None`: a new one on 127.0.0.1.
+    pub metrics: Option<&'a PassedSocket>,
 }
 
 /// A real `nodeplaned` process in a throwaway network namespace of its own (gone
@@ -38,6 +43,7 @@ pub struct Nodeplaned {
     stderr: Arc<Mutex<String>>,
     notify: NotifySocket,
     config_path: PathBuf,
+    metrics: PassedSocket,
     _dir: tempfile::TempDir,
 }
 
@@ -62,7 +68,7 @@ impl Nodeplaned {
         for (key, value) in launch.preset {
             script += &format!("printf '%s' '{value}' > '/proc/sys/{}'\n", key.replace('.', "/"));
         }
-        script += "exec \"$@\"\n";
+        script += &format!("{SET_LISTEN_PID}\nexec \"$@\"\n");
         let mut command = Command::new(if launch.netns.is_some() { "nsenter" } else { "unshare" });
         match launch.netns {
             Some(netns) => {
@@ -87,6 +93,12 @@ impl Nodeplaned {
             .stdin(Stdio::null())
             .stderr(if launch.capture_stderr { Stdio::piped() } else { Stdio::inherit() });
         command.envs(launch.env.iter().copied());
+        let metrics = match launch.metrics {
+            Some(socket) => socket.try_clone(),
+            None => PassedSocket::loopback(),
+        }
+        .map_err(io::Error::other)?;
+        metrics.pass(&mut command, "metrics");
         let mut child =
             command.spawn().map_err(|e| io::Error::new(e.kind(), format!("starting unshare (util-linux): {e}")))?;
         // Drain stderr as it comes, so a chatty daemon never blocks on a full pipe.
@@ -99,7 +111,7 @@ impl Nodeplaned {
                 }
             });
         }
-        Ok(Nodeplaned { child, stderr, notify, config_path, _dir: dir })
+        Ok(Nodeplaned { child, stderr, notify, config_path, metrics, _dir: dir })
     }
 
     pub fn pid(&self) -> u32 {
@@ -112,6 +124,11 @@ impl Nodeplaned {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The metrics socket it was given, in the caller's network namespace.
+    pub fn metrics(&self) -> &PassedSocket {
+        &self.metrics
     }
 
     /// What it has written to stderr so far (when captured).

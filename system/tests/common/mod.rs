@@ -60,6 +60,7 @@ pub fn spawn_with_journal(
             capture_stderr: true,
             journal,
             netns: None,
+            metrics: None,
         },
     )
     .expect("spawn nodeplaned")
@@ -134,6 +135,17 @@ pub fn start_in_with(
     start_with_config(node, bus, &config)
 }
 
+/// Starts nodeplaned in `node` with `config` and the metrics socket a
+/// previous run had, as systemd restarts it; waits for READY.
+pub fn restart_in(
+    node: &nodeplane_testkit::Node,
+    bus: &DbusDaemon,
+    config: &str,
+    metrics: &nodeplane_testkit::PassedSocket,
+) -> Nodeplaned {
+    launch_in_netns(&node.netns.path(), bus, config, Some(metrics))
+}
+
 /// Starts nodeplaned inside `node`'s network namespace with `config` (a whole
 /// node.toml); waits for READY.
 pub fn start_with_config(node: &nodeplane_testkit::Node, bus: &DbusDaemon, config: &str) -> Nodeplaned {
@@ -143,6 +155,15 @@ pub fn start_with_config(node: &nodeplane_testkit::Node, bus: &DbusDaemon, confi
 /// Starts nodeplaned inside the network namespace at `netns` with `config`
 /// (a whole node.toml); waits for READY.
 pub fn start_in_netns(netns: &Path, bus: &DbusDaemon, config: &str) -> Nodeplaned {
+    launch_in_netns(netns, bus, config, None)
+}
+
+fn launch_in_netns(
+    netns: &Path,
+    bus: &DbusDaemon,
+    config: &str,
+    metrics: Option<&nodeplane_testkit::PassedSocket>,
+) -> Nodeplaned {
     let launch = Launch {
         binary: Path::new(env!("CARGO_BIN_EXE_nodeplaned")),
         config,
@@ -151,6 +172,7 @@ pub fn start_in_netns(netns: &Path, bus: &DbusDaemon, config: &str) -> Nodeplane
         capture_stderr: true,
         journal: None,
         netns: Some(netns),
+        metrics,
     };
     let node = Nodeplaned::spawn(bus, launch).unwrap();
     node.wait_ready(READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", node.stderr()));

@@ -387,10 +387,10 @@ impl ApiSource {
     }
 
     /// The state read last is in the maps: how long since its oldest event.
-    pub fn applied(&mut self) {
-        if let Some(since) = self.shared.lock().expect("not poisoned").pending_since.take() {
-            self.last_delay = Some(since.elapsed());
-        }
+    pub fn applied(&mut self) -> Option<Duration> {
+        let since = self.shared.lock().expect("not poisoned").pending_since.take()?;
+        self.last_delay = Some(since.elapsed());
+        self.last_delay
     }
 
     /// Why the datapath may be behind the cluster: the API server unreachable,

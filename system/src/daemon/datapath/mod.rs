@@ -27,6 +27,7 @@ use nodeplane_model::manifests::ServicePort;
 use nodeplane_model::services::by_service;
 
 use super::component::{Component, Fact, Facts, Reporter, State};
+use super::metrics::Timing;
 use crate::config::{DatapathConfig, KubernetesConfig, NodeConfig, Routing};
 use crate::masquerade;
 use api::ApiSource;
@@ -549,14 +550,19 @@ impl DatapathComponent {
                     running.routes = None;
                 }
                 // Until the maps take them, everything is read again at the next sync.
-                let programmed = running.program_services(&read.services, read.everything, &self.config);
+                let programmed =
+                    running.program_services(&read.services, read.everything, &self.config, &self.reporter);
                 let api = running.api.as_mut().expect("followed");
-                if programmed { api.applied() } else { api.retry() }
+                if !programmed {
+                    api.retry();
+                } else if let Some(delay) = api.applied() {
+                    self.reporter.observe(Timing::ApiEventToMap, delay);
+                }
             }
         } else if let Some(changed) = running.manifests.read(&self.config.manifests_dir, force) {
             policy_inputs_changed = true;
             // Until the maps take them, the same files are read again at each sync.
-            if running.program_services(&by_service(changed.ports), true, &self.config) {
+            if running.program_services(&by_service(changed.ports), true, &self.config, &self.reporter) {
                 running.manifests.applied(changed.fingerprint);
             }
         }
@@ -778,6 +784,7 @@ impl Running {
         services: &[(String, Vec<ServicePort>)],
         everything: bool,
         config: &DatapathConfig,
+        reporter: &Reporter,
     ) -> bool {
         let started = Instant::now();
         match self.reconciler.sync(&mut self.datapath.services(), services, everything, config.node_ip) {
@@ -803,7 +810,9 @@ impl Running {
                         if everything { "" } else { "changed " },
                     );
                 }
-                self.last_sync = Some((SystemTime::now(), started.elapsed(), stats));
+                let took = started.elapsed();
+                reporter.observe(Timing::DatapathSync, took);
+                self.last_sync = Some((SystemTime::now(), took, stats));
                 true
             }
             Err(err) => {
