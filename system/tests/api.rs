@@ -66,6 +66,8 @@ fn a_service_created_scaled_changed_and_deleted_through_the_api_is_followed() {
     let facts = datapath(&stage)["facts"].clone();
     assert!(facts["api_services"].as_u64() >= Some(1), "{facts}");
     assert!(facts["api_event_to_datapath_us"].as_u64().is_some(), "{facts}");
+    let changes = metric(&stage, "nodeplane_datapath_api_event_to_map_duration_seconds_count", &[]);
+    assert!(changes >= 1.0, "no event-to-map latency observed");
 
     // Scaled: both endpoints serve.
     apply(&cluster, &web(&stage, 80, 80, &["x/b", "x/c"]));
@@ -77,6 +79,10 @@ fn a_service_created_scaled_changed_and_deleted_through_the_api_is_followed() {
         }),
         "scaled to x/b and x/c, the VIP reached {seen:?}"
     );
+
+    // Each change applied is one more observation of its latency.
+    let observed = metric(&stage, "nodeplane_datapath_api_event_to_map_duration_seconds_count", &[]);
+    assert!(observed > changes, "{observed} after the scaling, {changes} before");
 
     // Changed: the port moves; the old one no longer answers.
     apply(&cluster, &web(&stage, 81, 81, &["x/c"]));

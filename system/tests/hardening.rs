@@ -373,9 +373,12 @@ fn a_pod_sends_from_its_own_address_only() {
         packet
     };
     let before = counter(&stage, "spoofed");
+    let drops = [("reason", "spoofed")];
+    let scraped = metric(&stage, "nodeplane_datapath_drops_total", &drops);
     send_raw_ip(&stage, "x/b", spoofed(b"from x/b as x/c"));
     assert_eq!(received(&watcher), None, "x/b got a datagram to x/a as x/c");
     assert!(counter(&stage, "spoofed") > before);
+    assert!(metric(&stage, "nodeplane_datapath_drops_total", &drops) > scraped, "the metrics count it too");
     // Nor did it open x/c's flow: x/c's own datagram on that tuple is a new flow, let through.
     let conntrack = Command::new(env!("CARGO_BIN_EXE_nodeplanectl"))
         .args(["conntrack", "--json", "--bpffs-root"])

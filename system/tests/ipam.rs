@@ -60,7 +60,7 @@ async fn nodeplanectl_sweep_dry_run_then_for_real_root_only() {
     }
     let leaky = leaky(3).await;
     let bus = bus();
-    let _node = start(&bus, &leaky.config("1h"), &[]);
+    let node = start(&bus, &leaky.config("1h"), &[]);
 
     let denied = ctl_as_nobody(&bus, &["sweep"]);
     assert_eq!(denied.status.code(), Some(1));
@@ -100,6 +100,14 @@ async fn nodeplanectl_sweep_dry_run_then_for_real_root_only() {
     assert_eq!(ipam["facts"]["containerd_calls"], 4);
     assert_eq!(ipam["facts"]["last_sweep_dry_run"], "false");
     assert!(ipam["detail"].as_str().unwrap().starts_with("last sweep freed 3 of 4 reservations"), "{ipam}");
+
+    // The metrics: both sweeps timed, the real one's results.
+    let metrics = scrape(node.metrics().address(), Exposition::OpenMetrics).unwrap();
+    assert_eq!(metrics.value("nodeplane_ipam_sweeps_total", &[]), Some(2.0), "{metrics:?}");
+    assert_eq!(metrics.value("nodeplane_ipam_freed_reservations_total", &[]), Some(3.0));
+    assert_eq!(metrics.value("nodeplane_ipam_sweep_duration_seconds_count", &[]), Some(2.0));
+    assert_eq!(metrics.value("nodeplane_ipam_last_sweep_reservations", &[("result", "freed")]), Some(3.0));
+    assert_eq!(metrics.value("nodeplane_ipam_last_sweep_reservations", &[("result", "scanned")]), Some(4.0));
 }
 
 #[tokio::test(flavor = "current_thread")]

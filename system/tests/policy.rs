@@ -586,8 +586,14 @@ fn drops_are_counted_reported_on_the_bus_and_explained_per_pod() {
     std::thread::sleep(Duration::from_millis(500)); // subscribed
     let from = index(&stage, "z/b");
     let to = Destination::Pod(index(&stage, "x/a"));
+    let denied = [("direction", "ingress"), ("reason", "peer")];
+    let scraped = metric(&stage, "nodeplane_datapath_policy_drops_total", &denied);
     let outcome = stage.probe(&[Target { from, to, port: 80, protocol: Protocol::Tcp }], TIMEOUT).unwrap();
     assert!(!outcome[0].connected);
+    // Prometheus' view: the drop by its direction and reason.
+    assert!(metric(&stage, "nodeplane_datapath_policy_drops_total", &denied) > scraped);
+    let egress = [("direction", "egress"), ("reason", "peer")];
+    assert_eq!(metric(&stage, "nodeplane_datapath_policy_drops_total", &egress), 0.0);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(monitor.stdout.take().unwrap()), &mut line).unwrap();
     let _ = monitor.kill();

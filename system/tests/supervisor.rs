@@ -120,6 +120,11 @@ fn drift_is_restored_logged_with_key_and_values() {
         "{}",
         node.stderr()
     );
+    let restores = || {
+        let metrics = scrape(node.metrics().address(), Exposition::Text).unwrap();
+        metrics.value("nodeplane_sysctl_restores_total", &[])
+    };
+    assert!(eventually(Duration::from_secs(5), || restores() >= Some(1.0)), "{:?}", restores());
 }
 
 #[test]

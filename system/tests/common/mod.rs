@@ -12,7 +12,7 @@ use nodeplane_probe::{Binaries, Stage};
 use nodeplane_sysctl::{SysctlKey, kernel};
 use nodeplane_testkit::HOST_LOCAL;
 use nodeplane_testkit::{DbusDaemon, Launch, Nodeplaned, in_netns_of};
-pub use nodeplane_testkit::{Entry, Journal, eventually, parse_entry, text};
+pub use nodeplane_testkit::{Entry, Exposition, Journal, eventually, parse_entry, scrape, text};
 use serde_json::{Value, json};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -195,6 +195,14 @@ pub fn stage() -> Stage {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/examples/xyz/pods.yaml");
     std::fs::copy(examples, dir.path().join("pods.yaml")).unwrap();
     Stage::new(dir.path(), &binaries(), &|_| {}).unwrap_or_else(|e| panic!("standing up x, y, z: {e}"))
+}
+
+/// A sample of the stage's metrics endpoint, as of now (a sync publishes the
+/// counters first); 0 when absent.
+pub fn metric(stage: &Stage, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let _ = stage.sync();
+    let scrape = nodeplane_testkit::scrape(stage.metrics_address(), nodeplane_testkit::Exposition::Text).unwrap();
+    scrape.value(name, labels).unwrap_or(0.0)
 }
 
 pub fn index(stage: &Stage, pod: &str) -> usize {
