@@ -267,6 +267,19 @@ network_policy() {
 		grep -q '"service":"10.96.0.10:80"' /run/monitor.out
 }
 
+# The host scrapes the metrics endpoint through QEMU's network when asked to
+# (results/metrics-request; [metrics] listen = "all" on this boot), and
+# answers in metrics-reply. After the kill -9: systemd kept the socket.
+metrics() {
+	systemctl is-active nodeplaned-metrics.socket || return 1
+	systemctl show -P Listen nodeplaned-metrics.socket
+	echo "nodeplaned restarts: $(systemctl show -P NRestarts nodeplaned)"
+	touch "$R/metrics-request"
+	wait_for 90 test -e "$S/metrics-reply" || return 1
+	cat "$S/metrics-reply"
+	[ "$(head -n 1 "$S/metrics-reply")" = scraped ]
+}
+
 # The reachability probe, on the node, over the netpol e2e example it carries.
 probe() {
 	nodeplanectl probe /usr/share/doc/nodeplane/examples/xyz --ports 80 --protocols tcp --json >"$R/probe.json"
@@ -291,5 +304,6 @@ check node-port node_port
 check ipam ipam
 check resilience resilience
 check network-policy network_policy
+check metrics metrics
 check probe probe
 finish

@@ -16,12 +16,16 @@ use nodeplane_qemu::{Boot, Console, Firmware, GuestResults, Image, Vm, copy_disk
 /// One VM at a time: two cores, and TCG wants both.
 static BOOTS: Mutex<()> = Mutex::new(());
 
-/// The first boot's node.toml: quick re-checks, a short IPAM grace period, and
-/// the node's IP on QEMU's user network (where NodePorts are).
+/// The first boot's node.toml: quick re-checks, a short IPAM grace period,
+/// the node's IP on QEMU's user network (where NodePorts are), and metrics on
+/// every address (the host scrapes them through QEMU's network).
 const GOOD_CONFIG: &str = "[sysctl]\ncheck_interval = \"1s\"\n\n[ipam]\ngrace_period = \"1m\"\ninterval = \"1h\"\n\n\
-                           [datapath]\npod_cidr = \"10.244.0.0/24\"\nnode_ip = \"10.0.2.15\"\n";
+                           [datapath]\npod_cidr = \"10.244.0.0/24\"\nnode_ip = \"10.0.2.15\"\n\n\
+                           [metrics]\nlisten = \"all\"\n";
 /// The NodePort the first boot's script programs.
 const NODE_PORT: u16 = 30080;
+/// The metrics endpoint's port (`[metrics]`'s default).
+const METRICS_PORT: u16 = 9970;
 /// Invalid: an ephemeral range overlapping the NodePorts (and an unknown key).
 const BAD_CONFIG: &str = "[sysctl]\nephemeral_range = \"20000-40000\"\ncheck_intervall = \"1s\"\n";
 
@@ -68,7 +72,7 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, config).unwrap();
     let console = dir.path().join("console.log");
-    let host_port = free_port();
+    let (host_port, metrics_port) = (free_port(), free_port());
     let boot = Boot {
         image: &image,
         firmware: Firmware::Direct { state: state.to_owned() },
@@ -76,13 +80,13 @@ fn boot_and_run(script: &str, config: &str, state: &Path) -> Outcome {
         config: Some(&config_file),
         share: Some(&share),
         kernel_args: nodeplane_qemu::run_from_share(script),
-        forward: vec![(host_port, NODE_PORT)],
+        forward: vec![(host_port, NODE_PORT), (metrics_port, METRICS_PORT)],
         netdev: Vec::new(),
         lan: None,
     };
     let mut vm = Vm::start(boot).expect("start QEMU");
     let host_share = share.clone();
-    std::thread::spawn(move || answer_host_request(&host_share, host_port));
+    std::thread::spawn(move || answer_host_requests(&host_share, host_port, metrics_port));
     let failure = vm.wait_exit(Duration::from_secs(900)).err().map(|e| e.to_string());
     let results = GuestResults::collect(&share.join("results"));
     let failure = failure.or_else(|| results.file("done").is_none().then(|| "the guest script did not finish".into()));
@@ -94,20 +98,56 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// When the guest asks (`results/host-request`), connects from the host through
-/// QEMU's user network to the forwarded NodePort and writes the reply, or the
-/// error, to `host-reply`, for the guest to record.
-fn answer_host_request(share: &Path, host_port: u16) {
-    let (request, reply) = (share.join("results/host-request"), share.join("host-reply"));
-    while !share.join("results/done").exists() {
-        if request.exists() {
+/// When the guest asks, from the host through QEMU's user network: connects
+/// to the forwarded NodePort (`results/host-request`) and writes the reply, or
+/// the error, to `host-reply`; scrapes the forwarded metrics endpoint
+/// (`results/metrics-request`) and writes what it found to `metrics-reply`.
+/// The guest records both in its checks.
+fn answer_host_requests(share: &Path, host_port: u16, metrics_port: u16) {
+    let results = share.join("results");
+    let (mut node_port_done, mut metrics_done) = (false, false);
+    while !(node_port_done && metrics_done || results.join("done").exists()) {
+        if !node_port_done && results.join("host-request").exists() {
             let answer = nodeplane_testkit::tcp_request(std::net::Ipv4Addr::LOCALHOST, host_port)
                 .unwrap_or_else(|e| format!("error: {e}"));
-            let _ = std::fs::write(&reply, answer);
-            return;
+            let _ = std::fs::write(share.join("host-reply"), answer);
+            node_port_done = true;
+        }
+        if !metrics_done && results.join("metrics-request").exists() {
+            let _ = std::fs::write(share.join("metrics-reply"), scrape_report(metrics_port));
+            metrics_done = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Both expositions of the guest's metrics, parsed by the Prometheus
+/// project's parsers: `scraped` and `key=value` lines, or the error.
+fn scrape_report(port: u16) -> String {
+    use nodeplane_testkit::{Exposition, scrape};
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let scraped =
+        scrape(address, Exposition::Text).and_then(|text| Ok((text, scrape(address, Exposition::OpenMetrics)?)));
+    let (text, open) = match scraped {
+        Ok(both) => both,
+        Err(err) => return format!("error: {err}\n"),
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| text.value(name, labels).map_or(-1, |v| v as i64);
+    let healthy = |component| value("nodeplane_component_state", &[("component", component), ("state", "healthy")]);
+    format!(
+        "scraped\ntext_content_type={}\nopenmetrics_content_type={}\nopenmetrics_families={}\n\
+         service_flows={}\nservice_ports={}\npolicy_drops_ingress_peer={}\nconntrack_capacity={}\n\
+         datapath_healthy={}\nsysctl_healthy={}\n",
+        text.content_type,
+        open.content_type,
+        open.families.len(),
+        value("nodeplane_datapath_flows_total", &[("kind", "service")]),
+        value("nodeplane_datapath_service_ports", &[]),
+        value("nodeplane_datapath_policy_drops_total", &[("direction", "ingress"), ("reason", "peer")]),
+        value("nodeplane_datapath_conntrack_capacity", &[]),
+        healthy("datapath"),
+        healthy("sysctl"),
+    )
 }
 
 /// The state disk of the first boot, kept for the second; one file in the
@@ -227,6 +267,26 @@ fn the_reachability_probe_runs_on_the_node_and_cleans_up() {
 #[test]
 fn a_node_port_is_reachable_from_the_host_side_of_qemus_network() {
     first_boot().check("node-port");
+}
+
+/// Scraped from the host through QEMU's port forwarding, after the kill -9:
+/// the socket is systemd's, on every address as `[metrics] listen = "all"`
+/// asked, and the counters show the boot's traffic.
+#[test]
+fn the_metrics_endpoint_is_scraped_from_the_host_after_a_restart() {
+    let out = first_boot().check("metrics");
+    eprintln!("{out}");
+    let all = |l: &str| l.starts_with("[::]:9970 ") || l.starts_with("0.0.0.0:9970 ");
+    assert!(out.lines().any(all), "listening on all addresses:\n{out}");
+    assert!(out.contains("text_content_type=text/plain; version=0.0.4"), "{out}");
+    assert!(out.contains("openmetrics_content_type=application/openmetrics-text; version=1.0.0"), "{out}");
+    assert!(figure(&out, "openmetrics_families") > 20, "{out}");
+    // The resilience check's request loop alone opened hundreds of Service flows.
+    assert!(figure(&out, "service_flows") > 20, "{out}");
+    assert!(figure(&out, "service_ports") >= 2, "{out}");
+    assert!(figure(&out, "policy_drops_ingress_peer") >= 1, "{out}");
+    assert!(figure(&out, "conntrack_capacity") > 0, "{out}");
+    assert_eq!((figure(&out, "datapath_healthy"), figure(&out, "sysctl_healthy")), (1, 1), "{out}");
 }
 
 #[test]
