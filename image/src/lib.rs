@@ -3,11 +3,14 @@
 //! nodeplane's binaries, units and configuration in it, and two ways to boot it.
 //!
 //! Outputs, in the output directory:
-//! - `nodeplane.img`: a UEFI-bootable GPT disk (ESP with systemd-boot, kernel and
-//!   initrd; the erofs root; a blank state partition that becomes `/var` on first
-//!   boot);
+//! - `nodeplane.img`: a UEFI-bootable GPT disk: the ESP (systemd-boot, each
+//!   slot's kernel, initrd and boot entry), two slots of a root and its
+//!   dm-verity hash tree (slot a holds this image and its entry the root hash;
+//!   slot b is blank, for updates), and a blank state partition that becomes
+//!   `/var` on first boot;
 //! - `vmlinuz`, `initrd.img`, `root.erofs` and `state.img` (a blank state disk) for
-//!   direct kernel boot, as the boot tests do.
+//!   direct kernel boot, as the boot tests do (no hash tree: unverified);
+//! - `root.verity` and `root.roothash`: the root's hash tree and root hash.
 //!
 //! The debootstrapped base is cached under the cache directory, keyed by the
 //! package list, so a rebuild without package changes only re-lays nodeplane's
@@ -28,11 +31,22 @@ const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Bumped when the way the base is made changes, so old caches are not reused.
 const BASE_RECIPE: u32 = 2;
-/// The partition names the image's fstab and boot entry refer to.
-pub const ROOT_LABEL: &str = "nodeplane-root";
+/// A slot's partition names, which the boot entries and the initramfs use.
+pub fn root_label(slot: &str) -> String {
+    format!("nodeplane-root-{slot}")
+}
+pub fn verity_label(slot: &str) -> String {
+    format!("nodeplane-verity-{slot}")
+}
 pub const STATE_LABEL: &str = "nodeplane-state";
 /// Size of the state partition (and of the blank state disk): `/var` grows into it.
 const STATE_BYTES: u64 = 1 << 30;
+/// Each slot's root partition: room for roots well past today's 300 MiB.
+const ROOT_SLOT_BYTES: u64 = 1 << 30;
+/// Each slot's hash tree partition (a 1 GiB root's tree takes 8 MiB).
+const VERITY_SLOT_BYTES: u64 = 16 << 20;
+/// The ESP: systemd-boot and both slots' kernels and initrds.
+const ESP_BYTES: u64 = 128 << 20;
 const MIB: u64 = 1 << 20;
 /// Kernel command line shared by both ways to boot (root= comes on top).
 pub const KERNEL_ARGS: &str = "console=ttyS0 ro rootfstype=erofs panic=-1";
@@ -52,6 +66,8 @@ pub enum ImageError {
     PackageList { path: PathBuf, entry: String },
     #[error("no kernel in {}", .0.display())]
     NoKernel(PathBuf),
+    #[error("{} ({bytes} bytes) does not fit its partition ({partition} bytes)", file.display())]
+    TooLarge { file: PathBuf, bytes: u64, partition: u64 },
 }
 
 /// An I/O failure at `path`.
@@ -92,6 +108,15 @@ impl Image {
     pub fn root(&self) -> PathBuf {
         self.dir.join("root.erofs")
     }
+    /// The root's dm-verity hash tree.
+    pub fn verity(&self) -> PathBuf {
+        self.dir.join("root.verity")
+    }
+    /// The root hash of [`Image::verity`], in hex.
+    pub fn root_hash(&self) -> Result<String, ImageError> {
+        let path = self.dir.join("root.roothash");
+        Ok(std::fs::read_to_string(&path).map_err(io(&path))?.trim().to_owned())
+    }
     pub fn disk(&self) -> PathBuf {
         self.dir.join("nodeplane.img")
     }
@@ -102,7 +127,9 @@ impl Image {
     }
     /// Whether every file is there.
     pub fn complete(&self) -> bool {
-        [self.kernel(), self.initrd(), self.root(), self.disk(), self.state_template()].iter().all(|p| p.is_file())
+        [self.kernel(), self.initrd(), self.root(), self.verity(), self.disk(), self.state_template()]
+            .iter()
+            .all(|p| p.is_file())
     }
 }
 
@@ -124,11 +151,24 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, ImageError> {
     copy(&rootfs.join(format!("boot/vmlinuz-{kernel_version}")), &image.kernel())?;
     copy(&rootfs.join(format!("boot/initrd.img-{kernel_version}")), &image.initrd())?;
     make_root(&rootfs, &image.root(), &kernel_version)?;
+    make_verity(&image)?;
     let esp = out.join("esp.img");
     make_esp(&rootfs, &image, &esp)?;
-    make_disk(&image.disk(), &[(&esp, Part::Esp), (&image.root(), Part::Root)], STATE_BYTES)?;
+    let (root, verity) = (image.root(), image.verity());
+    let state = || Part { label: STATE_LABEL.into(), kind: VAR_TYPE, bytes: STATE_BYTES, file: None };
+    make_disk(
+        &image.disk(),
+        &[
+            Part { label: "ESP".into(), kind: ESP_TYPE, bytes: ESP_BYTES, file: Some(&esp) },
+            Part { label: root_label("a"), kind: ROOT_TYPE, bytes: ROOT_SLOT_BYTES, file: Some(&root) },
+            Part { label: verity_label("a"), kind: VERITY_TYPE, bytes: VERITY_SLOT_BYTES, file: Some(&verity) },
+            Part { label: root_label("b"), kind: ROOT_TYPE, bytes: ROOT_SLOT_BYTES, file: None },
+            Part { label: verity_label("b"), kind: VERITY_TYPE, bytes: VERITY_SLOT_BYTES, file: None },
+            state(),
+        ],
+    )?;
     std::fs::remove_file(&esp).map_err(io(&esp))?;
-    make_disk(&image.state_template(), &[], STATE_BYTES)?;
+    make_disk(&image.state_template(), &[state()])?;
     Ok(image)
 }
 
@@ -338,39 +378,60 @@ fn make_root(rootfs: &Path, root: &Path, kernel_version: &str) -> Result<(), Ima
     )
 }
 
-/// The EFI system partition: systemd-boot as the removable-media loader, booting
-/// the kernel with the root partition found by its label.
+/// The root's dm-verity hash tree and root hash (`veritysetup format`).
+fn make_verity(image: &Image) -> Result<(), ImageError> {
+    let _ = std::fs::remove_file(image.verity());
+    let root_hash = image.dir.join("root.roothash");
+    run(
+        "make the root's hash tree",
+        Command::new("veritysetup")
+            .arg("format")
+            .arg(image.root())
+            .arg(image.verity())
+            .arg(format!("--root-hash-file={}", root_hash.display())),
+    )
+}
+
+/// Slot `slot`'s boot entry (Boot Loader Specification, type #1): its kernel
+/// and initrd on the ESP, its root opened through dm-verity by the initramfs
+/// with `root_hash`.
+pub fn boot_entry(slot: &str, root_hash: &str) -> String {
+    format!(
+        "title nodeplane (slot {slot})\nlinux /EFI/nodeplane/{slot}/vmlinuz\ninitrd /EFI/nodeplane/{slot}/initrd.img\n\
+         options root=/dev/mapper/root nodeplane.slot={slot} nodeplane.verity={root_hash} {KERNEL_ARGS}\n"
+    )
+}
+
+/// The EFI system partition: systemd-boot as the removable-media loader, and
+/// slot a's kernel, initrd and entry.
 fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), ImageError> {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io(p));
-    let bytes = (size(&image.kernel())? + size(&image.initrd())? + 16 * MIB).max(64 * MIB);
     let _ = std::fs::remove_file(esp);
     run(
         "make the ESP",
-        Command::new("mkfs.vfat").args(["-F", "32", "-n", "NODEPLANE", "-C"]).arg(esp).arg((bytes / 1024).to_string()),
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "NODEPLANE", "-C"])
+            .arg(esp)
+            .arg((ESP_BYTES / 1024).to_string()),
     )?;
-    let loader = "timeout 0\ndefault nodeplane.conf\n";
-    let entry = format!(
-        "title nodeplane\nlinux /vmlinuz\ninitrd /initrd.img\noptions root=PARTLABEL={ROOT_LABEL} {KERNEL_ARGS}\n"
-    );
     let text = tempfile_dir(esp)?;
-    std::fs::write(text.join("loader.conf"), loader).map_err(io(&text))?;
-    std::fs::write(text.join("nodeplane.conf"), entry).map_err(io(&text))?;
+    std::fs::write(text.join("loader.conf"), "timeout 0\n").map_err(io(&text))?;
+    std::fs::write(text.join("nodeplane-a.conf"), boot_entry("a", &image.root_hash()?)).map_err(io(&text))?;
     let mtools = |args: &[&std::ffi::OsStr]| {
         let mut command = Command::new(args[0]);
         command.arg("-i").arg(esp).args(&args[1..]);
         run(&format!("{} on the ESP", args[0].to_string_lossy()), &mut command)
     };
     let os = |s: &str| std::ffi::OsString::from(s);
-    for dir in ["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"] {
+    for dir in ["::/EFI", "::/EFI/BOOT", "::/EFI/nodeplane", "::/EFI/nodeplane/a", "::/loader", "::/loader/entries"] {
         mtools(&[&os("mmd"), &os(dir)])?;
     }
     let boot_efi = rootfs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     let copies: [(PathBuf, &str); 5] = [
         (boot_efi, "::/EFI/BOOT/BOOTX64.EFI"),
-        (image.kernel(), "::/vmlinuz"),
-        (image.initrd(), "::/initrd.img"),
+        (image.kernel(), "::/EFI/nodeplane/a/vmlinuz"),
+        (image.initrd(), "::/EFI/nodeplane/a/initrd.img"),
         (text.join("loader.conf"), "::/loader/loader.conf"),
-        (text.join("nodeplane.conf"), "::/loader/entries/nodeplane.conf"),
+        (text.join("nodeplane-a.conf"), "::/loader/entries/nodeplane-a.conf"),
     ];
     for (from, to) in copies {
         mtools(&[&os("mcopy"), from.as_os_str(), &os(to)])?;
@@ -386,34 +447,43 @@ fn tempfile_dir(near: &Path) -> Result<PathBuf, ImageError> {
     Ok(dir)
 }
 
-#[derive(Clone, Copy)]
-enum Part {
-    Esp,
-    Root,
+/// GPT partition types (the Discoverable Partitions Specification's).
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"; // Linux root (x86-64)
+const VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"; // Linux root verity (x86-64)
+const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"; // Linux /var
+
+/// A partition of a disk being made: blank, or `file` copied in.
+struct Part<'a> {
+    label: String,
+    kind: &'static str,
+    bytes: u64,
+    file: Option<&'a Path>,
 }
 
-/// A GPT disk holding `parts` (files copied in, in order), then a blank state
-/// partition of `state_bytes`. Sparse: the blank part takes no space.
-fn make_disk(disk: &Path, parts: &[(&Path, Part)], state_bytes: u64) -> Result<(), ImageError> {
-    const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-    const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"; // Linux root (x86-64)
-    const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"; // Linux /var
+/// A GPT disk of `parts`, in order. Sparse: blank space takes none.
+fn make_disk(disk: &Path, parts: &[Part<'_>]) -> Result<(), ImageError> {
     let mut script = String::from("label: gpt\n");
     let mut layout = Vec::new();
     let mut offset = MIB;
-    for (file, part) in parts {
-        let len = std::fs::metadata(file).map_err(io(file))?.len();
-        let size = len.div_ceil(MIB) * MIB;
-        let (kind, name) = match part {
-            Part::Esp => (ESP_TYPE, "ESP"),
-            Part::Root => (ROOT_TYPE, ROOT_LABEL),
-        };
-        script += &format!("start={}, size={}, type={kind}, name=\"{name}\"\n", offset / 512, size / 512);
-        layout.push((*file, offset));
-        offset += size;
+    for part in parts {
+        if let Some(file) = part.file {
+            let len = std::fs::metadata(file).map_err(io(file))?.len();
+            if len > part.bytes {
+                return Err(ImageError::TooLarge { file: file.to_owned(), bytes: len, partition: part.bytes });
+            }
+            layout.push((file, offset));
+        }
+        script += &format!(
+            "start={}, size={}, type={}, name=\"{}\"\n",
+            offset / 512,
+            part.bytes / 512,
+            part.kind,
+            part.label
+        );
+        offset += part.bytes;
     }
-    script += &format!("start={}, size={}, type={VAR_TYPE}, name=\"{STATE_LABEL}\"\n", offset / 512, state_bytes / 512);
-    let total = offset + state_bytes + MIB; // room for the backup GPT
+    let total = offset + MIB; // room for the backup GPT
     let _ = std::fs::remove_file(disk);
     let file = std::fs::File::create(disk).map_err(io(disk))?;
     file.set_len(total).map_err(io(disk))?;

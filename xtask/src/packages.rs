@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "netfilter rules dropping ctstate INVALID on every test node, as kube-proxy hosts have"),
     ("debootstrap", "the node image's Debian base"),
     ("erofs-utils", "mkfs.erofs: the image's read-only compressed root"),
+    ("cryptsetup-bin", "veritysetup: the root's dm-verity hash tree"),
     ("dosfstools", "mkfs.vfat: the disk image's EFI system partition"),
     ("mtools", "mcopy: files onto the ESP without mounting it"),
     ("fdisk", "sfdisk: the disk image's GPT"),
