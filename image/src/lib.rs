@@ -87,6 +87,8 @@ pub struct Inputs {
     pub upstream_cache: PathBuf,
     /// `nodeplane-echo`, built static: the test container image's program.
     pub echo: PathBuf,
+    /// The image's version (`0.1.0+COMMIT`): its boot entry's and its bundle's.
+    pub version: String,
 }
 
 /// The built image's files.
@@ -120,6 +122,10 @@ impl Image {
     pub fn disk(&self) -> PathBuf {
         self.dir.join("nodeplane.img")
     }
+    /// The update bundle (`nodeplanectl update`).
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("nodeplane-update.tar")
+    }
     /// A blank state disk (GPT, one `nodeplane-state` partition) to copy for a
     /// direct boot.
     pub fn state_template(&self) -> PathBuf {
@@ -127,7 +133,7 @@ impl Image {
     }
     /// Whether every file is there.
     pub fn complete(&self) -> bool {
-        [self.kernel(), self.initrd(), self.root(), self.verity(), self.disk(), self.state_template()]
+        [self.kernel(), self.initrd(), self.root(), self.verity(), self.disk(), self.bundle(), self.state_template()]
             .iter()
             .all(|p| p.is_file())
     }
@@ -152,8 +158,9 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Image, ImageError> {
     copy(&rootfs.join(format!("boot/initrd.img-{kernel_version}")), &image.initrd())?;
     make_root(&rootfs, &image.root(), &kernel_version)?;
     make_verity(&image)?;
+    make_bundle(&image, &inputs.version)?;
     let esp = out.join("esp.img");
-    make_esp(&rootfs, &image, &esp)?;
+    make_esp(&rootfs, &image, &esp, &inputs.version)?;
     let (root, verity) = (image.root(), image.verity());
     let state = || Part { label: STATE_LABEL.into(), kind: VAR_TYPE, bytes: STATE_BYTES, file: None };
     make_disk(
@@ -259,7 +266,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
     eprintln!("==> install nodeplane");
     let repo = &inputs.repo;
     let examples = repo.join("system/probe/examples/xyz");
-    let files: [(PathBuf, &str, u32); 14] = [
+    let files: [(PathBuf, &str, u32); 15] = [
         (inputs.binaries.join("nodeplaned"), "usr/bin/nodeplaned", 0o755),
         (inputs.binaries.join("nodeplane-health"), "usr/bin/nodeplane-health", 0o755),
         (inputs.binaries.join("nodeplanectl"), "usr/bin/nodeplanectl", 0o755),
@@ -267,6 +274,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
         (repo.join("units/nodeplaned.service"), "usr/lib/systemd/system/nodeplaned.service", 0o644),
         (repo.join("units/nodeplane-health.service"), "usr/lib/systemd/system/nodeplane-health.service", 0o644),
         (repo.join("units/nodeplaned-metrics.socket"), "usr/lib/systemd/system/nodeplaned-metrics.socket", 0o644),
+        (repo.join("units/nodeplane-boot-check.service"), "usr/lib/systemd/system/nodeplane-boot-check.service", 0o644),
         (repo.join("units/org.nodeplane.Node1.conf"), "usr/share/dbus-1/system.d/org.nodeplane.Node1.conf", 0o644),
         (repo.join("units/nodeplane-tmpfiles.conf"), "usr/lib/tmpfiles.d/nodeplane.conf", 0o644),
         (repo.join("sysctl/80-nodeplane.conf"), "usr/lib/sysctl.d/80-nodeplane.conf", 0o644),
@@ -287,6 +295,8 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
         Command::new("cp").arg("-a").arg("--no-preserve=ownership").arg(repo.join("image/rootfs/.")).arg(rootfs),
     )?;
     std::fs::create_dir_all(rootfs.join("etc/nodeplane/manifests")).map_err(io(rootfs))?;
+    // Where fstab mounts the ESP: updates write there, systemd-bless-boot renames there.
+    std::fs::create_dir_all(rootfs.join("efi")).map_err(io(rootfs))?;
     // Empty: systemd makes a machine id at each boot (the overlay /etc is volatile).
     std::fs::write(rootfs.join("etc/machine-id"), "").map_err(io(rootfs))?;
     run(
@@ -295,6 +305,7 @@ fn install_nodeplane(inputs: &Inputs, rootfs: &Path) -> Result<(), ImageError> {
             "enable",
             "nodeplaned.service",
             "nodeplaned-metrics.socket",
+            "nodeplane-boot-check.service",
             "nodeplane-health.service",
             "nodeplane-config.service",
             "nodeplane-console-status.service",
@@ -394,17 +405,66 @@ fn make_verity(image: &Image) -> Result<(), ImageError> {
 
 /// Slot `slot`'s boot entry (Boot Loader Specification, type #1): its kernel
 /// and initrd on the ESP, its root opened through dm-verity by the initramfs
-/// with `root_hash`.
-pub fn boot_entry(slot: &str, root_hash: &str) -> String {
+/// with `root_hash`; `generation` orders entries (the highest good one boots).
+/// The twin of `nodeplanectl update`'s (`nodeplane::slots::entry`), which a
+/// test compares.
+pub fn boot_entry(slot: &str, version: &str, generation: u64, root_hash: &str) -> String {
     format!(
-        "title nodeplane (slot {slot})\nlinux /EFI/nodeplane/{slot}/vmlinuz\ninitrd /EFI/nodeplane/{slot}/initrd.img\n\
+        "title nodeplane {version} (slot {slot})\n# nodeplane-version {version}\nsort-key nodeplane\nversion {generation}\n\
+         linux /EFI/nodeplane/{slot}/vmlinuz\ninitrd /EFI/nodeplane/{slot}/initrd.img\n\
          options root=/dev/mapper/root nodeplane.slot={slot} nodeplane.verity={root_hash} {KERNEL_ARGS}\n"
     )
 }
 
+/// The update bundle: `manifest.json` (format 1: version, root hash, kernel
+/// arguments, each file's size and SHA-256), then the root, its hash tree,
+/// the kernel and the initrd, as a tar in that order (`nodeplanectl update`
+/// streams it).
+fn make_bundle(image: &Image, version: &str) -> Result<(), ImageError> {
+    const FILES: [&str; 4] = ["root.erofs", "root.verity", "vmlinuz", "initrd.img"];
+    let mut files = Vec::new();
+    for name in FILES {
+        let path = image.dir.join(name);
+        let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+        files.push(format!("{{\"name\":\"{name}\",\"bytes\":{bytes},\"sha256\":\"{}\"}}", sha256(&path)?));
+    }
+    let manifest = format!(
+        "{{\"format\":1,\"version\":\"{version}\",\"root_hash\":\"{}\",\"kernel_args\":\"{KERNEL_ARGS}\",\"files\":[{}]}}\n",
+        image.root_hash()?,
+        files.join(",")
+    );
+    let path = image.dir.join("manifest.json");
+    std::fs::write(&path, manifest).map_err(io(&path))?;
+    let _ = std::fs::remove_file(image.bundle());
+    run(
+        "make the update bundle",
+        Command::new("tar")
+            .args(["--create", "--format=gnu", "--owner=0", "--group=0", "--numeric-owner", "--file"])
+            .arg(image.bundle())
+            .arg("-C")
+            .arg(&image.dir)
+            .arg("manifest.json")
+            .args(FILES),
+    )
+}
+
+/// The SHA-256 of the file at `path`, in hex (`sha256sum`).
+fn sha256(path: &Path) -> Result<String, ImageError> {
+    let out = Command::new("sha256sum").arg(path).output().map_err(|source| ImageError::Spawn {
+        what: "sha256sum".into(),
+        program: "sha256sum".into(),
+        source,
+    })?;
+    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned();
+    if !out.status.success() || hex.len() != 64 {
+        return Err(ImageError::Failed { what: format!("sha256sum {}", path.display()), status: out.status });
+    }
+    Ok(hex)
+}
+
 /// The EFI system partition: systemd-boot as the removable-media loader, and
 /// slot a's kernel, initrd and entry.
-fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), ImageError> {
+fn make_esp(rootfs: &Path, image: &Image, esp: &Path, version: &str) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(esp);
     run(
         "make the ESP",
@@ -415,7 +475,8 @@ fn make_esp(rootfs: &Path, image: &Image, esp: &Path) -> Result<(), ImageError> 
     )?;
     let text = tempfile_dir(esp)?;
     std::fs::write(text.join("loader.conf"), "timeout 0\n").map_err(io(&text))?;
-    std::fs::write(text.join("nodeplane-a.conf"), boot_entry("a", &image.root_hash()?)).map_err(io(&text))?;
+    let entry = boot_entry("a", version, 1, &image.root_hash()?);
+    std::fs::write(text.join("nodeplane-a.conf"), entry).map_err(io(&text))?;
     let mtools = |args: &[&std::ffi::OsStr]| {
         let mut command = Command::new(args[0]);
         command.arg("-i").arg(esp).args(&args[1..]);

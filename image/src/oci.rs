@@ -74,15 +74,7 @@ fn tar(dir: &Path, out: &Path) -> Result<(), ImageError> {
 fn add_blob(blobs: &Path, data: &[u8]) -> Result<(String, usize), ImageError> {
     let scratch = blobs.join("incoming");
     std::fs::write(&scratch, data).map_err(io(&scratch))?;
-    let out = Command::new("sha256sum").arg(&scratch).output().map_err(|source| ImageError::Spawn {
-        what: "sha256sum".into(),
-        program: "sha256sum".into(),
-        source,
-    })?;
-    let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned();
-    if !out.status.success() || hex.len() != 64 {
-        return Err(ImageError::Failed { what: format!("sha256sum {}", scratch.display()), status: out.status });
-    }
+    let hex = crate::sha256(&scratch)?;
     let blob = blobs.join(&hex);
     std::fs::rename(&scratch, &blob).map_err(io(&blob))?;
     Ok((format!("sha256:{hex}"), data.len()))

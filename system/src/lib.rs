@@ -13,3 +13,4 @@ pub mod kubelet;
 pub mod masquerade;
 pub mod metrics_socket;
 mod netlink;
+pub mod slots;

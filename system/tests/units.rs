@@ -81,3 +81,14 @@ fn systemd_analyze_rates_the_health_unit_exposure_at_most_2_0() {
         assert!(text.lines().any(|l| l.trim() == expected), "missing {expected}");
     }
 }
+
+/// The image build writes slot a's boot entry and `nodeplanectl update` the
+/// next slot's: one format, twice.
+#[test]
+fn the_image_and_the_updater_write_boot_entries_alike() {
+    let hash = "ab".repeat(32);
+    assert_eq!(
+        nodeplane_image::boot_entry("a", "0.1.0+abc", 1, &hash),
+        nodeplane::slots::entry("a", "0.1.0+abc", 1, &hash, nodeplane_image::KERNEL_ARGS)
+    );
+}

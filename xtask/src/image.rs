@@ -19,6 +19,25 @@ pub fn out_dir() -> PathBuf {
     crate::target_dir().join("image")
 }
 
+/// The image's version: the workspace's, and the commit it is built from
+/// (`+dirty` with uncommitted changes).
+fn version() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(crate::root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
+    format!("{}+{commit}{}", env!("CARGO_PKG_VERSION"), if dirty { ".dirty" } else { "" })
+}
+
 /// Builds the image (the base comes from the cache when the package list is unchanged).
 pub fn build() -> Result<Image, String> {
     crate::packages::ensure()?;
@@ -43,6 +62,7 @@ pub fn build() -> Result<Image, String> {
         cache: cache_dir().join("image"),
         upstream_cache: cache_dir(),
         echo: crate::target_dir().join(HOST).join("release/nodeplane-echo"),
+        version: version(),
     };
     let image = nodeplane_image::build(&inputs, &out_dir()).map_err(|e| e.to_string())?;
     let size = |p: PathBuf| std::fs::metadata(&p).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);

@@ -15,6 +15,7 @@ mod reload;
 mod services;
 mod status;
 mod sweep;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,21 @@ enum Command {
         #[arg(long, value_name = "KUBECONFIG")]
         api: Option<PathBuf>,
     },
+    /// Write an update bundle (`cargo xtask image` makes one) to the disk image's slot not booted, verify it,
+    /// and make it the next boot's with TRIES boots to come up healthy, else the booted slot boots again (root only)
+    Update {
+        /// The bundle: a tar of manifest.json, root.erofs, root.verity, vmlinuz, initrd.img
+        file: PathBuf,
+        /// Boots the new slot gets to prove itself (nodeplane-boot-check.service) before the old one comes back
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        tries: u32,
+    },
+    /// Wait until this boot is good (nodeplaned healthy; the Node registered when joining a cluster); exit 0
+    /// when it is, 1 after TIMEOUT. nodeplane-boot-check.service runs it to mark an updated slot good
+    BootCheck {
+        #[arg(long, default_value = "5min", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Stream the connection attempts NetworkPolicy drops, as they happen (root only; Ctrl-C ends)
     Monitor {
         /// One JSON object per line instead of text
@@ -141,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Services { maps } => return services::services(&maps.source(), maps.json),
         Command::Endpoints { maps } => return endpoints::endpoints(&maps.source(), maps.json),
         Command::Conntrack { maps } => return conntrack::conntrack(&maps.source(), maps.json),
+        Command::Update { file, tries } => return update::run(file, *tries),
         Command::Probe { dir, json, services, ports, protocols, timeout, api } => {
             let selection =
                 nodeplane_probe::Selection { services: *services, ports: ports.clone(), protocols: protocols.clone() };
@@ -163,7 +180,9 @@ pub fn main() -> ExitCode {
             Command::Sweep { dry_run } => sweep::sweep(&connection, dry_run).await,
             Command::Policy { pod, json } => policy::pod_policy(&connection, &pod, json).await,
             Command::Monitor { json } => monitor::monitor(&connection, json).await,
-            Command::CheckConfig { .. }
+            Command::BootCheck { timeout } => status::boot_check(&connection, timeout).await,
+            Command::Update { .. }
+            | Command::CheckConfig { .. }
             | Command::Services { .. }
             | Command::Endpoints { .. }
             | Command::Conntrack { .. }

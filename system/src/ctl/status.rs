@@ -10,6 +10,7 @@ use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
 use super::UNREACHABLE;
+use crate::slots;
 
 #[derive(Serialize)]
 pub(super) struct NodeStatus {
@@ -20,6 +21,33 @@ pub(super) struct NodeStatus {
     /// systemd answers on the bus).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceStatus>,
+    /// The disk image's slots, on a node booted from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Slots>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Slots {
+    pub booted: String,
+    pub slots: Vec<slots::Slot>,
+    /// Why the booted slot is not the newest: the newer one went bad.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
+    /// Why the slots could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The slots, when this boot came from one (never touching /efi otherwise:
+/// its automount would wait for an ESP a direct boot does not have).
+fn read_slots() -> Option<Slots> {
+    let booted = slots::booted(&std::fs::read_to_string("/proc/cmdline").ok()?)?;
+    let (slots, error) = match slots::read(std::path::Path::new(slots::ESP)) {
+        Ok(slots) => (slots, None),
+        Err(err) => (Vec::new(), Some(format!("reading {}: {err}", slots::entries_dir(slots::ESP.as_ref()).display()))),
+    };
+    let rolled_back = slots::rolled_back(&slots, &booted);
+    Some(Slots { booted, slots, rolled_back, error })
 }
 
 /// The units beside nodeplaned that make a node.
@@ -65,7 +93,7 @@ pub(super) async fn fetch(connection: &Connection) -> zbus::Result<NodeStatus> {
             services.push(service);
         }
     }
-    Ok(NodeStatus { health, version: node.version().await?, components, services })
+    Ok(NodeStatus { health, version: node.version().await?, components, services, slots: read_slots() })
 }
 
 /// `unit`'s state from systemd (LoadUnit: also for a unit nothing started).
@@ -116,7 +144,66 @@ fn table(status: &NodeStatus) -> String {
             out += &format!("{:10}  {} ({})\n", s.name, s.active, s.sub);
         }
     }
+    if let Some(slots) = &status.slots {
+        out += "\nSLOT  VERSION                    STATE\n";
+        for slot in &slots.slots {
+            let booted = if slot.name == slots.booted { " (booted)" } else { "" };
+            out += &format!("{:4}  {:25}  {}{booted}\n", slot.name, slot.version, slot.health);
+        }
+        if let Some(error) = &slots.error {
+            out += &format!("slots: {error}\n");
+        }
+        if let Some(rolled_back) = &slots.rolled_back {
+            out += &format!("{rolled_back}\n");
+        }
+    }
     out
+}
+
+/// `nodeplanectl boot-check`: whether this boot is good, for
+/// `nodeplane-boot-check.service` (which gates boot-complete.target, where
+/// systemd-bless-boot marks a counted slot good): nodeplaned healthy and,
+/// on a node that joins a cluster, its Node registered (the `kubernetes`
+/// component read its pod CIDR). Waits up to `timeout`; says why not.
+pub(super) async fn boot_check(connection: &Connection, timeout: std::time::Duration) -> ExitCode {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = String::new();
+    loop {
+        let why_not = match fetch(connection).await {
+            Err(err) => format!("nodeplaned does not answer: {err}"),
+            Ok(status) if status.health != State::Healthy => {
+                let unwell: Vec<String> = status
+                    .components
+                    .iter()
+                    .filter(|c| c.state != State::Healthy)
+                    .map(|c| format!("{} {}: {}", c.name, c.state, c.detail))
+                    .collect();
+                format!("the node is {}: {}", status.health, unwell.join("; "))
+            }
+            Ok(status) => {
+                let kubernetes = status.components.iter().find(|c| c.name == "kubernetes");
+                let joining = kubernetes.is_some_and(|c| c.facts.contains_key("api_server"));
+                if joining && !kubernetes.is_some_and(|c| c.facts.contains_key("pod_cidr")) {
+                    "the kubelet has not registered the Node yet (no pod CIDR read from it)".to_owned()
+                } else {
+                    println!(
+                        "boot-check: this boot is good: the node is healthy{}",
+                        if joining { " and its Node registered" } else { "" }
+                    );
+                    return ExitCode::SUCCESS;
+                }
+            }
+        };
+        if why_not != said {
+            println!("boot-check: not yet: {why_not}");
+            said = why_not;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("boot-check: this boot is not good after {}: {said}", humantime::format_duration(timeout));
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// `2026-11-28T07:30:01Z` → `07:30:01 (3m ago)`.
