@@ -331,12 +331,13 @@ mod tests {
         }
     }
 
+    /// A bundle's members, by name.
+    type Files = Vec<(String, Vec<u8>)>;
+    /// A change to a bundle's manifest or members before it is packed.
+    type Edit = Box<dyn Fn(&mut serde_json::Value, &mut Files)>;
+
     /// A bundle of a `root` (with a real hash tree), `edit`ed before it is packed.
-    fn bundle(
-        dir: &Path,
-        root: &[u8],
-        edit: impl FnOnce(&mut serde_json::Value, &mut Vec<(String, Vec<u8>)>),
-    ) -> PathBuf {
+    fn bundle(dir: &Path, root: &[u8], edit: impl FnOnce(&mut serde_json::Value, &mut Files)) -> PathBuf {
         let work = dir.join("bundle");
         std::fs::create_dir_all(&work).unwrap();
         std::fs::write(work.join("root.erofs"), root).unwrap();
