@@ -70,3 +70,12 @@ finish() {
 	collect
 	systemctl poweroff
 }
+
+# collect_then ACTION: this boot's journal, synced, then `systemctl ACTION`
+# (reboot or poweroff), not done: the host boots the VM again (a reboot ends
+# QEMU too: -no-reboot).
+collect_then() {
+	journalctl -b --no-pager >"$R/journal-$(wc -l <"$R/boots").txt" 2>&1
+	sync
+	systemctl "$1"
+}

@@ -390,3 +390,156 @@ fn a_root_with_one_flipped_byte_is_refused() {
     assert!(console.contains("data block 0 is corrupted"), "{tail}");
     assert!(!console.contains("nodeplane status"), "{tail}");
 }
+
+/// Appends `options` to the `options` line of `entry` on the ESP of `disk`.
+fn add_entry_options(disk: &Path, entry: &str, options: &str) {
+    let esp = format!("{}@@{}", disk.display(), partition_offset(disk, "ESP"));
+    let path = format!("::/loader/entries/{entry}");
+    let out = std::process::Command::new("mtype").args(["-i", &esp, &path]).output().expect("mtype (mtools)");
+    assert!(out.status.success(), "{out:?}");
+    let text: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| if l.starts_with("options ") { format!("{l} {options}\n") } else { format!("{l}\n") })
+        .collect();
+    let scratch = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(scratch.path(), text).unwrap();
+    let out = std::process::Command::new("mcopy")
+        .args(["-o", "-i", &esp])
+        .arg(scratch.path())
+        .arg(&path)
+        .output()
+        .expect("mcopy (mtools)");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Flips one bit of the byte at `at` in `disk`.
+fn flip_byte(disk: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::File::options().read(true).write(true).open(disk).unwrap();
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    file.seek(SeekFrom::Start(at)).unwrap();
+    file.write_all(&[byte[0] ^ 1]).unwrap();
+}
+
+/// What an update scenario left: the guest's results and every boot's console.
+struct Updated {
+    results: GuestResults,
+    consoles: String,
+}
+
+impl Updated {
+    fn check(&self, name: &str) -> String {
+        let Some((rc, out)) = self.results.check(name) else {
+            panic!(
+                "check {name} did not run\n--- consoles (last 80 lines) ---\n{}",
+                nodeplane_qemu::tail(&self.consoles, 80)
+            );
+        };
+        assert_eq!(
+            rc,
+            "0",
+            "check {name} failed:\n{out}\n--- consoles (last 60 lines) ---\n{}",
+            nodeplane_qemu::tail(&self.consoles, 60)
+        );
+        out.to_owned()
+    }
+
+    /// The slots booted, in order.
+    fn boots(&self) -> Vec<String> {
+        self.results.file("boots").unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+/// Runs the A/B update `scenario` of `guest/update.sh` on a copy of the
+/// disk image, booting it again each time it restarts (QEMU runs with
+/// -no-reboot), until the guest is done; slot b's entry gets the test's
+/// options and `b_options`. With `tamper`, one byte of slot b's root is
+/// flipped once the update is written.
+fn update_scenario(scenario: &str, b_options: &str, tamper: bool) -> Updated {
+    let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let image = image();
+    let dir = tempfile::Builder::new().prefix("nodeplane-update-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+    for file in ["lib.sh", "update.sh"] {
+        std::fs::copy(guest.join(file), share.join(file)).unwrap();
+    }
+    std::fs::copy(nodeplane_qemu::np_guest(), share.join("np-guest")).unwrap();
+    let bundle = share.join("nodeplane-update.tar");
+    if std::fs::hard_link(image.bundle(), &bundle).is_err() {
+        std::fs::copy(image.bundle(), &bundle).unwrap();
+    }
+    std::fs::write(share.join("scenario"), scenario).unwrap();
+    let run = nodeplane_qemu::run_from_share("update.sh").join(" ");
+    std::fs::write(share.join("entry-options"), format!("{run} {b_options}")).unwrap();
+    let disk = dir.path().join("nodeplane.img");
+    copy_disk(&image.disk(), &disk).unwrap();
+    add_entry_options(&disk, "nodeplane-a.conf", &run);
+    let mut consoles = String::new();
+    let mut flipped = false;
+    for boot in 1..=6 {
+        let console = dir.path().join(format!("console-{boot}.log"));
+        let mut vm = Vm::start(Boot { share: Some(&share), ..uefi_boot(&image, disk.clone(), console) }).expect("QEMU");
+        let exit = vm.wait_exit(Duration::from_secs(900));
+        consoles += &format!("\n===== boot {boot} =====\n{}", vm.console());
+        if exit.is_err() || share.join("results/done").exists() {
+            break;
+        }
+        if tamper && !flipped && share.join("results/update.rc").exists() {
+            flip_byte(&disk, partition_offset(&disk, &nodeplane_image::root_label("b")) + 1100);
+            flipped = true;
+        }
+    }
+    Updated { results: GuestResults::collect(&share.join("results")), consoles }
+}
+
+/// `nodeplanectl update` moves a node from slot a to slot b: b boots next,
+/// proves itself (nodeplane-boot-check) and is marked good; a stays, for a
+/// rollback; /var is kept.
+#[test]
+fn an_update_moves_the_node_to_the_other_slot_which_is_marked_good() {
+    let updated = update_scenario("update", "", false);
+    let update = updated.check("update");
+    eprintln!("{update}");
+    let good = updated.check("updated");
+    eprintln!("{good}");
+    assert_eq!(updated.boots(), ["a", "b"]);
+    assert!(update.contains("slot b: nodeplane ") && update.contains("written and verified"), "{update}");
+    assert!(good.lines().any(|l| l.starts_with("a ") && l.ends_with("good")), "slot a kept, good:\n{good}");
+    let bundle = std::fs::metadata(image().bundle()).unwrap().len();
+    eprintln!(
+        "bundle {} MiB; nodeplanectl update {} ms; from the update to slot b marked good {} ms",
+        bundle >> 20,
+        figure(&update, "update_ms"),
+        figure(&good, "update_to_good_ms")
+    );
+}
+
+/// A slot b whose nodeplaned cannot start fails its boot check; the node
+/// reboots until b's two tries are spent, then slot a boots again and says
+/// why (status and journal).
+#[test]
+fn a_broken_update_rolls_back_to_the_old_slot_by_itself() {
+    let updated = update_scenario("broken", "systemd.mask=nodeplaned.service", false);
+    updated.check("update");
+    let back = updated.check("rolled-back");
+    eprintln!("{back}");
+    assert_eq!(updated.boots().first().map(String::as_str), Some("a"));
+    assert_eq!(updated.boots().last().map(String::as_str), Some("a"));
+    assert_eq!(updated.consoles.matches("nodeplane: slot b: root verified by dm-verity").count(), 2, "two tries of b");
+}
+
+/// One byte of slot b's root flipped after the update: dm-verity refuses it
+/// at each of its tries, and slot a boots again.
+#[test]
+fn a_tampered_update_is_refused_and_the_old_slot_boots() {
+    let updated = update_scenario("tampered", "", true);
+    updated.check("update");
+    let back = updated.check("rolled-back");
+    eprintln!("{back}");
+    assert_eq!(updated.consoles.matches("data block 0 is corrupted").count(), 2, "{}", updated.consoles);
+    assert_eq!(updated.boots(), ["a", "a"]);
+}
