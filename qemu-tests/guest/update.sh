@@ -3,7 +3,7 @@
 # carry the systemd.run= that starts it); $S/scenario says which:
 # - update: slot a writes the bundle to slot b and reboots; slot b comes up,
 #   is marked good, and /var is still there;
-# - broken: as update, but slot b's entry masks nodeplaned: b's boot check
+# - broken: as update (asked over D-Bus), but slot b's entry masks nodeplaned: b's boot check
 #   fails, the node reboots, b's tries run out and a boots again, saying so;
 # - tampered: as update, then the host flips a byte of slot b's root: b is
 #   refused (dm-verity) until its tries run out and a boots again.
@@ -22,7 +22,14 @@ update() {
 	sync
 	start=$(date +%s%N)
 	echo "$start" >/var/lib/nodeplane-update-started
-	nodeplanectl update "$S/nodeplane-update.tar" --tries 2 || return 1
+	if [ "$scenario" = broken ]; then
+		# Over D-Bus, as a management agent would: systemd runs the update.
+		busctl --timeout=10min call org.nodeplane.Node1 /org/nodeplane/Node1 org.nodeplane.Node1 \
+			Update su "$S/nodeplane-update.tar" 2 || return 1
+		journalctl -u 'nodeplane-update-*' -o cat --no-pager
+	else
+		nodeplanectl update "$S/nodeplane-update.tar" --tries 2 || return 1
+	fi
 	echo "update_ms=$((($(date +%s%N) - start) / 1000000))"
 	entry=$(ls /efi/loader/entries/nodeplane-b+2.conf) || return 1
 	# The test's systemd.run= (and the scenario's breakage) on b's entry too.

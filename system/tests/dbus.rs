@@ -203,6 +203,33 @@ fn nodeplaned_itself_refuses_non_root_reload_under_a_permissive_policy() {
     let cli = ctl_as_nobody(&bus, &["reload"]);
     assert_eq!(cli.status.code(), Some(1));
     assert!(text(&cli.stderr).contains("Reload() is for root only (caller uid 65534)"), "{}", text(&cli.stderr));
+    let update = ["call", bus::SERVICE, bus::NODE_PATH, "org.nodeplane.Node1", "Update", "su", "/x.tar", "2"];
+    let raw = busctl_as_nobody(&bus, &update);
+    assert!(text(&raw.stderr).contains("Update() is for root only (caller uid 65534)"), "{}", text(&raw.stderr));
+}
+
+/// `Update()` checks its arguments, and says when systemd (which runs the
+/// update: nodeplaned writes no disk) cannot be asked, as on this private bus.
+#[test]
+fn an_update_over_the_bus_names_what_is_wrong() {
+    if !privileged("an_update_over_the_bus_names_what_is_wrong") {
+        return;
+    }
+    let bus = bus();
+    let _node = start(&bus, "", &[]);
+    let call = |bundle: &str, tries: &str| {
+        let out = std::process::Command::new("busctl")
+            .args(["--address", bus.address(), "call", bus::SERVICE, bus::NODE_PATH, "org.nodeplane.Node1"])
+            .args(["Update", "su", bundle, tries])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        text(&out.stderr)
+    };
+    assert!(call("relative.tar", "2").contains("expected an absolute path and 1 to 9 tries"));
+    assert!(call("/x.tar", "0").contains("expected an absolute path and 1 to 9 tries"));
+    let err = call("/x.tar", "2");
+    assert!(err.contains("asking systemd to run the update"), "{err}");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! - `org.nodeplane.Node1` at `/org/nodeplane/Node1`: properties `Health` (s),
 //!   `Version` (s), `Components` (a(ssst): name, state, detail, last change in µs
-//!   since the Unix epoch); method `Reload()` (root only).
+//!   since the Unix epoch); methods `Reload()` and `Update(s bundle, u tries) → s`
+//!   (root only).
 //! - `org.nodeplane.Component1` at `/org/nodeplane/Node1/<component>`: properties
 //!   `Name`, `State`, `Detail` (s), `LastChange` (t, µs since the epoch) and `Facts`
 //!   (a{sv}: counts as `t`, text as `s`).
@@ -53,6 +54,8 @@ pub enum NodeError {
     EndpointFailed(String),
     /// `PodPolicy()`: no such pod on this node.
     NoSuchPod(String),
+    /// `Update()`: the bundle was not written; the next boot is the current slot's.
+    UpdateFailed(String),
 }
 
 impl From<zbus::fdo::Error> for NodeError {
@@ -65,6 +68,7 @@ impl From<zbus::fdo::Error> for NodeError {
 pub const ERROR_INVALID_CONFIG: &str = "org.nodeplane.Node1.Error.InvalidConfig";
 pub const ERROR_RELOAD_FAILED: &str = "org.nodeplane.Node1.Error.ReloadFailed";
 pub const ERROR_SWEEP_FAILED: &str = "org.nodeplane.Node1.Error.SweepFailed";
+pub const ERROR_UPDATE_FAILED: &str = "org.nodeplane.Node1.Error.UpdateFailed";
 
 /// A component's (or the node's) health, ordered from best to worst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -225,6 +229,8 @@ pub fn fact_from_value(value: &OwnedVariant) -> Fact {
 pub trait Node {
     fn reload(&self) -> zbus::Result<()>;
 
+    fn update(&self, bundle: &str, tries: u32) -> zbus::Result<String>;
+
     #[zbus(property)]
     fn health(&self) -> zbus::Result<String>;
 
@@ -289,6 +295,7 @@ mod tests {
         use zbus::DBusError;
         assert_eq!(NodeError::InvalidConfig(String::new()).name().as_str(), ERROR_INVALID_CONFIG);
         assert_eq!(NodeError::ReloadFailed(String::new()).name().as_str(), ERROR_RELOAD_FAILED);
+        assert_eq!(NodeError::UpdateFailed(String::new()).name().as_str(), ERROR_UPDATE_FAILED);
         assert_eq!(NodeError::SweepFailed(String::new()).name().as_str(), ERROR_SWEEP_FAILED);
     }
 

@@ -31,6 +31,7 @@ mod metrics;
 mod notify;
 mod server;
 mod sysctl;
+mod update;
 
 /// Why nodeplaned stopped before it could serve.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! The D-Bus server of the API `nodeplane-bus` declares: publishes node and
 //! component status, emits `PropertiesChanged` as the registry changes, takes
-//! `Reload()`, `Sweep()` and the datapath's calls, and sends `PolicyDrop`.
+//! `Reload()`, `Update()`, `Sweep()` and the datapath's calls, and sends `PolicyDrop`.
 
 use std::collections::HashMap;
 
@@ -63,6 +63,26 @@ impl NodeObject {
             Ok(Err(ReloadError::Failed(m))) => Err(NodeError::ReloadFailed(m)),
             Err(_) => Err(NodeError::ReloadFailed("the supervisor dropped the request".into())),
         }
+    }
+
+    /// Writes the update bundle at `bundle` to the slot not booted, with
+    /// `tries` boots to prove itself; answers with what was done. Root only.
+    /// nodeplaned writes no disk itself (its unit cannot): systemd runs
+    /// `nodeplanectl update` as a transient unit, whose output is in its journal.
+    async fn update(
+        &self,
+        bundle: String,
+        tries: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<String, NodeError> {
+        require_root(connection, &header).await?;
+        if !bundle.starts_with('/') || !(1..=9).contains(&tries) {
+            return Err(NodeError::UpdateFailed(format!(
+                "expected an absolute path and 1 to 9 tries, got {bundle:?} and {tries}"
+            )));
+        }
+        super::update::run(connection, &bundle, tries).await.map_err(NodeError::UpdateFailed)
     }
 
     #[zbus(property)]
