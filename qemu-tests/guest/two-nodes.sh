@@ -60,6 +60,9 @@ node_port_across() {
 policy_across() {
 	ns=$(netns_of "$(value denied)") || return 1
 	remote=$(echo_pods "$S/phase1" | awk '$3 == "node-2" {print $2}')
+	# Not a dead network: the client, admitted, gets through.
+	client=$(netns_of "$(value client)") || return 1
+	ip netns exec "$client" "$G" get "$remote" 8080 || { echo "the client did not reach $remote:8080"; return 1; }
 	if ip netns exec "$ns" "$G" get "$remote" 8080; then echo "denied reached $remote:8080"; return 1; fi
 	if ip netns exec "$ns" "$G" get "$(value vip)" 80; then echo "denied reached the ClusterIP"; return 1; fi
 	echo "denied: blocked at $remote:8080 (node-2) and $(value vip):80"
