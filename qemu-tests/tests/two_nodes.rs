@@ -166,7 +166,7 @@ fn drive(plane: &ControlPlane, vms: &mut [Vm; 2], started: Instant, share: &Path
         GuestResults::collect(&results).check("lan").map(|(rc, out)| (rc.to_owned(), out.to_owned()))
     })?;
     if rc != "0" {
-        return Err(format!("node-1's second card is not lan0 with 192.168.100.1/24 (rc {rc}):\n{out}"));
+        return Err(format!("node-1's second card is not lan0 with {}/24 (rc {rc}):\n{out}", lan(0).0));
     }
     apply(plane, DEPLOYMENT)?;
     apply(plane, SERVICE_AND_POLICY)?;
